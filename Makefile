@@ -1,0 +1,66 @@
+# Strata build, test and benchmark entry points. See README.md.
+
+GO       ?= go
+GOFMT    ?= gofmt
+BIN      := bin/strata
+FUZZTIME ?= 60s
+
+# bash with pipefail so a failing command before "| tee" fails the recipe.
+SHELL       := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+.PHONY: all build run deps test fmt-check vet unit fuzz-smoke fuzz bench lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/strata
+
+# Placeholder until `strata server` lands (issue 5): build the binary and show
+# that it runs. This target will then start the server.
+run: build
+	./$(BIN) --help
+	./$(BIN) version
+
+deps:
+	scripts/deps.sh
+
+# One step after another, even under make -j.
+test: deps
+	$(MAKE) --no-print-directory fmt-check
+	$(MAKE) --no-print-directory vet
+	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory fuzz-smoke
+
+fmt-check:
+	@out="$$($(GOFMT) -l .)"; \
+	if [ -n "$$out" ]; then \
+		echo "gofmt: these files are not formatted (run gofmt -w):"; \
+		echo "$$out"; \
+		exit 1; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+# Each fuzz target for FUZZTIME (10s unless set).
+fuzz-smoke:
+	GO=$(GO) scripts/fuzz-smoke.sh
+
+# Each fuzz target for FUZZTIME (60s unless set).
+fuzz:
+	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz-smoke.sh
+
+# Snapshot-store benchmarks; raw output kept in benchmarks/out/.
+bench:
+	mkdir -p benchmarks/out
+	$(GO) test -run '^$$' -bench . -benchmem ./snapshot/... \
+		| tee benchmarks/out/snapshot-$$(date -u +%Y%m%dT%H%M%SZ).txt
+
+lint: vet fmt-check
+
+clean:
+	rm -rf bin benchmarks/out

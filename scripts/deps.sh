@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Install what `make test` needs, idempotently. Safe to run repeatedly: it
+# installs Debian packages only for commands that are missing, then downloads
+# the Go modules. Written for Debian 12 run as root (as CI does); elsewhere
+# it uses sudo if present.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v go >/dev/null 2>&1; then
+	echo "deps: 'go' not found in PATH; install Go (see go.mod for the version) and add it to PATH, e.g. export PATH=/usr/local/go/bin:\$PATH" >&2
+	exit 1
+fi
+echo "deps: using $(go version)"
+
+# Commands the tests need, as "command:debian-package". A package is installed
+# only when its command is missing. Future entries look like:
+#   "nbdinfo:libnbd-bin"  "fio:fio"  "mkfs.ext4:e2fsprogs"
+# gcc and the C library headers are needed by `go test -race` (cgo).
+required=(
+	"gcc:gcc"
+	"gcc:libc6-dev"
+)
+
+missing=()
+for pair in "${required[@]}"; do
+	cmd="${pair%%:*}"
+	pkg="${pair#*:}"
+	if command -v "$cmd" >/dev/null 2>&1; then
+		continue
+	fi
+	case " ${missing[*]-} " in
+	*" $pkg "*) ;;
+	*) missing+=("$pkg") ;;
+	esac
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+	echo "deps: all required commands present; no packages to install"
+else
+	echo "deps: missing packages: ${missing[*]}"
+	if ! command -v apt-get >/dev/null 2>&1; then
+		echo "deps: apt-get not found; install these packages by hand: ${missing[*]}" >&2
+		exit 1
+	fi
+	sudo=()
+	if [ "$(id -u)" -ne 0 ]; then
+		if ! command -v sudo >/dev/null 2>&1; then
+			echo "deps: not root and no sudo; install these packages as root: ${missing[*]}" >&2
+			exit 1
+		fi
+		sudo=(sudo)
+	fi
+	echo "deps: apt-get update"
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+	echo "deps: apt-get install ${missing[*]}"
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+echo "deps: go mod download"
+go mod download
+echo "deps: done"

@@ -1,0 +1,305 @@
+package snapshot
+
+import (
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// blockSum is the checksum recorded for a data block.
+func blockSum(b []byte) uint64 { return xxhash.Sum64(b) }
+
+var blockPool = sync.Pool{New: func() any { b := make([]byte, BlockSize); return &b }}
+
+var zeroBlock [BlockSize]byte
+
+// maxCommit bounds the blocks committed to the index per step, so the
+// checksums fit on the stack and the index lock is held briefly.
+const maxCommit = 256
+
+// ReadAt reads len(p) bytes at off. Like io.ReaderAt it returns io.EOF
+// when the range reaches past the end of the volume.
+func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if err := v.usable(); err != nil {
+		return 0, err
+	}
+	n, err := clampRange(off, len(p), v.size)
+	if err != nil {
+		return 0, fmt.Errorf("volume %q: read: %w", v.name, err)
+	}
+	if err := v.ci.read(p[:n], off); err != nil {
+		return 0, fmt.Errorf("volume %q: read: %w", v.name, err)
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// checkWrite validates a write-style range; callers hold v.mu.
+func (v *Volume) checkWrite(op string, off, n int64) error {
+	if err := v.usable(); err != nil {
+		return err
+	}
+	if off < 0 || n < 0 {
+		return fmt.Errorf("volume %q: %s [%d,+%d): %w", v.name, op, off, n, ErrInvalidArgument)
+	}
+	if off+n > v.size || off+n < off {
+		return fmt.Errorf("volume %q: %s [%d,+%d) past size %d: %w", v.name, op, off, n, v.size, ErrOutOfRange)
+	}
+	return nil
+}
+
+// lockStripes locks the stripes covering blocks [start, end) in order.
+func (v *Volume) lockStripes(start, end uint64) (first, last uint64) {
+	first, last = start>>stripeShift, (end-1)>>stripeShift
+	if last-first >= nStripes {
+		first, last = 0, nStripes-1
+	}
+	for s := first; s <= last; s++ {
+		v.stripes[s%nStripes].Lock()
+	}
+	return first, last
+}
+
+func (v *Volume) unlockStripes(first, last uint64) {
+	for s := first; s <= last; s++ {
+		v.stripes[s%nStripes].Unlock()
+	}
+}
+
+// WriteAt writes p at off. The range must lie inside the volume; the write
+// is durable after a later Flush.
+func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if err := v.checkWrite("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	end := off + int64(len(p))
+	f, l := v.lockStripes(uint64(off)>>blockShift, (uint64(end)+BlockSize-1)>>blockShift)
+	err := v.writeLocked(p, off)
+	v.unlockStripes(f, l)
+	if err != nil {
+		return 0, fmt.Errorf("volume %q: write: %w", v.name, err)
+	}
+	v.maybeFlush()
+	return len(p), nil
+}
+
+// writeLocked writes p at off into the head. Callers hold v.mu shared and
+// the stripes of the range.
+func (v *Volume) writeLocked(p []byte, off int64) error {
+	// Leading partial block.
+	if r := off % BlockSize; r != 0 {
+		n := min(int64(len(p)), BlockSize-r)
+		if err := v.writePartial(p[:n], off); err != nil {
+			return err
+		}
+		p, off = p[n:], off+n
+	}
+	// Whole blocks.
+	if whole := int64(len(p)) / BlockSize * BlockSize; whole > 0 {
+		if err := v.head.writeAt(p[:whole], off); err != nil {
+			return err
+		}
+		for done := int64(0); done < whole; {
+			n := min(whole-done, maxCommit*BlockSize)
+			v.commitData(p[done:done+n], off+done)
+			done += n
+		}
+		p, off = p[whole:], off+whole
+	}
+	// Trailing partial block.
+	if len(p) > 0 {
+		return v.writePartial(p, off)
+	}
+	return nil
+}
+
+// writePartial writes less than a block: read the block as it reads now,
+// patch it and write it whole to the head (the COW unit is one block).
+func (v *Volume) writePartial(p []byte, off int64) error {
+	bp := blockPool.Get().(*[]byte)
+	defer blockPool.Put(bp)
+	buf := *bp
+	boff := off &^ (BlockSize - 1)
+	if err := v.ci.read(buf, boff); err != nil {
+		return err
+	}
+	copy(buf[off-boff:], p)
+	if err := v.head.writeAt(buf, boff); err != nil {
+		return err
+	}
+	v.commitData(buf, boff)
+	return nil
+}
+
+// commitData records that the head now holds the whole blocks in p at the
+// block-aligned offset off (at most maxCommit blocks).
+func (v *Volume) commitData(p []byte, off int64) {
+	var sums [maxCommit]uint64
+	n := uint64(len(p)) / BlockSize
+	for i := range n {
+		sums[i] = blockSum(p[i*BlockSize : (i+1)*BlockSize])
+	}
+	start := uint64(off) >> blockShift
+	v.ci.mu.Lock()
+	v.setHead(start, n, kindData)
+	for i := range n {
+		v.sums[start+i] = sums[i]
+	}
+	v.ci.mu.Unlock()
+}
+
+// setHead maps [start, start+n) to the head with kind in the index, the
+// head's own map and the dirty set. Callers hold ci.mu exclusively.
+func (v *Volume) setHead(start, n uint64, kind uint32) {
+	end := start + n
+	if val := slotVal(v.hslot, kind); !v.ci.idx.covers(start, end, val) {
+		v.ci.idx.set(start, n, val)
+		v.head.mu.Lock()
+		v.head.m.set(start, n, kind)
+		v.head.mu.Unlock()
+	}
+	if !v.dirty.covers(start, end, kind) {
+		v.dirty.set(start, n, kind)
+	}
+}
+
+// Zero makes [off, off+length) read as zeros and report as allocated
+// zeros. Whole blocks take no space; partial blocks are written.
+func (v *Volume) Zero(off, length int64) error {
+	return v.zeroRange("zero", off, length, kindZero)
+}
+
+// Trim discards [off, off+length): it then reads as zeros (never as an
+// older layer's data) and reports as a hole.
+func (v *Volume) Trim(off, length int64) error {
+	return v.zeroRange("trim", off, length, kindTrim)
+}
+
+func (v *Volume) zeroRange(op string, off, length int64, kind uint32) error {
+	if length == 0 {
+		return nil
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if err := v.checkWrite(op, off, length); err != nil {
+		return err
+	}
+	end := off + length
+	f, l := v.lockStripes(uint64(off)>>blockShift, (uint64(end)+BlockSize-1)>>blockShift)
+	defer v.unlockStripes(f, l)
+	fail := func(err error) error { return fmt.Errorf("volume %q: %s: %w", v.name, op, err) }
+	first := (off + BlockSize - 1) &^ (BlockSize - 1)
+	last := end &^ (BlockSize - 1)
+	if first >= last {
+		// No whole block: the range lies inside one or two blocks.
+		if err := v.writeZeros(off, end); err != nil {
+			return fail(err)
+		}
+		return nil
+	}
+	if err := v.writeZeros(off, first); err != nil {
+		return fail(err)
+	}
+	if err := v.writeZeros(last, end); err != nil {
+		return fail(err)
+	}
+	v.head.punch(first, last-first)
+	v.ci.mu.Lock()
+	v.setHead(uint64(first)>>blockShift, uint64(last-first)>>blockShift, kind)
+	v.ci.mu.Unlock()
+	return nil
+}
+
+// writeZeros writes zeros over [off, end), which lies within one block.
+func (v *Volume) writeZeros(off, end int64) error {
+	for off < end {
+		n := min(end-off, BlockSize-off%BlockSize)
+		if err := v.writePartial(zeroBlock[:n], off); err != nil {
+			return err
+		}
+		off += n
+	}
+	return nil
+}
+
+// Flush makes every write acknowledged before it durable.
+func (v *Volume) Flush() error {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if err := v.usable(); err != nil {
+		return err
+	}
+	if err := v.flushLocked(); err != nil {
+		return fmt.Errorf("volume %q: flush: %w", v.name, err)
+	}
+	return nil
+}
+
+// flushLocked syncs the head's data, then appends the dirty map records to
+// its log and syncs that. Callers hold v.mu (shared or exclusive).
+func (v *Volume) flushLocked() error {
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	if f := v.failed.Load(); f != nil {
+		return *f
+	}
+	v.ci.mu.Lock()
+	d, sums := v.dirty, v.sums
+	if d.len() == 0 {
+		v.ci.mu.Unlock()
+		return nil
+	}
+	v.dirty, v.sums = newExtMap(), make(map[uint64]uint64, len(sums))
+	v.ci.mu.Unlock()
+
+	h := v.head
+	err := h.syncData()
+	if err == nil && !h.dirSynced {
+		if err = syncDir(v.s.layerDir); err == nil {
+			h.dirSynced = true
+		}
+	}
+	if err == nil {
+		v.enc.reset()
+		sum := func(b uint64) uint64 { return sums[b] }
+		d.each(func(r run) bool {
+			v.enc.extent(r.start, r.n, r.val, sum)
+			return true
+		})
+		err = h.appendLog(v.enc.bytes())
+	}
+	if err != nil {
+		// After a failed fsync the page cache may have dropped the data
+		// (fsyncgate): refuse further I/O until the volume is reopened.
+		v.failed.Store(&err)
+		v.s.log.Error("flush failed; volume refuses I/O until reopened", "volume", v.name, "err", err)
+		return err
+	}
+	return nil
+}
+
+// maybeFlush starts a background flush when the dirty set is large.
+func (v *Volume) maybeFlush() {
+	v.ci.mu.RLock()
+	big := len(v.sums) >= dirtyFlushBlocks
+	v.ci.mu.RUnlock()
+	if big && v.bgFlush.CompareAndSwap(false, true) {
+		go func() {
+			defer v.bgFlush.Store(false)
+			if err := v.Flush(); err != nil {
+				v.s.log.Warn("background flush", "volume", v.name, "err", err)
+			}
+		}()
+	}
+}

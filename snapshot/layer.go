@@ -1,0 +1,235 @@
+package snapshot
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// layer is one open layer of the pool: a sparse data file holding each
+// block at its volume offset, and a log of the layer's block map. One
+// *layer exists per open layer id in a Store, shared by every volume and
+// view whose chain holds it.
+type layer struct {
+	id   layerID
+	data *os.File
+	log  *os.File
+
+	logMu   sync.Mutex
+	logSize int64
+
+	// mu guards m. Lock order: Volume.idxMu before layer.mu.
+	mu sync.RWMutex
+	m  *extMap // block -> kindData, kindZero or kindTrim
+
+	// dirSynced is set once the layer's directory entries are durable.
+	dirSynced bool
+
+	refs int // open handles; guarded by Store.mu
+}
+
+func layerPaths(dir string, id layerID) (data, log string) {
+	base := filepath.Join(dir, id.String())
+	return base + ".data", base + ".log"
+}
+
+// createLayer makes the files of a new, empty layer. The caller syncs the
+// directory.
+func createLayer(dir string, id layerID) (*layer, error) {
+	dp, lp := layerPaths(dir, id)
+	data, err := os.OpenFile(dp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create layer %s: %w", id, err)
+	}
+	lf, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		_ = data.Close()
+		_ = os.Remove(dp)
+		return nil, fmt.Errorf("create layer %s: %w", id, err)
+	}
+	l := &layer{id: id, data: data, log: lf, m: newExtMap()}
+	hdr := encodeLogHeader(id)
+	if _, err := lf.WriteAt(hdr, 0); err == nil {
+		err = unix.Fdatasync(int(lf.Fd()))
+	}
+	if err != nil {
+		l.close()
+		_ = os.Remove(dp)
+		_ = os.Remove(lp)
+		return nil, fmt.Errorf("create layer %s: write log header: %w", id, err)
+	}
+	l.logSize = int64(len(hdr))
+	return l, nil
+}
+
+// openLayer opens an existing layer and replays its log into its map. A
+// torn log tail is an error for a sealed layer; for a head it is cut off
+// (it is the unsynced end of an append interrupted by a crash). clean
+// reports whether the log ends with a clean-close record.
+func openLayer(dir string, id layerID, head bool) (l *layer, clean bool, err error) {
+	dp, lp := layerPaths(dir, id)
+	data, err := os.OpenFile(dp, os.O_RDWR, 0)
+	if err != nil {
+		return nil, false, fmt.Errorf("layer %s: data file: %w", id, missingIsCorrupt(err))
+	}
+	lf, err := os.OpenFile(lp, os.O_RDWR, 0)
+	if err != nil {
+		_ = data.Close()
+		return nil, false, fmt.Errorf("layer %s: log file: %w", id, missingIsCorrupt(err))
+	}
+	l = &layer{id: id, data: data, log: lf, m: newExtMap(), dirSynced: true}
+	defer func() {
+		if err != nil {
+			l.close()
+		}
+	}()
+	last, end, err := l.replay(func(e logEntry) error {
+		l.m.set(e.start, e.count, e.kind)
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, errTorn) || !head {
+			return nil, false, fmt.Errorf("layer %s log: %w", id, asCorrupt(err))
+		}
+		if terr := lf.Truncate(end); terr != nil {
+			return nil, false, fmt.Errorf("layer %s log: cut torn tail at %d: %w", id, end, terr)
+		}
+		last = 0
+	}
+	l.logSize = end
+	return l, last == recClean, nil
+}
+
+func missingIsCorrupt(err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return err
+}
+
+func asCorrupt(err error) error {
+	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrUnsupportedFormat) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrCorrupt, err)
+}
+
+// replay decodes the whole log, calling fn for every extent in order. It
+// returns the type of the last good record and the offset where the good
+// prefix ends.
+func (l *layer) replay(fn func(logEntry) error) (last byte, end int64, err error) {
+	r := bufio.NewReaderSize(io.NewSectionReader(l.log, 0, 1<<62), 1<<20)
+	hdr := make([]byte, logHeaderSize)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return 0, 0, fmt.Errorf("header: %v: %w", err, ErrCorrupt)
+	}
+	if err := decodeLogHeader(hdr, l.id); err != nil {
+		return 0, 0, err
+	}
+	lr := &logReader{r: r, off: logHeaderSize}
+	for {
+		err := lr.next(fn)
+		if err == io.EOF {
+			return lr.last, lr.off, nil
+		}
+		if err != nil {
+			return lr.last, lr.off, err
+		}
+	}
+}
+
+// sums replays the log and returns the latest checksum of every block the
+// layer holds as data.
+func (l *layer) sums() (map[uint64]uint64, error) {
+	sums := make(map[uint64]uint64)
+	_, _, err := l.replay(func(e logEntry) error {
+		for i := uint64(0); i < e.count; i++ {
+			if e.kind == kindData {
+				sums[e.start+i] = e.sums[i]
+			} else {
+				delete(sums, e.start+i)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("layer %s log: %w", l.id, asCorrupt(err))
+	}
+	return sums, nil
+}
+
+// appendLog appends encoded records and makes them durable.
+func (l *layer) appendLog(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	l.logMu.Lock()
+	defer l.logMu.Unlock()
+	if _, err := l.log.WriteAt(b, l.logSize); err != nil {
+		// Cut whatever part landed so the next append starts on a record boundary.
+		_ = l.log.Truncate(l.logSize)
+		return fmt.Errorf("layer %s: append log: %w", l.id, err)
+	}
+	if err := unix.Fdatasync(int(l.log.Fd())); err != nil {
+		return fmt.Errorf("layer %s: sync log: %w", l.id, err)
+	}
+	l.logSize += int64(len(b))
+	return nil
+}
+
+func (l *layer) syncData() error {
+	if err := unix.Fdatasync(int(l.data.Fd())); err != nil {
+		return fmt.Errorf("layer %s: sync data: %w", l.id, err)
+	}
+	return nil
+}
+
+// readBlocks reads whole blocks at a block-aligned offset.
+func (l *layer) readAt(p []byte, off int64) error {
+	n, err := l.data.ReadAt(p, off)
+	if err == io.EOF && n < len(p) {
+		return fmt.Errorf("layer %s: data ends before offset %d: %w", l.id, off+int64(n), ErrCorrupt)
+	}
+	if err != nil && err != io.EOF {
+		return fmt.Errorf("layer %s: read at %d: %w", l.id, off, err)
+	}
+	return nil
+}
+
+func (l *layer) writeAt(p []byte, off int64) error {
+	if _, err := l.data.WriteAt(p, off); err != nil {
+		return fmt.Errorf("layer %s: write at %d: %w", l.id, off, err)
+	}
+	return nil
+}
+
+// punch frees the storage of [off, off+n) in the data file. It is only
+// space reclamation: callers never read blocks they punched.
+func (l *layer) punch(off, n int64) {
+	_ = unix.Fallocate(int(l.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// ownedBlocks counts the blocks the layer holds as data.
+func (l *layer) ownedBlocks() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	var n uint64
+	l.m.each(func(r run) bool {
+		if r.val == kindData {
+			n += r.n
+		}
+		return true
+	})
+	return n
+}
+
+func (l *layer) close() {
+	_ = l.data.Close()
+	_ = l.log.Close()
+}
