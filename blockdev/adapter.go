@@ -1,0 +1,114 @@
+package blockdev
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/strata-block/strata/snapshot"
+)
+
+// FromSnapshot returns the writable device over an open volume's head. The
+// caller keeps ownership of v.
+func FromSnapshot(v *snapshot.Volume) Volume { return headVolume{v} }
+
+type headVolume struct{ v *snapshot.Volume }
+
+func (h headVolume) Name() string   { return h.v.Name() }
+func (h headVolume) Size() int64    { return h.v.Size() }
+func (h headVolume) ReadOnly() bool { return false }
+
+func (h headVolume) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return h.v.ReadAt(p, off)
+}
+
+func (h headVolume) WriteAt(ctx context.Context, p []byte, off int64, flags WriteFlags) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := h.v.WriteAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	return n, h.fua(flags)
+}
+
+func (h headVolume) fua(flags WriteFlags) error {
+	if flags&FUA != 0 {
+		return h.v.Flush()
+	}
+	return nil
+}
+
+func (h headVolume) Flush(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return h.v.Flush()
+}
+
+func (h headVolume) Zero(ctx context.Context, off, length int64, flags WriteFlags) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := h.v.Zero(off, length); err != nil {
+		return err
+	}
+	return h.fua(flags)
+}
+
+func (h headVolume) Trim(ctx context.Context, off, length int64, flags WriteFlags) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := h.v.Trim(off, length); err != nil {
+		return err
+	}
+	return h.fua(flags)
+}
+
+func (h headVolume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	return h.v.Extents(ctx, off, length)
+}
+
+// FromView returns the read-only device over a snapshot view. The caller
+// keeps ownership of vw.
+func FromView(vw *snapshot.View) Volume { return viewVolume{vw} }
+
+type viewVolume struct{ vw *snapshot.View }
+
+func (s viewVolume) Name() string   { return s.vw.Name() }
+func (s viewVolume) Size() int64    { return s.vw.Size() }
+func (s viewVolume) ReadOnly() bool { return true }
+
+func (s viewVolume) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return s.vw.ReadAt(p, off)
+}
+
+func (s viewVolume) readOnly(op string) error {
+	return fmt.Errorf("%s: %s: %w", s.vw.Name(), op, ErrReadOnly)
+}
+
+func (s viewVolume) WriteAt(context.Context, []byte, int64, WriteFlags) (int, error) {
+	return 0, s.readOnly("write")
+}
+
+// Flush on a read-only device has nothing to make durable.
+func (s viewVolume) Flush(ctx context.Context) error { return ctx.Err() }
+
+func (s viewVolume) Zero(context.Context, int64, int64, WriteFlags) error {
+	return s.readOnly("zero")
+}
+
+func (s viewVolume) Trim(context.Context, int64, int64, WriteFlags) error {
+	return s.readOnly("trim")
+}
+
+func (s viewVolume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	return s.vw.Extents(ctx, off, length)
+}
