@@ -3,6 +3,7 @@ package snapshot
 import (
 	"fmt"
 	"io"
+	"math/bits"
 	"sync"
 
 	"github.com/cespare/xxhash/v2"
@@ -31,7 +32,23 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("volume %q: read: %w", v.name, err)
 	}
-	if err := v.ci.read(p[:n], off); err != nil {
+	if n == 0 {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	// Shared stripe locks: the head's blocks are overwritten in place, and
+	// the page cache does not make a pread atomic against a pwrite.
+	locked := v.stripeMask(uint64(off)>>blockShift, (uint64(off)+uint64(n)+BlockSize-1)>>blockShift)
+	for m := locked; m != 0; m &= m - 1 {
+		v.stripes[bits.TrailingZeros64(m)].RLock()
+	}
+	err = v.ci.read(p[:n], off)
+	for m := locked; m != 0; m &= m - 1 {
+		v.stripes[bits.TrailingZeros64(m)].RUnlock()
+	}
+	if err != nil {
 		return 0, fmt.Errorf("volume %q: read: %w", v.name, err)
 	}
 	if n < len(p) {
@@ -54,21 +71,33 @@ func (v *Volume) checkWrite(op string, off, n int64) error {
 	return nil
 }
 
-// lockStripes locks the stripes covering blocks [start, end) in order.
-func (v *Volume) lockStripes(start, end uint64) (first, last uint64) {
-	first, last = start>>stripeShift, (end-1)>>stripeShift
-	if last-first >= nStripes {
-		first, last = 0, nStripes-1
+// lockStripes locks the stripes covering blocks [start, end) in ascending
+// stripe order (so two ranges that wrap around the table cannot deadlock)
+// and returns the set it locked.
+func (v *Volume) lockStripes(start, end uint64) uint64 {
+	mask := v.stripeMask(start, end)
+	for m := mask; m != 0; m &= m - 1 {
+		v.stripes[bits.TrailingZeros64(m)].Lock()
 	}
-	for s := first; s <= last; s++ {
-		v.stripes[s%nStripes].Lock()
-	}
-	return first, last
+	return mask
 }
 
-func (v *Volume) unlockStripes(first, last uint64) {
+// stripeMask returns the set of stripes covering blocks [start, end), end > start.
+func (v *Volume) stripeMask(start, end uint64) uint64 {
+	first, last := start>>stripeShift, (end-1)>>stripeShift
+	if last-first >= nStripes-1 {
+		return ^uint64(0)
+	}
+	var mask uint64
 	for s := first; s <= last; s++ {
-		v.stripes[s%nStripes].Unlock()
+		mask |= 1 << (s % nStripes)
+	}
+	return mask
+}
+
+func (v *Volume) unlockStripes(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		v.stripes[bits.TrailingZeros64(m)].Unlock()
 	}
 }
 
@@ -84,9 +113,9 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	end := off + int64(len(p))
-	f, l := v.lockStripes(uint64(off)>>blockShift, (uint64(end)+BlockSize-1)>>blockShift)
+	locked := v.lockStripes(uint64(off)>>blockShift, (uint64(end)+BlockSize-1)>>blockShift)
 	err := v.writeLocked(p, off)
-	v.unlockStripes(f, l)
+	v.unlockStripes(locked)
 	if err != nil {
 		return 0, fmt.Errorf("volume %q: write: %w", v.name, err)
 	}
@@ -196,8 +225,8 @@ func (v *Volume) zeroRange(op string, off, length int64, kind uint32) error {
 		return err
 	}
 	end := off + length
-	f, l := v.lockStripes(uint64(off)>>blockShift, (uint64(end)+BlockSize-1)>>blockShift)
-	defer v.unlockStripes(f, l)
+	locked := v.lockStripes(uint64(off)>>blockShift, (uint64(end)+BlockSize-1)>>blockShift)
+	defer v.unlockStripes(locked)
 	fail := func(err error) error { return fmt.Errorf("volume %q: %s: %w", v.name, op, err) }
 	first := (off + BlockSize - 1) &^ (BlockSize - 1)
 	last := end &^ (BlockSize - 1)
@@ -278,6 +307,12 @@ func (v *Volume) flushLocked() error {
 			return true
 		})
 		err = h.appendLog(v.enc.bytes())
+	}
+	if err == nil {
+		before := h.logSize
+		if err = h.maybeCompact(v.s.layerDir); err == nil && h.logSize != before {
+			v.s.log.Debug("compacted head log", "volume", v.name, "layer", h.id.String(), "from", before, "to", h.logSize)
+		}
 	}
 	if err != nil {
 		// After a failed fsync the page cache may have dropped the data

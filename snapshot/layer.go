@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -68,42 +69,103 @@ func createLayer(dir string, id layerID) (*layer, error) {
 	return l, nil
 }
 
-// openLayer opens an existing layer and replays its log into its map. A
-// torn log tail is an error for a sealed layer; for a head it is cut off
-// (it is the unsynced end of an append interrupted by a crash). clean
-// reports whether the log ends with a clean-close record.
-func openLayer(dir string, id layerID, head bool) (l *layer, clean bool, err error) {
+// openLayer opens an existing layer and replays its log into its map.
+//
+// committed is, for a sealed layer, the longest log length any volume's
+// metadata records as synced; it is -1 for a head, whose flushes do not
+// write metadata. A log that ends in a torn tail — an incomplete or damaged
+// last record, the unsynced end of an append a crash interrupted — is cut
+// back to its good prefix: for a head unless a valid record follows the
+// damage, for a sealed layer when the damage lies past committed (what a
+// merge appended before its commit: only copies of blocks the chain still
+// holds below). Any other damage is corruption and the layer does not
+// open (FORMAT.md, "Torn tails"). clean reports whether the log ends with
+// a clean-close record.
+func openLayer(dir string, id layerID, committed int64) (*layer, bool, error) {
+	role := "sealed"
+	if committed < 0 {
+		role = "head"
+	}
 	dp, lp := layerPaths(dir, id)
 	data, err := os.OpenFile(dp, os.O_RDWR, 0)
 	if err != nil {
-		return nil, false, fmt.Errorf("layer %s: data file: %w", id, missingIsCorrupt(err))
+		return nil, false, fmt.Errorf("%s layer %s: data file: %w", role, id, missingIsCorrupt(err))
 	}
 	lf, err := os.OpenFile(lp, os.O_RDWR, 0)
 	if err != nil {
 		_ = data.Close()
-		return nil, false, fmt.Errorf("layer %s: log file: %w", id, missingIsCorrupt(err))
+		return nil, false, fmt.Errorf("%s layer %s: log file: %w", role, id, missingIsCorrupt(err))
 	}
-	l = &layer{id: id, data: data, log: lf, m: newExtMap(), dirSynced: true}
-	defer func() {
-		if err != nil {
-			l.close()
-		}
-	}()
+	l := &layer{id: id, data: data, log: lf, m: newExtMap(), dirSynced: true}
+	clean, err := l.load(committed)
+	if err != nil {
+		l.close()
+		return nil, false, fmt.Errorf("%s layer %s log: %w", role, id, err)
+	}
+	return l, clean, nil
+}
+
+// load replays the log into l.m, cutting a torn tail, and sets l.logSize.
+func (l *layer) load(committed int64) (clean bool, err error) {
 	last, end, err := l.replay(func(e logEntry) error {
 		l.m.set(e.start, e.count, e.kind)
 		return nil
 	})
-	if err != nil {
-		if !errors.Is(err, errTorn) || !head {
-			return nil, false, fmt.Errorf("layer %s log: %w", id, asCorrupt(err))
+	if err == nil {
+		if end < committed {
+			return false, fmt.Errorf("ends at %d, but %d bytes were committed: %w", end, committed, ErrCorrupt)
 		}
-		if terr := lf.Truncate(end); terr != nil {
-			return nil, false, fmt.Errorf("layer %s log: cut torn tail at %d: %w", id, end, terr)
+		l.logSize = end
+		return last == recClean, nil
+	}
+	if !errors.Is(err, errTorn) {
+		return false, asCorrupt(err)
+	}
+	if committed >= 0 && end < committed {
+		return false, fmt.Errorf("%v, within the %d committed bytes: %w", err, committed, ErrCorrupt)
+	}
+	if committed < 0 {
+		fi, serr := l.log.Stat()
+		if serr != nil {
+			return false, fmt.Errorf("stat: %w", serr)
 		}
-		last = 0
+		if next, ok := validRecordAfter(l.log, end, fi.Size()); ok {
+			return false, fmt.Errorf("%v, and a valid record follows at %d: synced records are damaged: %w", err, next, ErrCorrupt)
+		}
+	}
+	if terr := l.log.Truncate(end); terr != nil {
+		return false, fmt.Errorf("cut torn tail at %d: %w", end, terr)
+	}
+	if serr := unix.Fdatasync(int(l.log.Fd())); serr != nil {
+		return false, fmt.Errorf("sync after cutting torn tail at %d: %w", end, serr)
 	}
 	l.logSize = end
-	return l, last == recClean, nil
+	return false, nil
+}
+
+// validRecordAfter reports whether the damaged record at off, followed by
+// its own length field, is succeeded by a record that decodes cleanly. A
+// crash tears only the end of the last append, so a valid record after the
+// damage means the damage is not a torn tail. A damaged length field
+// cannot be followed; the damage is then taken as a tail.
+func validRecordAfter(f io.ReaderAt, off, size int64) (int64, bool) {
+	var hdr [recHeaderSize]byte
+	if _, err := f.ReadAt(hdr[:], off); err != nil {
+		return 0, false
+	}
+	n := int64(binary.LittleEndian.Uint32(hdr[:4]))
+	if n > maxRecPayload {
+		return 0, false
+	}
+	next := off + recHeaderSize + n + recTrailerSize
+	if next >= size {
+		return 0, false
+	}
+	lr := &logReader{r: io.NewSectionReader(f, next, size-next), off: next}
+	if err := lr.next(nil); err != nil {
+		return 0, false
+	}
+	return next, true
 }
 
 func missingIsCorrupt(err error) error {
@@ -145,10 +207,13 @@ func (l *layer) replay(fn func(logEntry) error) (last byte, end int64, err error
 }
 
 // sums replays the log and returns the latest checksum of every block the
-// layer holds as data.
-func (l *layer) sums() (map[uint64]uint64, error) {
+// layer holds as data; if kinds is not nil, it also gets the layer's map.
+func (l *layer) sums(kinds *extMap) (map[uint64]uint64, error) {
 	sums := make(map[uint64]uint64)
 	_, _, err := l.replay(func(e logEntry) error {
+		if kinds != nil {
+			kinds.set(e.start, e.count, e.kind)
+		}
 		for i := uint64(0); i < e.count; i++ {
 			if e.kind == kindData {
 				sums[e.start+i] = e.sums[i]
@@ -181,6 +246,13 @@ func (l *layer) appendLog(b []byte) error {
 	}
 	l.logSize += int64(len(b))
 	return nil
+}
+
+// syncedLogSize returns the length of the log that appends have synced.
+func (l *layer) syncedLogSize() int64 {
+	l.logMu.Lock()
+	defer l.logMu.Unlock()
+	return l.logSize
 }
 
 func (l *layer) syncData() error {

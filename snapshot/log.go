@@ -160,7 +160,8 @@ type logReader struct {
 	off  int64 // offset just past the last good record
 	hdr  [recHeaderSize]byte
 	buf  []byte
-	last byte // type of the last good record
+	sums []uint64 // decoded checksums, reused across records
+	last byte     // type of the last good record
 }
 
 // next decodes one record, calling fn for each extent of an extents record.
@@ -199,7 +200,7 @@ func (lr *logReader) next(fn func(logEntry) error) error {
 			return fmt.Errorf("record at %d: marker with %d-byte payload: %w", lr.off, n, ErrCorrupt)
 		}
 	case recExtents:
-		if err := decodeExtents(body[:n], fn); err != nil {
+		if err := decodeExtents(body[:n], &lr.sums, fn); err != nil {
 			return fmt.Errorf("record at %d: %w", lr.off, err)
 		}
 	default:
@@ -210,9 +211,12 @@ func (lr *logReader) next(fn func(logEntry) error) error {
 	return nil
 }
 
-// sumsBuf is reused across entries of one payload.
-func decodeExtents(p []byte, fn func(logEntry) error) error {
-	var sums []uint64
+// decodeExtents decodes the entries of an extents payload. The sums of a
+// data entry are decoded into *buf, reused across entries and records, so
+// fn must not keep entry.sums past its call.
+func decodeExtents(p []byte, buf *[]uint64, fn func(logEntry) error) error {
+	sums := *buf
+	defer func() { *buf = sums }()
 	for len(p) > 0 {
 		if len(p) < entryHeaderSize {
 			return fmt.Errorf("entry: %d trailing bytes: %w", len(p), ErrCorrupt)

@@ -54,6 +54,9 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) error {
 		return err
 	}
 	nm := v.meta.clone()
+	if upper != v.head {
+		nm.Layers[pos+1].LogSize = upper.syncedLogSize()
+	}
 	nm.Layers = slices.Delete(nm.Layers, pos, pos+1)
 	if err := v.s.writeMeta(nm); err != nil {
 		return fail(err)
@@ -112,8 +115,7 @@ func (v *Volume) mergePiece(lower *layer, lowerSlot uint32, upper *layer, upperI
 		return err
 	}
 	if upperIsHead {
-		f, l := v.lockStripes(a, b)
-		defer v.unlockStripes(f, l)
+		defer v.unlockStripes(v.lockStripes(a, b))
 	}
 	// The blocks of [a, b) that upper does not hold.
 	*gaps = (*gaps)[:0]

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strconv"
 	"time"
@@ -90,6 +91,10 @@ type layerMeta struct {
 	Created time.Time `json:"created"`
 	// Size is the volume size when the layer was sealed; 0 for the head.
 	Size int64 `json:"size,omitempty"`
+	// LogSize is, for a sealed layer, the length of its log that was synced
+	// when this metadata was written: damage before it is corruption,
+	// damage after it the torn tail of an interrupted merge. 0 for the head.
+	LogSize int64 `json:"log_size,omitempty"`
 
 	id layerID
 }
@@ -145,8 +150,8 @@ func (m *volumeMeta) validate() error {
 		ids[id] = true
 		l.id = id
 		if i == len(m.Layers)-1 {
-			if l.Snapshot != "" || l.Size != 0 {
-				return fmt.Errorf("head layer %s: has snapshot name or size: %w", l.ID, ErrCorrupt)
+			if l.Snapshot != "" || l.Size != 0 || l.LogSize != 0 {
+				return fmt.Errorf("head layer %s: has snapshot name, size or log size: %w", l.ID, ErrCorrupt)
 			}
 			if m.Size < prevSize {
 				return fmt.Errorf("volume size %d smaller than its last snapshot (%d): %w", m.Size, prevSize, ErrCorrupt)
@@ -155,6 +160,9 @@ func (m *volumeMeta) validate() error {
 		}
 		if err := checkSize(l.Size); err != nil {
 			return fmt.Errorf("layer %s size: %v: %w", l.ID, err, ErrCorrupt)
+		}
+		if l.LogSize < logHeaderSize {
+			return fmt.Errorf("layer %s: log size %d, want at least %d: %w", l.ID, l.LogSize, logHeaderSize, ErrCorrupt)
 		}
 		if l.Size < prevSize {
 			return fmt.Errorf("layer %s: size %d smaller than the layer below (%d): %w", l.ID, l.Size, prevSize, ErrCorrupt)
@@ -216,6 +224,9 @@ func decodeMeta(b []byte) (*volumeMeta, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("json: %v: %w", err, ErrCorrupt)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("json: data after the object: %w", ErrCorrupt)
 	}
 	if err := m.validate(); err != nil {
 		if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrUnsupportedFormat) {

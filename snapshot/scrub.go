@@ -55,7 +55,7 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubReport, error) {
 	buf := make([]byte, 256*BlockSize)
 	for _, it := range items {
 		rep.Layers++
-		sums, err := it.l.sums()
+		sums, err := it.l.sums(nil)
 		if err != nil {
 			return rep, fmt.Errorf("volume %q: scrub: %w", v.name, err)
 		}

@@ -75,9 +75,11 @@ func OpenStore(dir string, opts *Options) (*Store, error) {
 		layers:   make(map[layerID]*layer),
 		open:     make(map[string]*Volume),
 	}
-	if err := s.initDir(); err != nil {
-		return nil, err
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store %s: %w", dir, err)
 	}
+	// Lock before looking at the directory, so two processes never
+	// initialise or clean up the same store at once.
 	lf, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", dir, err)
@@ -87,6 +89,10 @@ func OpenStore(dir string, opts *Options) (*Store, error) {
 		return nil, fmt.Errorf("store %s: held by another process: %w", dir, ErrInUse)
 	}
 	s.lockFile = lf
+	if err := s.initDir(); err != nil {
+		_ = lf.Close()
+		return nil, err
+	}
 	if err := s.load(); err != nil {
 		_ = lf.Close()
 		return nil, err
@@ -103,15 +109,20 @@ func (s *Store) initDir() error {
 			return fmt.Errorf("store %s: %s says %q: %w", s.dir, storeMarker, strings.TrimSpace(string(b)), ErrUnsupportedFormat)
 		}
 	case errors.Is(err, fs.ErrNotExist):
-		if err := os.MkdirAll(s.dir, 0o700); err != nil {
-			return fmt.Errorf("store %s: %w", s.dir, err)
-		}
 		ents, err := os.ReadDir(s.dir)
 		if err != nil {
 			return fmt.Errorf("store %s: %w", s.dir, err)
 		}
 		for _, e := range ents {
-			if e.Name() != "lock" {
+			switch e.Name() {
+			case "lock":
+				// Ours, created above.
+			case storeMarker + tmpSuffix:
+				// A crash while writing the marker: start again.
+				if err := os.Remove(filepath.Join(s.dir, e.Name())); err != nil {
+					return fmt.Errorf("store %s: %w", s.dir, err)
+				}
+			default:
 				return fmt.Errorf("store %s: directory is not empty and has no %s file: %w", s.dir, storeMarker, ErrInvalidArgument)
 			}
 		}
@@ -449,13 +460,32 @@ func (s *Store) acquire(id layerID, head bool) (l *layer, clean bool, err error)
 		l.refs++
 		return l, true, nil
 	}
-	l, clean, err = openLayer(s.layerDir, id, head)
+	committed := int64(-1)
+	if !head {
+		committed = s.committedLogLocked(id)
+	}
+	l, clean, err = openLayer(s.layerDir, id, committed)
 	if err != nil {
 		return nil, false, err
 	}
 	l.refs = 1
 	s.layers[id] = l
 	return l, clean, nil
+}
+
+// committedLogLocked returns the longest synced log length any volume's
+// metadata records for sealed layer id. Volumes sharing a layer may record
+// different lengths: a merge into it commits in one volume's metadata only.
+func (s *Store) committedLogLocked(id layerID) int64 {
+	var n int64
+	for _, m := range s.metas {
+		for _, l := range m.Layers[:len(m.Layers)-1] {
+			if l.id == id {
+				n = max(n, l.LogSize)
+			}
+		}
+	}
+	return n
 }
 
 // release drops a handle; the last one closes the layer, and deletes its

@@ -19,7 +19,8 @@ const stripeShift = 6
 //
 // Concurrency: reads and writes run in parallel; writes to overlapping
 // 256 KiB stripes are serialised (a partial-block write is a
-// read-modify-write); Snapshot, Revert and Grow hold I/O for the few
+// read-modify-write), and a read waits for writes in flight on its stripes,
+// so it never returns a block half overwritten in place; Snapshot, Revert and Grow hold I/O for the few
 // fsyncs that make them durable; DeleteSnapshot merges online, holding one
 // stripe at a time. Administrative calls are serialised with each other.
 type Volume struct {
@@ -44,7 +45,7 @@ type Volume struct {
 	dirty *extMap
 	sums  map[uint64]uint64
 
-	stripes [nStripes]sync.Mutex
+	stripes [nStripes]sync.RWMutex
 	flushMu sync.Mutex
 	bgFlush atomic.Bool
 	enc     *logEncoder // guarded by flushMu
@@ -94,7 +95,7 @@ func (v *Volume) load(m *volumeMeta) error {
 // corrections. The cost is proportional to the head's data.
 func (v *Volume) recoverHead() error {
 	h := v.head
-	sums, err := h.sums()
+	sums, err := h.sums(nil)
 	if err != nil {
 		return err
 	}
@@ -121,8 +122,14 @@ func (v *Volume) recoverHead() error {
 			b += n
 		}
 	}
-	if fixed > 0 {
-		v.s.log.Info("recovered head after unclean shutdown", "volume", v.name, "layer", h.id.String(), "rehashed", fixed)
+	if fixed == 0 {
+		return nil
+	}
+	v.s.log.Info("recovered head after unclean shutdown", "volume", v.name, "layer", h.id.String(), "rehashed", fixed)
+	// The sums describe what the data file holds now, possibly only in the
+	// page cache: make that durable before the log says so.
+	if err := h.syncData(); err != nil {
+		return fmt.Errorf("recover head: %w", err)
 	}
 	return h.appendLog(enc.bytes())
 }
@@ -256,6 +263,7 @@ func (v *Volume) Snapshot(ctx context.Context, name string) error {
 	nm := v.meta.clone()
 	h := nm.head()
 	h.Snapshot, h.Created, h.Size = name, now, v.size
+	h.LogSize = v.head.syncedLogSize()
 	nm.Layers = append(nm.Layers, layerMeta{ID: nl.id.String(), Created: now, id: nl.id})
 	if err := v.s.writeMeta(nm); err != nil {
 		v.s.release(nl)
