@@ -55,14 +55,18 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubReport, error) {
 	buf := make([]byte, 256*BlockSize)
 	for _, it := range items {
 		rep.Layers++
-		sums, err := it.l.sums(nil)
+		// The map and checksums as the log has them: a merge into this
+		// layer may be copying blocks up meanwhile, and they count once
+		// their records are synced. logMu keeps its appends out of the
+		// replay.
+		kinds := newExtMap()
+		it.l.logMu.Lock()
+		sums, err := it.l.sums(kinds)
+		it.l.logMu.Unlock()
 		if err != nil {
 			return rep, fmt.Errorf("volume %q: scrub: %w", v.name, err)
 		}
-		it.l.mu.RLock()
-		runs := it.l.m.runs()
-		it.l.mu.RUnlock()
-		for _, r := range runs {
+		for _, r := range kinds.runs() {
 			if r.val != kindData {
 				continue
 			}
