@@ -1,15 +1,46 @@
 // Package nbd owns Strata's NBD server: fixed newstyle negotiation, the
-// export list (one export per volume, a read-only export per snapshot named
-// "vol@snap"), and the transmission phase with many requests in flight per
-// connection, out-of-order replies, multi-conn, FLUSH, FUA, TRIM,
-// WRITE_ZEROES, structured replies and BLOCK_STATUS "base:allocation". It
-// listens on a unix socket by default, TCP (with TLS available) on request.
-// A bad request gets an NBD error reply; the connection and server stay up.
+// export list, and the transmission phase with many requests in flight per
+// connection and out-of-order replies.
+//
+// What it serves. An Exports registry names the devices (blockdev.Volume):
+// one export per volume ("vol") and a read-only export per snapshot
+// ("vol@snap"). The agent supplies the registry; MapExports is a fixed
+// in-memory one for tests and tools. Concurrent connections to one name
+// share one device, so FLUSH on any connection covers writes completed on
+// all of them and the server advertises NBD_FLAG_CAN_MULTI_CONN.
+//
+// Negotiation: NBD_OPT_EXPORT_NAME, LIST, INFO and GO (NBD_INFO_EXPORT,
+// NBD_INFO_BLOCK_SIZE with minimum 1, preferred 4096, maximum MaxPayload,
+// and NBD_INFO_NAME/DESCRIPTION when asked), ABORT, STRUCTURED_REPLY,
+// LIST/SET_META_CONTEXT for "base:allocation", and STARTTLS with X.509
+// certificates (Options.TLSConfig; Options.RequireTLS for FORCEDTLS).
+// TLS-PSK is not supported: Go's crypto/tls has no PSK cipher suites, so a
+// PSK client's handshake fails and the connection is closed; use
+// certificates. Unknown exports get NBD_REP_ERR_UNKNOWN and unknown
+// options NBD_REP_ERR_UNSUP. Extended headers are not offered.
+//
+// Transmission: one goroutine per connection decodes requests (reading a
+// write's payload into a pooled buffer) and a bounded pool of workers
+// executes them; replies are written whole under a lock, in completion
+// order. READ (structured replies with OFFSET_HOLE chunks for holes and
+// zero extents in reads of 64 KiB or more, unless DF), WRITE with FUA,
+// FLUSH, TRIM, WRITE_ZEROES (NO_HOLE zeroes, otherwise the range may be
+// trimmed; FAST_ZERO is always honoured because Strata zeroes in
+// metadata), BLOCK_STATUS and DISC. Errors: a read, trim or block status
+// past the end or a request over MaxPayload gets EINVAL, a write or write
+// zeroes past the end ENOSPC (as the specification says), writes to a
+// read-only export EPERM, device ENOSPC/EDQUOT/EFBIG ENOSPC, other device
+// failures EIO; the connection stays up. A wrong request magic, or a
+// write payload over 4×MaxPayload, closes that connection only. The bytes
+// of payload in flight per connection are capped (MaxInFlightBytes): the
+// reader waits for replies to drain.
+//
+// Listeners: ListenUnix (the default) and ListenTCP (opt-in); Serve on
+// each. Shutdown stops accepting, lets requests in flight finish, flushes
+// the exports written through each connection, and closes.
 //
 // The package serves blockdev.Volume and nothing else: among Strata packages
 // it imports only blockdev. It must not import snapshot, the other frontends
 // (fuse, attach), the agent, plugins or backupd. go-nbd supplies protocol
 // constants and structs only; its server is not used.
-//
-// Not implemented yet: see issue 3.
 package nbd

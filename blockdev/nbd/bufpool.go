@@ -1,0 +1,57 @@
+package nbd
+
+import (
+	"math/bits"
+	"sync"
+)
+
+// Payload buffers come from power-of-two size classes, 4 KiB to
+// MaxPayload plus replyHeadroom, each a sync.Pool of *[]byte (a bare
+// slice would allocate on every Put). The headroom in front of the data
+// lets a read reply carry its header in the same buffer, so a reply is a
+// single write with no copy.
+const (
+	// replyHeadroom fits a structured OFFSET_DATA chunk header (20 bytes
+	// plus the 8-byte offset) or a simple reply header (16 bytes).
+	replyHeadroom = 32
+	minClassShift = 12
+	maxClassShift = 25 + 1 // MaxPayload + headroom rounds up to 64 MiB
+)
+
+var bufPools [maxClassShift - minClassShift + 1]sync.Pool
+
+// sizeClass returns the pool index for a buffer of n bytes.
+func sizeClass(n int) int {
+	if n <= 1<<minClassShift {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minClassShift
+}
+
+// getBuf returns a buffer of length n (contents undefined) from its size
+// class. Callers return it with putBuf.
+func getBuf(n int) *[]byte {
+	c := sizeClass(n)
+	if c >= len(bufPools) {
+		b := make([]byte, n)
+		return &b
+	}
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		*p = (*p)[:n]
+		return p
+	}
+	b := make([]byte, n, 1<<(c+minClassShift))
+	return &b
+}
+
+// putBuf returns a buffer obtained from getBuf to its pool.
+func putBuf(p *[]byte) {
+	if p == nil {
+		return
+	}
+	c := sizeClass(cap(*p))
+	if c >= len(bufPools) || cap(*p) != 1<<(c+minClassShift) {
+		return // not one of ours; let the GC have it
+	}
+	bufPools[c].Put(p)
+}

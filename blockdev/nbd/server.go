@@ -1,0 +1,237 @@
+package nbd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configure a Server. The zero value serves plain NBD with the
+// defaults below.
+type Options struct {
+	// Logger receives connection and error events; nil discards them.
+	Logger *slog.Logger
+	// TLSConfig enables NBD_OPT_STARTTLS with X.509 certificates. Go's
+	// crypto/tls has no TLS-PSK, so PSK clients (nbdkit --tls-psk, libnbd
+	// tls-psk-file) fail the handshake; see the package documentation.
+	TLSConfig *tls.Config
+	// RequireTLS makes the server FORCEDTLS: every option but STARTTLS and
+	// ABORT is refused with NBD_REP_ERR_TLS_REQD until TLS is up. It
+	// requires TLSConfig.
+	RequireTLS bool
+	// DefaultExport is the export served for the empty name ("" means the
+	// empty name is unknown).
+	DefaultExport string
+	// Workers is the number of requests one connection runs at once
+	// (default 16).
+	Workers int
+	// MaxInFlightBytes caps the payload bytes (write data read and read
+	// data to send) held by one connection's requests in flight; the
+	// request reader waits when it is reached (default 64 MiB, at least
+	// MaxPayload).
+	MaxInFlightBytes int64
+	// HandshakeTimeout bounds the option negotiation of one connection
+	// (default 30 s).
+	HandshakeTimeout time.Duration
+}
+
+const (
+	defaultWorkers          = 16
+	defaultMaxInFlightBytes = 64 << 20
+	defaultHandshakeTimeout = 30 * time.Second
+)
+
+// Server serves Exports over NBD. Create it with NewServer, run Serve on
+// one or more listeners, and stop it with Shutdown (or by cancelling the
+// context passed to Serve).
+type Server struct {
+	exports Exports
+	opts    Options
+	log     *slog.Logger
+
+	draining atomic.Bool
+	mu       sync.Mutex
+	lns      map[net.Listener]struct{}
+	conns    map[*serverConn]struct{}
+	connWG   sync.WaitGroup
+	// base is the context of every connection; cancel it only to abandon
+	// requests on a forced shutdown.
+	base       context.Context
+	cancelBase context.CancelFunc
+}
+
+// NewServer returns a server for exports.
+func NewServer(exports Exports, opts Options) (*Server, error) {
+	if exports == nil {
+		return nil, errors.New("nbd: new server: nil Exports")
+	}
+	if opts.RequireTLS && opts.TLSConfig == nil {
+		return nil, errors.New("nbd: new server: RequireTLS without TLSConfig")
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = defaultWorkers
+	}
+	if opts.MaxInFlightBytes <= 0 {
+		opts.MaxInFlightBytes = defaultMaxInFlightBytes
+	}
+	opts.MaxInFlightBytes = max(opts.MaxInFlightBytes, MaxPayload)
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	base, cancel := context.WithCancel(context.Background())
+	return &Server{
+		exports:    exports,
+		opts:       opts,
+		log:        log,
+		lns:        make(map[net.Listener]struct{}),
+		conns:      make(map[*serverConn]struct{}),
+		base:       base,
+		cancelBase: cancel,
+	}, nil
+}
+
+// ListenUnix listens on a unix socket at path, replacing a stale socket
+// file left by an earlier process (but never a file of another kind).
+func ListenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("nbd: listen unix %s: exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("nbd: listen unix %s: a server is already listening", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("nbd: listen unix %s: remove stale socket: %w", path, err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: listen unix %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// ListenTCP listens on a TCP address such as "127.0.0.1:10809". TCP is
+// opt-in: serve it only with TLS (RequireTLS) unless the network is
+// trusted.
+func ListenTCP(addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: listen tcp %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// Serve accepts connections on l until Shutdown is called or ctx is done,
+// and returns ErrServerClosed then (or the listener's error). Cancelling
+// ctx shuts the whole server down gracefully, as Shutdown does without a
+// deadline. Serve closes l.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		_ = l.Close()
+		return ErrServerClosed
+	}
+	s.lns[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, l)
+		s.mu.Unlock()
+		_ = l.Close()
+	}()
+
+	stop := context.AfterFunc(ctx, func() {
+		if err := s.Shutdown(context.Background()); err != nil {
+			s.log.Warn("nbd: shutdown", "err", err)
+		}
+	})
+	defer stop()
+
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.draining.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("nbd: accept", "err", err, "retry", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
+		}
+		delay = 0
+		c := newServerConn(s, nc)
+		s.mu.Lock()
+		if s.draining.Load() {
+			s.mu.Unlock()
+			_ = nc.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.connWG.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.connWG.Done()
+			c.serve()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, stops
+// reading new requests, lets the requests in flight finish and their
+// replies go out, flushes each connection's export, and closes the
+// connections. If ctx ends first, Shutdown closes the remaining
+// connections, cancels their device calls that have not started, and
+// returns ctx's error without waiting for calls in progress. Shutdown is
+// idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining.Store(true)
+	for l := range s.lns {
+		_ = l.Close()
+	}
+	for c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.connWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancelBase()
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.raw.Close()
+	}
+	s.mu.Unlock()
+	return fmt.Errorf("nbd: shutdown: connections closed before draining: %w", ctx.Err())
+}

@@ -1,0 +1,517 @@
+package nbd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+
+	"github.com/pojntfx/go-nbd/pkg/protocol"
+	"github.com/strata-block/strata/blockdev"
+)
+
+const (
+	// maxSkipPayload is the largest oversized write payload the reader
+	// skips (answering EINVAL) rather than closing the connection.
+	maxSkipPayload = 4 * MaxPayload
+	// sparseReadMin is the smallest read for which the server asks the
+	// device for its extents, to answer holes with OFFSET_HOLE chunks.
+	// Below it a hole saves less than the lookup costs.
+	sparseReadMin = 64 << 10
+	// maxReadChunks bounds the chunks of one sparse read reply; a more
+	// fragmented range is sent as one data chunk.
+	maxReadChunks = 256
+	// maxDescriptors bounds the descriptors of one BLOCK_STATUS reply; the
+	// client asks again for the rest.
+	maxDescriptors = 1 << 16
+)
+
+// request is one transmission request in flight. Requests are pooled.
+type request struct {
+	protocol.TransmissionRequestHeader
+	buf     *[]byte // write payload, or read data after replyHeadroom
+	charge  int64   // bytes charged to the connection's budget
+	scratch []byte  // reply headers
+	iov     net.Buffers
+}
+
+var requestPool = sync.Pool{New: func() any { return &request{scratch: make([]byte, 0, 64)} }}
+
+// budget caps the payload bytes of the requests in flight. Only the
+// request reader acquires; workers release.
+type budget struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	used int64
+	max  int64
+}
+
+func (b *budget) acquire(n int64) {
+	b.mu.Lock()
+	for b.used > 0 && b.used+n > b.max {
+		b.cond.Wait()
+	}
+	b.used += n
+	b.mu.Unlock()
+}
+
+func (b *budget) release(n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+	b.cond.Signal()
+}
+
+// transmit runs the transmission phase: this goroutine decodes requests
+// and a pool of workers executes them, replying out of order. It returns
+// when the client disconnects (NBD_CMD_DISC or a closed connection), the
+// stream breaks the protocol, or the server stops reading; requests
+// already read are executed and answered before it returns.
+func (c *serverConn) transmit(ctx context.Context) error {
+	c.budget.max = c.s.opts.MaxInFlightBytes
+	c.budget.cond.L = &c.budget.mu
+	workers := c.s.opts.Workers
+	c.reqs = make(chan *request, workers)
+	for range workers {
+		c.wg.Add(1)
+		go c.worker(ctx)
+	}
+	err := c.readRequests()
+	close(c.reqs)
+	c.wg.Wait()
+	return err
+}
+
+func (c *serverConn) worker(ctx context.Context) {
+	defer c.wg.Done()
+	for r := range c.reqs {
+		c.handle(ctx, r)
+		c.budget.release(r.charge)
+		putBuf(r.buf)
+		r.buf, r.charge, r.iov = nil, 0, r.iov[:0]
+		requestPool.Put(r)
+	}
+}
+
+// readRequests decodes requests and hands them to the workers until the
+// client disconnects or the stream fails.
+func (c *serverConn) readRequests() error {
+	var hb [requestHeaderSize]byte
+	for {
+		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
+			return err
+		}
+		h, err := decodeRequest(hb[:])
+		if err != nil {
+			return err
+		}
+		r := requestPool.Get().(*request)
+		r.TransmissionRequestHeader = h
+		switch h.Type {
+		case cmdDisc:
+			requestPool.Put(r)
+			return nil
+		case cmdWrite:
+			if h.Length > MaxPayload {
+				requestPool.Put(r)
+				if h.Length > maxSkipPayload {
+					return fmt.Errorf("write of %d bytes, beyond %d: %w", h.Length, maxSkipPayload, ErrProtocol)
+				}
+				if _, err := io.CopyN(io.Discard, c.br, int64(h.Length)); err != nil {
+					return err
+				}
+				c.replyErr(&request{TransmissionRequestHeader: h}, errInval, "write larger than the maximum block size")
+				continue
+			}
+			r.charge = int64(h.Length)
+			c.budget.acquire(r.charge)
+			r.buf = getBuf(int(h.Length))
+			if _, err := io.ReadFull(c.br, *r.buf); err != nil {
+				c.budget.release(r.charge)
+				putBuf(r.buf)
+				r.buf, r.charge = nil, 0
+				requestPool.Put(r)
+				return err
+			}
+		case cmdRead:
+			if h.Length <= MaxPayload {
+				r.charge = int64(h.Length)
+				c.budget.acquire(r.charge)
+			}
+		}
+		c.reqs <- r
+	}
+}
+
+// handle executes one request and sends its reply. A panic is answered
+// as EIO and logged; the connection stays up.
+func (c *serverConn) handle(ctx context.Context, r *request) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("nbd: request panicked", "op", cmdName(r.Type), "offset", r.Offset, "length", r.Length, "panic", p)
+			c.replyErr(r, errIO, "internal server error")
+		}
+	}()
+	if errno, msg := c.check(r); errno != 0 {
+		c.replyErr(r, errno, msg)
+		return
+	}
+	off, n := int64(r.Offset), int64(r.Length)
+	var wf blockdev.WriteFlags
+	if r.CommandFlags&cmdFlagFUA != 0 {
+		wf = blockdev.FUA
+	}
+	var err error
+	switch r.Type {
+	case cmdRead:
+		c.read(ctx, r)
+		return
+	case cmdBlockStatus:
+		c.blockStatus(ctx, r)
+		return
+	case cmdWrite:
+		_, err = c.vol.WriteAt(ctx, *r.buf, off, wf)
+	case cmdFlush:
+		c.dirty.Store(false)
+		err = c.vol.Flush(ctx)
+		if err != nil {
+			c.dirty.Store(true)
+		}
+	case cmdTrim:
+		if n > 0 {
+			err = c.vol.Trim(ctx, off, n, wf)
+		}
+	case cmdWriteZeroes:
+		// Zero and Trim of Strata devices change only extent metadata
+		// (plus the partial blocks at the edges), so FAST_ZERO is always
+		// honoured. Without NO_HOLE the range may become a hole.
+		switch {
+		case n == 0:
+		case r.CommandFlags&cmdFlagNoHole != 0:
+			err = c.vol.Zero(ctx, off, n, wf)
+		default:
+			err = c.vol.Trim(ctx, off, n, wf)
+		}
+	}
+	if err == nil && r.Type != cmdFlush {
+		c.dirty.Store(true)
+	}
+	c.replyResult(r, err)
+}
+
+// check validates a request's command, flags and range, returning the
+// error to answer with (0 if the request may proceed).
+func (c *serverConn) check(r *request) (uint32, string) {
+	allowed, known := allowedFlags(r.Type, c.structured)
+	if !known {
+		return errInval, fmt.Sprintf("unknown command %d", r.Type)
+	}
+	if r.CommandFlags&^allowed != 0 {
+		return errInval, fmt.Sprintf("%s: unsupported flags %#x", cmdName(r.Type), r.CommandFlags&^allowed)
+	}
+	writes := r.Type == cmdWrite || r.Type == cmdTrim || r.Type == cmdWriteZeroes
+	if writes && c.tflags&flagReadOnly != 0 {
+		return errPerm, fmt.Sprintf("%s: export is read-only", cmdName(r.Type))
+	}
+	switch r.Type {
+	case cmdFlush:
+		return 0, ""
+	case cmdRead:
+		if r.Length > MaxPayload {
+			return errInval, fmt.Sprintf("read of %d bytes exceeds the maximum block size %d", r.Length, MaxPayload)
+		}
+	case cmdBlockStatus:
+		if !c.metaBase {
+			return errInval, "no metadata context was negotiated"
+		}
+		if r.Length == 0 {
+			return errInval, "block status of zero length"
+		}
+	}
+	if r.Offset > uint64(c.size) || uint64(r.Length) > uint64(c.size)-r.Offset {
+		if r.Type == cmdWrite || r.Type == cmdWriteZeroes {
+			return errNoSpc, fmt.Sprintf("%s past the end of the export", cmdName(r.Type))
+		}
+		return errInval, fmt.Sprintf("%s past the end of the export", cmdName(r.Type))
+	}
+	return 0, ""
+}
+
+// errnoOf maps a device error to the NBD error value.
+func errnoOf(err error) uint32 {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, blockdev.ErrReadOnly):
+		return errPerm
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		return errNoSpc
+	case errors.Is(err, blockdev.ErrOutOfRange):
+		return errNoSpc
+	case errors.Is(err, blockdev.ErrInvalidArgument):
+		return errInval
+	case errors.Is(err, context.Canceled), errors.Is(err, blockdev.ErrClosed):
+		return errShutdown
+	default:
+		return errIO
+	}
+}
+
+// replyResult answers a request without payload: success, or the mapped
+// error of err.
+func (c *serverConn) replyResult(r *request, err error) {
+	errno := errnoOf(err)
+	if errno != 0 {
+		c.failed(r, errno, err)
+		return
+	}
+	b := r.scratch[:simpleReplyHeaderSize]
+	putSimpleReply(b, 0, r.Handle)
+	c.write(b)
+}
+
+// failed logs a device error and answers it.
+func (c *serverConn) failed(r *request, errno uint32, err error) {
+	if errno == errIO {
+		c.log.Warn("nbd: request failed", "op", cmdName(r.Type), "offset", r.Offset, "length", r.Length, "err", err)
+	} else {
+		c.log.Debug("nbd: request refused", "op", cmdName(r.Type), "offset", r.Offset, "length", r.Length, "err", err)
+	}
+	c.replyErr(r, errno, cmdName(r.Type)+": "+errnoName(errno))
+}
+
+// replyErr answers a request with an error: a structured error chunk with
+// msg when structured replies are on, else a simple reply.
+func (c *serverConn) replyErr(r *request, errno uint32, msg string) {
+	if !c.structured {
+		b := make([]byte, simpleReplyHeaderSize)
+		putSimpleReply(b, errno, r.Handle)
+		c.write(b)
+		return
+	}
+	msg = msg[:min(len(msg), maxNameLen)]
+	b := make([]byte, chunkHeaderSize+6+len(msg))
+	putChunkHeader(b, replyFlagDone, replyTypeError, r.Handle, uint32(6+len(msg)))
+	binary.BigEndian.PutUint32(b[20:24], errno)
+	binary.BigEndian.PutUint16(b[24:26], uint16(len(msg)))
+	copy(b[26:], msg)
+	c.write(b)
+}
+
+// write sends one reply under the write lock. After a failed write the
+// connection is closed, which also stops the request reader.
+func (c *serverConn) write(b []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return
+	}
+	if _, err := c.nc.Write(b); err != nil {
+		c.writeFailed(err)
+	}
+}
+
+func (c *serverConn) writev(iov *net.Buffers) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return
+	}
+	if _, err := iov.WriteTo(c.nc); err != nil {
+		c.writeFailed(err)
+	}
+}
+
+// writeFailed records the first reply write error; callers hold wmu.
+func (c *serverConn) writeFailed(err error) {
+	c.werr = err
+	c.log.Debug("nbd: reply write failed; closing", "err", err)
+	_ = c.raw.Close()
+}
+
+// read answers NBD_CMD_READ. The data goes after replyHeadroom in the
+// buffer so the reply header is written in front of it and the reply
+// leaves in one write.
+func (c *serverConn) read(ctx context.Context, r *request) {
+	n := int(r.Length)
+	r.buf = getBuf(replyHeadroom + n)
+	b := *r.buf
+	data := b[replyHeadroom:]
+	if c.structured && r.CommandFlags&cmdFlagDF == 0 && n >= sparseReadMin {
+		exts, err := c.vol.Extents(ctx, int64(r.Offset), int64(n))
+		if err == nil && c.readSparse(ctx, r, data, exts) {
+			return
+		}
+	}
+	if n > 0 {
+		if _, err := c.vol.ReadAt(ctx, data, int64(r.Offset)); err != nil && !errors.Is(err, io.EOF) {
+			c.failed(r, errnoOf(err), err)
+			return
+		}
+	}
+	switch {
+	case !c.structured:
+		putSimpleReply(b[replyHeadroom-simpleReplyHeaderSize:], 0, r.Handle)
+		c.write(b[replyHeadroom-simpleReplyHeaderSize:])
+	case n == 0:
+		h := r.scratch[:chunkHeaderSize]
+		putChunkHeader(h, replyFlagDone, replyTypeNone, r.Handle, 0)
+		c.write(h)
+	default:
+		h := b[replyHeadroom-chunkHeaderSize-8 : replyHeadroom]
+		putChunkHeader(h, replyFlagDone, replyTypeOffsetData, r.Handle, uint32(8+n))
+		binary.BigEndian.PutUint64(h[chunkHeaderSize:], r.Offset)
+		c.write(b[replyHeadroom-chunkHeaderSize-8:])
+	}
+}
+
+// span is a run of a read reply: data to send, or zeros to send as a
+// hole chunk.
+type span struct {
+	off, n int64 // relative to the request
+	zero   bool
+}
+
+// readSparse answers a structured read whose range holds holes or zero
+// extents with OFFSET_DATA chunks for the data and OFFSET_HOLE chunks for
+// the rest. It returns false, having sent nothing, when the range is all
+// data or too fragmented to be worth it.
+func (c *serverConn) readSparse(ctx context.Context, r *request, data []byte, exts []blockdev.Extent) bool {
+	start, end := int64(r.Offset), int64(r.Offset)+int64(len(data))
+	var spans [maxReadChunks]span
+	ns := 0
+	add := func(off, n int64, zero bool) bool {
+		if n <= 0 {
+			return true
+		}
+		if ns > 0 && spans[ns-1].zero == zero && spans[ns-1].off+spans[ns-1].n == off {
+			spans[ns-1].n += n
+			return true
+		}
+		if ns == len(spans) {
+			return false
+		}
+		spans[ns] = span{off: off, n: n, zero: zero}
+		ns++
+		return true
+	}
+	pos := start
+	for _, e := range exts {
+		es, ee := max(e.Offset, pos), min(e.Offset+e.Length, end)
+		if ee <= es {
+			continue
+		}
+		if !add(pos-start, es-pos, false) || !add(es-start, ee-es, e.Kind != blockdev.ExtentData) {
+			return false
+		}
+		pos = ee
+	}
+	if !add(pos-start, end-pos, false) {
+		return false
+	}
+	if ns == 1 && !spans[0].zero {
+		return false
+	}
+	for _, s := range spans[:ns] {
+		if s.zero {
+			continue
+		}
+		if _, err := c.vol.ReadAt(ctx, data[s.off:s.off+s.n], start+s.off); err != nil && !errors.Is(err, io.EOF) {
+			c.failed(r, errnoOf(err), err)
+			return true
+		}
+	}
+	const dataHdr, holeHdr = chunkHeaderSize + 8, chunkHeaderSize + 12
+	need := 0
+	for _, s := range spans[:ns] {
+		need += dataHdr
+		if s.zero {
+			need += holeHdr - dataHdr
+		}
+	}
+	if cap(r.scratch) < need {
+		r.scratch = make([]byte, need)
+	}
+	hdrs := r.scratch[:need]
+	r.iov = r.iov[:0]
+	for i, s := range spans[:ns] {
+		var flags uint16
+		if i == ns-1 {
+			flags = replyFlagDone
+		}
+		if s.zero {
+			h := hdrs[:holeHdr]
+			hdrs = hdrs[holeHdr:]
+			putChunkHeader(h, flags, replyTypeOffsetHole, r.Handle, 12)
+			binary.BigEndian.PutUint64(h[20:28], uint64(start+s.off))
+			binary.BigEndian.PutUint32(h[28:32], uint32(s.n))
+			r.iov = append(r.iov, h)
+			continue
+		}
+		h := hdrs[:dataHdr]
+		hdrs = hdrs[dataHdr:]
+		putChunkHeader(h, flags, replyTypeOffsetData, r.Handle, uint32(8+s.n))
+		binary.BigEndian.PutUint64(h[20:28], uint64(start+s.off))
+		r.iov = append(r.iov, h, data[s.off:s.off+s.n])
+	}
+	iov := r.iov
+	c.writev(&iov)
+	return true
+}
+
+// blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation: data is
+// 0, allocated zeros NBD_STATE_ZERO, holes NBD_STATE_HOLE|NBD_STATE_ZERO.
+func (c *serverConn) blockStatus(ctx context.Context, r *request) {
+	exts, err := c.vol.Extents(ctx, int64(r.Offset), int64(r.Length))
+	if err != nil {
+		c.failed(r, errnoOf(err), err)
+		return
+	}
+	limit := maxDescriptors
+	if r.CommandFlags&cmdFlagReqOne != 0 {
+		limit = 1
+	}
+	r.buf = getBuf(chunkHeaderSize + 4 + 8*min(len(exts)+1, limit))
+	b := (*r.buf)[:chunkHeaderSize+4]
+	binary.BigEndian.PutUint32(b[chunkHeaderSize:], metaBaseAllocationID)
+	nd := 0
+	pos, end := int64(r.Offset), int64(r.Offset)+int64(r.Length)
+	var last uint32
+	for _, e := range exts {
+		es, ee := max(e.Offset, pos), min(e.Offset+e.Length, end)
+		if ee <= es || es != pos {
+			break // the extents must be contiguous from the offset
+		}
+		var st uint32
+		switch e.Kind {
+		case blockdev.ExtentZero:
+			st = stateZero
+		case blockdev.ExtentHole:
+			st = stateHole | stateZero
+		}
+		if nd > 0 && st == last && uint64(binary.BigEndian.Uint32(b[len(b)-8:]))+uint64(ee-es) <= 1<<32-4096 {
+			binary.BigEndian.PutUint32(b[len(b)-8:], binary.BigEndian.Uint32(b[len(b)-8:])+uint32(ee-es))
+		} else {
+			if nd == limit {
+				break
+			}
+			b = binary.BigEndian.AppendUint32(b, uint32(ee-es))
+			b = binary.BigEndian.AppendUint32(b, st)
+			nd++
+		}
+		last, pos = st, ee
+	}
+	if nd == 0 { // no information: report the range as allocated data
+		b = binary.BigEndian.AppendUint32(b, r.Length)
+		b = binary.BigEndian.AppendUint32(b, 0)
+	}
+	putChunkHeader(b, replyFlagDone, replyTypeBlockStatus, r.Handle, uint32(len(b)-chunkHeaderSize))
+	c.write(b)
+}
