@@ -54,11 +54,9 @@ fuzz-smoke:
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz-smoke.sh
 
-# Snapshot-store benchmarks; raw output kept in benchmarks/out/.
+# Snapshot-store benchmarks (summary on stdout, raw output in benchmarks/out/).
 bench:
-	mkdir -p benchmarks/out
-	$(GO) test -run '^$$' -bench . -benchmem ./snapshot/... \
-		| tee benchmarks/out/snapshot-$$(date -u +%Y%m%dT%H%M%SZ).txt
+	GO=$(GO) benchmarks/snapshot.sh
 
 lint: vet fmt-check
 
