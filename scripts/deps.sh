@@ -20,6 +20,14 @@ echo "deps: using $(go version)"
 required=(
 	"gcc:gcc"
 	"gcc:libc6-dev"
+	# FUSE export and host attach (blockdev/fuse, blockdev/attach).
+	"fusermount3:fuse3"
+	"mkfs.ext4:e2fsprogs"
+	"mkfs.xfs:xfsprogs"
+	"losetup:mount"
+	"qemu-storage-daemon:qemu-system-common"
+	"qemu-img:qemu-utils"
+	"fio:fio"
 )
 
 missing=()
