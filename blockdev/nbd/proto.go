@@ -13,16 +13,16 @@ import (
 // under the NBD specification's names (doc/proto.md of the reference
 // implementation).
 const (
-	magicNBD              = protocol.NEGOTIATION_MAGIC_OLDSTYLE // "NBDMAGIC"
-	magicOption           = protocol.NEGOTIATION_MAGIC_OPTION   // "IHAVEOPT"
-	magicOptionReply      = protocol.NEGOTIATION_MAGIC_REPLY
-	magicRequest          = protocol.TRANSMISSION_MAGIC_REQUEST
-	magicSimpleReply      = protocol.TRANSMISSION_MAGIC_REPLY
-	magicStructuredReply  = uint32(0x668e33ef)
-	handshakeFixedNewstyle= protocol.NEGOTIATION_HANDSHAKE_FLAG_FIXED_NEWSTYLE
-	handshakeNoZeroes     = uint16(1 << 1)
-	clientFixedNewstyle   = uint32(1 << 0)
-	clientNoZeroes        = uint32(1 << 1)
+	magicNBD               = protocol.NEGOTIATION_MAGIC_OLDSTYLE // "NBDMAGIC"
+	magicOption            = protocol.NEGOTIATION_MAGIC_OPTION   // "IHAVEOPT"
+	magicOptionReply       = protocol.NEGOTIATION_MAGIC_REPLY
+	magicRequest           = protocol.TRANSMISSION_MAGIC_REQUEST
+	magicSimpleReply       = protocol.TRANSMISSION_MAGIC_REPLY
+	magicStructuredReply   = uint32(0x668e33ef)
+	handshakeFixedNewstyle = protocol.NEGOTIATION_HANDSHAKE_FLAG_FIXED_NEWSTYLE
+	handshakeNoZeroes      = uint16(1 << 1)
+	clientFixedNewstyle    = uint32(1 << 0)
+	clientNoZeroes         = uint32(1 << 1)
 )
 
 // Options (NBD_OPT_*).
