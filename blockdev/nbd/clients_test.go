@@ -151,13 +151,7 @@ func wantMap(t *testing.T, dev blockdev.Volume) []mapEntry {
 	}
 	var out []mapEntry
 	for _, e := range exts {
-		var f uint32
-		switch e.Kind {
-		case blockdev.ExtentZero:
-			f = stateZero
-		case blockdev.ExtentHole:
-			f = stateHole | stateZero
-		}
+		f := allocationState(e.Kind)
 		if n := len(out); n > 0 && out[n-1].Type == f {
 			out[n-1].Length += e.Length
 			continue

@@ -155,12 +155,7 @@ func TestZeroTrimBlockStatus(t *testing.T) {
 func TestShutdownDrains(t *testing.T) {
 	t.Parallel()
 	g := &gateVolume{memVolume: newMemVolume("vol", 1<<20), gateOff: -1, release: make(chan struct{}), inWriteC: make(chan int64)}
-	e := NewMapExports()
-	if err := e.Add(g, ""); err != nil {
-		t.Fatal(err)
-	}
-	ts := startServer(t, e, Options{})
-	tc := connect(t, ts.sock, "vol", false)
+	ts, tc := serveOne(t, g, Options{}, false)
 	p := pattern(5, 4096)
 	h := tc.send(cmdWrite, 0, 0, 4096, p)
 	<-g.inWriteC // the write is inside the device
@@ -187,12 +182,7 @@ func TestShutdownDrains(t *testing.T) {
 func TestShutdownDeadline(t *testing.T) {
 	t.Parallel()
 	g := &gateVolume{memVolume: newMemVolume("vol", 1<<20), gateOff: 0, entered: make(chan struct{}), release: make(chan struct{})}
-	e := NewMapExports()
-	if err := e.Add(g, ""); err != nil {
-		t.Fatal(err)
-	}
-	ts := startServer(t, e, Options{})
-	tc := connect(t, ts.sock, "vol", false)
+	ts, tc := serveOne(t, g, Options{}, false)
 	tc.send(cmdRead, 0, 0, 4096, nil)
 	<-g.entered
 	ctx, cancel := context.WithCancel(context.Background())

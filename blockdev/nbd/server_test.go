@@ -90,6 +90,17 @@ func memExports(t testing.TB) (*MapExports, *memVolume, *memVolume) {
 	return e, rw, ro
 }
 
+// serveOne serves dev alone and connects one client to it.
+func serveOne(t *testing.T, dev blockdev.Volume, opts Options, structured bool) (*testServer, *testClient) {
+	t.Helper()
+	e := NewMapExports()
+	if err := e.Add(dev, ""); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, e, opts)
+	return ts, connect(t, ts.sock, dev.Name(), structured)
+}
+
 func pattern(seed uint64, n int) []byte {
 	b := make([]byte, n)
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
@@ -409,12 +420,7 @@ func (g *gateVolume) WriteAt(ctx context.Context, p []byte, off int64, f blockde
 func TestOutOfOrderReplies(t *testing.T) {
 	t.Parallel()
 	g := &gateVolume{memVolume: newMemVolume("vol", 1<<20), gateOff: 0, entered: make(chan struct{}), release: make(chan struct{})}
-	e := NewMapExports()
-	if err := e.Add(g, ""); err != nil {
-		t.Fatal(err)
-	}
-	ts := startServer(t, e, Options{})
-	tc := connect(t, ts.sock, "vol", true)
+	_, tc := serveOne(t, g, Options{}, true)
 	slow := tc.send(cmdRead, 0, 0, 4096, nil)
 	<-g.entered // the first read is inside the device
 	fast := tc.send(cmdRead, 0, 8192, 4096, nil)
@@ -434,13 +440,8 @@ func TestInFlightCap(t *testing.T) {
 	t.Parallel()
 	const wsize = 1 << 20
 	g := &gateVolume{memVolume: newMemVolume("vol", 128<<20), gateOff: -1, release: make(chan struct{}), inWriteC: make(chan int64)}
-	e := NewMapExports()
-	if err := e.Add(g, ""); err != nil {
-		t.Fatal(err)
-	}
 	// More workers than the cap has room for, so only the cap limits.
-	ts := startServer(t, e, Options{Workers: 64, MaxInFlightBytes: 32 << 20})
-	tc := connect(t, ts.sock, "vol", false)
+	_, tc := serveOne(t, g, Options{Workers: 64, MaxInFlightBytes: 32 << 20}, false)
 	const n = 64
 	payload := make([]byte, wsize)
 	go func() {

@@ -489,13 +489,7 @@ func (c *serverConn) blockStatus(ctx context.Context, r *request) {
 		if ee <= es || es != pos {
 			break // the extents must be contiguous from the offset
 		}
-		var st uint32
-		switch e.Kind {
-		case blockdev.ExtentZero:
-			st = stateZero
-		case blockdev.ExtentHole:
-			st = stateHole | stateZero
-		}
+		st := allocationState(e.Kind)
 		if nd > 0 && st == last && uint64(binary.BigEndian.Uint32(b[len(b)-8:]))+uint64(ee-es) <= 1<<32-4096 {
 			binary.BigEndian.PutUint32(b[len(b)-8:], binary.BigEndian.Uint32(b[len(b)-8:])+uint32(ee-es))
 		} else {
@@ -514,4 +508,16 @@ func (c *serverConn) blockStatus(ctx context.Context, r *request) {
 	}
 	putChunkHeader(b, replyFlagDone, replyTypeBlockStatus, r.Handle, uint32(len(b)-chunkHeaderSize))
 	c.write(b)
+}
+
+// allocationState maps an extent kind to base:allocation status flags.
+func allocationState(k blockdev.ExtentKind) uint32 {
+	switch k {
+	case blockdev.ExtentZero:
+		return stateZero
+	case blockdev.ExtentHole:
+		return stateHole | stateZero
+	default:
+		return 0
+	}
 }
