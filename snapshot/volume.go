@@ -191,13 +191,13 @@ func (v *Volume) usable() error {
 
 // SnapshotInfo describes a snapshot.
 type SnapshotInfo struct {
-	Name    string
-	Created time.Time
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
 	// Size is the volume size captured by the snapshot.
-	Size int64
+	Size int64 `json:"size"`
 	// Owned is the bytes of data held by the snapshot's own layer (written
 	// after the previous snapshot, not visible through a later one alone).
-	Owned int64
+	Owned int64 `json:"owned"`
 }
 
 // Snapshots lists the volume's snapshots, oldest first.

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 )
@@ -50,18 +49,35 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestServerNotImplemented(t *testing.T) {
+func TestParseSize(t *testing.T) {
 	t.Parallel()
-	var stdout, stderr bytes.Buffer
-	cmd := newRootCmd("dev")
-	cmd.SetArgs([]string{"server"})
-	cmd.SetOut(&stdout)
-	cmd.SetErr(&stderr)
-	err := cmd.ExecuteContext(t.Context())
-	if !errors.Is(err, errServerNotImplemented) {
-		t.Fatalf("strata server: err = %v, want %v", err, errServerNotImplemented)
-	}
-	if !strings.Contains(stderr.String(), "issue 5") {
-		t.Errorf("strata server: stderr %q does not mention issue 5", stderr.String())
+	for _, tc := range []struct {
+		in   string
+		want int64
+		bad  bool
+	}{
+		{in: "4096", want: 4096},
+		{in: "512MiB", want: 512 << 20},
+		{in: "1GiB", want: 1 << 30},
+		{in: "10G", want: 10 << 30},
+		{in: "1gb", want: 1 << 30},
+		{in: "2 TiB", want: 2 << 40},
+		{in: "", bad: true},
+		{in: "GiB", bad: true},
+		{in: "-1", bad: true},
+		{in: "1.5G", bad: true},
+		{in: "1XiB", bad: true},
+		{in: "99999999999P", bad: true},
+	} {
+		got, err := parseSize(tc.in)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("parseSize(%q) = %d, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
 	}
 }

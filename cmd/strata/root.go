@@ -22,8 +22,9 @@ incrementally to backup targets through plugins; and a coordinator takes
 system backups whose manifest is committed only after every volume backup
 it references is acknowledged durable on its target.
 
-Work in progress: no volume, backup or plugin verb exists yet, and
-"strata server" (the agent and coordinator) arrives with issue 5.`,
+Start the agent with "strata server", then manage volumes with
+"strata volume ..." and "strata snapshot ...". Every verb prints a human
+summary, or JSON with --json.`,
 		Version: ver,
 		// main prints the returned error once, on one line; usage on every
 		// error would bury it.
@@ -31,6 +32,6 @@ Work in progress: no volume, backup or plugin verb exists yet, and
 		SilenceErrors: true,
 	}
 	root.SetVersionTemplate("strata {{.Version}}\n")
-	root.AddCommand(newVersionCmd(ver), newServerCmd())
+	root.AddCommand(newVersionCmd(ver), newServerCmd(ver), newVolumeCmd(), newSnapshotCmd())
 	return root
 }

@@ -1,29 +1,88 @@
 package main
 
 import (
-	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/strata-block/strata/blockdev/agent"
 )
 
-// errServerNotImplemented is returned by `strata server` until issue 5 lands.
-var errServerNotImplemented = errors.New("strata server: not implemented yet (issue 5)")
-
-func newServerCmd() *cobra.Command {
-	return &cobra.Command{
+func newServerCmd(ver string) *cobra.Command {
+	var (
+		cfg        agent.Config
+		configPath string
+		logJSON    bool
+	)
+	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the agent and coordinator on this host (not implemented yet)",
-		Long: `Run the agent and the coordinator on this host.
+		Short: "Run the agent on this host",
+		Long: `Run the Strata agent: it opens the volume store in the data directory and
+serves every volume over NBD (DIR/nbd.sock) and as a file in a FUSE mount
+(DIR/mnt), with the control API on DIR/strata.sock (mode 0600) and
+Prometheus metrics at /metrics on it.
 
-Not implemented yet: the server arrives with issue 5. This command serves
-nothing and exits with an error.`,
+The data directory is --data-dir, else $STRATA_DATA_DIR, else ./strata-data.
+Settings come from --config (or DIR/strata.toml when it exists), then flags.
+SIGTERM or SIGINT drains NBD requests, unmounts and detaches what the agent
+attached (and restores it at the next start), flushes and closes volumes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// Best effort: the returned error carries the same fact.
-			_, _ = fmt.Fprintln(cmd.ErrOrStderr(),
-				"The Strata server (agent and coordinator) arrives with issue 5; nothing is served yet.")
-			return errServerNotImplemented
+			dataDir := dataDirFlag(cmd)
+			file, must := configPath, true
+			if file == "" {
+				file, must = agent.DefaultConfigPath(dataDir), false
+			}
+			var fileCfg agent.Config
+			if err := agent.LoadConfig(file, must, &fileCfg); err != nil {
+				return err
+			}
+			// Flags given on the command line win over the file.
+			merged := fileCfg
+			merged.DataDir = dataDir
+			if cmd.Flags().Changed("nbd-listen") {
+				merged.NBDListen = cfg.NBDListen
+			}
+			if cmd.Flags().Changed("fuse") {
+				merged.FUSE = cfg.FUSE
+			}
+			if cmd.Flags().Changed("log-level") {
+				merged.LogLevel = cfg.LogLevel
+			}
+			log, err := newLogger(merged.LogLevel, logJSON)
+			if err != nil {
+				return err
+			}
+			a, err := agent.New(cmd.Context(), merged, ver, log)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
 		},
 	}
+	addDataDirFlag(cmd)
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "TOML config file (default DIR/strata.toml if it exists)")
+	f.StringVar(&cfg.NBDListen, "nbd-listen", "", "also serve NBD on this TCP address, e.g. 127.0.0.1:10809")
+	f.StringVar(&cfg.FUSE, "fuse", "auto", "FUSE mount of volume files: auto (warn and serve NBD only if unusable), on, off")
+	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
+	return cmd
+}
+
+func newLogger(level string, asJSON bool) (*slog.Logger, error) {
+	var l slog.Level
+	if level == "" {
+		level = "info"
+	}
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	if asJSON {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 }

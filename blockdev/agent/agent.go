@@ -1,0 +1,334 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/blockdev/nbd"
+)
+
+// Agent is the per-host daemon: it owns the volume Manager of a data
+// directory and serves its volumes over NBD and FUSE, with a control API
+// and metrics. Create it with New, then Run it.
+type Agent struct {
+	cfg     Config
+	version string
+	log     *slog.Logger
+	started time.Time
+
+	mgr   *blockdev.Manager
+	met   *metrics
+	nbd   *nbd.Server
+	state *stateFile
+	host  *host // FUSE mount and host attachments
+
+	mu sync.Mutex // serialises attach, detach, mount, umount, delete, revert
+}
+
+// New opens the data directory: the volume store (every volume in it is
+// opened), the agent's state and its metrics. Nothing is served until Run.
+func New(ctx context.Context, cfg Config, version string, log *slog.Logger) (*Agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	mgr, err := blockdev.OpenManager(ctx, filepath.Join(cfg.DataDir, storeDir), &blockdev.ManagerOptions{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("open volume store in %s: %w", cfg.DataDir, err)
+	}
+	a := &Agent{cfg: cfg, version: version, log: log, started: time.Now().UTC(), mgr: mgr}
+	a.met = newMetrics(func() float64 {
+		vs, _ := mgr.Volumes(context.Background())
+		return float64(len(vs))
+	})
+	if a.state, err = openState(filepath.Join(cfg.DataDir, stateName)); err != nil {
+		_ = mgr.Close()
+		return nil, err
+	}
+	a.nbd, err = nbd.NewServer(exportsAdapter{a}, nbd.Options{Logger: log.With("component", "nbd")})
+	if err != nil {
+		_ = mgr.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Run serves until ctx is cancelled, then shuts down gracefully: it stops
+// accepting, drains NBD requests in flight, unmounts and detaches what it
+// attached (remembering it for the next start), flushes and closes every
+// volume.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	defer func() {
+		if cerr := a.mgr.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close volumes: %w", cerr)
+		}
+	}()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	serve := func(name string, fn func() error) {
+		wg.Go(func() {
+			if err := fn(); err != nil && !errors.Is(err, nbd.ErrServerClosed) && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// NBD.
+	nl, err := nbd.ListenUnix(NBDSocket(a.cfg.DataDir))
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(NBDSocket(a.cfg.DataDir), 0o600); err != nil {
+		_ = nl.Close()
+		return fmt.Errorf("nbd socket: %w", err)
+	}
+	serve("nbd", func() error { return a.nbd.Serve(runCtx, nl) })
+	if a.cfg.NBDListen != "" {
+		tl, err := nbd.ListenTCP(a.cfg.NBDListen)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+		serve("nbd tcp", func() error { return a.nbd.Serve(runCtx, tl) })
+	}
+
+	// FUSE and the attachments of the previous run.
+	a.host = newHost(a)
+	if err := a.host.start(runCtx); err != nil {
+		cancel()
+		wg.Wait()
+		return err
+	}
+	a.restoreAttachments(runCtx)
+
+	// Control API.
+	mux := http.NewServeMux()
+	a.routes(mux)
+	servers := []*http.Server{{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
+	ul, err := listenUnixAPI(APISocket(a.cfg.DataDir))
+	if err != nil {
+		cancel()
+		wg.Wait()
+		a.host.stop(context.Background(), false)
+		return err
+	}
+	serve("api", func() error { return servers[0].Serve(ul) })
+	if a.cfg.APIListen != "" {
+		srv, tl, err := a.tcpAPI(mux)
+		if err != nil {
+			cancel()
+			_ = servers[0].Close()
+			wg.Wait()
+			a.host.stop(context.Background(), false)
+			return err
+		}
+		servers = append(servers, srv)
+		serve("api tcp", func() error { return srv.Serve(tl) })
+	}
+	a.log.Info("agent serving", "data_dir", a.cfg.DataDir, "api", APISocket(a.cfg.DataDir), "nbd", NBDSocket(a.cfg.DataDir), "fuse", a.host.mountPoint())
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		a.log.Error("agent: a listener failed; shutting down", "err", err)
+	}
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout.Duration)
+	defer scancel()
+	a.log.Info("agent shutting down")
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	if serr := a.nbd.Shutdown(sctx); serr != nil {
+		a.log.Warn("nbd shutdown", "err", serr)
+	}
+	a.host.stop(sctx, true)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// listenUnixAPI listens on the control socket with mode 0600, replacing a
+// stale socket file but never a live server's.
+func listenUnixAPI(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("control socket %s: exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("control socket %s: another strata server is running on this data directory", path)
+		}
+		_ = os.Remove(path)
+	}
+	old := umask(0o177)
+	l, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return l, nil
+}
+
+func (a *Agent) tcpAPI(mux http.Handler) (*http.Server, net.Listener, error) {
+	cert, err := tls.LoadX509KeyPair(a.cfg.TLSCert, a.cfg.TLSKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("api tls: %w", err)
+	}
+	tok, err := os.ReadFile(a.cfg.TokenFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("api token: %w", err)
+	}
+	token := strings.TrimSpace(string(tok))
+	if len(token) < 16 {
+		return nil, nil, fmt.Errorf("api token in %s: shorter than 16 characters", a.cfg.TokenFile)
+	}
+	l, err := tls.Listen("tcp", a.cfg.APIListen, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return nil, nil, fmt.Errorf("api listen %s: %w", a.cfg.APIListen, err)
+	}
+	return &http.Server{Handler: requireToken(token, mux), ReadHeaderTimeout: 10 * time.Second}, l, nil
+}
+
+// exportsAdapter serves the Manager's devices to the NBD server, counted
+// by the agent's metrics.
+type exportsAdapter struct{ a *Agent }
+
+func (e exportsAdapter) List(ctx context.Context) ([]nbd.ExportInfo, error) {
+	names, err := e.a.mgr.Exports(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]nbd.ExportInfo, len(names))
+	for i, n := range names {
+		desc := "strata volume"
+		if strings.Contains(n, "@") {
+			desc = "strata snapshot (read-only)"
+		}
+		out[i] = nbd.ExportInfo{Name: n, Description: desc}
+	}
+	return out, nil
+}
+
+func (e exportsAdapter) Open(ctx context.Context, name string) (blockdev.Volume, func(), error) {
+	dev, release, err := e.a.mgr.Open(ctx, name)
+	if err != nil {
+		if errors.Is(err, blockdev.ErrNotFound) || errors.Is(err, blockdev.ErrInvalidName) {
+			err = fmt.Errorf("%w: %w", nbd.ErrUnknownExport, err)
+		}
+		return nil, nil, err
+	}
+	return e.a.met.instrument(dev), release, nil
+}
+
+// Status reports the agent's state.
+func (a *Agent) status(ctx context.Context) (Status, error) {
+	vs, err := a.mgr.Volumes(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{
+		Version: a.version, Started: a.started, DataDir: a.cfg.DataDir,
+		APISocket: APISocket(a.cfg.DataDir), NBDSocket: NBDSocket(a.cfg.DataDir), NBDListen: a.cfg.NBDListen,
+		Volumes: len(vs),
+	}
+	st.FUSEMount, st.FUSEError = a.host.mountPoint(), a.host.fuseError()
+	return st, nil
+}
+
+func (a *Agent) decorate(vi blockdev.VolumeInfo) VolumeStatus {
+	vs := VolumeStatus{VolumeInfo: vi, NBDURI: fmt.Sprintf("nbd+unix:///%s?socket=%s", vi.Name, NBDSocket(a.cfg.DataDir))}
+	if vi.Err == "" {
+		vs.FUSEPath = a.host.filePath(vi.Name)
+	}
+	if at, ok := a.state.get(vi.Name); ok {
+		vs.Attachment = &at
+	}
+	return vs
+}
+
+func (a *Agent) volumes(ctx context.Context) ([]VolumeStatus, error) {
+	vis, err := a.mgr.Volumes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]VolumeStatus, len(vis))
+	for i, vi := range vis {
+		out[i] = a.decorate(vi)
+	}
+	return out, nil
+}
+
+func (a *Agent) volume(ctx context.Context, name string) (VolumeStatus, error) {
+	vi, err := a.mgr.Volume(ctx, name)
+	if err != nil {
+		return VolumeStatus{}, err
+	}
+	return a.decorate(vi), nil
+}
+
+func (a *Agent) createVolume(ctx context.Context, req CreateVolumeRequest) (VolumeStatus, error) {
+	vi, err := a.mgr.Create(ctx, req.Name, req.Size)
+	if err != nil {
+		return VolumeStatus{}, err
+	}
+	a.volumesChanged()
+	return a.decorate(vi), nil
+}
+
+func (a *Agent) deleteVolume(ctx context.Context, name string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.idle(name); err != nil {
+		return err
+	}
+	defer a.volumesChanged() // puts the files back if the deletion failed
+	return a.mgr.Delete(ctx, name)
+}
+
+func (a *Agent) revert(ctx context.Context, name, snap string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.idle(name); err != nil {
+		return err
+	}
+	defer a.volumesChanged()
+	return a.mgr.Revert(ctx, name, snap)
+}
+
+// idle checks that volume name (and its snapshots) are attached nowhere
+// and takes its files out of the FUSE mount, so the Manager sees no user
+// but NBD clients. Callers hold a.mu.
+func (a *Agent) idle(name string) error {
+	if _, err := a.mgr.Volume(context.Background(), name); err != nil {
+		return err
+	}
+	for export, at := range a.state.all() {
+		if volumeOf(export) == name {
+			return fmt.Errorf("volume %q: %s is attached as %s; detach it first: %w", name, export, at.Device, blockdev.ErrInUse)
+		}
+	}
+	return a.host.release(name)
+}
+
+// volumesChanged tells the FUSE mount to refresh its file list.
+func (a *Agent) volumesChanged() {
+	if a.host != nil {
+		a.host.refresh()
+	}
+}

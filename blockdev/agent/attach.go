@@ -1,0 +1,176 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/blockdev/attach"
+)
+
+// attach attaches a volume (or "vol@snap") to a host device and records it.
+func (a *Agent) attach(ctx context.Context, name string, req AttachRequest) (Attachment, error) {
+	if _, _, err := blockdev.SplitExport(name); err != nil {
+		return Attachment{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, err := a.mgr.Volume(ctx, volumeOf(name)); err != nil {
+		return Attachment{}, err
+	}
+	at, err := a.host.attach(ctx, name, req.NBD)
+	if err != nil {
+		return Attachment{}, err
+	}
+	if err := a.state.set(name, &at); err != nil {
+		_ = a.host.detach(ctx, name, false)
+		return Attachment{}, err
+	}
+	a.log.Info("attached", "volume", name, "device", at.Device, "kind", at.Kind)
+	return at, nil
+}
+
+func (a *Agent) detach(ctx context.Context, name string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.state.get(name); !ok {
+		return fmt.Errorf("volume %q is not attached: %w", name, blockdev.ErrNotFound)
+	}
+	if err := a.host.detach(ctx, name, true); err != nil {
+		return err
+	}
+	a.log.Info("detached", "volume", name)
+	return nil
+}
+
+// mount attaches the volume if needed, formats it when asked, and mounts
+// it on dir.
+func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attachment, error) {
+	if req.Dir == "" || !filepath.IsAbs(req.Dir) {
+		return Attachment{}, fmt.Errorf("mount point %q: must be an absolute path: %w", req.Dir, blockdev.ErrInvalidArgument)
+	}
+	if req.MkFS != "" && req.MkFS != attach.Ext4 && req.MkFS != attach.XFS {
+		return Attachment{}, fmt.Errorf("mkfs %q: want ext4 or xfs: %w", req.MkFS, blockdev.ErrInvalidArgument)
+	}
+	if fi, err := os.Stat(req.Dir); err != nil || !fi.IsDir() {
+		return Attachment{}, fmt.Errorf("mount point %s: not a directory: %w", req.Dir, blockdev.ErrInvalidArgument)
+	}
+	at, attached := a.state.get(name)
+	if attached && at.MountPoint != "" {
+		return at, fmt.Errorf("volume %q is already mounted on %s: %w", name, at.MountPoint, blockdev.ErrExists)
+	}
+	if !attached {
+		var err error
+		if at, err = a.attach(ctx, name, AttachRequest{}); err != nil {
+			return Attachment{}, err
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	undo := func() {
+		if !attached {
+			_ = a.host.detach(ctx, name, true)
+		}
+	}
+	fstype := req.MkFS
+	if fstype != "" {
+		if err := attach.Mkfs(ctx, at.Device, fstype); err != nil {
+			undo()
+			return Attachment{}, err
+		}
+	} else {
+		var err error
+		if fstype, err = probeFS(ctx, at.Device); err != nil {
+			undo()
+			return Attachment{}, err
+		}
+	}
+	_, snap, _ := blockdev.SplitExport(name)
+	opts := &attach.MountOptions{ReadOnly: snap != ""}
+	if opts.ReadOnly && fstype == attach.Ext4 {
+		opts.Data = "noload" // a snapshot of a mounted ext4 has a journal to replay; a read-only device cannot
+	} else if opts.ReadOnly && fstype == attach.XFS {
+		opts.Data = "norecovery,nouuid"
+	}
+	if err := attach.Mount(ctx, at.Device, req.Dir, fstype, opts); err != nil {
+		undo()
+		return Attachment{}, err
+	}
+	at = a.host.setMount(name, req.Dir, fstype)
+	if err := a.state.set(name, &at); err != nil {
+		return at, err
+	}
+	a.log.Info("mounted", "volume", name, "device", at.Device, "dir", req.Dir, "fs", fstype)
+	return at, nil
+}
+
+// umount unmounts the volume; it stays attached.
+func (a *Agent) umount(ctx context.Context, name string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	at, ok := a.state.get(name)
+	if !ok || at.MountPoint == "" {
+		return fmt.Errorf("volume %q is not mounted: %w", name, blockdev.ErrNotFound)
+	}
+	if err := attach.Unmount(ctx, at.MountPoint); err != nil {
+		return fmt.Errorf("volume %q: %w", name, err)
+	}
+	at = a.host.setMount(name, "", "")
+	return a.state.set(name, &at)
+}
+
+// restoreAttachments re-attaches and re-mounts what the state records
+// (after a restart). Failures are logged and the record kept, so that a
+// person can see and retry them.
+func (a *Agent) restoreAttachments(ctx context.Context) {
+	for name, saved := range a.state.all() {
+		at, err := a.host.attach(ctx, name, saved.Kind == "nbd")
+		if err != nil {
+			a.log.Error("restore attachment", "volume", name, "err", err)
+			continue
+		}
+		if saved.MountPoint != "" {
+			_, snap, _ := blockdev.SplitExport(name)
+			if err := attach.Mount(ctx, at.Device, saved.MountPoint, saved.FSType, &attach.MountOptions{ReadOnly: snap != ""}); err != nil {
+				a.log.Error("restore mount", "volume", name, "dir", saved.MountPoint, "err", err)
+			} else {
+				at = a.host.setMount(name, saved.MountPoint, saved.FSType)
+			}
+		}
+		if err := a.state.set(name, &at); err != nil {
+			a.log.Error("restore attachment: save state", "volume", name, "err", err)
+		}
+		a.log.Info("restored attachment", "volume", name, "device", at.Device, "mount", at.MountPoint)
+	}
+}
+
+func volumeOf(export string) string {
+	vol, _, _ := blockdev.SplitExport(export)
+	return vol
+}
+
+// probeFS names the filesystem on dev from its superblock: ext4 (magic
+// 0xEF53 at byte 1080) or xfs ("XFSB" at byte 0).
+func probeFS(ctx context.Context, dev string) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", fmt.Errorf("probe filesystem on %s: %w", dev, err)
+	}
+	defer f.Close()
+	sb := make([]byte, 2048)
+	if _, err := f.ReadAt(sb, 0); err != nil {
+		return "", fmt.Errorf("probe filesystem on %s: %w", dev, err)
+	}
+	switch {
+	case string(sb[:4]) == "XFSB":
+		return attach.XFS, nil
+	case sb[1080] == 0x53 && sb[1081] == 0xef:
+		return attach.Ext4, nil
+	}
+	return "", fmt.Errorf("%s holds no ext4 or xfs filesystem; pass --mkfs ext4|xfs to format it: %w", dev, blockdev.ErrInvalidArgument)
+}

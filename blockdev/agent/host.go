@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/blockdev/attach"
+	"github.com/strata-block/strata/blockdev/fuse"
+)
+
+// host owns what the agent puts on the host: the FUSE mount with a file
+// per export, and the loop or NBD devices and filesystem mounts of
+// attached volumes.
+type host struct {
+	a *Agent
+
+	mu      sync.Mutex
+	fs      *fuse.FS
+	fuseErr error
+	files   map[string]func() // export name -> release of its device
+	devs    map[string]*device
+}
+
+// device is an attached volume.
+type device struct {
+	loop *attach.Loop
+	nbd  *attach.NBD
+	at   Attachment
+}
+
+func newHost(a *Agent) *host {
+	return &host{a: a, files: make(map[string]func()), devs: make(map[string]*device)}
+}
+
+func (h *host) mountDir() string { return filepath.Join(h.a.cfg.DataDir, mountDir) }
+
+// start cleans what a killed agent left on the host and mounts FUSE.
+func (h *host) start(ctx context.Context) error {
+	log := h.a.log.With("component", "host")
+	mode := h.a.cfg.FUSE
+	if mode == "off" {
+		h.fuseErr = errors.New("FUSE is off in the configuration")
+		return nil
+	}
+	// EEXIST with a failing stat: a dead FUSE mount a killed agent left,
+	// which CleanStale and fuse.Mount deal with.
+	if err := os.MkdirAll(h.mountDir(), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("fuse mount point: %w", err)
+	}
+	if c, err := attach.CleanStale(ctx, h.mountDir(), log); err != nil {
+		log.Warn("cleaning devices a previous agent left", "err", err)
+	} else if len(c.Unmounted)+len(c.Detached) > 0 {
+		log.Warn("released what a previous agent left", "unmounted", c.Unmounted, "detached", c.Detached)
+	}
+	fsys, err := fuse.Mount(ctx, h.mountDir(), &fuse.Options{Logger: h.a.log.With("component", "fuse")})
+	if err != nil {
+		if mode == "on" {
+			return fmt.Errorf("fuse: %w", err)
+		}
+		h.fuseErr = err
+		log.Warn("FUSE is unusable on this host; serving NBD only (volume files, loop attach and mount are unavailable)", "err", err)
+		return nil
+	}
+	h.fs = fsys
+	h.refresh()
+	return nil
+}
+
+func (h *host) mountPoint() string {
+	if h == nil {
+		return ""
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fs == nil {
+		return ""
+	}
+	return h.fs.Dir()
+}
+
+func (h *host) fuseError() string {
+	if h == nil {
+		return ""
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fuseErr == nil {
+		return ""
+	}
+	return h.fuseErr.Error()
+}
+
+func (h *host) filePath(name string) string {
+	if h == nil {
+		return ""
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fs == nil {
+		return ""
+	}
+	return h.fs.Path(name)
+}
+
+// refresh makes the FUSE files match the Manager's exports: new volumes
+// and snapshots appear, deleted ones leave (unless a file is still open:
+// it then leaves at a later refresh).
+func (h *host) refresh() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fs == nil {
+		return
+	}
+	ctx := context.Background()
+	names, err := h.a.mgr.Exports(ctx)
+	if err != nil {
+		h.a.log.Warn("fuse refresh", "err", err)
+		return
+	}
+	for name, release := range h.files {
+		if slices.Contains(names, name) {
+			continue
+		}
+		h.removeFileLocked(name, release)
+	}
+	for _, name := range names {
+		if _, ok := h.files[name]; ok {
+			continue
+		}
+		dev, release, err := h.a.mgr.Open(ctx, name)
+		if err != nil {
+			h.a.log.Warn("fuse: open device", "export", name, "err", err)
+			continue
+		}
+		if err := h.fs.Add(h.a.met.instrument(dev)); err != nil {
+			release()
+			h.a.log.Warn("fuse: add file", "export", name, "err", err)
+			continue
+		}
+		h.files[name] = release
+	}
+}
+
+func (h *host) removeFileLocked(name string, release func()) error {
+	if err := h.fs.Remove(name); err != nil && !errors.Is(err, fuse.ErrNotFound) {
+		if errors.Is(err, fuse.ErrBusy) {
+			return fmt.Errorf("volume file %s is open: %w", h.fs.Path(name), blockdev.ErrInUse)
+		}
+		return err
+	}
+	delete(h.files, name)
+	release()
+	return nil
+}
+
+// release takes volume name's files (head and snapshots) out of the mount
+// so the Manager sees it idle; refresh puts back what still exists.
+func (h *host) release(name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fs == nil {
+		return nil
+	}
+	for export, release := range h.files {
+		vol, _, _ := blockdev.SplitExport(export)
+		if vol != name {
+			continue
+		}
+		if err := h.removeFileLocked(export, release); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stop unmounts and detaches everything (on shutdown). With keep, the
+// attachments stay recorded so that the next start restores them.
+func (h *host) stop(ctx context.Context, keep bool) {
+	h.mu.Lock()
+	names := make([]string, 0, len(h.devs))
+	for name := range h.devs {
+		names = append(names, name)
+	}
+	h.mu.Unlock()
+	for _, name := range names {
+		if err := h.detach(ctx, name, !keep); err != nil {
+			h.a.log.Error("shutdown: detach", "volume", name, "err", err)
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fs == nil {
+		return
+	}
+	if err := h.fs.Close(ctx); err != nil {
+		h.a.log.Error("shutdown: fuse unmount", "err", err)
+	}
+	for name, release := range h.files {
+		release()
+		delete(h.files, name)
+	}
+	h.fs = nil
+}
+
+// attach attaches volume name (or "vol@snap", read-only) as a loop device
+// over its FUSE file, or as a kernel NBD device.
+func (h *host) attach(ctx context.Context, name string, useNBD bool) (Attachment, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if d, ok := h.devs[name]; ok {
+		return d.at, fmt.Errorf("volume %q is already attached as %s: %w", name, d.at.Device, blockdev.ErrExists)
+	}
+	log := h.a.log.With("volume", name)
+	d := &device{}
+	if useNBD {
+		n, err := attach.AttachNBD(ctx, "unix", NBDSocket(h.a.cfg.DataDir), name, log)
+		if err != nil {
+			if errors.Is(err, attach.ErrNoKernelNBD) {
+				err = fmt.Errorf("%w: %w", errUnavailable, err)
+			}
+			return Attachment{}, err
+		}
+		d.nbd, d.at = n, Attachment{Device: n.Path, Kind: "nbd"}
+	} else {
+		if h.fs == nil {
+			return Attachment{}, fmt.Errorf("loop attach needs the FUSE mount (%v): %w", h.fuseErr, errUnavailable)
+		}
+		if _, ok := h.files[name]; !ok {
+			return Attachment{}, fmt.Errorf("volume %q has no file in the mount: %w", name, blockdev.ErrNotFound)
+		}
+		_, snap, _ := blockdev.SplitExport(name)
+		l, err := attach.AttachLoop(ctx, h.fs.Path(name), &attach.LoopOptions{ReadOnly: snap != "", Logger: log})
+		if err != nil {
+			return Attachment{}, err
+		}
+		d.loop, d.at = l, Attachment{Device: l.Path, Kind: "loop"}
+	}
+	h.devs[name] = d
+	return d.at, nil
+}
+
+// detach unmounts the agent's mount of volume name, if any, and detaches
+// its device. With forget, the attachment leaves the persisted state.
+func (h *host) detach(ctx context.Context, name string, forget bool) error {
+	h.mu.Lock()
+	d, ok := h.devs[name]
+	h.mu.Unlock()
+	if !ok {
+		if forget {
+			return h.a.state.set(name, nil)
+		}
+		return nil
+	}
+	if d.at.MountPoint != "" {
+		if err := attach.Unmount(ctx, d.at.MountPoint); err != nil {
+			return fmt.Errorf("volume %q: unmount %s: %w", name, d.at.MountPoint, err)
+		}
+		d.at.MountPoint, d.at.FSType = "", ""
+	}
+	var err error
+	if d.loop != nil {
+		err = d.loop.Detach(ctx)
+	} else {
+		err = d.nbd.Detach(ctx)
+	}
+	if err != nil {
+		if errors.Is(err, attach.ErrBusy) {
+			err = fmt.Errorf("%w: %w", blockdev.ErrInUse, err)
+		}
+		return fmt.Errorf("volume %q: detach %s: %w", name, d.at.Device, err)
+	}
+	h.mu.Lock()
+	delete(h.devs, name)
+	h.mu.Unlock()
+	if forget {
+		return h.a.state.set(name, nil)
+	}
+	return nil
+}
+
+func (h *host) setMount(name, dir, fstype string) Attachment {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d := h.devs[name]
+	d.at.MountPoint, d.at.FSType = dir, fstype
+	return d.at
+}

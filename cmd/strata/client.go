@@ -1,0 +1,115 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"unicode"
+
+	"github.com/spf13/cobra"
+
+	"github.com/strata-block/strata/blockdev/agent"
+)
+
+const defaultDataDir = "./strata-data"
+
+func addDataDirFlag(cmd *cobra.Command) {
+	cmd.PersistentFlags().String("data-dir", "", "data directory (default $STRATA_DATA_DIR, else "+defaultDataDir+")")
+}
+
+func dataDirFlag(cmd *cobra.Command) string {
+	if d, _ := cmd.Flags().GetString("data-dir"); d != "" {
+		return d
+	}
+	if d := os.Getenv("STRATA_DATA_DIR"); d != "" {
+		return d
+	}
+	return defaultDataDir
+}
+
+// addClientFlags adds the flags every verb that talks to the server has.
+func addClientFlags(cmd *cobra.Command) {
+	addDataDirFlag(cmd)
+	cmd.PersistentFlags().String("socket", "", "control socket of the server (default $STRATA_SOCKET, else DATA-DIR/strata.sock)")
+	cmd.PersistentFlags().Bool("json", false, "print the result as JSON")
+}
+
+func clientFor(cmd *cobra.Command) *agent.Client {
+	if s, _ := cmd.Flags().GetString("socket"); s != "" {
+		return agent.NewClient(s)
+	}
+	if s := os.Getenv("STRATA_SOCKET"); s != "" {
+		return agent.NewClient(s)
+	}
+	return agent.NewClient(agent.APISocket(dataDirFlag(cmd)))
+}
+
+func jsonFlag(cmd *cobra.Command) bool {
+	j, _ := cmd.Flags().GetBool("json")
+	return j
+}
+
+// output prints v as JSON with --json, else calls human.
+func output(cmd *cobra.Command, v any, human func(w io.Writer) error) error {
+	w := cmd.OutOrStdout()
+	if jsonFlag(cmd) {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	return human(w)
+}
+
+// table writes rows aligned in columns.
+func table(w io.Writer, header []string, rows [][]string) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+// parseSize reads a byte size: "4096", "512MiB", "1GiB", "10G" (binary
+// units: K, M, G, T, P with optional "i" and "B", case-insensitive).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return !unicode.IsDigit(r) })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || num == "" {
+		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 512MiB, 1GiB, 10G)", s)
+	}
+	unit = strings.TrimSuffix(strings.TrimSuffix(unit, "b"), "i")
+	shift := map[string]uint{"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+	sh, ok := shift[unit]
+	if !ok {
+		return 0, fmt.Errorf("size %q: unknown unit (use K, M, G, T or P, e.g. 512MiB)", s)
+	}
+	if n < 0 || n > (1<<62)>>sh {
+		return 0, fmt.Errorf("size %q: out of range", s)
+	}
+	return n << sh, nil
+}
+
+// humanSize renders bytes with a binary unit.
+func humanSize(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f := float64(n)
+	i := 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	return strings.TrimSuffix(strconv.FormatFloat(f, 'f', 1, 64), ".0") + " " + units[i]
+}

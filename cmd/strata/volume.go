@@ -1,0 +1,278 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/strata-block/strata/blockdev/agent"
+)
+
+func newVolumeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "volume",
+		Short: "Create, list, attach and remove volumes",
+	}
+	addClientFlags(cmd)
+	cmd.AddCommand(
+		volumeCreateCmd(), volumeLsCmd(), volumeInfoCmd(), volumeRmCmd(), volumeGrowCmd(), volumeCloneCmd(),
+		volumeAttachCmd(), volumeDetachCmd(), volumeMountCmd(), volumeUmountCmd(),
+	)
+	return cmd
+}
+
+func printVolume(w io.Writer, v agent.VolumeStatus) error {
+	fmt.Fprintf(w, "name:      %s\n", v.Name)
+	if v.Err != "" {
+		fmt.Fprintf(w, "error:     %s\n", v.Err)
+		return nil
+	}
+	fmt.Fprintf(w, "size:      %s (%d bytes)\n", humanSize(v.Size), v.Size)
+	fmt.Fprintf(w, "created:   %s\n", v.Created.Format("2006-01-02 15:04:05Z07:00"))
+	fmt.Fprintf(w, "nbd:       %s\n", v.NBDURI)
+	if v.FUSEPath != "" {
+		fmt.Fprintf(w, "fuse:      %s\n", v.FUSEPath)
+	}
+	switch {
+	case v.Attachment == nil:
+		fmt.Fprintf(w, "attached:  no\n")
+	case v.Attachment.MountPoint != "":
+		fmt.Fprintf(w, "attached:  %s (%s), mounted on %s (%s)\n", v.Attachment.Device, v.Attachment.Kind, v.Attachment.MountPoint, v.Attachment.FSType)
+	default:
+		fmt.Fprintf(w, "attached:  %s (%s)\n", v.Attachment.Device, v.Attachment.Kind)
+	}
+	fmt.Fprintf(w, "layers:    %d\n", v.Depth)
+	fmt.Fprintf(w, "snapshots: %d\n", len(v.Snapshots))
+	for _, s := range v.Snapshots {
+		fmt.Fprintf(w, "  %-24s %s  size %s  owns %s\n", s.Name, s.Created.Format("2006-01-02 15:04:05Z07:00"), humanSize(s.Size), humanSize(s.Owned))
+	}
+	return nil
+}
+
+func volumeCreateCmd() *cobra.Command {
+	var size string
+	cmd := &cobra.Command{
+		Use:   "create NAME --size SIZE",
+		Short: "Create an empty volume",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := parseSize(size)
+			if err != nil {
+				return err
+			}
+			v, err := clientFor(cmd).CreateVolume(cmd.Context(), args[0], n)
+			if err != nil {
+				return err
+			}
+			return output(cmd, v, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "created volume %s (%s)\n", v.Name, humanSize(v.Size))
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&size, "size", "", "size: 4096, 512MiB, 1GiB, 10G (a multiple of 4 KiB)")
+	_ = cmd.MarkFlagRequired("size")
+	return cmd
+}
+
+func volumeLsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "ls",
+		Short: "List volumes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			vs, err := clientFor(cmd).Volumes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if vs == nil {
+				vs = []agent.VolumeStatus{}
+			}
+			return output(cmd, vs, func(w io.Writer) error {
+				rows := make([][]string, 0, len(vs))
+				for _, v := range vs {
+					att := "-"
+					if v.Attachment != nil {
+						att = v.Attachment.Device
+						if v.Attachment.MountPoint != "" {
+							att += " on " + v.Attachment.MountPoint
+						}
+					}
+					size := humanSize(v.Size)
+					if v.Err != "" {
+						size, att = "error", v.Err
+					}
+					rows = append(rows, []string{v.Name, size, strconv.Itoa(len(v.Snapshots)), att})
+				}
+				return table(w, []string{"NAME", "SIZE", "SNAPSHOTS", "ATTACHED"}, rows)
+			})
+		},
+	}
+}
+
+func volumeInfoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "info NAME",
+		Short: "Show a volume: size, NBD URI, FUSE path, snapshots, attachment",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := clientFor(cmd).Volume(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return output(cmd, v, func(w io.Writer) error { return printVolume(w, v) })
+		},
+	}
+}
+
+// done prints a one-line confirmation, or {"ok": true, ...} with --json.
+func done(cmd *cobra.Command, msg string, fields map[string]any) error {
+	v := map[string]any{"ok": true}
+	for k, f := range fields {
+		v[k] = f
+	}
+	return output(cmd, v, func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, msg)
+		return err
+	})
+}
+
+func volumeRmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a volume (it must not be attached or in use)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := clientFor(cmd).DeleteVolume(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			return done(cmd, "removed volume "+args[0], map[string]any{"volume": args[0]})
+		},
+	}
+}
+
+func volumeGrowCmd() *cobra.Command {
+	var size string
+	cmd := &cobra.Command{
+		Use:   "grow NAME --size SIZE",
+		Short: "Enlarge a volume",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := parseSize(size)
+			if err != nil {
+				return err
+			}
+			v, err := clientFor(cmd).GrowVolume(cmd.Context(), args[0], n)
+			if err != nil {
+				return err
+			}
+			return output(cmd, v, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "volume %s is now %s\n", v.Name, humanSize(v.Size))
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&size, "size", "", "new size (larger than the current one)")
+	_ = cmd.MarkFlagRequired("size")
+	return cmd
+}
+
+func volumeCloneCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "clone VOL@SNAP NEW",
+		Short: "Create a volume from a snapshot, sharing its data",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, snap, ok := strings.Cut(args[0], "@")
+			if !ok || src == "" || snap == "" {
+				return fmt.Errorf("clone source %q: want VOLUME@SNAPSHOT", args[0])
+			}
+			v, err := clientFor(cmd).CloneVolume(cmd.Context(), src, snap, args[1])
+			if err != nil {
+				return err
+			}
+			return output(cmd, v, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "created volume %s from %s\n", v.Name, args[0])
+				return err
+			})
+		},
+	}
+}
+
+func volumeAttachCmd() *cobra.Command {
+	var useNBD bool
+	cmd := &cobra.Command{
+		Use:   "attach NAME",
+		Short: "Attach a volume (or VOL@SNAP, read-only) as a host block device and print it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			at, err := clientFor(cmd).Attach(cmd.Context(), args[0], useNBD)
+			if err != nil {
+				return err
+			}
+			return output(cmd, at, func(w io.Writer) error {
+				_, err := fmt.Fprintln(w, at.Device)
+				return err
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&useNBD, "nbd", false, "use a kernel NBD device (/dev/nbdN) instead of a loop device; needs nbd.ko")
+	return cmd
+}
+
+func volumeDetachCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "detach NAME",
+		Short: "Detach a volume's host device (unmounting it first if strata mounted it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := clientFor(cmd).Detach(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			return done(cmd, "detached "+args[0], map[string]any{"volume": args[0]})
+		},
+	}
+}
+
+func volumeMountCmd() *cobra.Command {
+	var mkfs string
+	cmd := &cobra.Command{
+		Use:   "mount NAME DIR",
+		Short: "Attach a volume if needed and mount its filesystem on DIR",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, err := filepath.Abs(args[1])
+			if err != nil {
+				return err
+			}
+			at, err := clientFor(cmd).Mount(cmd.Context(), args[0], dir, mkfs)
+			if err != nil {
+				return err
+			}
+			return output(cmd, at, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "mounted %s (%s, %s) on %s\n", args[0], at.Device, at.FSType, at.MountPoint)
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&mkfs, "mkfs", "", "format the volume first: ext4 or xfs (destroys its content)")
+	return cmd
+}
+
+func volumeUmountCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "umount NAME",
+		Short: "Unmount a volume strata mounted (it stays attached)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := clientFor(cmd).Umount(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			return done(cmd, "unmounted "+args[0], map[string]any{"volume": args[0]})
+		},
+	}
+}
