@@ -12,6 +12,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -176,7 +177,25 @@ func serve(log *slog.Logger) (err error) {
 type child struct {
 	cmd    *exec.Cmd
 	lines  chan string // stdout lines; closed at EOF
-	stderr *strings.Builder
+	stderr *lockedBuffer
+}
+
+// lockedBuffer is a strings.Builder safe to read while the child writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // startServe runs the serve child with env added and waits for READY; it
@@ -194,7 +213,7 @@ func startServe(t *testing.T, env ...string) (*child, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, lines: make(chan string, 16), stderr: &strings.Builder{}}
+	c := &child{cmd: cmd, lines: make(chan string, 16), stderr: &lockedBuffer{}}
 	cmd.Stderr = c.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -123,8 +123,8 @@ func defaultMountOptions(o *Options, log *slog.Logger) fuse.MountOptions {
 		// splicing them through a pipe is one more copy, and 1 MiB replies
 		// do not fit the default pipe.
 		DisableSplice: true,
-		Debug:             o.Debug,
-		Logger:            slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		Debug:         o.Debug,
+		Logger:        slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		PanicHandler: func(p any) fuse.Status {
 			log.Error("panic in FUSE handler", "panic", p)
 			return fuse.EIO
@@ -338,8 +338,9 @@ func (f *FS) Remove(name string) error {
 		f.mu.Unlock()
 		return fmt.Errorf("fuse remove %q: %w", name, ErrNotFound)
 	case n.open > 0:
+		open := n.open
 		f.mu.Unlock()
-		return fmt.Errorf("fuse remove %q: %d open handles: %w", name, n.open, ErrBusy)
+		return fmt.Errorf("fuse remove %q: %d open handles: %w", name, open, ErrBusy)
 	}
 	n.removed = true
 	delete(f.files, name)
