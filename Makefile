@@ -16,11 +16,12 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/strata
 
-# Placeholder until `strata server` lands (issue 5): build the binary and show
-# that it runs. This target will then start the server.
+# Build and start the agent in the foreground on the default data directory
+# (./strata-data): volumes over NBD (strata-data/nbd.sock) and as files in a
+# FUSE mount (strata-data/mnt), control API on strata-data/strata.sock.
+# Ctrl-C (SIGINT) or SIGTERM stops it cleanly.
 run: build
-	./$(BIN) --help
-	./$(BIN) version
+	./$(BIN) server
 
 deps:
 	scripts/deps.sh

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -304,6 +305,13 @@ func (a *Agent) deleteVolume(ctx context.Context, name string) error {
 func (a *Agent) revert(ctx context.Context, name, snap string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	vi, err := a.mgr.Volume(ctx, name)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(vi.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == snap }) {
+		return fmt.Errorf("volume %q: snapshot %q: %w", name, snap, blockdev.ErrNotFound)
+	}
 	if err := a.idle(name); err != nil {
 		return err
 	}
