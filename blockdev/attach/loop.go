@@ -161,14 +161,8 @@ func (l *Loop) Detach(ctx context.Context) error {
 	if l.done {
 		return nil
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(l.dev.Fd()), &st); err != nil {
+	if err := refuseMounted(l.dev); err != nil {
 		return fmt.Errorf("loop detach %s: %w", l.Path, err)
-	}
-	if mps, err := mountsOf(unix.Major(st.Rdev), unix.Minor(st.Rdev)); err != nil {
-		return fmt.Errorf("loop detach %s: %w", l.Path, err)
-	} else if len(mps) > 0 {
-		return fmt.Errorf("loop detach %s: mounted on %s: %w", l.Path, strings.Join(mps, ", "), ErrBusy)
 	}
 	if err := unix.IoctlSetInt(int(l.dev.Fd()), unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("loop detach %s: LOOP_CLR_FD: %w", l.Path, err)

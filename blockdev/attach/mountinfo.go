@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // mountEntry is one line of /proc/self/mountinfo.
@@ -74,6 +76,23 @@ func unescapeOctal(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// refuseMounted fails with ErrBusy when a filesystem on the block device
+// open as dev is mounted.
+func refuseMounted(dev *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(dev.Fd()), &st); err != nil {
+		return err
+	}
+	mps, err := mountsOf(unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	if err != nil {
+		return err
+	}
+	if len(mps) > 0 {
+		return fmt.Errorf("mounted on %s: %w", strings.Join(mps, ", "), ErrBusy)
+	}
+	return nil
 }
 
 // mountsOf returns the mount points of filesystems on device major:minor.

@@ -144,14 +144,8 @@ func (n *NBD) Detach(ctx context.Context) error {
 	if n.detached {
 		return n.err
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(n.dev.Fd()), &st); err != nil {
+	if err := refuseMounted(n.dev); err != nil {
 		return fmt.Errorf("nbd detach %s: %w", n.Path, err)
-	}
-	if mps, err := mountsOf(unix.Major(st.Rdev), unix.Minor(st.Rdev)); err != nil {
-		return fmt.Errorf("nbd detach %s: %w", n.Path, err)
-	} else if len(mps) > 0 {
-		return fmt.Errorf("nbd detach %s: mounted on %s: %w", n.Path, strings.Join(mps, ", "), ErrBusy)
 	}
 	var errs []error
 	if err := client.Disconnect(n.dev); err != nil {
