@@ -225,7 +225,7 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		if req.Name == "" {
 			req.Name = time.Now().UTC().Format("20060102t150405.000000z")
 		}
-		si, err := a.mgr.Snapshot(r.Context(), r.PathValue("name"), req.Name)
+		si, err := a.snapshot(r.Context(), r.PathValue("name"), req.Name)
 		a.volumesChanged()
 		return http.StatusCreated, si, err
 	})

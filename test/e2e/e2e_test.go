@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,13 +47,32 @@ type server struct {
 	t       *testing.T
 	dataDir string
 	cmd     *exec.Cmd
-	log     *bytes.Buffer
+	log     *syncBuffer
 	exited  chan struct{}
+}
+
+// syncBuffer is the server's output, written by the process's copier
+// goroutine and read by the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func startServer(t *testing.T, dataDir string, extra ...string) *server {
 	t.Helper()
-	s := &server{t: t, dataDir: dataDir, log: &bytes.Buffer{}, exited: make(chan struct{})}
+	s := &server{t: t, dataDir: dataDir, log: &syncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(strataBin, append([]string{"server", "--data-dir", dataDir, "--log-level", "debug"}, extra...)...)
 	s.cmd.Stdout = s.log
 	s.cmd.Stderr = s.log
