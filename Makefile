@@ -63,3 +63,25 @@ lint: vet fmt-check
 
 clean:
 	rm -rf bin benchmarks/out
+
+# Regenerate the backup-target plugin protocol (plugins/proto/v1) from its
+# .proto with pinned generators. The generated code is committed, so builds
+# and tests never need protoc; run this after editing the .proto. It installs
+# protoc (Debian protobuf-compiler) and the two Go plugins when missing.
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+PROTO_DIR                  := plugins/proto/v1
+GOBIN_DIR                  = $(shell $(GO) env GOPATH)/bin
+
+.PHONY: proto
+proto:
+	@command -v protoc >/dev/null 2>&1 || { \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends protobuf-compiler; }
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH="$(GOBIN_DIR):$$PATH" protoc --proto_path=$(PROTO_DIR) \
+		--go_out=$(PROTO_DIR) --go_opt=paths=source_relative \
+		--go-grpc_out=$(PROTO_DIR) --go-grpc_opt=paths=source_relative \
+		target.proto

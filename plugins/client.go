@@ -1,0 +1,308 @@
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"sync/atomic"
+
+	targetv1 "github.com/strata-block/strata/plugins/proto/v1"
+)
+
+// client is the client shim: a Target that calls a plugin over gRPC. It
+// validates what it sends, so a bad key never reaches a plugin, and maps
+// status codes back to the error classes.
+type client struct {
+	rpc    targetv1.TargetClient
+	closed atomic.Bool
+}
+
+var _ Target = (*client)(nil)
+
+func newClient(rpc targetv1.TargetClient) *client { return &client{rpc: rpc} }
+
+// configure opens the target in the plugin.
+func (c *client) configure(ctx context.Context, url string, creds Credentials) error {
+	_, err := c.rpc.Configure(ctx, &targetv1.ConfigureRequest{Url: url, Credentials: creds.toMap()})
+	return fromStatus(ctx, "configure", err)
+}
+
+func (c *client) check() error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (c *client) Info(ctx context.Context) (Info, error) {
+	if err := c.check(); err != nil {
+		return Info{}, err
+	}
+	r, err := c.rpc.Info(ctx, &targetv1.InfoRequest{})
+	if err != nil {
+		return Info{}, fromStatus(ctx, "info", err)
+	}
+	return infoFromProto(r), nil
+}
+
+func (c *client) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	return c.put(ctx, "put", key, r, size)
+}
+
+func (c *client) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	return c.put(ctx, "put-if-absent", key, r, size)
+}
+
+// putClient is what Put and PutIfAbsent client streams have in common.
+type putClient interface {
+	Send(*targetv1.PutRequest) error
+	CloseAndRecv() (*targetv1.PutResponse, error)
+}
+
+func (c *client) put(ctx context.Context, op, key string, r io.Reader, size int64) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("%s %q: negative size %d: %w", op, key, size, ErrPermanent)
+	}
+	// Cancelling the stream without a commit is how a failed put aborts.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var stream putClient
+	var err error
+	if op == "put" {
+		stream, err = c.rpc.Put(sctx)
+	} else {
+		stream, err = c.rpc.PutIfAbsent(sctx)
+	}
+	if err != nil {
+		return fromStatus(ctx, op, err)
+	}
+	// A Send that fails with io.EOF means the plugin ended the stream;
+	// CloseAndRecv has its status.
+	sendErr := func(err error) error {
+		if errors.Is(err, io.EOF) {
+			_, err = stream.CloseAndRecv()
+		}
+		return fromStatus(ctx, op, err)
+	}
+	if err := stream.Send(&targetv1.PutRequest{Msg: &targetv1.PutRequest_Header{Header: &targetv1.PutHeader{Key: key, Size: size}}}); err != nil {
+		return sendErr(err)
+	}
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := *bp
+	src := SizedReader(r, size)
+	for {
+		n, rerr := fill(src, buf)
+		if n > 0 {
+			if err := stream.Send(&targetv1.PutRequest{Msg: &targetv1.PutRequest_Data{Data: buf[:n]}}); err != nil {
+				return sendErr(err)
+			}
+		}
+		if rerr == io.EOF { //nolint:errorlint // io.EOF is returned unwrapped by convention
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("%s %q: reading the data: %w", op, key, rerr)
+		}
+	}
+	if err := stream.Send(&targetv1.PutRequest{Msg: &targetv1.PutRequest_Commit{Commit: &targetv1.PutCommit{}}}); err != nil {
+		return sendErr(err)
+	}
+	_, err = stream.CloseAndRecv()
+	return fromStatus(ctx, op, err)
+}
+
+func (c *client) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, int64, error) {
+	if err := c.check(); err != nil {
+		return nil, 0, err
+	}
+	if err := ValidateKey(key); err != nil {
+		return nil, 0, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := c.rpc.Get(sctx, &targetv1.GetRequest{Key: key, Offset: offset, Length: length})
+	if err != nil {
+		cancel()
+		return nil, 0, fromStatus(ctx, "get", err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		cancel()
+		return nil, 0, fromStatus(ctx, "get", err)
+	}
+	h := first.GetHeader()
+	if h == nil || h.GetLength() < 0 || length >= 0 && h.GetLength() > length {
+		cancel()
+		return nil, 0, fmt.Errorf("plugin get %q: bad reply header: %w", key, ErrPermanent)
+	}
+	return &getReader{ctx: ctx, key: key, stream: stream, cancel: cancel, remaining: h.GetLength()}, h.GetLength(), nil
+}
+
+// getReader reads a Get stream's data messages, failing if the stream
+// ends short of the length its header announced.
+type getReader struct {
+	ctx       context.Context
+	key       string
+	stream    targetv1.Target_GetClient
+	cancel    context.CancelFunc
+	buf       []byte
+	remaining int64
+	err       error
+}
+
+func (g *getReader) Read(p []byte) (int, error) {
+	for len(g.buf) == 0 {
+		if g.err != nil {
+			return 0, g.err
+		}
+		if g.remaining == 0 {
+			g.err = io.EOF
+			continue
+		}
+		msg, err := g.stream.Recv()
+		switch {
+		case errors.Is(err, io.EOF):
+			g.err = Transient(fmt.Errorf("plugin get %q: stream ended %d bytes short: %w", g.key, g.remaining, io.ErrUnexpectedEOF))
+		case err != nil:
+			g.err = fromStatus(g.ctx, "get", err)
+		case int64(len(msg.GetData())) > g.remaining:
+			g.err = fmt.Errorf("plugin get %q: more data than announced: %w", g.key, ErrPermanent)
+		default:
+			g.buf = msg.GetData()
+			g.remaining -= int64(len(g.buf))
+		}
+	}
+	n := copy(p, g.buf)
+	g.buf = g.buf[n:]
+	return n, nil
+}
+
+func (g *getReader) Close() error {
+	g.cancel()
+	return nil
+}
+
+func (c *client) Has(ctx context.Context, keys []string) ([]bool, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	if err := validateKeys(keys); err != nil {
+		return nil, err
+	}
+	present := make([]bool, 0, len(keys))
+	for batch := range batches(keys) {
+		r, err := c.rpc.Has(ctx, &targetv1.HasRequest{Keys: batch})
+		if err != nil {
+			return nil, fromStatus(ctx, "has", err)
+		}
+		if len(r.GetPresent()) != len(batch) {
+			return nil, fmt.Errorf("plugin has: %d answers for %d keys: %w", len(r.GetPresent()), len(batch), ErrPermanent)
+		}
+		present = append(present, r.GetPresent()...)
+	}
+	return present, nil
+}
+
+func (c *client) List(ctx context.Context, prefix, startAfter string) iter.Seq2[ObjectInfo, error] {
+	return func(yield func(ObjectInfo, error) bool) {
+		if err := c.check(); err != nil {
+			yield(ObjectInfo{}, err)
+			return
+		}
+		if err := ValidatePrefix(prefix); err != nil {
+			yield(ObjectInfo{}, err)
+			return
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := c.rpc.List(sctx, &targetv1.ListRequest{Prefix: prefix, StartAfter: startAfter})
+		if err != nil {
+			yield(ObjectInfo{}, fromStatus(ctx, "list", err))
+			return
+		}
+		last := startAfter
+		for {
+			page, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err != nil {
+				yield(ObjectInfo{}, fromStatus(ctx, "list", err))
+				return
+			}
+			for _, o := range page.GetObjects() {
+				// A hostile or broken plugin must not hand the host a key
+				// it would refuse, or break the order resumption relies on.
+				if err := ValidateKey(o.GetKey()); err != nil {
+					yield(ObjectInfo{}, fmt.Errorf("plugin list: %w", err))
+					return
+				}
+				if o.GetKey() <= last && last != "" || o.GetSize() < 0 {
+					yield(ObjectInfo{}, fmt.Errorf("plugin list: object %q out of order or with a negative size: %w", o.GetKey(), ErrPermanent))
+					return
+				}
+				last = o.GetKey()
+				if !yield(ObjectInfo{Key: o.GetKey(), Size: o.GetSize()}, nil) {
+					return
+				}
+			}
+		}
+	}
+}
+
+func (c *client) Delete(ctx context.Context, keys []string) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	if err := validateKeys(keys); err != nil {
+		return err
+	}
+	for batch := range batches(keys) {
+		if _, err := c.rpc.Delete(ctx, &targetv1.DeleteRequest{Keys: batch}); err != nil {
+			return fromStatus(ctx, "delete", err)
+		}
+	}
+	return nil
+}
+
+// Close marks the shim closed; the plugin process belongs to whoever
+// started it.
+func (c *client) Close() error {
+	c.closed.Store(true)
+	return nil
+}
+
+// batches splits keys into slices of at most MaxBatch.
+func batches(keys []string) iter.Seq[[]string] {
+	return func(yield func([]string) bool) {
+		for len(keys) > 0 {
+			n := min(len(keys), MaxBatch)
+			if !yield(keys[:n]) {
+				return
+			}
+			keys = keys[n:]
+		}
+	}
+}
+
+// fill reads from r until buf is full or r fails, returning r's error (io.EOF
+// at its end) unchanged.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,67 @@
+package plugins
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// SizedReader returns a reader that yields exactly what r yields while
+// checking that it is size bytes: it fails with an error wrapping
+// io.ErrUnexpectedEOF if r ends early, fails if r has more, and returns
+// io.EOF only after r itself has. Targets read a Put's data through it and
+// commit only after io.EOF, which is how "fewer or more than size bytes
+// stores nothing" holds even across the plugin boundary (the server shim's
+// reader reaches io.EOF only when the host commits).
+func SizedReader(r io.Reader, size int64) io.Reader {
+	return &sizedReader{r: r, size: size, remaining: size}
+}
+
+type sizedReader struct {
+	r         io.Reader
+	size      int64
+	remaining int64
+	err       error
+}
+
+func (s *sizedReader) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.remaining == 0 {
+		// Everything arrived: only the source's own end may follow.
+		var one [1]byte
+		for {
+			n, err := s.r.Read(one[:])
+			if n > 0 {
+				s.err = fmt.Errorf("put data is longer than its size %d: %w", s.size, ErrPermanent)
+				return 0, s.err
+			}
+			if err != nil {
+				s.err = err
+				return 0, err
+			}
+		}
+	}
+	if int64(len(p)) > s.remaining {
+		p = p[:s.remaining]
+	}
+	n, err := s.r.Read(p)
+	s.remaining -= int64(n)
+	if errors.Is(err, io.EOF) && s.remaining > 0 {
+		s.err = fmt.Errorf("put data ended after %d of %d bytes: %w", s.size-s.remaining, s.size, io.ErrUnexpectedEOF)
+		return n, s.err
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		s.err = err
+	}
+	return n, err
+}
+
+// chunkPool holds ChunkSize buffers for streaming payloads, as *[]byte so
+// that putting one back does not allocate.
+var chunkPool = sync.Pool{New: func() any {
+	b := make([]byte, ChunkSize)
+	return &b
+}}

@@ -1,0 +1,99 @@
+package plugins
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	targetv1 "github.com/strata-block/strata/plugins/proto/v1"
+)
+
+// Protocol versions. The host offers every version it speaks and the
+// plugin picks the highest it shares (go-plugin's VersionedPlugins); a
+// plugin sharing none fails the handshake with a message naming both
+// sides' versions.
+//
+// History:
+//
+//	1  Configure, Info, Put, PutIfAbsent, Get, Has, List, Delete
+//	   (plugins/proto/v1, issue 6).
+const ProtocolVersion = 1
+
+// PluginName is the name the target is dispensed under in the plugin set.
+const PluginName = "target"
+
+// Handshake is the go-plugin handshake every target plugin uses. The magic
+// cookie only keeps a plugin from being run by hand by mistake; it is not
+// a security measure (AutoMTLS authenticates the connection).
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolVersion,
+	MagicCookieKey:   "STRATA_TARGET_PLUGIN",
+	MagicCookieValue: "a4f0e0c6-backup-target",
+}
+
+// grpcPlugin is the go-plugin glue: the server side registers srv, the
+// client side wraps the connection in the client shim.
+type grpcPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	srv *server // plugin side only
+}
+
+var _ plugin.GRPCPlugin = (*grpcPlugin)(nil)
+
+func (p *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	if p.srv == nil {
+		return fmt.Errorf("target plugin: no server to register: %w", ErrPermanent)
+	}
+	targetv1.RegisterTargetServer(s, p.srv)
+	return nil
+}
+
+func (p *grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, cc *grpc.ClientConn) (any, error) {
+	return newClient(targetv1.NewTargetClient(cc)), nil
+}
+
+// pluginSets returns the versioned plugin sets, serving srv (nil on the
+// host side).
+func pluginSets(srv *server) map[int]plugin.PluginSet {
+	return map[int]plugin.PluginSet{
+		1: {PluginName: &grpcPlugin{srv: srv}},
+	}
+}
+
+// ServeConfig configures Serve.
+type ServeConfig struct {
+	// Open opens the target once the host sends its configuration.
+	Open OpenFunc
+	// Logger is the plugin's logger; nil means NewPluginLogger on the
+	// process's standard error at Info, which the host turns back into
+	// its own log records.
+	Logger *slog.Logger
+}
+
+// Serve runs the calling process as a target plugin until the host stops
+// it. It is what `strata plugin serve fs|s3` and an external
+// strata-target-<name> executable call from main. Run by hand rather than
+// by a host, it prints a message saying so and exits with status 1.
+func Serve(cfg ServeConfig) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = NewPluginLogger(os.Stderr, slog.LevelInfo)
+	}
+	srv := newServer(cfg.Open, logger)
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: pluginSets(srv),
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return grpc.NewServer(append(opts,
+				grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize))...)
+		},
+		Logger: newHCLog(logger, ""),
+	})
+	if err := srv.close(); err != nil {
+		logger.Warn("closing the target", "err", err)
+	}
+}

@@ -1,0 +1,142 @@
+package plugins_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/strata-block/strata/plugins"
+	"github.com/strata-block/strata/plugins/targettest"
+)
+
+func TestMain(m *testing.M) {
+	targettest.Main(m, map[string]plugins.OpenFunc{"mem": targettest.OpenMemory})
+}
+
+// The reference target passes its own suite.
+func TestConformanceMemory(t *testing.T) {
+	t.Parallel()
+	targettest.Run(t, func(*testing.T) plugins.Target { return targettest.NewMemory() })
+}
+
+// The shims, over a real gRPC connection in this process.
+func TestConformanceGRPC(t *testing.T) {
+	t.Parallel()
+	targettest.Run(t, func(t *testing.T) plugins.Target {
+		return plugins.NewInProcess(t, targettest.OpenMemory, "mem:")
+	})
+}
+
+// memPluginDir returns a plugin directory holding strata-target-mem, a
+// script that runs this test binary as the memory plugin.
+func memPluginDir(t *testing.T) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	script := fmt.Sprintf("#!/bin/sh\nexec %q plugin serve mem\n", exe)
+	if err := os.WriteFile(filepath.Join(dir, plugins.ExternalPrefix+"mem"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// The whole path: an external plugin found in the plugin directory,
+// started by the manager, handshake, AutoMTLS, the shims.
+func TestConformanceExternalPlugin(t *testing.T) {
+	t.Parallel()
+	dir := memPluginDir(t)
+	targettest.Run(t, func(t *testing.T) plugins.Target {
+		m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t), PluginDir: dir})
+		t.Cleanup(func() { _ = m.Close() })
+		r, err := m.Open(t.Context(), plugins.TargetConfig{Name: "mem", URL: "mem:"})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return r
+	})
+}
+
+func TestManagerPlugins(t *testing.T) {
+	t.Parallel()
+	dir := memPluginDir(t)
+	if err := os.WriteFile(filepath.Join(dir, plugins.ExternalPrefix+"noexec"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "other-file"), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := plugins.NewManager(plugins.ManagerConfig{PluginDir: dir})
+	got, err := m.Plugins()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprint([]plugins.PluginInfo{{Kind: "fs", Builtin: true}, {Kind: "mem", Path: filepath.Join(dir, "strata-target-mem")}, {Kind: "s3", Builtin: true}})
+	if fmt.Sprint(got) != want {
+		t.Fatalf("Plugins() = %v, want %v", got, want)
+	}
+}
+
+func TestManagerOpenErrors(t *testing.T) {
+	t.Parallel()
+	m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t), PluginDir: memPluginDir(t)})
+	t.Cleanup(func() { _ = m.Close() })
+	tests := []struct {
+		name string
+		url  string
+	}{
+		{name: "unknown plugin", url: "nosuch://x"},
+		{name: "credentials in URL", url: "s3://AKIA:SECRETVALUE@bucket/p"},
+		{name: "bad scheme", url: "Bad_Scheme://x"},
+		{name: "plugin rejects its URL", url: "mem:?option=1"},
+		{name: "not executable", url: "noexec:x"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := m.Open(t.Context(), plugins.TargetConfig{Name: "t", URL: tt.url})
+			if err == nil {
+				t.Fatalf("Open(%q) succeeded", tt.url)
+			}
+			if c := plugins.Classify(err); c != plugins.ClassPermanent {
+				t.Fatalf("Open(%q): %v classified %v, want permanent", tt.url, err, c)
+			}
+			if s := err.Error(); contains(s, "SECRETVALUE") {
+				t.Fatalf("the error shows the secret: %s", s)
+			}
+		})
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// The round-trip helper behind `strata target test`.
+func TestRoundTrip(t *testing.T) {
+	t.Parallel()
+	tg := targettest.NewMemory()
+	res, err := plugins.RoundTrip(t.Context(), tg, 1<<20)
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
+	}
+	if res.Size != 1<<20 || res.PutLatency <= 0 || res.GetLatency <= 0 || res.PutThroughput <= 0 || res.Info.Kind != "memory" {
+		t.Fatalf("RoundTrip = %+v", res)
+	}
+	if left := targettestList(t, tg); left != 0 {
+		t.Fatalf("RoundTrip left %d objects behind", left)
+	}
+}
+
+func targettestList(t *testing.T, tg plugins.Target) int {
+	n := 0
+	for _, err := range tg.List(t.Context(), "", "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	return n
+}
