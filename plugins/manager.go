@@ -360,4 +360,3 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 	r.logger.Info("plugin started", "pid", p.pid, "protocol", c.NegotiatedVersion())
 	return p, nil
 }
-
