@@ -11,7 +11,8 @@ package snapshot
 // operation — locks, index lookup, checksums, dirty-set bookkeeping and one
 // pread/pwrite per resolved segment — not the disk's. That is what the
 // depth-flatness requirement is about. Writes include their share of the
-// background flushes (fdatasync) the store starts every 65,536 dirty blocks.
+// background flushes (fdatasync) the store starts when the dirty set is
+// large and old (FORMAT.md, "In-memory index and memory budget").
 
 import (
 	"bytes"

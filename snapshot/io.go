@@ -5,6 +5,7 @@ import (
 	"io"
 	"math/bits"
 	"sync"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -199,6 +200,9 @@ func (v *Volume) setHead(start, n uint64, kind uint32) {
 		v.head.mu.Unlock()
 	}
 	if !v.dirty.covers(start, end, kind) {
+		if v.dirty.len() == 0 {
+			v.dirtySince = time.Now().UnixNano()
+		}
 		v.dirty.set(start, n, kind)
 	}
 }
@@ -327,8 +331,9 @@ func (v *Volume) flushLocked() error {
 // maybeFlush starts a background flush when the dirty set is large.
 func (v *Volume) maybeFlush() {
 	v.ci.mu.RLock()
-	big := len(v.sums) >= dirtyFlushBlocks
+	n, since := len(v.sums), v.dirtySince
 	v.ci.mu.RUnlock()
+	big := n >= dirtyMaxBlocks || (n >= dirtyMinBlocks && time.Now().UnixNano()-since > int64(dirtyExpire))
 	if big && v.bgFlush.CompareAndSwap(false, true) {
 		go func() {
 			defer v.bgFlush.Store(false)

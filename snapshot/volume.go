@@ -44,6 +44,9 @@ type Volume struct {
 	// sums the checksums of the dirty data blocks.
 	dirty *extMap
 	sums  map[uint64]uint64
+	// dirtySince is when the dirty set last became non-empty (UnixNano;
+	// guarded by ci.mu).
+	dirtySince int64
 
 	stripes [nStripes]sync.RWMutex
 	flushMu sync.Mutex
@@ -51,9 +54,17 @@ type Volume struct {
 	enc     *logEncoder // guarded by flushMu
 }
 
-// dirtyFlushBlocks starts a background flush when this many data blocks
-// (256 MiB) are dirty, bounding the memory of the dirty set.
-const dirtyFlushBlocks = 1 << 16
+// Background flushes bound the dirty set (its memory is about 40 bytes
+// per dirty block) without forcing writes to disk speed: like the kernel's
+// own writeback, dirty data may stay in the page cache for dirtyExpire
+// before the store syncs it, unless more than dirtyMaxBlocks (4 GiB) are
+// dirty. Durability is unchanged: a write is durable after a Flush or FUA,
+// never later than that. Small dirty sets are left to the next Flush.
+const (
+	dirtyMinBlocks = 1 << 16 // 256 MiB
+	dirtyMaxBlocks = 1 << 20 // 4 GiB, about 40 MiB of dirty tracking
+	dirtyExpire    = 30 * time.Second
+)
 
 func (v *Volume) load(m *volumeMeta) error {
 	v.meta = m
