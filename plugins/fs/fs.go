@@ -1,0 +1,523 @@
+package fs
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"iter"
+	"maps"
+	"net/url"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/strata-block/strata/plugins"
+)
+
+// Kind is the plugin kind and Info().Kind of this target.
+const Kind = "fs"
+
+// tmpPrefix begins the names of files being written. Keys never begin a
+// segment with ".", so List never shows them and no key can collide.
+const tmpPrefix = ".tmp-"
+
+// Target stores each object as a regular file: key "a/b/c" is the file
+// <root>/a/b/c. Because keys are paths, a key cannot be both an object and
+// a directory of others: with "a" stored, "a/b" fails with a permanent
+// error (and the reverse). Files the target did not write are ignored by
+// List if their names are not keys.
+//
+// Every path is opened through an os.Root on the root directory, which
+// refuses to resolve outside it (openat2 RESOLVE_BENEATH on Linux, a
+// component-by-component walk elsewhere), so neither a key nor a symlink
+// planted in the directory reaches a file outside — on top of ValidateKey,
+// which already rules out "..", absolute keys and every odd byte.
+type Target struct {
+	root   *os.Root
+	dir    string
+	closed atomic.Bool
+}
+
+var _ plugins.Target = (*Target)(nil)
+
+// Open is the plugins.OpenFunc of the fs target: it parses a file URL
+// (ParseURL) and opens New on its directory. The fs target takes no
+// credentials; any given are ignored.
+func Open(_ context.Context, rawURL string, _ plugins.Credentials) (plugins.Target, error) {
+	dir, err := ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	return New(dir)
+}
+
+// ParseURL returns the directory of a "file:///abs/dir" URL. The host must
+// be empty or "localhost"; a relative path, user info, query or fragment
+// is an error.
+func ParseURL(rawURL string) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", fmt.Errorf("fs target URL does not parse: %w", plugins.ErrPermanent)
+	}
+	switch {
+	case u.Scheme != "file":
+		return "", fmt.Errorf("fs target URL: scheme %q, want file: %w", u.Scheme, plugins.ErrPermanent)
+	case u.User != nil:
+		return "", fmt.Errorf("fs target URL: user info is not allowed: %w", plugins.ErrPermanent)
+	case u.Host != "" && u.Host != "localhost":
+		return "", fmt.Errorf("fs target URL: host %q, want none (file:///path): %w", u.Host, plugins.ErrPermanent)
+	case u.Opaque != "" || !path.IsAbs(u.Path):
+		return "", fmt.Errorf("fs target URL %q: want an absolute path, file:///path: %w", rawURL, plugins.ErrPermanent)
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return "", fmt.Errorf("fs target URL %q: takes no query or fragment: %w", rawURL, plugins.ErrPermanent)
+	case strings.ContainsRune(u.Path, 0):
+		return "", fmt.Errorf("fs target URL: NUL in path: %w", plugins.ErrPermanent)
+	}
+	return path.Clean(u.Path), nil
+}
+
+// New opens the target on dir, creating it (0700) if it does not exist.
+func New(dir string) (*Target, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("fs target %s: %w", dir, classify(err))
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("fs target %s: %w", dir, classify(err))
+	}
+	return &Target{root: root, dir: dir}, nil
+}
+
+// classify gives a filesystem error its class: out of space, quota,
+// permission and read-only filesystem are permanent until someone acts;
+// interrupted calls, timeouts and stale NFS handles may pass.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, syscall.EINTR), errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ETIMEDOUT),
+		errors.Is(err, syscall.ESTALE):
+		return plugins.Transient(err)
+	}
+	return plugins.Permanent(err)
+}
+
+func (t *Target) check() error {
+	if t.closed.Load() {
+		return plugins.ErrClosed
+	}
+	return nil
+}
+
+// Info reports atomic conditional create (link(2)).
+func (t *Target) Info(context.Context) (plugins.Info, error) {
+	if err := t.check(); err != nil {
+		return plugins.Info{}, err
+	}
+	return plugins.Info{Kind: Kind, ConditionalCreate: plugins.ConditionalCreateAtomic, MaxObjectSize: 1 << 50, MaxBatch: plugins.MaxBatch}, nil
+}
+
+// Put writes the object to a temporary file in the key's directory,
+// fsyncs it, renames it over the key and fsyncs the directory: a reader
+// sees the old file or the new one, and after a crash either is there
+// whole (a leftover temporary file is invisible to List).
+func (t *Target) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	return t.put(ctx, key, r, size, false)
+}
+
+// PutIfAbsent writes a temporary file as Put does, then link(2)s it to the
+// key, which fails with EEXIST if the key exists: the kernel (or the NFS
+// server) decides atomically which creator wins. NFS may report EEXIST
+// for a link whose reply was lost and retransmitted although it
+// succeeded; as link(2) advises, the temporary file's link count then
+// tells: 2 means the link is ours.
+func (t *Target) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	return t.put(ctx, key, r, size, true)
+}
+
+var copyPool = sync.Pool{New: func() any {
+	b := make([]byte, 1<<20)
+	return &b
+}}
+
+func (t *Target) put(ctx context.Context, key string, r io.Reader, size int64, ifAbsent bool) (err error) {
+	op := "put"
+	if ifAbsent {
+		op = "put-if-absent"
+	}
+	if err := plugins.ValidateKey(key); err != nil {
+		return err
+	}
+	if err := t.check(); err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("%s %q: negative size %d: %w", op, key, size, plugins.ErrPermanent)
+	}
+	dir := path.Dir(key)
+	if err := t.mkdirs(key, dir); err != nil {
+		return err
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	tmp := path.Join(dir, tmpPrefix+hex.EncodeToString(id[:]))
+	f, err := t.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("%s %q: creating the temporary file: %w", op, key, classify(err))
+	}
+	defer func() {
+		if f != nil {
+			_ = f.Close()
+		}
+		if rerr := t.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
+			err = fmt.Errorf("%s %q: removing the temporary file: %w", op, key, classify(rerr))
+		}
+	}()
+	bp := copyPool.Get().(*[]byte)
+	_, err = io.CopyBuffer(f, plugins.SizedReader(ctxReader{ctx, r}, size), *bp)
+	copyPool.Put(bp)
+	if err != nil {
+		return fmt.Errorf("%s %q: writing: %w", op, key, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("%s %q: fsync: %w", op, key, classify(err))
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s %q: %w", op, key, err)
+	}
+	if ifAbsent {
+		if err := t.link(f, tmp, key); err != nil {
+			return err
+		}
+	} else if err := t.root.Rename(tmp, key); err != nil {
+		return fmt.Errorf("%s %q: rename into place: %w", op, key, t.conflict(key, err))
+	}
+	cerr := f.Close()
+	f = nil
+	if cerr != nil {
+		return fmt.Errorf("%s %q: close: %w", op, key, classify(cerr))
+	}
+	return t.syncDir(dir)
+}
+
+// link creates key as a second name of the fsynced temporary file f.
+func (t *Target) link(f *os.File, tmp, key string) error {
+	err := t.root.Link(tmp, key)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("put-if-absent %q: link: %w", key, t.conflict(key, err))
+	}
+	if fi, serr := f.Stat(); serr == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 2 {
+			return nil // our link succeeded; only its reply was lost
+		}
+	}
+	return fmt.Errorf("put-if-absent %q: %w", key, plugins.ErrAlreadyExists)
+}
+
+// conflict explains an error renaming or linking onto key: if key is a
+// directory (it prefixes other keys) that is a permanent conflict.
+func (t *Target) conflict(key string, err error) error {
+	if fi, serr := t.root.Lstat(key); serr == nil && fi.IsDir() {
+		return fmt.Errorf("%q is a directory of other keys, so it cannot be an object: %w", key, plugins.ErrPermanent)
+	}
+	return classify(err)
+}
+
+// mkdirs creates the directories of dir that are missing, fsyncing the
+// parent of each one it creates so the new entry is durable.
+func (t *Target) mkdirs(key, dir string) error {
+	if dir == "." {
+		return nil
+	}
+	segs := strings.Split(dir, "/")
+	for i := range segs {
+		p := strings.Join(segs[:i+1], "/")
+		err := t.root.Mkdir(p, 0o755)
+		switch {
+		case err == nil:
+			if err := t.syncDir(path.Dir(p)); err != nil {
+				return err
+			}
+		case errors.Is(err, fs.ErrExist):
+			fi, serr := t.root.Lstat(p)
+			if serr != nil {
+				return fmt.Errorf("put %q: %s: %w", key, p, classify(serr))
+			}
+			if !fi.IsDir() {
+				return fmt.Errorf("put %q: %q is an object (or not a directory), so it cannot hold other keys: %w", key, p, plugins.ErrPermanent)
+			}
+		default:
+			return fmt.Errorf("put %q: creating directory %q: %w", key, p, classify(err))
+		}
+	}
+	return nil
+}
+
+func (t *Target) syncDir(dir string) error {
+	d, err := t.root.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening directory %q to fsync: %w", dir, classify(err))
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync directory %q: %w", dir, classify(err))
+	}
+	return nil
+}
+
+// ctxReader stops a copy when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// missing reports whether err means "no such object".
+func missing(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
+// Get opens the object's file and reads the range from it.
+func (t *Target) Get(_ context.Context, key string, offset, length int64) (io.ReadCloser, int64, error) {
+	if err := plugins.ValidateKey(key); err != nil {
+		return nil, 0, err
+	}
+	if err := t.check(); err != nil {
+		return nil, 0, err
+	}
+	f, err := t.root.Open(key)
+	if missing(err) {
+		return nil, 0, fmt.Errorf("get %q: %w", key, plugins.ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get %q: %w", key, classify(err))
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("get %q: %w", key, classify(err))
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, 0, fmt.Errorf("get %q: %w", key, plugins.ErrNotFound)
+	}
+	size := fi.Size()
+	if offset < 0 || offset > size {
+		f.Close()
+		return nil, 0, fmt.Errorf("get %q: offset %d of a %d-byte object: %w", key, offset, size, plugins.ErrInvalidRange)
+	}
+	n := size - offset
+	if length >= 0 {
+		n = min(n, length)
+	}
+	return &fileRange{r: io.NewSectionReader(f, offset, n), f: f, key: key, remaining: n}, n, nil
+}
+
+// fileRange reads a range of an object's file, failing rather than ending
+// early if the file is shorter than it was (it never should be: objects
+// are replaced by rename, not rewritten).
+type fileRange struct {
+	r         io.Reader
+	f         *os.File
+	key       string
+	remaining int64
+}
+
+func (fr *fileRange) Read(p []byte) (int, error) {
+	n, err := fr.r.Read(p)
+	fr.remaining -= int64(n)
+	if errors.Is(err, io.EOF) && fr.remaining > 0 {
+		return n, fmt.Errorf("get %q: file ended %d bytes early: %w", fr.key, fr.remaining, plugins.Transient(io.ErrUnexpectedEOF))
+	}
+	return n, err
+}
+
+func (fr *fileRange) Close() error { return fr.f.Close() }
+
+// Has stats each key.
+func (t *Target) Has(ctx context.Context, keys []string) ([]bool, error) {
+	for _, k := range keys {
+		if err := plugins.ValidateKey(k); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	out := make([]bool, len(keys))
+	for i, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		fi, err := t.root.Stat(k)
+		switch {
+		case err == nil:
+			out[i] = fi.Mode().IsRegular()
+		case missing(err):
+		default:
+			return nil, fmt.Errorf("has %q: %w", k, classify(err))
+		}
+	}
+	return out, nil
+}
+
+// List walks the directories under prefix in key order: within a
+// directory, entries sort by name with "/" appended to directory names,
+// which is exactly the byte order of the keys below them.
+func (t *Target) List(ctx context.Context, prefix, startAfter string) iter.Seq2[plugins.ObjectInfo, error] {
+	return func(yield func(plugins.ObjectInfo, error) bool) {
+		if err := plugins.ValidatePrefix(prefix); err != nil {
+			yield(plugins.ObjectInfo{}, err)
+			return
+		}
+		if err := t.check(); err != nil {
+			yield(plugins.ObjectInfo{}, err)
+			return
+		}
+		// Start at the deepest directory the prefix names in full.
+		base := ""
+		if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+			base = prefix[:i+1]
+		}
+		_ = t.walk(ctx, base, prefix, startAfter, yield)
+	}
+}
+
+// walk lists directory dir ("" or ending in "/"), returning false once
+// yield has asked to stop or an error was yielded.
+func (t *Target) walk(ctx context.Context, dir, prefix, startAfter string, yield func(plugins.ObjectInfo, error) bool) bool {
+	fail := func(err error) bool {
+		yield(plugins.ObjectInfo{}, err)
+		return false
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	name := strings.TrimSuffix(dir, "/")
+	if name == "" {
+		name = "."
+	}
+	d, err := t.root.Open(name)
+	if missing(err) {
+		return true
+	}
+	if err != nil {
+		return fail(fmt.Errorf("list %q: %w", dir, classify(err)))
+	}
+	ents, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		return fail(fmt.Errorf("list %q: %w", dir, classify(err)))
+	}
+	type entry struct {
+		full  string // key, or directory path ending in "/"
+		isDir bool
+		ent   fs.DirEntry
+	}
+	list := make([]entry, 0, len(ents))
+	for _, e := range ents {
+		n := e.Name()
+		if n == "" || n[0] == '.' {
+			continue // temporary files and anything hidden
+		}
+		full := dir + n
+		if e.IsDir() {
+			full += "/"
+		}
+		// Keep entries that match the prefix or that the prefix continues into.
+		if !strings.HasPrefix(full, prefix) && !strings.HasPrefix(prefix, full) {
+			continue
+		}
+		list = append(list, entry{full: full, isDir: e.IsDir(), ent: e})
+	}
+	slices.SortFunc(list, func(a, b entry) int { return cmp.Compare(a.full, b.full) })
+	for _, e := range list {
+		if e.isDir {
+			// Skip a directory whose keys all sort at or before startAfter.
+			if startAfter != "" && e.full < startAfter && !strings.HasPrefix(startAfter, e.full) {
+				continue
+			}
+			if !t.walk(ctx, e.full, prefix, startAfter, yield) {
+				return false
+			}
+			continue
+		}
+		if e.full <= startAfter || !strings.HasPrefix(e.full, prefix) || plugins.ValidateKey(e.full) != nil || !e.ent.Type().IsRegular() {
+			continue
+		}
+		fi, err := e.ent.Info()
+		if missing(err) {
+			continue // deleted since ReadDir
+		}
+		if err != nil {
+			return fail(fmt.Errorf("list %q: %w", e.full, classify(err)))
+		}
+		if !yield(plugins.ObjectInfo{Key: e.full, Size: fi.Size()}, nil) {
+			return false
+		}
+	}
+	return true
+}
+
+// Delete removes each object's file (never a directory) and fsyncs the
+// directories it removed from.
+func (t *Target) Delete(ctx context.Context, keys []string) error {
+	for _, k := range keys {
+		if err := plugins.ValidateKey(k); err != nil {
+			return err
+		}
+	}
+	if err := t.check(); err != nil {
+		return err
+	}
+	dirs := make(map[string]bool)
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		fi, err := t.root.Lstat(k)
+		if missing(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("delete %q: %w", k, classify(err))
+		}
+		if fi.IsDir() {
+			continue // a directory of other keys, not an object
+		}
+		if err := t.root.Remove(k); err != nil && !missing(err) {
+			return fmt.Errorf("delete %q: %w", k, classify(err))
+		}
+		dirs[path.Dir(k)] = true
+	}
+	for _, d := range slices.Sorted(maps.Keys(dirs)) {
+		if err := t.syncDir(d); err != nil {
+			return fmt.Errorf("delete: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close closes the root directory; it is idempotent.
+func (t *Target) Close() error {
+	if t.closed.Swap(true) {
+		return nil
+	}
+	return t.root.Close()
+}

@@ -1,0 +1,193 @@
+package fs_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/strata-block/strata/plugins"
+	"github.com/strata-block/strata/plugins/fs"
+	"github.com/strata-block/strata/plugins/targettest"
+)
+
+// The test binary doubles as `strata plugin serve fs`.
+func TestMain(m *testing.M) {
+	targettest.Main(m, map[string]plugins.OpenFunc{fs.Kind: fs.Open})
+}
+
+func newTarget(t *testing.T, dir string) *fs.Target {
+	t.Helper()
+	tg, err := fs.New(dir)
+	if err != nil {
+		t.Fatalf("New(%s): %v", dir, err)
+	}
+	t.Cleanup(func() { _ = tg.Close() })
+	return tg
+}
+
+// openPlugin opens the fs target on dir through a plugin process.
+func openPlugin(t *testing.T, dir string) *plugins.Remote {
+	t.Helper()
+	m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t)})
+	t.Cleanup(func() { _ = m.Close() })
+	r, err := m.Open(t.Context(), plugins.TargetConfig{Name: "fs-test", URL: "file://" + dir})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return r
+}
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	targettest.Run(t, func(t *testing.T) plugins.Target { return newTarget(t, t.TempDir()) })
+}
+
+func TestConformancePlugin(t *testing.T) {
+	t.Parallel()
+	targettest.Run(t, func(t *testing.T) plugins.Target { return openPlugin(t, t.TempDir()) })
+}
+
+func TestCrash(t *testing.T) {
+	t.Parallel()
+	targettest.RunCrash(t, func(t *testing.T) (targettest.PluginTarget, plugins.Target) {
+		dir := t.TempDir()
+		return openPlugin(t, dir), newTarget(t, dir)
+	})
+}
+
+func TestParseURL(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		url, want string
+		ok        bool
+	}{
+		{url: "file:///srv/backups", want: "/srv/backups", ok: true},
+		{url: "file://localhost/srv/b/", want: "/srv/b", ok: true},
+		{url: "file:///srv/../etc", want: "/etc", ok: true},
+		{url: "file://host/srv", ok: false},
+		{url: "file:relative", ok: false},
+		{url: "file://user:pw@/srv", ok: false},
+		{url: "file:///srv?x=1", ok: false},
+		{url: "file:///srv#frag", ok: false},
+		{url: "s3://bucket", ok: false},
+		{url: "/srv/backups", ok: false},
+		{url: "file:///a%00b", ok: false},
+	}
+	for _, tt := range tests {
+		got, err := fs.ParseURL(tt.url)
+		if tt.ok != (err == nil) || got != tt.want {
+			t.Errorf("ParseURL(%q) = %q, %v; want %q, ok %v", tt.url, got, err, tt.want, tt.ok)
+		}
+		if err != nil && !errors.Is(err, plugins.ErrPermanent) {
+			t.Errorf("ParseURL(%q): %v is not permanent", tt.url, err)
+		}
+	}
+}
+
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{"file:///srv", "file://localhost/a/b", "file:x", "file:///a?b", "file://h/%2e%2e"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		dir, err := fs.ParseURL(s)
+		if err != nil {
+			return
+		}
+		if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir || strings.ContainsRune(dir, 0) {
+			t.Fatalf("ParseURL(%q) = %q: not a clean absolute path", s, dir)
+		}
+	})
+}
+
+// A symlink planted in the directory does not lead outside it.
+func TestSymlinkEscape(t *testing.T) {
+	t.Parallel()
+	dir, outside := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret"), []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	tg := newTarget(t, dir)
+	ctx := t.Context()
+	if err := tg.Put(ctx, "link/new", strings.NewReader("x"), 1); err == nil {
+		t.Fatalf("Put through a symlink to outside succeeded")
+	}
+	if _, _, err := tg.Get(ctx, "link/secret", 0, -1); err == nil {
+		t.Fatalf("Get through a symlink to outside succeeded")
+	}
+	if err := tg.Delete(ctx, []string{"link/secret"}); err == nil {
+		if _, serr := os.Stat(filepath.Join(outside, "secret")); serr != nil {
+			t.Fatalf("Delete through a symlink removed a file outside: %v", serr)
+		}
+	}
+	ents, _ := os.ReadDir(outside)
+	if len(ents) != 1 {
+		t.Fatalf("outside directory now holds %d entries", len(ents))
+	}
+	for o, err := range tg.List(ctx, "", "") {
+		if err != nil {
+			break
+		}
+		if strings.HasPrefix(o.Key, "link/") {
+			t.Fatalf("List shows %q from outside", o.Key)
+		}
+	}
+}
+
+// Keys are paths: an object cannot also be a directory of keys.
+func TestKeyPrefixConflict(t *testing.T) {
+	t.Parallel()
+	tg := newTarget(t, t.TempDir())
+	ctx := t.Context()
+	if err := tg.Put(ctx, "a", strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Put(ctx, "a/b", strings.NewReader("x"), 1); !errors.Is(err, plugins.ErrPermanent) {
+		t.Fatalf("Put(a/b) with object a: %v, want a permanent error", err)
+	}
+	if err := tg.Put(ctx, "c/d", strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Put(ctx, "c", strings.NewReader("x"), 1); !errors.Is(err, plugins.ErrPermanent) {
+		t.Fatalf("Put(c) with object c/d: %v, want a permanent error", err)
+	}
+	if err := tg.PutIfAbsent(ctx, "c", strings.NewReader("x"), 1); err == nil {
+		t.Fatalf("PutIfAbsent(c) with object c/d succeeded")
+	}
+	if err := tg.Delete(ctx, []string{"c"}); err != nil {
+		t.Fatalf("Delete of a directory name: %v", err)
+	}
+	if has, _ := tg.Has(ctx, []string{"c/d", "c"}); !has[0] || has[1] {
+		t.Fatalf("Has(c/d, c) = %v", has)
+	}
+}
+
+// Temporary files of an interrupted writer are never listed or read.
+func TestTempFilesInvisible(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tg := newTarget(t, dir)
+	if err := tg.Put(t.Context(), "d/k", strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "d", ".tmp-0123456789abcdef"), []byte("partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "d", "not a key"), []byte("junk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for o, err := range tg.List(t.Context(), "", "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, o.Key)
+	}
+	if strings.Join(keys, ",") != "d/k" {
+		t.Fatalf("List = %v, want [d/k]", keys)
+	}
+}
