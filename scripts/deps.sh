@@ -67,4 +67,21 @@ fi
 
 echo "deps: go mod download"
 go mod download
+# versitygw: the real S3 server the plugins/s3 tests start on loopback.
+# Pinned; installed only when missing or another version (go install builds
+# report "git" to --version, so the module version comes from the binary's
+# build info).
+versitygw_version=v1.8.0
+versitygw_bin="$(go env GOPATH)/bin/versitygw"
+versitygw_have=""
+if [ -x "$versitygw_bin" ]; then
+	versitygw_have="$(go version -m "$versitygw_bin" 2>/dev/null | awk '$1 == "mod" && $2 == "github.com/versity/versitygw" { print $3 }')"
+fi
+if [ "$versitygw_have" = "$versitygw_version" ]; then
+	echo "deps: versitygw $versitygw_version present"
+else
+	echo "deps: go install versitygw $versitygw_version (found: ${versitygw_have:-none})"
+	go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version"
+fi
+
 echo "deps: done"

@@ -143,4 +143,3 @@ func (g *gateway) client() *awss3.Client {
 func (g *gateway) url(extra string) string {
 	return fmt.Sprintf("s3://%s/t%d/p?endpoint=%s&region=us-east-1%s", testBucket, g.prefixes.Add(1), g.endpoint, extra)
 }
-
