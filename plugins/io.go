@@ -14,7 +14,12 @@ import (
 // commit only after io.EOF, which is how "fewer or more than size bytes
 // stores nothing" holds even across the plugin boundary (the server shim's
 // reader reaches io.EOF only when the host commits).
+//
+// A nil r reads as empty, so Put(ctx, key, nil, 0) stores an empty object.
 func SizedReader(r io.Reader, size int64) io.Reader {
+	if r == nil {
+		r = eofReader{}
+	}
 	return &sizedReader{r: r, size: size, remaining: size}
 }
 
@@ -65,3 +70,7 @@ var chunkPool = sync.Pool{New: func() any {
 	b := make([]byte, ChunkSize)
 	return &b
 }}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
