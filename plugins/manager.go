@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-plugin"
-	"google.golang.org/grpc"
 )
 
 // Built-in plugin kinds, served by the strata binary itself as
@@ -329,10 +328,9 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 		Logger:           hl,
 		// What the plugin writes to os.Stdout/os.Stderr after serving
 		// (not through its logger) still reaches the log.
-		SyncStdout: slog.NewLogLogger(r.logger.With("stream", "stdout").Handler(), slog.LevelInfo).Writer(),
-		SyncStderr: slog.NewLogLogger(r.logger.With("stream", "stderr").Handler(), slog.LevelWarn).Writer(),
-		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize))},
+		SyncStdout:      slog.NewLogLogger(r.logger.With("stream", "stdout").Handler(), slog.LevelInfo).Writer(),
+		SyncStderr:      slog.NewLogLogger(r.logger.With("stream", "stderr").Handler(), slog.LevelWarn).Writer(),
+		GRPCDialOptions: dialOptions(),
 	})
 	fail := func(err error) (*process, error) {
 		c.Kill()

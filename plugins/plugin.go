@@ -88,12 +88,36 @@ func Serve(cfg ServeConfig) {
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: pluginSets(srv),
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			return grpc.NewServer(append(opts,
-				grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize))...)
+			return grpc.NewServer(append(opts, serverOptions()...)...)
 		},
 		Logger: newHCLog(logger, ""),
 	})
 	if err := srv.close(); err != nil {
 		logger.Warn("closing the target", "err", err)
+	}
+}
+
+// Transport tuning, chosen by measurement (benchmarks/RESULTS.md): HTTP/2
+// flow-control windows large enough for several 1 MiB messages in flight,
+// so a streamed Put or Get is not throttled to one window per round trip,
+// and socket buffers that take a whole message per write.
+const (
+	windowSize = 16 << 20
+	bufferSize = 1 << 20
+)
+
+func serverOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(windowSize),
+		grpc.WriteBufferSize(bufferSize), grpc.ReadBufferSize(bufferSize),
+	}
+}
+
+func dialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
+		grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(windowSize),
+		grpc.WithWriteBufferSize(bufferSize), grpc.WithReadBufferSize(bufferSize),
 	}
 }

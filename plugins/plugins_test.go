@@ -31,7 +31,9 @@ func TestConformanceGRPC(t *testing.T) {
 
 // memPluginDir returns a plugin directory holding strata-target-mem, a
 // script that runs this test binary as the memory plugin.
-func memPluginDir(t *testing.T) string {
+func memPluginDir(t *testing.T) string { return memPluginDirB(t) }
+
+func memPluginDirB(t testing.TB) string {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
