@@ -34,12 +34,24 @@ type Agent struct {
 	state *stateFile
 	host  *host // FUSE mount and host attachments
 
+	exts []Extension
+
 	mu sync.Mutex // serialises attach, detach, mount, umount, delete, revert
+}
+
+// Extension adds routes to the control API: the server binary uses it to
+// serve what other packages own (backup targets, backups) beside the
+// agent's own routes, with the same error format, without the agent
+// importing them.
+type Extension interface {
+	Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, error), writeJSON func(http.ResponseWriter, int, any))
+	// Close runs when the agent stops.
+	Close() error
 }
 
 // New opens the data directory: the volume store (every volume in it is
 // opened), the agent's state and its metrics. Nothing is served until Run.
-func New(ctx context.Context, cfg Config, version string, log *slog.Logger) (*Agent, error) {
+func New(ctx context.Context, cfg Config, version string, log *slog.Logger, exts ...Extension) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -50,7 +62,7 @@ func New(ctx context.Context, cfg Config, version string, log *slog.Logger) (*Ag
 	if err != nil {
 		return nil, fmt.Errorf("open volume store in %s: %w", cfg.DataDir, err)
 	}
-	a := &Agent{cfg: cfg, version: version, log: log, started: time.Now().UTC(), mgr: mgr}
+	a := &Agent{cfg: cfg, version: version, log: log, started: time.Now().UTC(), mgr: mgr, exts: exts}
 	a.met = newMetrics(func() float64 {
 		vs, _ := mgr.Volumes(context.Background())
 		return float64(len(vs))
@@ -73,6 +85,11 @@ func New(ctx context.Context, cfg Config, version string, log *slog.Logger) (*Ag
 // volume.
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer func() {
+		for _, x := range a.exts {
+			if cerr := x.Close(); cerr != nil {
+				a.log.Warn("close api extension", "err", cerr)
+			}
+		}
 		if cerr := a.mgr.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("close volumes: %w", cerr)
 		}
@@ -121,6 +138,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	// Control API.
 	mux := http.NewServeMux()
 	a.routes(mux)
+	for _, x := range a.exts {
+		x.Routes(mux, writeError, writeJSON)
+	}
 	servers := []*http.Server{{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
 	ul, err := listenUnixAPI(APISocket(a.cfg.DataDir))
 	if err != nil {

@@ -51,6 +51,13 @@ func (e *APIError) Is(target error) bool {
 	return false
 }
 
+// Do sends a request with body in (JSON, nil for none) to path and
+// decodes the answer into out (nil to discard it). It serves the routes of
+// API extensions.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	return c.do(ctx, method, path, in, out)
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {

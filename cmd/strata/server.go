@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/strata-block/strata/backupd/targets"
 	"github.com/strata-block/strata/blockdev/agent"
 )
 
@@ -15,6 +16,7 @@ func newServerCmd(ver string) *cobra.Command {
 		cfg        agent.Config
 		configPath string
 		logJSON    bool
+		pluginDir  string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -55,8 +57,16 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 			if err != nil {
 				return err
 			}
-			a, err := agent.New(cmd.Context(), merged, ver, log)
+			if err := os.MkdirAll(dataDir, 0o700); err != nil {
+				return fmt.Errorf("data directory: %w", err)
+			}
+			tsvc, err := targets.NewService(dataDir, "", pluginDir, log.With("component", "targets"))
 			if err != nil {
+				return err
+			}
+			a, err := agent.New(cmd.Context(), merged, ver, log, tsvc)
+			if err != nil {
+				_ = tsvc.Close()
 				return err
 			}
 			return a.Run(cmd.Context())
@@ -69,6 +79,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.StringVar(&cfg.FUSE, "fuse", "auto", "FUSE mount of volume files: auto (warn and serve NBD only if unusable), on, off")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
+	f.StringVar(&pluginDir, "plugin-dir", "", "directory of external target plugins (strata-target-<kind> executables)")
 	return cmd
 }
 

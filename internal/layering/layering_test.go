@@ -32,7 +32,10 @@ func TestImportRules(t *testing.T) {
 		{pkg: "blockdev/attach", forbidden: frontendForbidden, noDirect: []string{"snapshot"}},
 		{pkg: "blockdev/agent", forbidden: []string{"plugins", "backupd"}, noDirect: []string{"snapshot"}},
 		{pkg: "plugins", forbidden: []string{"snapshot", "blockdev", "backupd"}},
-		{pkg: "backupd", forbidden: []string{"snapshot"}},
+		// backupd reaches volumes through blockdev (built on snapshot) or the
+		// agent API, and targets only through the plugins interface.
+		{pkg: "backupd", forbidden: []string{"blockdev/nbd", "blockdev/fuse", "blockdev/attach"}, noDirect: []string{"snapshot", "plugins/fs", "plugins/s3"}},
+		{pkg: "backupd/targets", forbidden: []string{"blockdev/nbd", "blockdev/fuse", "blockdev/attach"}, noDirect: []string{"snapshot", "plugins/fs", "plugins/s3"}},
 	}
 	for _, r := range rules {
 		t.Run(strings.ReplaceAll(r.pkg, "/", "_"), func(t *testing.T) {
