@@ -19,5 +19,10 @@
 // import snapshot, the frontends (blockdev/nbd, blockdev/fuse,
 // blockdev/attach) or any target implementation (plugins/fs, plugins/s3).
 //
-// Not implemented yet: see issues 7 and 8.
+// The engine (issue 7) is Repository: Open(target, opts), then Backup,
+// Restore, Verify, List, Delete, Prune and GC. Its formats, the commit
+// order and the GC protocol are in FORMAT.md. backupd does not import
+// blockdev (which is built on snapshot); backupd/volsource adapts
+// blockdev volumes to Source and Destination. The coordinator (issue 8) is
+// not implemented yet.
 package backupd

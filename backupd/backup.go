@@ -1,0 +1,482 @@
+package backupd
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/strata-block/strata/plugins"
+)
+
+// DefaultMaxDuration is BackupOptions.MaxDuration's default. GCOptions.Grace
+// must be longer (its default is 2× this).
+const DefaultMaxDuration = 6 * time.Hour
+
+// BackupOptions describe one backup run.
+type BackupOptions struct {
+	// Volume and Snapshot name what Source holds; both are recorded.
+	Volume   string
+	Snapshot string
+	// Source is the snapshot to read.
+	Source Source
+	// Parent is the id of an earlier acknowledged backup of Volume on this
+	// target whose snapshot Changed is relative to; "" makes a full
+	// backup (every allocated extent is read and hashed).
+	Parent string
+	// Changed lists the extents written between the parent's snapshot and
+	// Snapshot (blockdev.Manager.Changed). Only they are read; the rest of
+	// the map comes from the parent. Required (possibly empty) with Parent.
+	Changed []Extent
+	// Tags are recorded in the manifest (the coordinator's system backup
+	// id and fencing token, for example).
+	Tags map[string]string
+	// Progress, if set, receives progress events.
+	Progress ProgressFunc
+	// MaxDuration bounds the time from loading the chunk index to writing
+	// the manifest (ErrTooSlow past it); default DefaultMaxDuration. GC's
+	// grace period must be longer than every backup's MaxDuration.
+	MaxDuration time.Duration
+	// Now is the clock (tests); default time.Now.
+	Now func() time.Time
+}
+
+// Result is an acknowledged backup: its manifest is on the target, was read
+// back and matched.
+type Result struct {
+	ID          string
+	ManifestKey string
+	Digest      string
+	Manifest    *Manifest
+	Stats
+}
+
+// Backup backs up opts.Source and returns only once the backup is
+// acknowledged (FORMAT.md, "Commit order"). On error no manifest for it
+// exists, except when the error came after PutIfAbsent succeeded and the
+// read-back failed: then the manifest may exist and Verify decides.
+func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, error) {
+	if err := r.checkBackupOptions(&opts); err != nil {
+		return nil, err
+	}
+	log := r.log.With("op", "backup", "volume", opts.Volume, "snapshot", opts.Snapshot)
+	b := &backupRun{r: r, opts: opts, k: r.opts.Key, size: opts.Source.Size()}
+	b.progress(PhaseIndex)
+	// The clock starts before gc/ is listed: GC's protocol needs the
+	// manifest written within MaxDuration of that listing.
+	started := opts.Now()
+	idx, err := r.loadIndex(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("backup of volume %q: loading the chunk index: %w", opts.Volume, err)
+	}
+	b.idx = idx
+	if opts.Parent != "" {
+		b.parent, err = r.LoadManifest(ctx, ManifestKey(opts.Volume, opts.Parent))
+		if err != nil {
+			return nil, fmt.Errorf("backup of volume %q: parent: %w", opts.Volume, err)
+		}
+		if b.parent.ChunkSize != ChunkSize || b.parent.PageChunks != PageChunks || b.parent.Encrypted != (b.k != nil) {
+			log.Info("parent has another layout or encryption; taking a full backup", "parent", opts.Parent)
+			b.parent = nil
+		} else if _, err := r.keyFor(b.parent); err != nil {
+			return nil, fmt.Errorf("backup of volume %q: parent: %w", opts.Volume, err)
+		}
+	}
+	m, err := b.run(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("backup of volume %q snapshot %q: %w", opts.Volume, opts.Snapshot, err)
+	}
+	b.progress(PhaseManifest)
+	if el := opts.Now().Sub(started); el > opts.MaxDuration {
+		return nil, fmt.Errorf("backup of volume %q: %v since loading the index, more than %v: %w", opts.Volume, el, opts.MaxDuration, ErrTooSlow)
+	}
+	key := ManifestKey(m.Volume, m.ID)
+	enc, err := EncodeManifest(m)
+	if err != nil {
+		return nil, fmt.Errorf("backup of volume %q: %w", opts.Volume, err)
+	}
+	m.Stats.BytesUploaded += int64(len(enc))
+	enc, _ = EncodeManifest(m)
+	err = r.t.PutIfAbsent(ctx, key, bytes.NewReader(enc), int64(len(enc)))
+	if errors.Is(err, plugins.ErrUnsupported) {
+		// The id is 128 random bits: a plain Put cannot replace another
+		// backup's manifest.
+		err = r.t.Put(ctx, key, bytes.NewReader(enc), int64(len(enc)))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("backup of volume %q: writing manifest %s: %w", opts.Volume, key, err)
+	}
+	back, err := r.getAll(ctx, key, maxManifestSize)
+	if err != nil {
+		return nil, fmt.Errorf("backup of volume %q: reading back manifest %s: %w", opts.Volume, key, err)
+	}
+	if _, err := DecodeManifest(back); err != nil {
+		return nil, fmt.Errorf("backup of volume %q: manifest %s read back: %w", opts.Volume, key, err)
+	}
+	if !bytes.Equal(back, enc) {
+		return nil, fmt.Errorf("backup of volume %q: manifest %s read back differs from the one written: %w", opts.Volume, key, ErrMismatch)
+	}
+	b.progress(PhaseDone)
+	log.Info("backup acknowledged", "id", m.ID, "key", key, "scanned", m.Stats.BytesScanned, "uploaded", m.Stats.BytesUploaded, "parent", m.Parent)
+	return &Result{ID: m.ID, ManifestKey: key, Digest: m.Digest, Manifest: m, Stats: m.Stats}, nil
+}
+
+func (r *Repository) checkBackupOptions(o *BackupOptions) error {
+	switch {
+	case !ValidName(o.Volume):
+		return fmt.Errorf("volume name %q: %w", o.Volume, ErrInvalid)
+	case !ValidName(o.Snapshot):
+		return fmt.Errorf("volume %q: snapshot name %q: %w", o.Volume, o.Snapshot, ErrInvalid)
+	case o.Source == nil:
+		return fmt.Errorf("volume %q: no source: %w", o.Volume, ErrInvalid)
+	case o.Parent != "" && parseHex(o.Parent, make([]byte, 16)) != nil:
+		return fmt.Errorf("volume %q: parent %q is not a backup id: %w", o.Volume, o.Parent, ErrInvalid)
+	case o.Parent != "" && o.Changed == nil:
+		return fmt.Errorf("volume %q: an incremental backup needs the changed extents: %w", o.Volume, ErrInvalid)
+	}
+	if s := o.Source.Size(); s <= 0 || s%4096 != 0 || s > MaxVolumeSize {
+		return fmt.Errorf("volume %q: size %d is not a positive multiple of 4096 up to %d: %w", o.Volume, s, int64(MaxVolumeSize), ErrInvalid)
+	}
+	for _, e := range o.Changed {
+		if e.Offset < 0 || e.Length < 0 {
+			return fmt.Errorf("volume %q: changed extent %d+%d: %w", o.Volume, e.Offset, e.Length, ErrInvalid)
+		}
+	}
+	if o.MaxDuration <= 0 {
+		o.MaxDuration = DefaultMaxDuration
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	o.Tags = maps.Clone(o.Tags)
+	return nil
+}
+
+// backupRun is the state of one Backup.
+type backupRun struct {
+	r      *Repository
+	opts   BackupOptions
+	k      *Key
+	size   int64
+	idx    *chunkIndex
+	parent *Manifest
+
+	scanned, uploaded, chunks atomic.Int64
+}
+
+func (b *backupRun) progress(ph Phase) {
+	if b.opts.Progress == nil {
+		return
+	}
+	b.opts.Progress(Progress{Op: "backup", Volume: b.opts.Volume, Phase: ph, BytesTotal: b.size,
+		BytesScanned: b.scanned.Load(), BytesUploaded: b.uploaded.Load(), Chunks: b.chunks.Load(), Time: time.Now()})
+}
+
+// pageJob is one map page's worth of work moving through the pipeline.
+type pageJob struct {
+	i      int
+	first  int64     // first chunk
+	n      int       // chunks in the page
+	buf    []byte    // the page's data; only dirty chunks are filled
+	dirty  []bool    // which chunks were read
+	prev   page      // the parent's entries (IDs nil if none)
+	prevID string    // the parent's page id
+	ids    []ChunkID // results
+	leaves []ChunkID
+	recs   [][]byte // new records (nil: zero or known)
+	done   chan struct{}
+	err    error
+}
+
+// run reads, hashes and uploads, and returns the manifest to write.
+func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	nChunks := (b.size + ChunkSize - 1) / ChunkSize
+	nPages := int((nChunks + PageChunks - 1) / PageChunks)
+	dirty := b.dirtyMap(nChunks)
+
+	var parentPages <-chan pageResult
+	if b.parent != nil {
+		parentPages = b.r.pageStream(ctx, b.parent, b.k, 0, 4)
+	}
+	up := newUploader(ctx, b.r, b.opts.Volume, &b.uploaded)
+	defer up.abort()
+
+	work := make(chan *pageJob)
+	order := make(chan *pageJob, b.r.opts.Workers+2)
+	var wg sync.WaitGroup
+	for range b.r.opts.Workers {
+		wg.Go(func() {
+			for j := range work {
+				b.hashPage(j)
+				close(j.done)
+			}
+		})
+	}
+	bufs := sync.Pool{New: func() any { s := make([]byte, ChunkSize*PageChunks); return &s }}
+
+	// Producer: read dirty chunks page by page.
+	var prodErr error
+	go func() {
+		defer close(order)
+		defer close(work)
+		for i := range nPages {
+			j := &pageJob{i: i, first: int64(i) * PageChunks, done: make(chan struct{})}
+			j.n = int(min(PageChunks, nChunks-j.first))
+			if parentPages != nil && i < len(b.parent.Pages) {
+				var pr pageResult
+				select {
+				case pr = <-parentPages:
+				case <-ctx.Done():
+					prodErr = context.Cause(ctx)
+					return
+				}
+				if pr.err != nil {
+					prodErr = pr.err
+					return
+				}
+				j.prev, j.prevID = pr.p, b.parent.Pages[i]
+			}
+			j.buf = (*bufs.Get().(*[]byte))[:j.n*ChunkSize]
+			if err := b.readPage(ctx, j, dirty); err != nil {
+				prodErr = err
+				return
+			}
+			select {
+			case order <- j:
+			case <-ctx.Done():
+				prodErr = context.Cause(ctx)
+				return
+			}
+			work <- j
+		}
+	}()
+
+	m := &Manifest{Format: manifestFormat, Version: 1, Volume: b.opts.Volume, ID: newBackupID(), Snapshot: b.opts.Snapshot,
+		Created: b.opts.Now().UTC(), Size: b.size, ChunkSize: ChunkSize, PageChunks: PageChunks, Tags: b.opts.Tags,
+		Pages: make([]string, 0, nPages)}
+	if b.parent != nil {
+		m.Parent = b.parent.ID
+	}
+	if b.k != nil {
+		m.Encrypted, m.KeyID = true, b.k.ID()
+	}
+	dg := newDigest(b.size, ChunkSize)
+	pending := map[ChunkID]bool{}
+	var err error
+	for j := range order {
+		if err != nil {
+			continue // drain
+		}
+		<-j.done
+		if j.err != nil {
+			err = j.err
+			cancel(err)
+			continue
+		}
+		for c := range j.n {
+			id := j.ids[c]
+			dg.add(j.first+int64(c), j.leaves[c])
+			switch {
+			case !j.dirty[c]:
+			case id.IsZero():
+				m.Stats.ChunksZero++
+			case j.recs[c] == nil || pending[id]:
+				m.Stats.ChunksDedup++
+			default:
+				pending[id] = true
+				m.Stats.ChunksNew++
+				if err = up.add(id, j.recs[c]); err != nil {
+					cancel(err)
+				}
+			}
+		}
+		if prev, err := ParseChunkID(j.prevID); err == nil && !b.idx.candPages[prev] &&
+			slices.Equal(j.ids, j.prev.IDs) && (b.k == nil || slices.Equal(j.leaves, j.prev.Leaves)) {
+			m.Pages = append(m.Pages, j.prevID) // unchanged: reuse the parent's page
+		} else {
+			pg := page{IDs: j.ids}
+			if b.k != nil {
+				pg.Leaves = j.leaves
+			}
+			obj, pid := encodePage(pg, b.k)
+			m.Pages = append(m.Pages, pid.String())
+			m.Stats.PagesUploaded++
+			up.putPage(pid, obj)
+		}
+		b.chunks.Add(int64(j.n))
+		b.progress(PhaseScan)
+		buf := j.buf[:cap(j.buf)]
+		bufs.Put(&buf)
+	}
+	wg.Wait()
+	if err == nil {
+		err = prodErr
+	}
+	if err != nil {
+		return nil, err
+	}
+	b.progress(PhaseFlush)
+	if err := up.finish(); err != nil {
+		return nil, err
+	}
+	m.Digest = dg.hex()
+	m.Stats.BytesScanned = b.scanned.Load()
+	m.Stats.BytesUploaded = b.uploaded.Load()
+	return m, nil
+}
+
+// dirtyMap returns which chunks must be read: all for a full backup; for
+// an incremental the chunks Changed touches and those the parent does not
+// cover with the same length.
+func (b *backupRun) dirtyMap(nChunks int64) []bool {
+	d := make([]bool, nChunks)
+	if b.parent == nil {
+		for i := range d {
+			d[i] = true
+		}
+		return d
+	}
+	for _, e := range b.opts.Changed {
+		end := min(e.Offset+e.Length, b.size)
+		for c := e.Offset / ChunkSize; c*ChunkSize < end; c++ {
+			d[c] = true
+		}
+	}
+	for c := range nChunks {
+		if end := (c + 1) * ChunkSize; !(b.parent.Size == b.size || (end <= b.parent.Size && end <= b.size)) {
+			d[c] = true
+		}
+	}
+	return d
+}
+
+// readPage fills j.dirty and reads the dirty chunks of page j: the parent's
+// entries are reused where the chunk did not change and is still live.
+func (b *backupRun) readPage(ctx context.Context, j *pageJob, dirty []bool) error {
+	j.dirty = make([]bool, j.n)
+	for c := range j.n {
+		d := dirty[j.first+int64(c)]
+		if !d && j.prev.IDs == nil {
+			d = true
+		}
+		if !d {
+			if id := j.prev.IDs[c]; !id.IsZero() && !b.idx.live(id) {
+				d = true // its pack is gone or a GC candidate: upload again
+			}
+		}
+		j.dirty[c] = d
+	}
+	for c := 0; c < j.n; {
+		if !j.dirty[c] {
+			c++
+			continue
+		}
+		e := c
+		for e < j.n && j.dirty[e] {
+			e++
+		}
+		off := (j.first + int64(c)) * ChunkSize
+		end := min((j.first+int64(e))*ChunkSize, b.size)
+		if err := b.readRange(ctx, j.buf[c*ChunkSize:], off, end); err != nil {
+			return err
+		}
+		c = e
+	}
+	return nil
+}
+
+// readRange reads [off, end) into buf, reading only data extents and
+// zeroing the rest.
+func (b *backupRun) readRange(ctx context.Context, buf []byte, off, end int64) error {
+	exts, err := b.opts.Source.Extents(ctx, off, end-off)
+	if err != nil {
+		return fmt.Errorf("extents of %d+%d: %w", off, end-off, err)
+	}
+	pos := off
+	read := func(from, to int64) error {
+		if to <= from {
+			return nil
+		}
+		n, err := b.opts.Source.ReadAt(ctx, buf[from-off:to-off], from)
+		if err != nil && !(errors.Is(err, io.EOF) && int64(n) == to-from) {
+			return fmt.Errorf("read %d+%d: %w", from, to-from, err)
+		}
+		b.scanned.Add(to - from)
+		return nil
+	}
+	for _, e := range exts {
+		s, t := max(e.Offset, pos), min(e.Offset+e.Length, end)
+		if t <= s {
+			continue
+		}
+		if err := read(pos, s); err != nil { // not covered: data
+			return err
+		}
+		if e.Kind == ExtentData {
+			if err := read(s, t); err != nil {
+				return err
+			}
+		} else {
+			clear(buf[s-off : t-off])
+		}
+		pos = t
+	}
+	return read(pos, end)
+}
+
+// hashPage computes ids, leaves and new records for page j.
+func (b *backupRun) hashPage(j *pageJob) {
+	j.ids = make([]ChunkID, j.n)
+	j.leaves = make([]ChunkID, j.n)
+	j.recs = make([][]byte, j.n)
+	for c := range j.n {
+		if !j.dirty[c] {
+			j.ids[c] = j.prev.IDs[c]
+			if j.prev.Leaves != nil {
+				j.leaves[c] = j.prev.Leaves[c]
+			} else {
+				j.leaves[c] = j.ids[c]
+			}
+			continue
+		}
+		l := int(min(ChunkSize, b.size-(j.first+int64(c))*ChunkSize))
+		data := j.buf[c*ChunkSize : c*ChunkSize+l]
+		if allZero(data) {
+			continue
+		}
+		id := chunkID(b.k, data)
+		j.ids[c] = id
+		if b.k != nil {
+			j.leaves[c] = sha256.Sum256(data)
+		} else {
+			j.leaves[c] = id
+		}
+		if !b.idx.live(id) {
+			j.recs[c] = encodeRecord(nil, b.k, id, data)
+		}
+	}
+}
+
+func allZero(p []byte) bool {
+	for len(p) >= 8 {
+		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, c := range p {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,102 @@
+package backupd
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"testing"
+)
+
+func TestRoundTrip(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	rng := rand.New(rand.NewPCG(1, 2))
+	sparse := make([]byte, 24*mib)
+	for i := 0; i < len(sparse); i += 3 * mib {
+		copy(sparse[i:], randomData(rng, 64<<10))
+	}
+	text := bytes.Repeat([]byte("strata block storage backup "), (8*mib)/28+1)[:8*mib]
+	tests := []struct {
+		name      string
+		data      []byte
+		holes     []Extent
+		encrypted bool
+		zeroed    bool
+	}{
+		{name: "random", data: randomData(rng, 16*mib)},
+		{name: "random-encrypted", data: randomData(rng, 6*mib), encrypted: true},
+		{name: "sparse", data: sparse, holes: []Extent{{Offset: 4 * mib, Length: 2 * mib}, {Offset: 20 * mib, Length: 4 * mib}}},
+		{name: "sparse-dest-zeroed", data: sparse, zeroed: true},
+		{name: "all-zero", data: make([]byte, 32*mib)},
+		{name: "all-zero-encrypted", data: make([]byte, 4*mib), encrypted: true},
+		{name: "compressible", data: text},
+		{name: "odd-size", data: randomData(rng, 2*mib+4096)},
+		{name: "one-block", data: randomData(rng, 4096), encrypted: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.data = bytes.Clone(tc.data)
+			// holes must read as zeros
+			for _, h := range tc.holes {
+				clear(tc.data[h.Offset : h.Offset+h.Length])
+			}
+			tg := newFSTarget(t, t.TempDir())
+			opts := &Options{Logger: testLogger(t), PackSize: 1 << 20}
+			if tc.encrypted {
+				opts.Key = testKey(t)
+			}
+			r := Open(tg, opts)
+			res, err := r.Backup(t.Context(), BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: tc.data, holes: tc.holes}})
+			if err != nil {
+				t.Fatalf("Backup: %v", err)
+			}
+			if res.BytesScanned > int64(len(tc.data)) {
+				t.Errorf("scanned %d > size %d", res.BytesScanned, len(tc.data))
+			}
+			got, _, err := restoreAll(t, r, res.ManifestKey, int64(len(tc.data)), RestoreOptions{DestZeroed: tc.zeroed})
+			if err != nil {
+				t.Fatalf("Restore: %v", err)
+			}
+			mustEqual(t, "restored volume", got, tc.data)
+			// Into a dirty destination: zeros must be written.
+			d := &memDest{data: bytes.Repeat([]byte{0xee}, len(tc.data))}
+			if _, err := r.Restore(t.Context(), res.ManifestKey, d, RestoreOptions{}); err != nil {
+				t.Fatalf("Restore into a dirty destination: %v", err)
+			}
+			mustEqual(t, "restored over garbage", d.data, tc.data)
+			if rep, err := r.Verify(t.Context(), nil, VerifyOptions{ReadData: true}); err != nil || !rep.OK() {
+				t.Fatalf("Verify: %v %+v", err, rep)
+			}
+			// The digest does not depend on how zeros were found.
+			res2, err := r.Backup(t.Context(), BackupOptions{Volume: "vol-a", Snapshot: "s2", Source: &memSource{data: tc.data}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res2.Digest != res.Digest {
+				t.Errorf("digest with holes %s, without %s", res.Digest, res2.Digest)
+			}
+			if res2.ChunksNew != 0 {
+				t.Errorf("second backup of the same data stored %d new chunks", res2.ChunksNew)
+			}
+		})
+	}
+}
+
+func TestRestoreWrongKey(t *testing.T) {
+	t.Parallel()
+	tg := newFSTarget(t, t.TempDir())
+	data := randomData(rand.New(rand.NewPCG(3, 4)), 1<<20)
+	r := Open(tg, &Options{Key: testKey(t)})
+	res, err := r.Backup(t.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := NewKey(bytes.Repeat([]byte{9}, KeySize))
+	for name, k := range map[string]*Key{"none": nil, "other": other} {
+		_, _, err := restoreAll(t, Open(tg, &Options{Key: k}), res.ManifestKey, int64(len(data)), RestoreOptions{})
+		if !errors.Is(err, ErrKey) {
+			t.Errorf("%s key: Restore = %v, want ErrKey", name, err)
+		}
+	}
+}

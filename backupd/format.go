@@ -1,0 +1,376 @@
+package backupd
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/klauspost/compress/zstd"
+)
+
+// The on-target formats; FORMAT.md documents every byte.
+const (
+	// ChunkSize is the chunk size of backups this version writes.
+	ChunkSize = 8 << 10
+	// PageChunks is the number of chunk entries in a full map page.
+	PageChunks = 256
+	// MaxChunkSize bounds the chunk size a manifest may declare.
+	MaxChunkSize = 1 << 20
+	// DefaultPackSize is the size at which a pack is closed and uploaded.
+	DefaultPackSize = 16 << 20
+
+	recordMagic      = "SBC1"
+	recordHeaderSize = 24
+	flagCompressed   = 1
+	flagEncrypted    = 2
+	nonceSize        = 12
+	tagSize          = 16
+
+	indexMagic     = "SBI1"
+	indexHeadSize  = 4 + 4 + 4 + 32
+	indexEntrySize = 32 + 4 + 4
+	maxIndexCount  = 1 << 22
+
+	pageMagic         = "SBM1"
+	pageSealedMagic   = "SBME"
+	pageHeadSize      = 4 + 1 + 1 + 2 + 4 + 16
+	pageFlagLeaves    = 1
+	maxPageObjectSize = pageHeadSize + 64*4096 + 4 + nonceSize + tagSize
+)
+
+// ChunkID names a chunk: SHA-256 of its plaintext, or HMAC-SHA-256 under
+// the repository's id key when encrypted. The zero ChunkID marks a zero
+// chunk in a map page (no hash output is all zeros in practice).
+type ChunkID [32]byte
+
+// String returns the id as 64 lowercase hex digits.
+func (c ChunkID) String() string { return hex.EncodeToString(c[:]) }
+
+// IsZero reports whether c is the zero-chunk marker.
+func (c ChunkID) IsZero() bool { return c == ChunkID{} }
+
+// ParseChunkID parses 64 lowercase hex digits.
+func ParseChunkID(s string) (ChunkID, error) {
+	var c ChunkID
+	if err := parseHex(s, c[:]); err != nil {
+		return c, fmt.Errorf("chunk id %q: %w", s, err)
+	}
+	return c, nil
+}
+
+// parseHex decodes exactly len(dst) bytes of lowercase hex.
+func parseHex(s string, dst []byte) error {
+	if len(s) != 2*len(dst) {
+		return fmt.Errorf("want %d hex digits, have %d: %w", 2*len(dst), len(s), ErrCorrupt)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return fmt.Errorf("byte %#02x at %d is not a lowercase hex digit: %w", c, i, ErrCorrupt)
+		}
+	}
+	_, err := hex.Decode(dst, []byte(s))
+	return err
+}
+
+// chunkID computes the id of plaintext p.
+func chunkID(k *Key, p []byte) ChunkID {
+	var c ChunkID
+	if k == nil {
+		c = sha256.Sum256(p)
+		return c
+	}
+	h := k.idHash()
+	h.Write(p)
+	h.Sum(c[:0])
+	return c
+}
+
+// codec holds the shared zstd encoder and decoder; both are safe for
+// concurrent EncodeAll/DecodeAll.
+type codec struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+}
+
+var sharedCodec = sync.OnceValue(func() *codec {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(4), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		panic(err) // only for invalid options, which are constant
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(4), zstd.WithDecoderMaxMemory(4*MaxChunkSize), zstd.WithDecoderMaxWindow(4*MaxChunkSize))
+	if err != nil {
+		panic(err)
+	}
+	return &codec{enc: enc, dec: dec}
+})
+
+// encodeRecord appends the chunk record for plaintext p with id id to dst.
+func encodeRecord(dst []byte, k *Key, id ChunkID, p []byte) []byte {
+	c := sharedCodec()
+	body := c.enc.EncodeAll(p, make([]byte, 0, len(p)/2))
+	flags := byte(flagCompressed)
+	if len(body) >= len(p) {
+		body, flags = p, 0
+	}
+	sum := xxhash.Sum64(p)
+	var h [recordHeaderSize]byte
+	copy(h[:], recordMagic)
+	h[4] = 1
+	payload := len(body)
+	if k != nil {
+		flags |= flagEncrypted
+		payload = nonceSize + 8 + len(body) + tagSize
+	} else {
+		binary.LittleEndian.PutUint64(h[16:], sum)
+	}
+	h[5] = flags
+	binary.LittleEndian.PutUint32(h[8:], uint32(len(p)))
+	binary.LittleEndian.PutUint32(h[12:], uint32(payload))
+	dst = append(dst, h[:]...)
+	if k == nil {
+		return append(dst, body...)
+	}
+	nonce := randomBytes(nonceSize)
+	dst = append(dst, nonce...)
+	inner := binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(body)), sum)
+	inner = append(inner, body...)
+	return k.aead.Seal(dst, nonce, inner, recordAAD(id, h[:]))
+}
+
+func recordAAD(id ChunkID, h []byte) []byte {
+	return append(append(make([]byte, 0, 32+16), id[:]...), h[:16]...)
+}
+
+// decodeRecord checks chunk record rec, stored under id, and returns its
+// plaintext, at most maxPlain bytes. Every check failure wraps ErrCorrupt
+// (or ErrKey for an encryption mismatch) and names the chunk.
+func decodeRecord(rec []byte, k *Key, id ChunkID, maxPlain int) ([]byte, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("chunk %s: "+format+": %w", append([]any{id}, append(a, ErrCorrupt)...)...)
+	}
+	if len(rec) < recordHeaderSize {
+		return nil, bad("record of %d bytes is shorter than its header", len(rec))
+	}
+	h := rec[:recordHeaderSize]
+	if string(h[:4]) != recordMagic {
+		return nil, bad("bad magic %q", h[:4])
+	}
+	if h[4] != 1 {
+		return nil, bad("unknown record version %d", h[4])
+	}
+	flags := h[5]
+	if flags&^(flagCompressed|flagEncrypted) != 0 || h[6] != 0 || h[7] != 0 {
+		return nil, bad("unknown flags %#x/%#x%02x", flags, h[6], h[7])
+	}
+	plainLen := int(binary.LittleEndian.Uint32(h[8:]))
+	payload := int(binary.LittleEndian.Uint32(h[12:]))
+	sum := binary.LittleEndian.Uint64(h[16:])
+	if plainLen == 0 || plainLen > maxPlain {
+		return nil, bad("plaintext length %d not in 1..%d", plainLen, maxPlain)
+	}
+	if payload != len(rec)-recordHeaderSize {
+		return nil, bad("payload length %d, record holds %d", payload, len(rec)-recordHeaderSize)
+	}
+	body := rec[recordHeaderSize:]
+	encrypted := flags&flagEncrypted != 0
+	switch {
+	case encrypted && k == nil:
+		return nil, fmt.Errorf("chunk %s is encrypted and no key was given: %w", id, ErrKey)
+	case !encrypted && k != nil:
+		return nil, bad("not encrypted in an encrypted backup")
+	case encrypted:
+		if len(body) < nonceSize+8+tagSize || sum != 0 {
+			return nil, bad("encrypted payload of %d bytes is too short or header hash set", len(body))
+		}
+		inner, err := k.aead.Open(nil, body[:nonceSize], body[nonceSize:], recordAAD(id, h))
+		if err != nil {
+			return nil, bad("authentication failed (wrong key or damaged data)")
+		}
+		sum, body = binary.LittleEndian.Uint64(inner), inner[8:]
+	}
+	p := body
+	if flags&flagCompressed != 0 {
+		out, err := sharedCodec().dec.DecodeAll(body, make([]byte, 0, plainLen))
+		if err != nil {
+			return nil, bad("zstd: %v", err)
+		}
+		p = out
+	} else {
+		p = bytes.Clone(body)
+	}
+	if len(p) != plainLen {
+		return nil, bad("plaintext is %d bytes, header says %d", len(p), plainLen)
+	}
+	if got := xxhash.Sum64(p); got != sum {
+		return nil, bad("xxhash %016x, header says %016x", got, sum)
+	}
+	if got := chunkID(k, p); got != id {
+		return nil, bad("content hashes to %s", got)
+	}
+	return p, nil
+}
+
+// randomBytes returns n bytes from crypto/rand.
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return b
+}
+
+// indexEntry locates one chunk record inside a pack.
+type indexEntry struct {
+	ID     ChunkID
+	Offset uint32
+	Length uint32
+}
+
+// encodeIndex encodes the index object of pack.
+func encodeIndex(pack ChunkID, entries []indexEntry) []byte {
+	b := make([]byte, 0, indexHeadSize+indexEntrySize*len(entries)+8)
+	b = append(b, indexMagic...)
+	b = append(b, 1, 0, 0, 0)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)))
+	b = append(b, pack[:]...)
+	for _, e := range entries {
+		b = append(b, e.ID[:]...)
+		b = binary.LittleEndian.AppendUint32(b, e.Offset)
+		b = binary.LittleEndian.AppendUint32(b, e.Length)
+	}
+	return binary.LittleEndian.AppendUint64(b, xxhash.Sum64(b))
+}
+
+// decodeIndex checks and decodes the index object stored for pack.
+func decodeIndex(b []byte, pack ChunkID) ([]indexEntry, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("index of pack %s: "+format+": %w", append([]any{pack}, append(a, ErrCorrupt)...)...)
+	}
+	if len(b) < indexHeadSize+8 {
+		return nil, bad("%d bytes is too short", len(b))
+	}
+	if string(b[:4]) != indexMagic || b[4] != 1 || b[5] != 0 || b[6] != 0 || b[7] != 0 {
+		return nil, bad("bad magic or version % x", b[:8])
+	}
+	n := int(binary.LittleEndian.Uint32(b[8:]))
+	if n > maxIndexCount || len(b) != indexHeadSize+indexEntrySize*n+8 {
+		return nil, bad("%d entries do not fit %d bytes", n, len(b))
+	}
+	if got, want := xxhash.Sum64(b[:len(b)-8]), binary.LittleEndian.Uint64(b[len(b)-8:]); got != want {
+		return nil, bad("xxhash %016x, trailer says %016x", got, want)
+	}
+	if !bytes.Equal(b[12:44], pack[:]) {
+		return nil, bad("names pack %x", b[12:44])
+	}
+	out := make([]indexEntry, n)
+	var end uint64
+	for i := range out {
+		e := b[indexHeadSize+i*indexEntrySize:]
+		copy(out[i].ID[:], e[:32])
+		out[i].Offset = binary.LittleEndian.Uint32(e[32:])
+		out[i].Length = binary.LittleEndian.Uint32(e[36:])
+		if uint64(out[i].Offset) < end || out[i].Length < recordHeaderSize || out[i].Length > recordHeaderSize+nonceSize+8+tagSize+MaxChunkSize+MaxChunkSize/8 {
+			return nil, bad("entry %d (chunk %s) at %d+%d overlaps or has a bad length", i, out[i].ID, out[i].Offset, out[i].Length)
+		}
+		if out[i].ID.IsZero() {
+			return nil, bad("entry %d has the zero chunk id", i)
+		}
+		end = uint64(out[i].Offset) + uint64(out[i].Length)
+	}
+	return out, nil
+}
+
+// page is a decoded map page: the chunk ids of up to PageChunks
+// consecutive chunks and, in encrypted backups, their plaintext SHA-256
+// ("leaves" of the volume digest).
+type page struct {
+	IDs    []ChunkID
+	Leaves []ChunkID // nil unless encrypted
+}
+
+// encodePage encodes p with a random salt (so a page written again never
+// has the key of an older copy that GC may be deleting; FORMAT.md,
+// "Garbage collection"), sealed with a key. It returns the object and its
+// id, the SHA-256 of the object.
+func encodePage(p page, k *Key) ([]byte, ChunkID) {
+	b := make([]byte, 0, pageHeadSize+64*len(p.IDs))
+	b = append(b, pageMagic...)
+	flags := byte(0)
+	if p.Leaves != nil {
+		flags = pageFlagLeaves
+	}
+	b = append(b, 1, flags, 0, 0)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(p.IDs)))
+	b = append(b, randomBytes(16)...)
+	for i, id := range p.IDs {
+		b = append(b, id[:]...)
+		if p.Leaves != nil {
+			b = append(b, p.Leaves[i][:]...)
+		}
+	}
+	if k != nil {
+		nonce := randomBytes(nonceSize)
+		sealed := append([]byte(pageSealedMagic), nonce...)
+		b = k.mapAEAD.Seal(sealed, nonce, b, []byte(pageSealedMagic))
+	}
+	return b, sha256.Sum256(b)
+}
+
+// decodePage checks object b stored as page id and decodes it. want is the
+// number of entries the manifest expects there.
+func decodePage(b []byte, id ChunkID, k *Key, want int) (page, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("map page %s: "+format+": %w", append([]any{id}, append(a, ErrCorrupt)...)...)
+	}
+	if len(b) > maxPageObjectSize {
+		return page{}, bad("%d bytes is too large", len(b))
+	}
+	if got := ChunkID(sha256.Sum256(b)); got != id {
+		return page{}, bad("content hashes to %s", got)
+	}
+	if k != nil {
+		if len(b) < 4+nonceSize+tagSize || string(b[:4]) != pageSealedMagic {
+			return page{}, bad("not a sealed page")
+		}
+		plain, err := k.mapAEAD.Open(nil, b[4:4+nonceSize], b[4+nonceSize:], []byte(pageSealedMagic))
+		if err != nil {
+			return page{}, fmt.Errorf("map page %s: authentication failed: %w", id, ErrKey)
+		}
+		b = plain
+	}
+	if len(b) < pageHeadSize || string(b[:4]) != pageMagic || b[4] != 1 || b[6] != 0 || b[7] != 0 {
+		return page{}, bad("bad header")
+	}
+	flags := b[5]
+	if flags&^pageFlagLeaves != 0 || (flags&pageFlagLeaves != 0) != (k != nil) {
+		return page{}, bad("flags %#x do not match the backup's encryption", flags)
+	}
+	n := int(binary.LittleEndian.Uint32(b[8:]))
+	esize := 32
+	if flags&pageFlagLeaves != 0 {
+		esize = 64
+	}
+	if n != want || n == 0 || n > 4096 || len(b) != pageHeadSize+esize*n {
+		return page{}, bad("%d entries in %d bytes, manifest expects %d", n, len(b), want)
+	}
+	p := page{IDs: make([]ChunkID, n)}
+	if esize == 64 {
+		p.Leaves = make([]ChunkID, n)
+	}
+	for i := range n {
+		e := b[pageHeadSize+i*esize:]
+		copy(p.IDs[i][:], e[:32])
+		if esize == 64 {
+			copy(p.Leaves[i][:], e[32:64])
+			if p.IDs[i].IsZero() != p.Leaves[i].IsZero() {
+				return page{}, bad("entry %d: zero id with a leaf or a leaf without id", i)
+			}
+		}
+	}
+	return p, nil
+}

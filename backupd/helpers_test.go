@@ -1,0 +1,181 @@
+package backupd
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/strata-block/strata/plugins"
+	"github.com/strata-block/strata/plugins/fs"
+)
+
+// memSource is an in-memory Source: data plus the ranges reported as holes.
+type memSource struct {
+	data  []byte
+	holes []Extent // sorted, aligned; read as zeros
+}
+
+func (s *memSource) Size() int64 { return int64(len(s.data)) }
+
+func (s *memSource) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if off >= int64(len(s.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, s.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (s *memSource) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	end := min(off+length, int64(len(s.data)))
+	var out []Extent
+	pos := off
+	for _, h := range s.holes {
+		hs, he := max(h.Offset, pos), min(h.Offset+h.Length, end)
+		if he <= hs {
+			continue
+		}
+		if hs > pos {
+			out = append(out, Extent{Offset: pos, Length: hs - pos, Kind: ExtentData})
+		}
+		out = append(out, Extent{Offset: hs, Length: he - hs, Kind: ExtentHole})
+		pos = he
+	}
+	if pos < end {
+		out = append(out, Extent{Offset: pos, Length: end - pos, Kind: ExtentData})
+	}
+	return out, nil
+}
+
+// memDest is an in-memory Destination.
+type memDest struct {
+	mu   sync.Mutex
+	data []byte
+}
+
+func (d *memDest) Size() int64 { return int64(len(d.data)) }
+
+func (d *memDest) WriteAt(_ context.Context, p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off+int64(len(p)) > int64(len(d.data)) {
+		return 0, fmt.Errorf("write %d+%d past %d", off, len(p), len(d.data))
+	}
+	return copy(d.data[off:], p), nil
+}
+
+func (d *memDest) Flush(context.Context) error { return nil }
+
+// countingTarget counts the bytes Put through it.
+type countingTarget struct {
+	plugins.Target
+	mu  sync.Mutex
+	put int64
+}
+
+func (c *countingTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	c.mu.Lock()
+	c.put += size
+	c.mu.Unlock()
+	return c.Target.Put(ctx, key, r, size)
+}
+
+func (c *countingTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	c.mu.Lock()
+	c.put += size
+	c.mu.Unlock()
+	return c.Target.PutIfAbsent(ctx, key, r, size)
+}
+
+func (c *countingTarget) reset() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.put
+	c.put = 0
+	return n
+}
+
+func newFSTarget(t testing.TB, dir string) *countingTarget {
+	t.Helper()
+	tg, err := fs.New(dir)
+	if err != nil {
+		t.Fatalf("fs.New(%s): %v", dir, err)
+	}
+	t.Cleanup(func() { _ = tg.Close() })
+	return &countingTarget{Target: tg}
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func testKey(t testing.TB) *Key {
+	t.Helper()
+	k, err := NewKey(bytes.Repeat([]byte{7}, KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// randomData fills n bytes with incompressible data.
+func randomData(r *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		v := r.Uint64()
+		for j := range 8 {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
+
+// restoreAll restores key into a fresh buffer of size and returns it.
+func restoreAll(t testing.TB, r *Repository, key string, size int64, opts RestoreOptions) ([]byte, *RestoreResult, error) {
+	t.Helper()
+	d := &memDest{data: make([]byte, size)}
+	res, err := r.Restore(context.Background(), key, d, opts)
+	return d.data, res, err
+}
+
+func mustEqual(t testing.TB, what string, got, want []byte) {
+	t.Helper()
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < len(got) && i < len(want) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("%s: differs at byte %d (len %d vs %d)", what, i, len(got), len(want))
+	}
+}
+
+func sortedKeys(t testing.TB, tg plugins.Target, prefix string) []string {
+	t.Helper()
+	var out []string
+	for o, err := range tg.List(context.Background(), prefix, "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, o.Key)
+	}
+	slices.Sort(out)
+	return out
+}

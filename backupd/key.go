@@ -1,0 +1,89 @@
+package backupd
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"os"
+	"strings"
+)
+
+// KeySize is the size of a repository key in bytes.
+const KeySize = 32
+
+// Key is a repository key: the secret every encrypted backup on a target
+// shares. Sub-keys are derived from it with HMAC-SHA-256 under fixed labels
+// (FORMAT.md, "Encryption"), so one secret gives the chunk-id key, the
+// chunk encryption key and the map-page keys. The zero of *Key (nil) means
+// "not encrypted".
+type Key struct {
+	idKey   []byte
+	aead    cipher.AEAD
+	mapAEAD cipher.AEAD
+	keyID   string
+}
+
+// NewKey derives the sub-keys from a 32-byte secret.
+func NewKey(secret []byte) (*Key, error) {
+	if len(secret) != KeySize {
+		return nil, fmt.Errorf("repository key is %d bytes, want %d: %w", len(secret), KeySize, ErrInvalid)
+	}
+	derive := func(label string) []byte {
+		m := hmac.New(sha256.New, secret)
+		m.Write([]byte(label))
+		return m.Sum(nil)
+	}
+	newAEAD := func(k []byte) (cipher.AEAD, error) {
+		b, err := aes.NewCipher(k)
+		if err != nil {
+			return nil, err
+		}
+		return cipher.NewGCM(b)
+	}
+	k := &Key{idKey: derive("strata backup chunk id v1")}
+	var err error
+	if k.aead, err = newAEAD(derive("strata backup chunk encryption v1")); err != nil {
+		return nil, fmt.Errorf("repository key: %w", err)
+	}
+	if k.mapAEAD, err = newAEAD(derive("strata backup map encryption v1")); err != nil {
+		return nil, fmt.Errorf("repository key: %w", err)
+	}
+	k.keyID = hex.EncodeToString(derive("strata backup key id v1")[:8])
+	return k, nil
+}
+
+// LoadKeyFile reads a repository key from a file holding 64 hex digits
+// (surrounding white space ignored) or exactly 32 raw bytes. The file is
+// never logged nor copied anywhere.
+func LoadKeyFile(path string) (*Key, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("repository key file: %w", err)
+	}
+	if len(b) == KeySize {
+		return NewKey(b)
+	}
+	s := strings.TrimSpace(string(b))
+	raw, err := hex.DecodeString(s)
+	if err != nil || len(raw) != KeySize {
+		return nil, fmt.Errorf("repository key file %s: want %d hex digits or %d raw bytes: %w", path, 2*KeySize, KeySize, ErrInvalid)
+	}
+	return NewKey(raw)
+}
+
+// ID is a public fingerprint of the key, recorded in manifests so that a
+// restore with another key fails with a clear error before any chunk.
+func (k *Key) ID() string { return k.keyID }
+
+// idHash returns the hash that names chunks: SHA-256 without a key,
+// HMAC-SHA-256 under the id key with one.
+func (k *Key) idHash() hash.Hash {
+	if k == nil {
+		return sha256.New()
+	}
+	return hmac.New(sha256.New, k.idKey)
+}

@@ -1,0 +1,368 @@
+package backupd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/strata-block/strata/plugins"
+)
+
+// Target key prefixes (FORMAT.md, "Layout").
+const (
+	prefixPacks   = "packs/"
+	prefixIndex   = "index/"
+	prefixMaps    = "maps/"
+	prefixBackups = "backups/"
+	prefixGC      = "gc/"
+)
+
+func packKey(id ChunkID) string  { s := id.String(); return prefixPacks + s[:2] + "/" + s }
+func indexKey(id ChunkID) string { return prefixIndex + id.String() }
+func pageKey(id ChunkID) string  { s := id.String(); return prefixMaps + s[:2] + "/" + s }
+
+// Options configure a Repository. The zero value is an unencrypted
+// repository with the defaults.
+type Options struct {
+	// Key encrypts new backups and decrypts encrypted ones; nil: none.
+	Key *Key
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// PackSize is the size at which a pack is closed (default
+	// DefaultPackSize).
+	PackSize int
+	// Uploads is the number of packs uploading at once (default 2); with
+	// the one being filled it bounds upload memory to
+	// (Uploads+1)*PackSize.
+	Uploads int
+	// Workers is the number of hashing/compressing goroutines (default 2).
+	Workers int
+}
+
+// Repository is the backup store on one target. Its methods may be called
+// concurrently; each Backup loads the chunk index afresh.
+type Repository struct {
+	t    plugins.Target
+	opts Options
+	log  *slog.Logger
+}
+
+// Open returns the repository on t. It does no I/O; the target stays the
+// caller's to close.
+func Open(t plugins.Target, opts *Options) *Repository {
+	r := &Repository{t: t}
+	if opts != nil {
+		r.opts = *opts
+	}
+	if r.opts.PackSize <= 0 {
+		r.opts.PackSize = DefaultPackSize
+	}
+	r.opts.PackSize = min(r.opts.PackSize, 1<<30)
+	if r.opts.Uploads <= 0 {
+		r.opts.Uploads = 2
+	}
+	if r.opts.Workers <= 0 {
+		r.opts.Workers = 2
+	}
+	r.log = r.opts.Logger
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	return r
+}
+
+// chunkLoc locates a chunk record: pack number in chunkIndex.packs, offset
+// and length inside it.
+type chunkLoc struct {
+	pack   int32
+	offset uint32
+	length uint32
+}
+
+// chunkIndex is the in-memory index of every chunk whose pack index is on
+// the target.
+type chunkIndex struct {
+	packs  []ChunkID
+	chunks map[ChunkID]chunkLoc
+	// candidates are the packs and pages GC has marked (gc/ objects);
+	// Backup does not dedup against them.
+	candPacks map[ChunkID]bool
+	candPages map[ChunkID]bool
+}
+
+// live reports whether chunk id is stored in a pack that is not a GC
+// candidate.
+func (x *chunkIndex) live(id ChunkID) bool {
+	l, ok := x.chunks[id]
+	return ok && !x.candPacks[x.packs[l.pack]]
+}
+
+// getAll reads a whole object of at most max bytes.
+func (r *Repository) getAll(ctx context.Context, key string, maxSize int64) ([]byte, error) {
+	rc, n, err := r.t.Get(ctx, key, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	defer rc.Close()
+	if n > maxSize {
+		return nil, fmt.Errorf("object %s is %d bytes, more than %d: %w", key, n, maxSize, ErrCorrupt)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(rc, b); err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	return b, nil
+}
+
+// putBytes stores b under key.
+func (r *Repository) putBytes(ctx context.Context, key string, b []byte) error {
+	if err := r.t.Put(ctx, key, strings.NewReader(string(b)), int64(len(b))); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return nil
+}
+
+// listIDs lists the ids named by the last segment of the keys under prefix.
+func (r *Repository) listIDs(ctx context.Context, prefix string) ([]ChunkID, error) {
+	var out []ChunkID
+	for o, err := range r.t.List(ctx, prefix, "") {
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		name := o.Key[strings.LastIndexByte(o.Key, '/')+1:]
+		id, err := ParseChunkID(name)
+		if err != nil {
+			r.log.Warn("ignoring foreign object", "key", o.Key)
+			continue
+		}
+		out = append(out, id)
+	}
+	return out, nil
+}
+
+// loadIndex lists index/ once and loads every pack index (8 at a time),
+// and lists gc/ for the GC candidates.
+func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
+	x := &chunkIndex{chunks: map[ChunkID]chunkLoc{}, candPacks: map[ChunkID]bool{}, candPages: map[ChunkID]bool{}}
+	// gc/ first: a mark written after this listing is covered by the
+	// grace period (FORMAT.md, "Garbage collection").
+	for o, err := range r.t.List(ctx, prefixGC, "") {
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefixGC, err)
+		}
+		kind, name, _ := strings.Cut(strings.TrimPrefix(o.Key, prefixGC), "/")
+		id, err := ParseChunkID(name)
+		if err != nil {
+			continue
+		}
+		switch kind {
+		case "packs":
+			x.candPacks[id] = true
+		case "maps":
+			x.candPages[id] = true
+		}
+	}
+	packs, err := r.listIDs(ctx, prefixIndex)
+	if err != nil {
+		return nil, err
+	}
+	x.packs = packs
+	entries := make([][]indexEntry, len(packs))
+	if err := forEach(ctx, len(packs), 8, func(ctx context.Context, i int) error {
+		b, err := r.getAll(ctx, indexKey(packs[i]), indexHeadSize+indexEntrySize*maxIndexCount+8)
+		if errors.Is(err, plugins.ErrNotFound) {
+			return nil // deleted by GC since the listing
+		}
+		if err != nil {
+			return err
+		}
+		entries[i], err = decodeIndex(b, packs[i])
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	for i, es := range entries {
+		for _, e := range es {
+			if _, dup := x.chunks[e.ID]; !dup || x.candPacks[x.packs[x.chunks[e.ID].pack]] {
+				x.chunks[e.ID] = chunkLoc{pack: int32(i), offset: e.Offset, length: e.Length}
+			}
+		}
+	}
+	return x, nil
+}
+
+// forEach runs fn(i) for i in [0, n) on up to par goroutines, stopping at
+// the first error.
+func forEach(ctx context.Context, n, par int, fn func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(par, n) {
+		wg.Go(func() {
+			for i := range next {
+				if err := fn(ctx, i); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+loop:
+	for i := range n {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break loop
+		}
+	}
+	close(next)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	return nil
+}
+
+// LoadManifest reads, decodes and validates the manifest under key.
+func (r *Repository) LoadManifest(ctx context.Context, key string) (*Manifest, error) {
+	vol, id, err := ParseManifestKey(key)
+	if err != nil {
+		return nil, err
+	}
+	b, err := r.getAll(ctx, key, maxManifestSize)
+	if err != nil {
+		return nil, fmt.Errorf("volume %q backup %s: %w", vol, id, err)
+	}
+	m, err := DecodeManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("volume %q backup %s: %w", vol, id, err)
+	}
+	if m.Volume != vol || m.ID != id {
+		return nil, fmt.Errorf("manifest %s names volume %q backup %s: %w", key, m.Volume, m.ID, ErrCorrupt)
+	}
+	return m, nil
+}
+
+// keyFor returns the key to read backup m with, or an error if the
+// repository's key does not match the manifest.
+func (r *Repository) keyFor(m *Manifest) (*Key, error) {
+	switch {
+	case !m.Encrypted:
+		return nil, nil
+	case r.opts.Key == nil:
+		return nil, fmt.Errorf("volume %q backup %s is encrypted (key %s) and no key was given: %w", m.Volume, m.ID, m.KeyID, ErrKey)
+	case r.opts.Key.ID() != m.KeyID:
+		return nil, fmt.Errorf("volume %q backup %s is encrypted with key %s, not %s: %w", m.Volume, m.ID, m.KeyID, r.opts.Key.ID(), ErrKey)
+	}
+	return r.opts.Key, nil
+}
+
+// loadPage reads and decodes page i of m.
+func (r *Repository) loadPage(ctx context.Context, m *Manifest, k *Key, i int) (page, error) {
+	id, err := ParseChunkID(m.Pages[i])
+	if err != nil {
+		return page{}, err
+	}
+	b, err := r.getAll(ctx, pageKey(id), maxPageObjectSize)
+	if errors.Is(err, plugins.ErrNotFound) {
+		err = fmt.Errorf("%w: %w", err, ErrMissing)
+	}
+	if err != nil {
+		return page{}, fmt.Errorf("volume %q backup %s: map page %d: %w", m.Volume, m.ID, i, err)
+	}
+	p, err := decodePage(b, id, k, m.pageEntries(i))
+	if err != nil {
+		return page{}, fmt.Errorf("volume %q backup %s: map page %d: %w", m.Volume, m.ID, i, err)
+	}
+	return p, nil
+}
+
+// pageStream loads the pages of m in order on a goroutine, ahead of the
+// consumer by at most depth pages.
+func (r *Repository) pageStream(ctx context.Context, m *Manifest, k *Key, from, depth int) <-chan pageResult {
+	ch := make(chan pageResult, depth)
+	go func() {
+		defer close(ch)
+		for i := from; i < len(m.Pages); i++ {
+			p, err := r.loadPage(ctx, m, k, i)
+			select {
+			case ch <- pageResult{i: i, p: p, err: err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+type pageResult struct {
+	i   int
+	p   page
+	err error
+}
+
+// BackupInfo is one entry of List.
+type BackupInfo struct {
+	Key      string    `json:"key"`
+	Volume   string    `json:"volume"`
+	ID       string    `json:"id"`
+	Snapshot string    `json:"snapshot"`
+	Parent   string    `json:"parent,omitempty"`
+	Created  time.Time `json:"created"`
+	Size     int64     `json:"size"`
+	Digest   string    `json:"digest"`
+}
+
+// List returns the backups of volume ("" for every volume), oldest first
+// per volume. A manifest that does not load is logged and left out.
+func (r *Repository) List(ctx context.Context, volume string) ([]BackupInfo, error) {
+	prefix := prefixBackups
+	if volume != "" {
+		if !ValidName(volume) {
+			return nil, fmt.Errorf("volume name %q: %w", volume, ErrInvalid)
+		}
+		prefix += volume + "/"
+	}
+	var keys []string
+	for o, err := range r.t.List(ctx, prefix, "") {
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		keys = append(keys, o.Key)
+	}
+	out := make([]BackupInfo, 0, len(keys))
+	for _, k := range keys {
+		m, err := r.LoadManifest(ctx, k)
+		if errors.Is(err, plugins.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			r.log.Warn("manifest does not load", "key", k, "err", err)
+			continue
+		}
+		out = append(out, BackupInfo{Key: k, Volume: m.Volume, ID: m.ID, Snapshot: m.Snapshot, Parent: m.Parent, Created: m.Created, Size: m.Size, Digest: m.Digest})
+	}
+	sortInfos(out)
+	return out, nil
+}
+
+// marshalJSON is json.Marshal for small internal objects.
+func marshalJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

@@ -1,0 +1,420 @@
+package backupd
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/strata-block/strata/plugins"
+)
+
+// Destination is what Restore writes: a volume (volsource.Destination
+// adapts a blockdev.Volume) or a file (FileDestination). Flush makes the
+// writes before it durable.
+type Destination interface {
+	Size() int64
+	WriteAt(ctx context.Context, p []byte, off int64) (int, error)
+	Flush(ctx context.Context) error
+}
+
+// RestoreOptions tune a restore.
+type RestoreOptions struct {
+	// DestZeroed says the destination reads as zeros (a new volume): zero
+	// chunks are not written. Otherwise they are written as zeros.
+	DestZeroed bool
+	// StatePath, if set, names a small file recording how many map pages
+	// are restored and flushed; a rerun with the same path and manifest
+	// skips them. It is removed when the restore succeeds. Without it a
+	// rerun rewrites everything, which is also correct (restore is
+	// idempotent).
+	StatePath string
+	// SkipDamaged restores past chunks that fail their checks, leaving
+	// their ranges unwritten and listing them in RestoreResult.Damaged;
+	// Restore still returns an error wrapping ErrCorrupt at the end.
+	SkipDamaged bool
+	// Parallel is the number of ranged Gets in flight (default 4).
+	Parallel int
+	// Progress, if set, receives progress events.
+	Progress ProgressFunc
+}
+
+// DamagedRange is a range of the volume a restore could not write.
+type DamagedRange struct {
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"`
+	Chunk  string `json:"chunk"`
+	Err    string `json:"error"`
+}
+
+// RestoreResult describes a finished restore.
+type RestoreResult struct {
+	Volume       string
+	ID           string
+	Digest       string
+	BytesWritten int64
+	BytesFetched int64
+	Resumed      int // map pages skipped thanks to the state file
+	Damaged      []DamagedRange
+}
+
+type restoreState struct {
+	Manifest  string `json:"manifest"`
+	Digest    string `json:"digest"`
+	PagesDone int    `json:"pages_done"`
+}
+
+// restoreWindow is the number of map pages fetched together (32 MiB of
+// volume), so chunks of one pack are read with few large Gets.
+const restoreWindow = 16
+
+// Restore writes backup manifestKey to dst, verifying every chunk (xxhash
+// and id) and the whole-volume digest. dst must be at least the backup's
+// size; bytes past it are not touched.
+func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destination, opts RestoreOptions) (*RestoreResult, error) {
+	m, err := r.LoadManifest(ctx, manifestKey)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	where := fmt.Sprintf("restore of volume %q backup %s", m.Volume, m.ID)
+	k, err := r.keyFor(m)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if dst.Size() < m.Size {
+		return nil, fmt.Errorf("%s: destination of %d bytes is smaller than the backup's %d: %w", where, dst.Size(), m.Size, ErrInvalid)
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = 4
+	}
+	res := &RestoreResult{Volume: m.Volume, ID: m.ID, Digest: m.Digest}
+	start := 0
+	if opts.StatePath != "" {
+		if st, err := readRestoreState(opts.StatePath); err == nil && st.Manifest == manifestKey && st.Digest == m.Digest {
+			start = min(st.PagesDone, len(m.Pages))
+			res.Resumed = start
+		}
+	}
+	idx, err := r.loadIndex(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: loading the chunk index: %w", where, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pages := r.pageStream(ctx, m, k, 0, restoreWindow+2)
+	dg := newDigest(m.Size, m.ChunkSize)
+	var written, fetched atomic.Int64
+	report := func(ph Phase) {
+		if opts.Progress != nil {
+			opts.Progress(Progress{Op: "restore", Volume: m.Volume, Phase: ph, BytesTotal: m.Size,
+				BytesScanned: fetched.Load(), BytesWritten: written.Load(), Time: time.Now()})
+		}
+	}
+	var damaged []DamagedRange
+	var dmu sync.Mutex
+	for w := 0; w < len(m.Pages); w += restoreWindow {
+		var win []pageResult
+		for range min(restoreWindow, len(m.Pages)-w) {
+			pr, ok := <-pages
+			if !ok {
+				return nil, fmt.Errorf("%s: %w", where, context.Cause(ctx))
+			}
+			if pr.err != nil {
+				return nil, fmt.Errorf("restore: %w", pr.err)
+			}
+			win = append(win, pr)
+		}
+		for _, pr := range win {
+			for c, id := range pr.p.IDs {
+				leaf := id
+				if pr.p.Leaves != nil {
+					leaf = pr.p.Leaves[c]
+				}
+				dg.add(int64(pr.i)*int64(m.PageChunks)+int64(c), leaf)
+			}
+		}
+		if w+len(win) <= start {
+			continue // restored before the kill
+		}
+		fail := func(c int64, id ChunkID, err error) error {
+			off := c * int64(m.ChunkSize)
+			err = fmt.Errorf("%s: chunk %s at offset %d: %w", where, id, off, err)
+			if !opts.SkipDamaged {
+				return err
+			}
+			dmu.Lock()
+			damaged = append(damaged, DamagedRange{Offset: off, Length: int64(m.chunkLen(c)), Chunk: id.String(), Err: err.Error()})
+			dmu.Unlock()
+			return nil
+		}
+		if err := r.restoreWindow(ctx, m, k, idx, win, dst, opts, &written, &fetched, fail); err != nil {
+			return nil, err
+		}
+		report(PhaseRestore)
+		if opts.StatePath != "" {
+			if err := dst.Flush(ctx); err != nil {
+				return nil, fmt.Errorf("%s: flush: %w", where, err)
+			}
+			if err := writeRestoreState(opts.StatePath, restoreState{Manifest: manifestKey, Digest: m.Digest, PagesDone: w + len(win)}); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+		}
+	}
+	if err := dst.Flush(ctx); err != nil {
+		return nil, fmt.Errorf("%s: flush: %w", where, err)
+	}
+	res.BytesWritten, res.BytesFetched, res.Damaged = written.Load(), fetched.Load(), damaged
+	slices.SortFunc(res.Damaged, func(a, b DamagedRange) int { return int(a.Offset - b.Offset) })
+	if len(damaged) > 0 {
+		return res, fmt.Errorf("%s: %d damaged chunks skipped, first at offset %d (chunk %s): %w", where, len(damaged), res.Damaged[0].Offset, res.Damaged[0].Chunk, ErrCorrupt)
+	}
+	if got := dg.hex(); got != m.Digest {
+		return res, fmt.Errorf("%s: volume digest %s, manifest says %s: %w", where, got, m.Digest, ErrMismatch)
+	}
+	if opts.StatePath != "" {
+		if err := os.Remove(opts.StatePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			r.log.Warn("removing restore state", "path", opts.StatePath, "err", err)
+		}
+	}
+	report(PhaseDone)
+	r.log.Info("restore done", "op", "restore", "volume", m.Volume, "id", m.ID, "written", res.BytesWritten, "resumed_pages", res.Resumed)
+	return res, nil
+}
+
+// fetchItem is one chunk to fetch: its chunk number and location.
+type fetchItem struct {
+	c    int64
+	id   ChunkID
+	leaf ChunkID
+	loc  chunkLoc
+}
+
+// fetchRange is a run of chunk records of one pack read with one Get.
+type fetchRange struct {
+	pack     ChunkID
+	off, end int64
+	items    []fetchItem
+}
+
+// planFetch groups items by pack and coalesces them into ranges of at
+// most 16 MiB with gaps of at most 1 MiB.
+func planFetch(idx *chunkIndex, items []fetchItem) []fetchRange {
+	slices.SortFunc(items, func(a, b fetchItem) int {
+		if a.loc.pack != b.loc.pack {
+			return int(a.loc.pack - b.loc.pack)
+		}
+		return int(int64(a.loc.offset) - int64(b.loc.offset))
+	})
+	var out []fetchRange
+	for _, it := range items {
+		s, e := int64(it.loc.offset), int64(it.loc.offset)+int64(it.loc.length)
+		if n := len(out); n > 0 && out[n-1].pack == idx.packs[it.loc.pack] && s <= out[n-1].end+(1<<20) && e-out[n-1].off <= 16<<20 {
+			if s < out[n-1].end { // the same record twice (one chunk used twice)
+				out[n-1].items = append(out[n-1].items, it)
+				continue
+			}
+			out[n-1].end = e
+			out[n-1].items = append(out[n-1].items, it)
+			continue
+		}
+		out = append(out, fetchRange{pack: idx.packs[it.loc.pack], off: s, end: e, items: []fetchItem{it}})
+	}
+	return out
+}
+
+// fetchRange reads one range and calls fn with each record in it, or with
+// the error that kept it from being read.
+func (r *Repository) fetchRange(ctx context.Context, fr fetchRange, fetched *atomic.Int64, fn func(it fetchItem, rec []byte, err error) error) error {
+	buf, err := r.getRange(ctx, fr)
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	fetched.Add(int64(len(buf)))
+	for _, it := range fr.items {
+		s, e := int64(it.loc.offset)-fr.off, int64(it.loc.offset)+int64(it.loc.length)-fr.off
+		var rec []byte
+		ierr := err
+		if ierr == nil && e > int64(len(buf)) {
+			ierr = fmt.Errorf("pack %s is shorter than its index says: %w", fr.pack, ErrCorrupt)
+		} else if ierr == nil {
+			rec = buf[s:e]
+		}
+		if err := fn(it, rec, ierr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Repository) getRange(ctx context.Context, fr fetchRange) ([]byte, error) {
+	rc, n, err := r.t.Get(ctx, packKey(fr.pack), fr.off, fr.end-fr.off)
+	if err != nil {
+		if errors.Is(err, plugins.ErrNotFound) {
+			err = fmt.Errorf("%w: %w", err, ErrMissing)
+		}
+		return nil, fmt.Errorf("pack %s: %w", fr.pack, err)
+	}
+	defer rc.Close()
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, fmt.Errorf("pack %s: read %d+%d: %w", fr.pack, fr.off, fr.end-fr.off, err)
+	}
+	return buf, nil
+}
+
+// restoreWindow restores the chunks of a window of pages.
+func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx *chunkIndex, win []pageResult, dst Destination, opts RestoreOptions, written, fetched *atomic.Int64, fail func(int64, ChunkID, error) error) error {
+	var items []fetchItem
+	zeroStart := int64(-1)
+	flushZeros := func(end int64) error {
+		if zeroStart < 0 {
+			return nil
+		}
+		defer func() { zeroStart = -1 }()
+		return writeZeros(ctx, dst, zeroStart*int64(m.ChunkSize), min(end*int64(m.ChunkSize), m.Size), written)
+	}
+	for _, pr := range win {
+		for c, id := range pr.p.IDs {
+			cn := int64(pr.i)*int64(m.PageChunks) + int64(c)
+			if id.IsZero() {
+				if !opts.DestZeroed && zeroStart < 0 {
+					zeroStart = cn
+				}
+				continue
+			}
+			if err := flushZeros(cn); err != nil {
+				return err
+			}
+			loc, ok := idx.chunks[id]
+			if !ok {
+				if err := fail(cn, id, fmt.Errorf("not in any pack index: %w", ErrMissing)); err != nil {
+					return err
+				}
+				continue
+			}
+			leaf := id
+			if pr.p.Leaves != nil {
+				leaf = pr.p.Leaves[c]
+			}
+			items = append(items, fetchItem{c: cn, id: id, leaf: leaf, loc: loc})
+		}
+	}
+	if n := len(win); n > 0 {
+		last := win[n-1]
+		if err := flushZeros(int64(last.i)*int64(m.PageChunks) + int64(len(last.p.IDs))); err != nil {
+			return err
+		}
+	}
+	ranges := planFetch(idx, items)
+	return forEach(ctx, len(ranges), opts.Parallel, func(ctx context.Context, i int) error {
+		return r.fetchRange(ctx, ranges[i], fetched, func(it fetchItem, rec []byte, err error) error {
+			var p []byte
+			if err == nil {
+				p, err = decodeRecord(rec, k, it.id, m.chunkLen(it.c))
+			}
+			if err == nil && len(p) != m.chunkLen(it.c) {
+				err = fmt.Errorf("chunk %s is %d bytes, the map needs %d: %w", it.id, len(p), m.chunkLen(it.c), ErrCorrupt)
+			}
+			if err == nil && k != nil && ChunkID(sha256.Sum256(p)) != it.leaf {
+				err = fmt.Errorf("chunk %s: plaintext hash differs from the map's: %w", it.id, ErrCorrupt)
+			}
+			if err != nil {
+				return fail(it.c, it.id, fmt.Errorf("pack %s: %w", ranges[i].pack, err))
+			}
+			if _, err := dst.WriteAt(ctx, p, it.c*int64(m.ChunkSize)); err != nil {
+				return fmt.Errorf("restore of volume %q: write at %d: %w", m.Volume, it.c*int64(m.ChunkSize), err)
+			}
+			written.Add(int64(len(p)))
+			return nil
+		})
+	})
+}
+
+var zeroBuf = make([]byte, 1<<20)
+
+func writeZeros(ctx context.Context, dst Destination, off, end int64, written *atomic.Int64) error {
+	for off < end {
+		n := min(end-off, int64(len(zeroBuf)))
+		if _, err := dst.WriteAt(ctx, zeroBuf[:n], off); err != nil {
+			return fmt.Errorf("write zeros at %d: %w", off, err)
+		}
+		written.Add(n)
+		off += n
+	}
+	return nil
+}
+
+func readRestoreState(path string) (restoreState, error) {
+	var st restoreState
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return st, err
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&st); err != nil || st.PagesDone < 0 {
+		return restoreState{}, fmt.Errorf("restore state %s: %v: %w", path, err, ErrCorrupt)
+	}
+	return st, nil
+}
+
+// writeRestoreState replaces the state file atomically (temp, fsync,
+// rename, fsync dir).
+func writeRestoreState(path string, st restoreState) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("restore state: %w", err)
+	}
+	_, err = f.Write(marshalJSON(st))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		var d *os.File
+		if d, err = os.Open(filepath.Dir(path)); err == nil {
+			err = d.Sync()
+			_ = d.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("restore state %s: %w", path, err)
+	}
+	return nil
+}
+
+// FileDestination restores into an *os.File of a given size (an image
+// file or a block device); Flush is fsync.
+type FileDestination struct {
+	F *os.File
+	N int64
+}
+
+// Size returns N.
+func (d FileDestination) Size() int64 { return d.N }
+
+// WriteAt writes p at off.
+func (d FileDestination) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return d.F.WriteAt(p, off)
+}
+
+// Flush fsyncs the file.
+func (d FileDestination) Flush(context.Context) error { return d.F.Sync() }

@@ -1,0 +1,248 @@
+package backupd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/strata-block/strata/plugins"
+)
+
+// VerifyOptions tune Verify.
+type VerifyOptions struct {
+	// ReadData fetches and re-hashes every referenced chunk; without it
+	// Verify checks the manifests, the map pages, that every chunk is in a
+	// pack index and that every such pack exists.
+	ReadData bool
+	// Parallel is the number of Gets in flight (default 4).
+	Parallel int
+	// Progress, if set, receives progress events.
+	Progress ProgressFunc
+}
+
+// BackupRef names one backup.
+type BackupRef struct {
+	Volume string `json:"volume"`
+	ID     string `json:"id"`
+}
+
+// BadChunk is a chunk that failed a check, with every verified backup that
+// references it (dedup: one bad chunk can break many backups).
+type BadChunk struct {
+	ID      string      `json:"id"`
+	Pack    string      `json:"pack,omitempty"`
+	Err     string      `json:"error"`
+	Missing bool        `json:"missing,omitempty"` // absent rather than damaged
+	Backups []BackupRef `json:"backups"`
+}
+
+// BadBackup is a backup whose manifest or map pages fail to load.
+type BadBackup struct {
+	Key string `json:"key"`
+	Err string `json:"error"`
+}
+
+// VerifyReport is Verify's result.
+type VerifyReport struct {
+	Backups    []BackupRef `json:"backups"`
+	Chunks     int64       `json:"chunks"`
+	BytesRead  int64       `json:"bytes_read"`
+	BadChunks  []BadChunk  `json:"bad_chunks,omitempty"`
+	BadBackups []BadBackup `json:"bad_backups,omitempty"`
+}
+
+// OK reports whether nothing was found wrong.
+func (v *VerifyReport) OK() bool { return len(v.BadChunks) == 0 && len(v.BadBackups) == 0 }
+
+// Verify checks the backups under manifestKeys (nil: every backup on the
+// target). It returns the report and, if anything is bad, an error
+// wrapping ErrCorrupt or ErrMissing that names the first bad chunk and the
+// volumes it affects; every bad chunk is in the report.
+func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts VerifyOptions) (*VerifyReport, error) {
+	if opts.Parallel <= 0 {
+		opts.Parallel = 4
+	}
+	if manifestKeys == nil {
+		all, err := r.manifestKeys(ctx)
+		if err != nil {
+			return nil, err
+		}
+		manifestKeys = all
+	}
+	idx, err := r.loadIndex(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("verify: loading the chunk index: %w", err)
+	}
+	rep := &VerifyReport{}
+	type ref struct {
+		backups []int
+		enc     bool
+		leaf    ChunkID
+		length  int
+	}
+	refs := map[ChunkID]*ref{}
+	for _, key := range manifestKeys {
+		m, err := r.LoadManifest(ctx, key)
+		if err == nil {
+			_, err = r.keyFor(m)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: err.Error()})
+			continue
+		}
+		bi := len(rep.Backups)
+		rep.Backups = append(rep.Backups, BackupRef{Volume: m.Volume, ID: m.ID})
+		k, _ := r.keyFor(m)
+		for pr := range r.pageStream(ctx, m, k, 0, 8) {
+			if pr.err != nil {
+				rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: pr.err.Error()})
+				break
+			}
+			for c, id := range pr.p.IDs {
+				if id.IsZero() {
+					continue
+				}
+				x := refs[id]
+				if x == nil {
+					x = &ref{enc: m.Encrypted, leaf: id, length: m.chunkLen(int64(pr.i)*int64(m.PageChunks) + int64(c))}
+					if pr.p.Leaves != nil {
+						x.leaf = pr.p.Leaves[c]
+					}
+					refs[id] = x
+				}
+				if n := len(x.backups); n == 0 || x.backups[n-1] != bi {
+					x.backups = append(x.backups, bi)
+				}
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	rep.Chunks = int64(len(refs))
+	var mu sync.Mutex
+	bad := func(id ChunkID, pack string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		bc := BadChunk{ID: id.String(), Pack: pack, Err: err.Error(), Missing: errors.Is(err, ErrMissing)}
+		for _, b := range refs[id].backups {
+			bc.Backups = append(bc.Backups, rep.Backups[b])
+		}
+		rep.BadChunks = append(rep.BadChunks, bc)
+	}
+	// Presence: in an index, and the pack exists.
+	var items []fetchItem
+	usedPacks := map[int32]bool{}
+	for id := range refs {
+		loc, ok := idx.chunks[id]
+		if !ok {
+			bad(id, "", fmt.Errorf("chunk %s is in no pack index: %w", id, ErrMissing))
+			continue
+		}
+		usedPacks[loc.pack] = true
+		items = append(items, fetchItem{id: id, loc: loc, leaf: refs[id].leaf})
+	}
+	packNums := slices.Sorted(func(yield func(int32) bool) {
+		for p := range usedPacks {
+			if !yield(p) {
+				return
+			}
+		}
+	})
+	missingPack := map[int32]bool{}
+	info, err := r.t.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("verify: target info: %w", err)
+	}
+	batch := max(1, min(info.MaxBatch, plugins.MaxBatch))
+	for i := 0; i < len(packNums); i += batch {
+		part := packNums[i:min(i+batch, len(packNums))]
+		keys := make([]string, len(part))
+		for j, p := range part {
+			keys[j] = packKey(idx.packs[p])
+		}
+		has, err := r.t.Has(ctx, keys)
+		if err != nil {
+			return nil, fmt.Errorf("verify: checking packs: %w", err)
+		}
+		for j, h := range has {
+			if !h {
+				missingPack[part[j]] = true
+			}
+		}
+	}
+	kept := items[:0]
+	for _, it := range items {
+		if missingPack[it.loc.pack] {
+			p := idx.packs[it.loc.pack]
+			bad(it.id, p.String(), fmt.Errorf("chunk %s: pack %s is missing: %w", it.id, p, ErrMissing))
+			continue
+		}
+		kept = append(kept, it)
+	}
+	items = kept
+	if opts.ReadData {
+		var read atomic.Int64
+		var done atomic.Int64
+		ranges := planFetch(idx, items)
+		err := forEach(ctx, len(ranges), opts.Parallel, func(ctx context.Context, i int) error {
+			fr := ranges[i]
+			err := r.fetchRange(ctx, fr, &read, func(it fetchItem, rec []byte, err error) error {
+				x := refs[it.id]
+				var k *Key
+				if x.enc {
+					k = r.opts.Key
+				}
+				var p []byte
+				if err == nil {
+					p, err = decodeRecord(rec, k, it.id, MaxChunkSize)
+				}
+				if err == nil && len(p) != x.length {
+					err = fmt.Errorf("chunk %s is %d bytes, the map needs %d: %w", it.id, len(p), x.length, ErrCorrupt)
+				}
+				if err != nil {
+					bad(it.id, fr.pack.String(), err)
+				}
+				done.Add(1)
+				return nil
+			})
+			if opts.Progress != nil {
+				opts.Progress(Progress{Op: "verify", Phase: PhaseVerify, BytesScanned: read.Load(), Chunks: done.Load(), Time: time.Now()})
+			}
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+		rep.BytesRead = read.Load()
+	}
+	slices.SortFunc(rep.BadChunks, func(a, b BadChunk) int { return strings.Compare(a.ID, b.ID) })
+	if rep.OK() {
+		return rep, nil
+	}
+	if len(rep.BadChunks) > 0 {
+		b := rep.BadChunks[0]
+		vols := map[string]bool{}
+		for _, bb := range rep.BadChunks {
+			for _, ref := range bb.Backups {
+				vols[ref.Volume] = true
+			}
+		}
+		cls := ErrCorrupt
+		if b.Missing {
+			cls = ErrMissing
+		}
+		return rep, fmt.Errorf("verify: %d bad chunks in %d volumes (%v); first %s, referenced by %v: %s: %w",
+			len(rep.BadChunks), len(vols), slices.Sorted(maps.Keys(vols)), b.ID, b.Backups, b.Err, cls)
+	}
+	return rep, fmt.Errorf("verify: %d backups do not load; first %s: %s: %w", len(rep.BadBackups), rep.BadBackups[0].Key, rep.BadBackups[0].Err, ErrCorrupt)
+}
