@@ -35,6 +35,11 @@ type BackupOptions struct {
 	// Snapshot (blockdev.Manager.Changed). Only they are read; the rest of
 	// the map comes from the parent. Required (possibly empty) with Parent.
 	Changed []Extent
+	// Full reads the whole source and uploads every non-zero chunk again,
+	// deduplicating only within this run: it ignores Parent and the
+	// chunks already stored. It heals a store with damaged chunks (restore
+	// and verify fall back to the new copies).
+	Full bool
 	// Tags are recorded in the manifest (the coordinator's system backup
 	// id and fencing token, for example).
 	Tags map[string]string
@@ -77,7 +82,7 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 		return nil, fmt.Errorf("backup of volume %q: loading the chunk index: %w", opts.Volume, err)
 	}
 	b.idx = idx
-	if opts.Parent != "" {
+	if opts.Parent != "" && !opts.Full {
 		b.parent, err = r.LoadManifest(ctx, ManifestKey(opts.Volume, opts.Parent))
 		if err != nil {
 			return nil, fmt.Errorf("backup of volume %q: parent: %w", opts.Volume, err)
@@ -138,7 +143,7 @@ func (r *Repository) checkBackupOptions(o *BackupOptions) error {
 		return fmt.Errorf("volume %q: no source: %w", o.Volume, ErrInvalid)
 	case o.Parent != "" && parseHex(o.Parent, make([]byte, 16)) != nil:
 		return fmt.Errorf("volume %q: parent %q is not a backup id: %w", o.Volume, o.Parent, ErrInvalid)
-	case o.Parent != "" && o.Changed == nil:
+	case o.Parent != "" && o.Changed == nil && !o.Full:
 		return fmt.Errorf("volume %q: an incremental backup needs the changed extents: %w", o.Volume, ErrInvalid)
 	}
 	if s := o.Source.Size(); s <= 0 || s%4096 != 0 || s > MaxVolumeSize {
@@ -460,7 +465,7 @@ func (b *backupRun) hashPage(j *pageJob) {
 		} else {
 			j.leaves[c] = id
 		}
-		if !b.idx.live(id) {
+		if b.opts.Full || !b.idx.live(id) {
 			j.recs[c] = encodeRecord(nil, b.k, id, data)
 		}
 	}

@@ -94,6 +94,10 @@ type chunkIndex struct {
 	// Backup does not dedup against them.
 	candPacks map[ChunkID]bool
 	candPages map[ChunkID]bool
+	// alts are the other copies of chunks stored more than once (a full
+	// re-upload that heals a damaged chunk, racing backups); restore and
+	// verify fall back to them.
+	alts map[ChunkID][]chunkLoc
 }
 
 // live reports whether chunk id is stored in a pack that is not a GC
@@ -149,7 +153,7 @@ func (r *Repository) listIDs(ctx context.Context, prefix string) ([]ChunkID, err
 // loadIndex lists index/ once and loads every pack index (8 at a time),
 // and lists gc/ for the GC candidates.
 func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
-	x := &chunkIndex{chunks: map[ChunkID]chunkLoc{}, candPacks: map[ChunkID]bool{}, candPages: map[ChunkID]bool{}}
+	x := &chunkIndex{chunks: map[ChunkID]chunkLoc{}, candPacks: map[ChunkID]bool{}, candPages: map[ChunkID]bool{}, alts: map[ChunkID][]chunkLoc{}}
 	// gc/ first: a mark written after this listing is covered by the
 	// grace period (FORMAT.md, "Garbage collection").
 	for o, err := range r.t.List(ctx, prefixGC, "") {
@@ -189,8 +193,16 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 	}
 	for i, es := range entries {
 		for _, e := range es {
-			if _, dup := x.chunks[e.ID]; !dup || x.candPacks[x.packs[x.chunks[e.ID].pack]] {
-				x.chunks[e.ID] = chunkLoc{pack: int32(i), offset: e.Offset, length: e.Length}
+			loc := chunkLoc{pack: int32(i), offset: e.Offset, length: e.Length}
+			old, dup := x.chunks[e.ID]
+			switch {
+			case !dup:
+				x.chunks[e.ID] = loc
+			case x.candPacks[x.packs[old.pack]]:
+				x.chunks[e.ID] = loc
+				x.alts[e.ID] = append(x.alts[e.ID], old)
+			default:
+				x.alts[e.ID] = append(x.alts[e.ID], loc)
 			}
 		}
 	}

@@ -317,15 +317,22 @@ func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx
 	ranges := planFetch(idx, items)
 	return forEach(ctx, len(ranges), opts.Parallel, func(ctx context.Context, i int) error {
 		return r.fetchRange(ctx, ranges[i], fetched, func(it fetchItem, rec []byte, err error) error {
+			check := func(rec []byte) ([]byte, error) {
+				p, err := decodeRecord(rec, k, it.id, m.chunkLen(it.c))
+				if err == nil && len(p) != m.chunkLen(it.c) {
+					err = fmt.Errorf("chunk %s is %d bytes, the map needs %d: %w", it.id, len(p), m.chunkLen(it.c), ErrCorrupt)
+				}
+				if err == nil && k != nil && ChunkID(sha256.Sum256(p)) != it.leaf {
+					err = fmt.Errorf("chunk %s: plaintext hash differs from the map's: %w", it.id, ErrCorrupt)
+				}
+				return p, err
+			}
 			var p []byte
 			if err == nil {
-				p, err = decodeRecord(rec, k, it.id, m.chunkLen(it.c))
+				p, err = check(rec)
 			}
-			if err == nil && len(p) != m.chunkLen(it.c) {
-				err = fmt.Errorf("chunk %s is %d bytes, the map needs %d: %w", it.id, len(p), m.chunkLen(it.c), ErrCorrupt)
-			}
-			if err == nil && k != nil && ChunkID(sha256.Sum256(p)) != it.leaf {
-				err = fmt.Errorf("chunk %s: plaintext hash differs from the map's: %w", it.id, ErrCorrupt)
+			if err != nil {
+				p, err = r.tryAlts(ctx, idx, it.id, err, check)
 			}
 			if err != nil {
 				return fail(it.c, it.id, fmt.Errorf("pack %s: %w", ranges[i].pack, err))
@@ -337,6 +344,26 @@ func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx
 			return nil
 		})
 	})
+}
+
+// tryAlts tries the other stored copies of chunk id after the first
+// failed with first; it returns the first copy that passes check.
+func (r *Repository) tryAlts(ctx context.Context, idx *chunkIndex, id ChunkID, first error, check func([]byte) ([]byte, error)) ([]byte, error) {
+	for _, loc := range idx.alts[id] {
+		fr := fetchRange{pack: idx.packs[loc.pack], off: int64(loc.offset), end: int64(loc.offset) + int64(loc.length)}
+		rec, err := r.getRange(ctx, fr)
+		if err == nil && int64(len(rec)) != fr.end-fr.off {
+			err = fmt.Errorf("pack %s is shorter than its index says: %w", fr.pack, ErrCorrupt)
+		}
+		if err != nil {
+			continue
+		}
+		if p, err := check(rec); err == nil {
+			r.log.Warn("chunk damaged in one pack, read from another copy", "chunk", id.String(), "pack", fr.pack.String(), "first_error", first)
+			return p, nil
+		}
+	}
+	return nil, first
 }
 
 var zeroBuf = make([]byte, 1<<20)

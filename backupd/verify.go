@@ -2,6 +2,7 @@ package backupd
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
@@ -202,12 +203,21 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 				if x.enc {
 					k = r.opts.Key
 				}
-				var p []byte
-				if err == nil {
-					p, err = decodeRecord(rec, k, it.id, MaxChunkSize)
+				check := func(rec []byte) ([]byte, error) {
+					p, err := decodeRecord(rec, k, it.id, MaxChunkSize)
+					if err == nil && len(p) != x.length {
+						err = fmt.Errorf("chunk %s is %d bytes, the map needs %d: %w", it.id, len(p), x.length, ErrCorrupt)
+					}
+					if err == nil && k != nil && ChunkID(sha256.Sum256(p)) != x.leaf {
+						err = fmt.Errorf("chunk %s: plaintext hash differs from the map's: %w", it.id, ErrCorrupt)
+					}
+					return p, err
 				}
-				if err == nil && len(p) != x.length {
-					err = fmt.Errorf("chunk %s is %d bytes, the map needs %d: %w", it.id, len(p), x.length, ErrCorrupt)
+				if err == nil {
+					_, err = check(rec)
+				}
+				if err != nil {
+					_, err = r.tryAlts(ctx, idx, it.id, err, check)
 				}
 				if err != nil {
 					bad(it.id, fr.pack.String(), err)

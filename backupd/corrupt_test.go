@@ -1,0 +1,138 @@
+package backupd
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// chunkLocation returns the pack file and record of the first data chunk
+// of backup key.
+func chunkLocation(t *testing.T, r *Repository, dir, key string) (ChunkID, string, chunkLoc) {
+	t.Helper()
+	ctx := context.Background()
+	m, err := r.LoadManifest(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := r.keyFor(m)
+	p, err := r.loadPage(ctx, m, k, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := r.loadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range p.IDs[3:] {
+		if !id.IsZero() {
+			loc := idx.chunks[id]
+			return id, filepath.Join(dir, packKey(idx.packs[loc.pack])), loc
+		}
+	}
+	t.Fatal("no data chunk in page 0")
+	return ChunkID{}, "", chunkLoc{}
+}
+
+// TestFlippedBit flips one bit of a stored chunk: Verify with ReadData and
+// Restore fail naming the chunk and the volume, Verify names every backup
+// affected, a backup that does not share the chunk still restores, and
+// SkipDamaged restores everything else and reports the damaged range.
+func TestFlippedBit(t *testing.T) {
+	t.Parallel()
+	for _, encrypted := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "encrypted"}[encrypted], func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			dir := t.TempDir()
+			tg := newFSTarget(t, dir)
+			opts := &Options{Logger: testLogger(t), PackSize: 256 << 10}
+			if encrypted {
+				opts.Key = testKey(t)
+			}
+			r := Open(tg, opts)
+			rng := rand.New(rand.NewPCG(21, 22))
+			a := randomData(rng, 4<<20)
+			b := randomData(rng, 4<<20)
+			resA, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: a}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A second backup of vol-a shares every chunk.
+			resA2, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s2", Parent: resA.ID, Changed: []Extent{}, Source: &memSource{data: a}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			resB, err := r.Backup(ctx, BackupOptions{Volume: "vol-b", Snapshot: "s1", Source: &memSource{data: b}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, file, loc := chunkLocation(t, r, dir, resA.ManifestKey)
+			raw, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw[int(loc.offset)+recordHeaderSize+100] ^= 0x10
+			if err := os.WriteFile(file, raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+
+			if rep, err := r.Verify(ctx, nil, VerifyOptions{}); err != nil || !rep.OK() {
+				t.Errorf("Verify without data: %v (a flipped bit is found only by reading)", err)
+			}
+			rep, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true})
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Verify(ReadData) = %v, want ErrCorrupt", err)
+			}
+			if !strings.Contains(err.Error(), id.String()) || !strings.Contains(err.Error(), "vol-a") {
+				t.Errorf("Verify error does not name chunk %s and vol-a: %v", id, err)
+			}
+			if len(rep.BadChunks) != 1 || rep.BadChunks[0].ID != id.String() {
+				t.Fatalf("bad chunks %+v, want only %s", rep.BadChunks, id)
+			}
+			got := map[string]bool{}
+			for _, br := range rep.BadChunks[0].Backups {
+				got[br.Volume+"/"+br.ID] = true
+			}
+			if len(got) != 2 || !got["vol-a/"+resA.ID] || !got["vol-a/"+resA2.ID] {
+				t.Errorf("affected backups %v, want both backups of vol-a", got)
+			}
+
+			_, _, err = restoreAll(t, r, resA.ManifestKey, int64(len(a)), RestoreOptions{})
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), id.String()) || !strings.Contains(err.Error(), `"vol-a"`) {
+				t.Errorf("Restore of the damaged backup = %v, want ErrCorrupt naming chunk %s and vol-a", err, id)
+			}
+			gotB, _, err := restoreAll(t, r, resB.ManifestKey, int64(len(b)), RestoreOptions{})
+			if err != nil {
+				t.Fatalf("Restore of vol-b, which does not share the chunk: %v", err)
+			}
+			mustEqual(t, "vol-b", gotB, b)
+
+			gotA, res, err := restoreAll(t, r, resA2.ManifestKey, int64(len(a)), RestoreOptions{SkipDamaged: true})
+			if !errors.Is(err, ErrCorrupt) || res == nil || len(res.Damaged) != 1 || res.Damaged[0].Chunk != id.String() {
+				t.Fatalf("SkipDamaged restore = %v, %+v; want one damaged range for chunk %s", err, res, id)
+			}
+			d := res.Damaged[0]
+			copy(gotA[d.Offset:d.Offset+d.Length], a[d.Offset:d.Offset+d.Length])
+			mustEqual(t, "vol-a outside the damaged range", gotA, a)
+
+			// A full re-upload heals the store: every backup restores and
+			// verifies again.
+			if _, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s3", Full: true, Parent: resA2.ID, Source: &memSource{data: a}}); err != nil {
+				t.Fatalf("healing full backup: %v", err)
+			}
+			if rep, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true}); err != nil || !rep.OK() {
+				t.Fatalf("Verify after healing: %v", err)
+			}
+			healed, _, err := restoreAll(t, r, resA.ManifestKey, int64(len(a)), RestoreOptions{})
+			if err != nil {
+				t.Fatalf("Restore after healing: %v", err)
+			}
+			mustEqual(t, "vol-a after healing", healed, a)
+		})
+	}
+}
