@@ -1,0 +1,304 @@
+package backupd
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/strata-block/strata/plugins"
+)
+
+// TestGCConcurrentBackups runs backups of several volumes (incremental,
+// sharing chunks across volumes and rounds), a pruner and GC at the same
+// time, over many rounds, on one fake clock that only GC advances. Every
+// acknowledged backup that retention did not delete must restore bit-exact
+// and verify with data at the end: GC never deleted anything one
+// references. GC must also have deleted something, or the test proves
+// nothing.
+func TestGCConcurrentBackups(t *testing.T) {
+	t.Parallel()
+	const (
+		volumes   = 3
+		rounds    = 25
+		size      = 1 << 20
+		poolSize  = 48
+		maxDur    = 3 * time.Second
+		grace     = 8 * time.Second
+		keepLast  = 2
+		tickEvery = time.Second
+	)
+	ctx := t.Context()
+	tg := newFSTarget(t, t.TempDir())
+	r := Open(tg, &Options{PackSize: 64 << 10, Uploads: 2, Logger: testLogger(t)})
+	var clockNS atomic.Int64
+	clockNS.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	clock := func() time.Time { return time.Unix(0, clockNS.Load()) }
+
+	// A pool of chunk contents shared by every volume, so packs hold
+	// chunks of many backups.
+	rng := rand.New(rand.NewPCG(31, 32))
+	pool := make([][]byte, poolSize)
+	for i := range pool {
+		pool[i] = randomData(rng, ChunkSize)
+	}
+	type acked struct {
+		key  string
+		data []byte
+	}
+	var mu sync.Mutex
+	var all []acked
+	var tooSlow, parentGone atomic.Int64
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for v := range volumes {
+		wg.Go(func() {
+			vr := rand.New(rand.NewPCG(uint64(v), 99))
+			vol := "vol-" + string(rune('a'+v))
+			data := make([]byte, size)
+			var changed []Extent
+			parent := ""
+			for round := range rounds {
+				for range 1 + vr.IntN(20) {
+					c := vr.IntN(size / ChunkSize)
+					if vr.IntN(4) == 0 {
+						copy(data[c*ChunkSize:], randomData(vr, ChunkSize)) // unique
+					} else {
+						copy(data[c*ChunkSize:], pool[vr.IntN(poolSize)])
+					}
+					changed = append(changed, Extent{Offset: int64(c * ChunkSize), Length: ChunkSize})
+				}
+				opts := BackupOptions{Volume: vol, Snapshot: "s", Source: &memSource{data: append([]byte(nil), data...)},
+					MaxDuration: maxDur, Now: clock}
+				if parent != "" && round%5 != 0 {
+					opts.Parent, opts.Changed = parent, changed
+				}
+				res, err := r.Backup(ctx, opts)
+				switch {
+				case errors.Is(err, ErrTooSlow):
+					tooSlow.Add(1)
+					continue
+				case errors.Is(err, plugins.ErrNotFound) && opts.Parent != "":
+					parentGone.Add(1) // pruned meanwhile: next round is full
+					parent = ""
+					continue
+				case err != nil:
+					t.Errorf("%s round %d: %v", vol, round, err)
+					return
+				}
+				mu.Lock()
+				all = append(all, acked{key: res.ManifestKey, data: opts.Source.(*memSource).data})
+				mu.Unlock()
+				parent, changed = res.ID, nil
+			}
+		})
+	}
+	var gcRounds int
+	var deleted GCReport
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		gc := func() bool {
+			clockNS.Add(int64(tickEvery))
+			if _, err := r.Prune(ctx, PruneOptions{KeepLast: keepLast, Now: clock}); err != nil {
+				t.Errorf("Prune: %v", err)
+				return false
+			}
+			rep, err := r.GC(ctx, GCOptions{Grace: grace, Now: clock})
+			if err != nil {
+				t.Errorf("GC: %v", err)
+				return false
+			}
+			gcRounds++
+			deleted.PacksDeleted += rep.PacksDeleted
+			deleted.PagesDeleted += rep.PagesDeleted
+			deleted.PacksMarked += rep.PacksMarked
+			deleted.PacksUnmarked += rep.PacksUnmarked
+			return true
+		}
+		for {
+			select {
+			case <-done:
+				// Let GC catch up: everything unreferenced is swept.
+				for range int(grace/tickEvery) + 2 {
+					if !gc() {
+						return
+					}
+				}
+				return
+			default:
+			}
+			if !gc() {
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	<-gcDone
+	t.Logf("%d GC rounds: %d packs marked, %d unmarked (referenced again), %d packs and %d pages deleted; %d backups acknowledged, %d too slow, %d parents pruned meanwhile",
+		gcRounds, deleted.PacksMarked, deleted.PacksUnmarked, deleted.PacksDeleted, deleted.PagesDeleted, len(all), tooSlow.Load(), parentGone.Load())
+	if t.Failed() {
+		return
+	}
+	if deleted.PacksDeleted == 0 {
+		t.Errorf("GC deleted no pack: the test exercised nothing")
+	}
+	if gcRounds < 20 {
+		t.Errorf("only %d GC rounds ran", gcRounds)
+	}
+	live, err := r.List(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(live) != volumes*keepLast {
+		t.Errorf("%d backups listed after pruning, want %d", len(live), volumes*keepLast)
+	}
+	liveKeys := map[string]bool{}
+	for _, b := range live {
+		liveKeys[b.Key] = true
+	}
+	checked := 0
+	for _, a := range all {
+		if !liveKeys[a.key] {
+			continue
+		}
+		got, _, err := restoreAll(t, r, a.key, size, RestoreOptions{})
+		if err != nil {
+			t.Errorf("restore of acknowledged, unpruned backup %s: %v", a.key, err)
+			continue
+		}
+		mustEqual(t, a.key, got, a.data)
+		checked++
+	}
+	if checked != len(live) {
+		t.Errorf("checked %d of %d live backups", checked, len(live))
+	}
+	if rep, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true}); err != nil || !rep.OK() {
+		t.Errorf("Verify after GC: %v", err)
+	}
+}
+
+// gatedSource blocks its first ReadAt until release is closed, after
+// closing reached: the backup has loaded the chunk index by then.
+type gatedSource struct {
+	*memSource
+	once    sync.Once
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedSource) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	g.once.Do(func() {
+		close(g.reached)
+		<-g.release
+	})
+	return g.memSource.ReadAt(ctx, p, off)
+}
+
+// TestGCProtocol reproduces, deterministically, the two races the GC
+// protocol closes (FORMAT.md, "Garbage collection"), with a backup held
+// still after loading its index while GC marks and sweeps:
+//
+//   - seen-mark: the backup starts after GC marked the packs of a deleted
+//     backup holding the same data. It must not dedup against them (they
+//     are swept before it writes its manifest) and must restore.
+//   - before-mark: the backup loaded its index before the mark, so it
+//     dedups, and is held past the grace period; it must fail with
+//     ErrTooSlow and write no manifest rather than reference swept packs.
+func TestGCProtocol(t *testing.T) {
+	t.Parallel()
+	const (
+		maxDur = 3 * time.Second
+		grace  = 8 * time.Second
+	)
+	tests := []struct {
+		name string
+		// advance before the backup loads its index, between that and
+		// the second GC, and whether the backup must succeed.
+		beforeBackup time.Duration
+		markAfter    bool // GC marks after the backup loaded its index
+		wantErr      error
+	}{
+		{name: "seen-mark", beforeBackup: grace - time.Second},
+		{name: "before-mark", markAfter: true, wantErr: ErrTooSlow},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			tg := newFSTarget(t, t.TempDir())
+			r := Open(tg, &Options{PackSize: 64 << 10, Logger: testLogger(t)})
+			var clockNS atomic.Int64
+			clockNS.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+			clock := func() time.Time { return time.Unix(0, clockNS.Load()) }
+			advance := func(d time.Duration) { clockNS.Add(int64(d)) }
+			gc := func() *GCReport {
+				rep, err := r.GC(ctx, GCOptions{Grace: grace, Now: clock})
+				if err != nil {
+					t.Fatalf("GC: %v", err)
+				}
+				return rep
+			}
+			data := randomData(rand.New(rand.NewPCG(41, 42)), 512<<10)
+			old, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s0", Source: &memSource{data: data}, Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Delete(ctx, "vol-a", old.ID); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.markAfter {
+				if rep := gc(); rep.PacksMarked == 0 {
+					t.Fatalf("GC marked nothing: %+v", rep)
+				}
+				advance(tc.beforeBackup)
+			}
+			src := &gatedSource{memSource: &memSource{data: data}, reached: make(chan struct{}), release: make(chan struct{})}
+			type result struct {
+				res *Result
+				err error
+			}
+			out := make(chan result, 1)
+			go func() {
+				res, err := r.Backup(ctx, BackupOptions{Volume: "vol-b", Snapshot: "s1", Source: src, MaxDuration: maxDur, Now: clock})
+				out <- result{res, err}
+			}()
+			<-src.reached
+			if tc.markAfter {
+				advance(time.Second)
+				if rep := gc(); rep.PacksMarked == 0 {
+					t.Fatalf("GC marked nothing: %+v", rep)
+				}
+				advance(grace)
+			} else {
+				advance(grace - tc.beforeBackup)
+			}
+			if rep := gc(); rep.PacksDeleted == 0 {
+				t.Fatalf("GC swept nothing: %+v", rep)
+			}
+			close(src.release)
+			got := <-out
+			if tc.wantErr != nil {
+				if !errors.Is(got.err, tc.wantErr) {
+					t.Fatalf("Backup = %v, want %v", got.err, tc.wantErr)
+				}
+				if keys := sortedKeys(t, tg, "backups/"); len(keys) != 0 {
+					t.Fatalf("manifests %v exist after a failed backup", keys)
+				}
+				return
+			}
+			if got.err != nil {
+				t.Fatalf("Backup: %v", got.err)
+			}
+			restored, _, err := restoreAll(t, r, got.res.ManifestKey, int64(len(data)), RestoreOptions{})
+			if err != nil {
+				t.Fatalf("Restore after GC swept the old packs: %v", err)
+			}
+			mustEqual(t, "restored", restored, data)
+		})
+	}
+}
