@@ -159,7 +159,6 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		if err := r.restoreWindow(ctx, m, k, idx, win, dst, opts, &written, &fetched, fail); err != nil {
 			return nil, err
 		}
-		report(PhaseRestore)
 		if opts.StatePath != "" {
 			if err := dst.Flush(ctx); err != nil {
 				return nil, fmt.Errorf("%s: flush: %w", where, err)
@@ -168,6 +167,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
 		}
+		report(PhaseRestore)
 	}
 	if err := dst.Flush(ctx); err != nil {
 		return nil, fmt.Errorf("%s: flush: %w", where, err)

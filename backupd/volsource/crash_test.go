@@ -1,0 +1,213 @@
+package volsource_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/strata-block/strata/backupd"
+	"github.com/strata-block/strata/backupd/volsource"
+)
+
+// The crash tests re-execute this test binary as TestCrashChild, which
+// runs one backup or restore of a real volume to an fs target and prints a
+// line per progress event; the parent SIGKILLs it after a chosen number of
+// lines and checks what is left.
+const (
+	crashEnvMode   = "STRATA_BACKUP_CRASH_MODE" // "backup" or "restore"
+	crashEnvStore  = "STRATA_BACKUP_CRASH_STORE"
+	crashEnvTarget = "STRATA_BACKUP_CRASH_TARGET"
+	crashEnvKey    = "STRATA_BACKUP_CRASH_KEY"   // restore: manifest key
+	crashEnvState  = "STRATA_BACKUP_CRASH_STATE" // restore: state file
+	crashPackSize  = 256 << 10
+)
+
+func TestCrashChild(t *testing.T) {
+	mode := os.Getenv(crashEnvMode)
+	if mode == "" {
+		t.Skip("helper process of TestCrashBackup and TestCrashRestore")
+	}
+	ctx := context.Background()
+	m := openManager(t, os.Getenv(crashEnvStore))
+	tg := newTarget(t, os.Getenv(crashEnvTarget))
+	r := backupd.Open(tg, &backupd.Options{PackSize: crashPackSize})
+	progress := func(p backupd.Progress) {
+		// One write(2) per line, so the parent counts whole events.
+		fmt.Fprintf(os.Stdout, "P %s %d %d\n", p.Phase, p.BytesScanned, p.BytesWritten)
+	}
+	var err error
+	switch mode {
+	case "backup":
+		_, err = r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: volsource.New(device(t, m, "vol-a@s1")), Progress: progress})
+	case "restore":
+		_, err = r.Restore(ctx, os.Getenv(crashEnvKey), volsource.Destination{V: device(t, m, "dst")},
+			backupd.RestoreOptions{DestZeroed: true, StatePath: os.Getenv(crashEnvState), Progress: progress})
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stdout, "E %q\n", err.Error())
+		t.Fatal(err)
+	}
+	fmt.Fprintln(os.Stdout, "DONE")
+}
+
+// runAndKill runs the child and SIGKILLs it after it printed lines
+// progress lines; it fails the test if the child finished first.
+func runAndKill(t *testing.T, env []string, lines int) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestCrashChild$", "-test.count=1", "-test.timeout=5m")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	seen := 0
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "E ") || line == "DONE" {
+			_ = cmd.Wait()
+			t.Fatalf("child ended before the kill: %s", line)
+		}
+		if strings.HasPrefix(line, "P ") {
+			seen++
+			if seen == lines {
+				break
+			}
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if seen < lines {
+		t.Fatalf("child printed %d progress lines, expected %d", seen, lines)
+	}
+	t.Logf("child killed after %d progress events", seen)
+}
+
+// makeVolume creates vol-a of size with random data and snapshot s1, and
+// returns the data.
+func makeVolume(t *testing.T, store string, size int64) []byte {
+	t.Helper()
+	m := openManager(t, store)
+	if _, err := m.Create(t.Context(), "vol-a", size); err != nil {
+		t.Fatal(err)
+	}
+	v, rel, err := m.Open(t.Context(), "vol-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randomData(rand.New(rand.NewPCG(51, 52)), int(size))
+	write(t, v, data, 0)
+	rel()
+	snapshot(t, m, "vol-a", "s1")
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// TestCrashBackup kills a backup mid-way: no manifest exists, and a rerun
+// succeeds, reuses the chunks the killed run uploaded, and restores
+// bit-exact.
+func TestCrashBackup(t *testing.T) {
+	t.Parallel()
+	const size = 64 << 20
+	store, tdir := t.TempDir(), t.TempDir()
+	data := makeVolume(t, store, size)
+	runAndKill(t, []string{crashEnvMode + "=backup", crashEnvStore + "=" + store, crashEnvTarget + "=" + tdir}, 12)
+
+	tg := newTarget(t, tdir)
+	for o, err := range tg.List(t.Context(), "backups/", "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Fatalf("manifest %s exists after the backup was killed", o.Key)
+	}
+	var left int64
+	for o, err := range tg.List(t.Context(), "packs/", "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		left += o.Size
+	}
+	if left == 0 {
+		t.Fatalf("the killed backup left no pack: it was killed too early to test reuse")
+	}
+	m := openManager(t, store)
+	r := backupd.Open(tg, &backupd.Options{PackSize: crashPackSize})
+	res, err := r.Backup(t.Context(), backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: volsource.New(device(t, m, "vol-a@s1"))})
+	if err != nil {
+		t.Fatalf("rerun: %v", err)
+	}
+	t.Logf("killed run left %d bytes of packs; rerun uploaded %d bytes, reused %d chunks", left, res.BytesUploaded, res.ChunksDedup)
+	if res.ChunksDedup == 0 || res.BytesUploaded >= size {
+		t.Errorf("rerun uploaded %d bytes and reused %d chunks: the killed run's chunks were not reused", res.BytesUploaded, res.ChunksDedup)
+	}
+	equal(t, "restored after the rerun", restoreInto(t, m, r, res.ManifestKey, "restored", size), data)
+}
+
+// TestCrashRestore kills a restore mid-way; a rerun completes bit-exact,
+// resuming from the state file or rewriting everything without one.
+func TestCrashRestore(t *testing.T) {
+	t.Parallel()
+	for _, withState := range []bool{true, false} {
+		t.Run(map[bool]string{true: "state-file", false: "rewrite"}[withState], func(t *testing.T) {
+			t.Parallel()
+			const size = 128 << 20
+			store, tdir := t.TempDir(), t.TempDir()
+			data := makeVolume(t, store, size)
+			m := openManager(t, store)
+			tg := newTarget(t, tdir)
+			r := backupd.Open(tg, &backupd.Options{PackSize: crashPackSize})
+			res, err := r.Backup(t.Context(), backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: volsource.New(device(t, m, "vol-a@s1"))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Create(t.Context(), "dst", size); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			state := ""
+			if withState {
+				state = filepath.Join(t.TempDir(), "restore.state")
+			}
+			runAndKill(t, []string{crashEnvMode + "=restore", crashEnvStore + "=" + store, crashEnvTarget + "=" + tdir,
+				crashEnvKey + "=" + res.ManifestKey, crashEnvState + "=" + state}, 2)
+
+			m = openManager(t, store)
+			v := device(t, m, "dst")
+			rr, err := r.Restore(t.Context(), res.ManifestKey, volsource.Destination{V: v}, backupd.RestoreOptions{DestZeroed: true, StatePath: state})
+			if err != nil {
+				t.Fatalf("rerun of the restore: %v", err)
+			}
+			if withState && rr.Resumed == 0 {
+				t.Errorf("rerun resumed no page from the state file")
+			}
+			t.Logf("rerun resumed %d map pages, wrote %d bytes", rr.Resumed, rr.BytesWritten)
+			equal(t, "volume restored after the kill", readAll(t, v), data)
+			if withState {
+				if _, err := os.Stat(state); !os.IsNotExist(err) {
+					t.Errorf("state file left after a successful restore: %v", err)
+				}
+			}
+		})
+	}
+}
