@@ -8,21 +8,43 @@
 // written atomically, read back and checked. The engine also owns restore,
 // verify, delete, retention and garbage collection.
 //
+// The engine is Repository (issue 7):
+//
+//	r := backupd.Open(target, &backupd.Options{Key: key, Logger: log})
+//	res, err := r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "s2",
+//		Source: volsource.New(snapDev), Parent: lastID, Changed: changed})
+//	_, err = r.Restore(ctx, res.ManifestKey, volsource.Destination{V: dev}, backupd.RestoreOptions{DestZeroed: true})
+//	rep, err := r.Verify(ctx, nil, backupd.VerifyOptions{ReadData: true})
+//	err = r.Delete(ctx, "vol-a", id)
+//	pr, err := r.Prune(ctx, backupd.PruneOptions{KeepLast: 7, KeepWithin: 7 * 24 * time.Hour})
+//	gr, err := r.GC(ctx, backupd.GCOptions{})
+//
+// Vocabulary: a chunk is 8 KiB of a volume at an aligned offset, named by
+// the SHA-256 of its plaintext (HMAC-SHA-256 when encrypted); packs hold
+// chunk records; a pack index lists a pack's chunks; a map page lists the
+// chunk ids of 256 consecutive chunks; a manifest lists a backup's pages
+// and its whole-volume digest. FORMAT.md documents every format, the
+// commit order, restore resumption and the two-phase GC protocol with its
+// assumption (GCOptions.Grace longer than every BackupOptions.MaxDuration).
+//
+// Errors wrap the sentinels in errors.go (ErrCorrupt, ErrMissing,
+// ErrInvalid, ErrKey, ErrTooSlow, ErrMismatch) or the target's plugins
+// classes; they name the volume, backup, chunk and pack concerned.
+//
 // The coordinator owns system backup and restore and fencing: a system
 // manifest is committed only after every volume backup it names is
 // acknowledged durable, and it records the backup id carried by each
 // acknowledgement, checked on the target — never a field read back from
-// state that something else updates.
+// state that something else updates. The coordinator (issue 8) is not
+// implemented yet; BackupOptions.Tags and Result are what it will use.
 //
 // It reaches volumes only through the agent API (blockdev/agent) or
 // blockdev, and targets only through the plugins interface. It must not
 // import snapshot, the frontends (blockdev/nbd, blockdev/fuse,
-// blockdev/attach) or any target implementation (plugins/fs, plugins/s3).
-//
-// The engine (issue 7) is Repository: Open(target, opts), then Backup,
-// Restore, Verify, List, Delete, Prune and GC. Its formats, the commit
-// order and the GC protocol are in FORMAT.md. backupd does not import
-// blockdev (which is built on snapshot); backupd/volsource adapts
-// blockdev volumes to Source and Destination. The coordinator (issue 8) is
-// not implemented yet.
+// blockdev/attach) or any target implementation (plugins/fs, plugins/s3);
+// its tests use plugins/fs in-process as a real target. Because blockdev
+// is built on snapshot and internal/layering forbids snapshot anywhere in
+// backupd's dependencies, backupd does not import blockdev either: it
+// reads a Source and writes a Destination, and backupd/volsource adapts
+// blockdev volumes (and Manager.Changed) to them.
 package backupd

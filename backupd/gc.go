@@ -286,7 +286,6 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		}
 	}
 	seen := map[string]bool{}
-	markBody := marshalJSON(gcMark{Marked: start.UTC()})
 	for _, o := range objs {
 		mk := gcKey(o.kind, o.id)
 		seen[mk] = true
@@ -318,6 +317,10 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				rep.PagesMarked++
 			}
 			if !opts.DryRun {
+				// The time just before the Put: a backup that listed gc/
+				// before the mark was visible did so before this plus the
+				// Put's latency.
+				markBody := marshalJSON(gcMark{Marked: opts.Now().UTC()})
 				if err := r.t.Put(ctx, mk, bytes.NewReader(markBody), int64(len(markBody))); err != nil {
 					return rep, fmt.Errorf("gc: mark %s: %w", mk, err)
 				}
