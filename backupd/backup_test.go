@@ -100,3 +100,46 @@ func TestRestoreWrongKey(t *testing.T) {
 		}
 	}
 }
+
+// TestProgress checks the events of a backup and a restore: counters never
+// go back, the phases come in order and the last event is PhaseDone with
+// the totals.
+func TestProgress(t *testing.T) {
+	t.Parallel()
+	data := randomData(rand.New(rand.NewPCG(81, 82)), 8<<20)
+	r := Open(newFSTarget(t, t.TempDir()), &Options{PackSize: 1 << 20})
+	order := map[Phase]int{PhaseIndex: 0, PhaseScan: 1, PhaseFlush: 2, PhaseManifest: 3, PhaseRestore: 1, PhaseDone: 4}
+	check := func(what string, evs []Progress, total int64) {
+		t.Helper()
+		if len(evs) < 3 {
+			t.Fatalf("%s: %d events", what, len(evs))
+		}
+		for i := 1; i < len(evs); i++ {
+			a, b := evs[i-1], evs[i]
+			if order[b.Phase] < order[a.Phase] || b.BytesScanned < a.BytesScanned || b.BytesUploaded < a.BytesUploaded || b.BytesWritten < a.BytesWritten {
+				t.Fatalf("%s: event %d %+v goes back from %+v", what, i, b, a)
+			}
+		}
+		last := evs[len(evs)-1]
+		if last.Phase != PhaseDone || last.BytesTotal != total {
+			t.Fatalf("%s: last event %+v", what, last)
+		}
+	}
+	var evs []Progress
+	res, err := r.Backup(t.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}, Progress: func(p Progress) { evs = append(evs, p) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("backup", evs, int64(len(data)))
+	if last := evs[len(evs)-1]; last.BytesScanned != int64(len(data)) || last.BytesUploaded < int64(len(data)) {
+		t.Errorf("backup: last event %+v", last)
+	}
+	evs = nil
+	if _, err := r.Restore(t.Context(), res.ManifestKey, &memDest{data: make([]byte, len(data))}, RestoreOptions{Progress: func(p Progress) { evs = append(evs, p) }}); err != nil {
+		t.Fatal(err)
+	}
+	check("restore", evs, int64(len(data)))
+	if last := evs[len(evs)-1]; last.BytesWritten != int64(len(data)) {
+		t.Errorf("restore: last event %+v", last)
+	}
+}

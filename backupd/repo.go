@@ -378,3 +378,16 @@ func marshalJSON(v any) []byte {
 	}
 	return b
 }
+
+// Latest returns the newest backup of volume on the target, the parent
+// for the next incremental; plugins.ErrNotFound if there is none.
+func (r *Repository) Latest(ctx context.Context, volume string) (BackupInfo, error) {
+	bs, err := r.List(ctx, volume)
+	if err != nil {
+		return BackupInfo{}, err
+	}
+	if len(bs) == 0 {
+		return BackupInfo{}, fmt.Errorf("no backup of volume %q: %w", volume, plugins.ErrNotFound)
+	}
+	return bs[len(bs)-1], nil
+}

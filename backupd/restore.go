@@ -104,6 +104,14 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 			res.Resumed = start
 		}
 	}
+	var written, fetched atomic.Int64
+	report := func(ph Phase) {
+		if opts.Progress != nil {
+			opts.Progress(Progress{Op: "restore", Volume: m.Volume, Phase: ph, BytesTotal: m.Size,
+				BytesScanned: fetched.Load(), BytesWritten: written.Load(), Time: time.Now()})
+		}
+	}
+	report(PhaseIndex)
 	idx, err := r.loadIndex(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: loading the chunk index: %w", where, err)
@@ -112,13 +120,6 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	defer cancel()
 	pages := r.pageStream(ctx, m, k, 0, restoreWindow+2)
 	dg := newDigest(m.Size, m.ChunkSize)
-	var written, fetched atomic.Int64
-	report := func(ph Phase) {
-		if opts.Progress != nil {
-			opts.Progress(Progress{Op: "restore", Volume: m.Volume, Phase: ph, BytesTotal: m.Size,
-				BytesScanned: fetched.Load(), BytesWritten: written.Load(), Time: time.Now()})
-		}
-	}
 	var damaged []DamagedRange
 	var dmu sync.Mutex
 	for w := 0; w < len(m.Pages); w += restoreWindow {

@@ -87,3 +87,43 @@ func (d Destination) WriteAt(ctx context.Context, p []byte, off int64) (int, err
 
 // Flush flushes the device.
 func (d Destination) Flush(ctx context.Context) error { return d.V.Flush(ctx) }
+
+// BackupSnapshot backs up snapshot snap of volume, held by m, to r: an
+// incremental to the newest backup of the volume on r if that backup's
+// snapshot still exists (the changed extents come from m.Changed between
+// the two snapshots), else a full backup. opts.Volume, Snapshot, Source,
+// Parent and Changed are set here; the rest is passed through.
+func BackupSnapshot(ctx context.Context, r *backupd.Repository, m *blockdev.Manager, volume, snap string, opts backupd.BackupOptions) (*backupd.Result, error) {
+	dev, release, err := m.Open(ctx, volume+"@"+snap)
+	if err != nil {
+		return nil, fmt.Errorf("backup of volume %q: open snapshot %q: %w", volume, snap, err)
+	}
+	defer release()
+	opts.Volume, opts.Snapshot, opts.Source = volume, snap, New(dev)
+	opts.Parent, opts.Changed = "", nil
+	if !opts.Full {
+		if parent, err := r.Latest(ctx, volume); err == nil && parent.Snapshot != snap && hasSnapshot(ctx, m, volume, parent.Snapshot) {
+			changed, err := Changed(ctx, m, volume, parent.Snapshot, snap)
+			if err != nil {
+				return nil, fmt.Errorf("backup of volume %q: %w", volume, err)
+			}
+			opts.Parent, opts.Changed = parent.ID, changed
+		} else if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return r.Backup(ctx, opts)
+}
+
+func hasSnapshot(ctx context.Context, m *blockdev.Manager, volume, snap string) bool {
+	info, err := m.Volume(ctx, volume)
+	if err != nil {
+		return false
+	}
+	for _, s := range info.Snapshots {
+		if s.Name == snap {
+			return true
+		}
+	}
+	return false
+}

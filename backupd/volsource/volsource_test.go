@@ -283,3 +283,50 @@ func TestIncrementalAmplification(t *testing.T) {
 	// The full backup still restores after the incrementals.
 	equal(t, "full backup restored", restoreInto(t, m, r, full.ManifestKey, "restored-s0", size), readAll(t, device(t, m, "vol-a@s0")))
 }
+
+// TestBackupSnapshot checks the choice of parent: full the first time,
+// incremental to the newest backup while its snapshot exists, full again
+// once that snapshot is deleted.
+func TestBackupSnapshot(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	const size = 16 * mib
+	m := openManager(t, t.TempDir())
+	r := backupd.Open(newTarget(t, t.TempDir()), nil)
+	rng := rand.New(rand.NewPCG(71, 72))
+	if _, err := m.Create(ctx, "vol-a", size); err != nil {
+		t.Fatal(err)
+	}
+	v := device(t, m, "vol-a")
+	write(t, v, randomData(rng, size), 0)
+	tests := []struct {
+		snap       string
+		deleteSnap string // before the backup
+		wantParent bool
+	}{
+		{snap: "s1"},
+		{snap: "s2", wantParent: true},
+		{snap: "s3", deleteSnap: "s2"},
+	}
+	for _, tc := range tests {
+		write(t, v, randomData(rng, 64<<10), rng.Int64N(size/4096-16)*4096)
+		snapshot(t, m, "vol-a", tc.snap)
+		if tc.deleteSnap != "" {
+			if err := m.DeleteSnapshot(ctx, "vol-a", tc.deleteSnap); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := volsource.BackupSnapshot(ctx, r, m, "vol-a", tc.snap, backupd.BackupOptions{})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.snap, err)
+		}
+		if got := res.Manifest.Parent != ""; got != tc.wantParent {
+			t.Errorf("%s: parent %q, want one: %v", tc.snap, res.Manifest.Parent, tc.wantParent)
+		}
+		if tc.wantParent && res.BytesScanned > 256<<10 {
+			t.Errorf("%s: incremental scanned %d bytes", tc.snap, res.BytesScanned)
+		}
+		sv := device(t, m, "vol-a@"+tc.snap)
+		equal(t, tc.snap+" restored", restoreInto(t, m, r, res.ManifestKey, "r-"+tc.snap, size), readAll(t, sv))
+	}
+}
