@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/plugins"
 )
 
@@ -426,7 +427,7 @@ func (b *backupRun) readRange(ctx context.Context, buf []byte, off, end int64) e
 		if err := read(pos, s); err != nil { // not covered: data
 			return err
 		}
-		if e.Kind == ExtentData {
+		if e.Kind == blockdev.ExtentData {
 			if err := read(s, t); err != nil {
 				return err
 			}

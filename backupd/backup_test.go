@@ -13,7 +13,7 @@ func TestRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	sparse := make([]byte, 24*mib)
 	for i := 0; i < len(sparse); i += 3 * mib {
-		copy(sparse[i:], randomData(rng, 64<<10))
+		copy(sparse[i:], RandomData(rng, 64<<10))
 	}
 	text := bytes.Repeat([]byte("strata block storage backup "), (8*mib)/28+1)[:8*mib]
 	tests := []struct {
@@ -23,15 +23,15 @@ func TestRoundTrip(t *testing.T) {
 		encrypted bool
 		zeroed    bool
 	}{
-		{name: "random", data: randomData(rng, 16*mib)},
-		{name: "random-encrypted", data: randomData(rng, 6*mib), encrypted: true},
+		{name: "random", data: RandomData(rng, 16*mib)},
+		{name: "random-encrypted", data: RandomData(rng, 6*mib), encrypted: true},
 		{name: "sparse", data: sparse, holes: []Extent{{Offset: 4 * mib, Length: 2 * mib}, {Offset: 20 * mib, Length: 4 * mib}}},
 		{name: "sparse-dest-zeroed", data: sparse, zeroed: true},
 		{name: "all-zero", data: make([]byte, 32*mib)},
 		{name: "all-zero-encrypted", data: make([]byte, 4*mib), encrypted: true},
 		{name: "compressible", data: text},
-		{name: "odd-size", data: randomData(rng, 2*mib+4096)},
-		{name: "one-block", data: randomData(rng, 4096), encrypted: true},
+		{name: "odd-size", data: RandomData(rng, 2*mib+4096)},
+		{name: "one-block", data: RandomData(rng, 4096), encrypted: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -41,7 +41,7 @@ func TestRoundTrip(t *testing.T) {
 			for _, h := range tc.holes {
 				clear(tc.data[h.Offset : h.Offset+h.Length])
 			}
-			tg := newFSTarget(t, t.TempDir())
+			tg := NewFSTarget(t, t.TempDir())
 			opts := &Options{Logger: testLogger(t), PackSize: 1 << 20}
 			if tc.encrypted {
 				opts.Key = testKey(t)
@@ -58,13 +58,13 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Restore: %v", err)
 			}
-			mustEqual(t, "restored volume", got, tc.data)
+			MustEqual(t, "restored volume", got, tc.data)
 			// Into a dirty destination: zeros must be written.
 			d := &memDest{data: bytes.Repeat([]byte{0xee}, len(tc.data))}
 			if _, err := r.Restore(t.Context(), res.ManifestKey, d, RestoreOptions{}); err != nil {
 				t.Fatalf("Restore into a dirty destination: %v", err)
 			}
-			mustEqual(t, "restored over garbage", d.data, tc.data)
+			MustEqual(t, "restored over garbage", d.data, tc.data)
 			if rep, err := r.Verify(t.Context(), nil, VerifyOptions{ReadData: true}); err != nil || !rep.OK() {
 				t.Fatalf("Verify: %v %+v", err, rep)
 			}
@@ -85,8 +85,8 @@ func TestRoundTrip(t *testing.T) {
 
 func TestRestoreWrongKey(t *testing.T) {
 	t.Parallel()
-	tg := newFSTarget(t, t.TempDir())
-	data := randomData(rand.New(rand.NewPCG(3, 4)), 1<<20)
+	tg := NewFSTarget(t, t.TempDir())
+	data := RandomData(rand.New(rand.NewPCG(3, 4)), 1<<20)
 	r := Open(tg, &Options{Key: testKey(t)})
 	res, err := r.Backup(t.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
 	if err != nil {
@@ -106,8 +106,8 @@ func TestRestoreWrongKey(t *testing.T) {
 // the totals.
 func TestProgress(t *testing.T) {
 	t.Parallel()
-	data := randomData(rand.New(rand.NewPCG(81, 82)), 8<<20)
-	r := Open(newFSTarget(t, t.TempDir()), &Options{PackSize: 1 << 20})
+	data := RandomData(rand.New(rand.NewPCG(81, 82)), 8<<20)
+	r := Open(NewFSTarget(t, t.TempDir()), &Options{PackSize: 1 << 20})
 	order := map[Phase]int{PhaseIndex: 0, PhaseScan: 1, PhaseFlush: 2, PhaseManifest: 3, PhaseRestore: 1, PhaseDone: 4}
 	check := func(what string, evs []Progress, total int64) {
 		t.Helper()

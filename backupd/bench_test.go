@@ -13,7 +13,7 @@ const benchSize = 64 << 20
 
 func benchData(b *testing.B, compressible bool) []byte {
 	b.Helper()
-	data := randomData(rand.New(rand.NewPCG(61, 62)), benchSize)
+	data := RandomData(rand.New(rand.NewPCG(61, 62)), benchSize)
 	if compressible {
 		for i := 0; i < len(data); i += 4096 {
 			clear(data[i+1024 : i+4096]) // ~4:1
@@ -42,7 +42,7 @@ func BenchmarkBackupFull(b *testing.B) {
 				if tc.encrypted {
 					opts.Key = testKey(b)
 				}
-				r := Open(newFSTarget(b, b.TempDir()), opts)
+				r := Open(NewFSTarget(b, b.TempDir()), opts)
 				b.StartTimer()
 				if _, err := r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}}); err != nil {
 					b.Fatal(err)
@@ -56,7 +56,7 @@ func BenchmarkBackupFull(b *testing.B) {
 // is relative to the volume size.
 func BenchmarkBackupIncremental(b *testing.B) {
 	data := benchData(b, false)
-	r := Open(newFSTarget(b, b.TempDir()), nil)
+	r := Open(NewFSTarget(b, b.TempDir()), nil)
 	parent, err := r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
 	if err != nil {
 		b.Fatal(err)
@@ -69,7 +69,7 @@ func BenchmarkBackupIncremental(b *testing.B) {
 		var changed []Extent
 		for range benchSize / 4096 / 100 {
 			off := rng.Int64N(benchSize/4096) * 4096
-			copy(data[off:off+4096], randomData(rng, 4096))
+			copy(data[off:off+4096], RandomData(rng, 4096))
 			changed = append(changed, Extent{Offset: off, Length: 4096})
 		}
 		b.StartTimer()
@@ -83,7 +83,7 @@ func BenchmarkBackupIncremental(b *testing.B) {
 
 func BenchmarkRestore(b *testing.B) {
 	data := benchData(b, false)
-	r := Open(newFSTarget(b, b.TempDir()), nil)
+	r := Open(NewFSTarget(b, b.TempDir()), nil)
 	res, err := r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
 	if err != nil {
 		b.Fatal(err)
@@ -97,5 +97,5 @@ func BenchmarkRestore(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	mustEqual(b, "restored", dst.data, data)
+	MustEqual(b, "restored", dst.data, data)
 }

@@ -49,15 +49,15 @@ func TestFlippedBit(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
 			dir := t.TempDir()
-			tg := newFSTarget(t, dir)
+			tg := NewFSTarget(t, dir)
 			opts := &Options{Logger: testLogger(t), PackSize: 256 << 10}
 			if encrypted {
 				opts.Key = testKey(t)
 			}
 			r := Open(tg, opts)
 			rng := rand.New(rand.NewPCG(21, 22))
-			a := randomData(rng, 4<<20)
-			b := randomData(rng, 4<<20)
+			a := RandomData(rng, 4<<20)
+			b := RandomData(rng, 4<<20)
 			resA, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: a}})
 			if err != nil {
 				t.Fatal(err)
@@ -110,7 +110,7 @@ func TestFlippedBit(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Restore of vol-b, which does not share the chunk: %v", err)
 			}
-			mustEqual(t, "vol-b", gotB, b)
+			MustEqual(t, "vol-b", gotB, b)
 
 			gotA, res, err := restoreAll(t, r, resA2.ManifestKey, int64(len(a)), RestoreOptions{SkipDamaged: true})
 			if !errors.Is(err, ErrCorrupt) || res == nil || len(res.Damaged) != 1 || res.Damaged[0].Chunk != id.String() {
@@ -118,7 +118,7 @@ func TestFlippedBit(t *testing.T) {
 			}
 			d := res.Damaged[0]
 			copy(gotA[d.Offset:d.Offset+d.Length], a[d.Offset:d.Offset+d.Length])
-			mustEqual(t, "vol-a outside the damaged range", gotA, a)
+			MustEqual(t, "vol-a outside the damaged range", gotA, a)
 
 			// A full re-upload heals the store: every backup restores and
 			// verifies again.
@@ -132,7 +132,7 @@ func TestFlippedBit(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Restore after healing: %v", err)
 			}
-			mustEqual(t, "vol-a after healing", healed, a)
+			MustEqual(t, "vol-a after healing", healed, a)
 		})
 	}
 }

@@ -11,9 +11,10 @@
 // The engine is Repository (issue 7):
 //
 //	r := backupd.Open(target, &backupd.Options{Key: key, Logger: log})
-//	res, err := r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "s2",
-//		Source: volsource.New(snapDev), Parent: lastID, Changed: changed})
-//	_, err = r.Restore(ctx, res.ManifestKey, volsource.Destination{V: dev}, backupd.RestoreOptions{DestZeroed: true})
+//	res, err := r.BackupVolume(ctx, manager, "vol-a", "s2", backupd.BackupOptions{Progress: fn})
+//	// or r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "s2",
+//	//	Source: snapDev, Parent: lastID, Changed: changed})
+//	_, err = r.Restore(ctx, res.ManifestKey, backupd.VolumeDestination{V: dev}, backupd.RestoreOptions{DestZeroed: true})
 //	rep, err := r.Verify(ctx, nil, backupd.VerifyOptions{ReadData: true})
 //	err = r.Delete(ctx, "vol-a", id)
 //	pr, err := r.Prune(ctx, backupd.PruneOptions{KeepLast: 7, KeepWithin: 7 * 24 * time.Hour})
@@ -42,9 +43,6 @@
 // blockdev, and targets only through the plugins interface. It must not
 // import snapshot, the frontends (blockdev/nbd, blockdev/fuse,
 // blockdev/attach) or any target implementation (plugins/fs, plugins/s3);
-// its tests use plugins/fs in-process as a real target. Because blockdev
-// is built on snapshot and internal/layering forbids snapshot anywhere in
-// backupd's dependencies, backupd does not import blockdev either: it
-// reads a Source and writes a Destination, and backupd/volsource adapts
-// blockdev volumes (and Manager.Changed) to them.
+// its tests use plugins/fs in-process as a real target and blockdev's
+// Manager for real volumes.
 package backupd

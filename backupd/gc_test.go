@@ -32,7 +32,7 @@ func TestGCConcurrentBackups(t *testing.T) {
 		tickEvery = time.Second
 	)
 	ctx := t.Context()
-	tg := newFSTarget(t, t.TempDir())
+	tg := NewFSTarget(t, t.TempDir())
 	r := Open(tg, &Options{PackSize: 64 << 10, Uploads: 2, Logger: testLogger(t)})
 	var clockNS atomic.Int64
 	clockNS.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
@@ -43,7 +43,7 @@ func TestGCConcurrentBackups(t *testing.T) {
 	rng := rand.New(rand.NewPCG(31, 32))
 	pool := make([][]byte, poolSize)
 	for i := range pool {
-		pool[i] = randomData(rng, ChunkSize)
+		pool[i] = RandomData(rng, ChunkSize)
 	}
 	type acked struct {
 		key  string
@@ -65,7 +65,7 @@ func TestGCConcurrentBackups(t *testing.T) {
 				for range 1 + vr.IntN(20) {
 					c := vr.IntN(size / ChunkSize)
 					if vr.IntN(4) == 0 {
-						copy(data[c*ChunkSize:], randomData(vr, ChunkSize)) // unique
+						copy(data[c*ChunkSize:], RandomData(vr, ChunkSize)) // unique
 					} else {
 						copy(data[c*ChunkSize:], pool[vr.IntN(poolSize)])
 					}
@@ -171,7 +171,7 @@ func TestGCConcurrentBackups(t *testing.T) {
 			t.Errorf("restore of acknowledged, unpruned backup %s: %v", a.key, err)
 			continue
 		}
-		mustEqual(t, a.key, got, a.data)
+		MustEqual(t, a.key, got, a.data)
 		checked++
 	}
 	if checked != len(live) {
@@ -230,7 +230,7 @@ func TestGCProtocol(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
-			tg := newFSTarget(t, t.TempDir())
+			tg := NewFSTarget(t, t.TempDir())
 			r := Open(tg, &Options{PackSize: 64 << 10, Logger: testLogger(t)})
 			var clockNS atomic.Int64
 			clockNS.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
@@ -243,7 +243,7 @@ func TestGCProtocol(t *testing.T) {
 				}
 				return rep
 			}
-			data := randomData(rand.New(rand.NewPCG(41, 42)), 512<<10)
+			data := RandomData(rand.New(rand.NewPCG(41, 42)), 512<<10)
 			old, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s0", Source: &memSource{data: data}, Now: clock})
 			if err != nil {
 				t.Fatal(err)
@@ -298,7 +298,7 @@ func TestGCProtocol(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Restore after GC swept the old packs: %v", err)
 			}
-			mustEqual(t, "restored", restored, data)
+			MustEqual(t, "restored", restored, data)
 		})
 	}
 }

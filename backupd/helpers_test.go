@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/plugins"
 	"github.com/strata-block/strata/plugins/fs"
 )
@@ -47,13 +48,13 @@ func (s *memSource) Extents(ctx context.Context, off, length int64) ([]Extent, e
 			continue
 		}
 		if hs > pos {
-			out = append(out, Extent{Offset: pos, Length: hs - pos, Kind: ExtentData})
+			out = append(out, Extent{Offset: pos, Length: hs - pos, Kind: blockdev.ExtentData})
 		}
-		out = append(out, Extent{Offset: hs, Length: he - hs, Kind: ExtentHole})
+		out = append(out, Extent{Offset: hs, Length: he - hs, Kind: blockdev.ExtentHole})
 		pos = he
 	}
 	if pos < end {
-		out = append(out, Extent{Offset: pos, Length: end - pos, Kind: ExtentData})
+		out = append(out, Extent{Offset: pos, Length: end - pos, Kind: blockdev.ExtentData})
 	}
 	return out, nil
 }
@@ -77,28 +78,30 @@ func (d *memDest) WriteAt(_ context.Context, p []byte, off int64) (int, error) {
 
 func (d *memDest) Flush(context.Context) error { return nil }
 
-// countingTarget counts the bytes Put through it.
-type countingTarget struct {
+// CountingTarget counts the bytes Put through it (exported for the
+// external tests).
+type CountingTarget struct {
 	plugins.Target
 	mu  sync.Mutex
 	put int64
 }
 
-func (c *countingTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+func (c *CountingTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
 	c.mu.Lock()
 	c.put += size
 	c.mu.Unlock()
 	return c.Target.Put(ctx, key, r, size)
 }
 
-func (c *countingTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+func (c *CountingTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
 	c.mu.Lock()
 	c.put += size
 	c.mu.Unlock()
 	return c.Target.PutIfAbsent(ctx, key, r, size)
 }
 
-func (c *countingTarget) reset() int64 {
+// Take returns the bytes Put since the last Take.
+func (c *CountingTarget) Take() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := c.put
@@ -106,14 +109,15 @@ func (c *countingTarget) reset() int64 {
 	return n
 }
 
-func newFSTarget(t testing.TB, dir string) *countingTarget {
+// NewFSTarget opens a plugins/fs target on dir, closed at cleanup.
+func NewFSTarget(t testing.TB, dir string) *CountingTarget {
 	t.Helper()
 	tg, err := fs.New(dir)
 	if err != nil {
 		t.Fatalf("fs.New(%s): %v", dir, err)
 	}
 	t.Cleanup(func() { _ = tg.Close() })
-	return &countingTarget{Target: tg}
+	return &CountingTarget{Target: tg}
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -136,8 +140,8 @@ func testKey(t testing.TB) *Key {
 	return k
 }
 
-// randomData fills n bytes with incompressible data.
-func randomData(r *rand.Rand, n int) []byte {
+// RandomData fills n bytes with incompressible data.
+func RandomData(r *rand.Rand, n int) []byte {
 	b := make([]byte, n)
 	for i := 0; i+8 <= n; i += 8 {
 		v := r.Uint64()
@@ -156,7 +160,8 @@ func restoreAll(t testing.TB, r *Repository, key string, size int64, opts Restor
 	return d.data, res, err
 }
 
-func mustEqual(t testing.TB, what string, got, want []byte) {
+// MustEqual fails t if got differs from want, naming the first byte.
+func MustEqual(t testing.TB, what string, got, want []byte) {
 	t.Helper()
 	if !bytes.Equal(got, want) {
 		i := 0

@@ -18,7 +18,7 @@ import (
 	"github.com/strata-block/strata/plugins"
 )
 
-// Destination is what Restore writes: a volume (volsource.Destination
+// Destination is what Restore writes: a volume (VolumeDestination
 // adapts a blockdev.Volume) or a file (FileDestination). Flush makes the
 // writes before it durable.
 type Destination interface {

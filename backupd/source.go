@@ -2,49 +2,19 @@ package backupd
 
 import (
 	"context"
-	"fmt"
 	"time"
+
+	"github.com/strata-block/strata/blockdev"
 )
 
-// ExtentKind says what an Extent of a Source holds. Its values are those
-// of blockdev.ExtentKind (and snapshot.ExtentKind); backupd/volsource
-// converts.
-type ExtentKind uint8
-
-// Extent kinds.
-const (
-	// ExtentData is written data (which may happen to be zeros): read it.
-	ExtentData ExtentKind = iota
-	// ExtentZero reads as zeros (written as zeros).
-	ExtentZero
-	// ExtentHole reads as zeros (never written, or trimmed).
-	ExtentHole
-)
-
-// String names the kind.
-func (k ExtentKind) String() string {
-	switch k {
-	case ExtentData:
-		return "data"
-	case ExtentZero:
-		return "zero"
-	case ExtentHole:
-		return "hole"
-	}
-	return fmt.Sprintf("ExtentKind(%d)", k)
-}
-
-// Extent is a byte range of a Source with one kind.
-type Extent struct {
-	Offset int64
-	Length int64
-	Kind   ExtentKind
-}
+// Extent is a byte range of a Source with one kind (blockdev.ExtentData,
+// ExtentZero or ExtentHole).
+type Extent = blockdev.Extent
 
 // Source is what a backup reads: one snapshot of a volume. It is the part
-// of blockdev.Volume the engine needs, with backupd's own Extent type so
-// that backupd does not depend on blockdev (and through it on snapshot);
-// volsource.New adapts a blockdev.Volume.
+// of blockdev.Volume the engine needs, so a snapshot device from
+// blockdev.Manager.Open(ctx, "vol@snap") is a Source; tests use in-memory
+// ones.
 //
 // ReadAt reads like io.ReaderAt. Extents describes [off, off+length); a
 // range it does not cover is read as data. Both may be called concurrently.

@@ -1,4 +1,4 @@
-package volsource_test
+package backupd_test
 
 import (
 	"bufio"
@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/strata-block/strata/backupd"
-	"github.com/strata-block/strata/backupd/volsource"
 )
 
 // The crash tests re-execute this test binary as TestCrashChild, which
@@ -36,7 +35,7 @@ func TestCrashChild(t *testing.T) {
 	}
 	ctx := context.Background()
 	m := openManager(t, os.Getenv(crashEnvStore))
-	tg := newTarget(t, os.Getenv(crashEnvTarget))
+	tg := backupd.NewFSTarget(t, os.Getenv(crashEnvTarget))
 	r := backupd.Open(tg, &backupd.Options{PackSize: crashPackSize})
 	progress := func(p backupd.Progress) {
 		// One write(2) per line, so the parent counts whole events.
@@ -45,9 +44,9 @@ func TestCrashChild(t *testing.T) {
 	var err error
 	switch mode {
 	case "backup":
-		_, err = r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: volsource.New(device(t, m, "vol-a@s1")), Progress: progress})
+		_, err = r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: device(t, m, "vol-a@s1"), Progress: progress})
 	case "restore":
-		_, err = r.Restore(ctx, os.Getenv(crashEnvKey), volsource.Destination{V: device(t, m, "dst")},
+		_, err = r.Restore(ctx, os.Getenv(crashEnvKey), backupd.VolumeDestination{V: device(t, m, "dst")},
 			backupd.RestoreOptions{DestZeroed: true, StatePath: os.Getenv(crashEnvState), Progress: progress})
 	}
 	if err != nil {
@@ -112,7 +111,7 @@ func makeVolume(t *testing.T, store string, size int64) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := randomData(rand.New(rand.NewPCG(51, 52)), int(size))
+	data := backupd.RandomData(rand.New(rand.NewPCG(51, 52)), int(size))
 	write(t, v, data, 0)
 	rel()
 	snapshot(t, m, "vol-a", "s1")
@@ -132,7 +131,7 @@ func TestCrashBackup(t *testing.T) {
 	data := makeVolume(t, store, size)
 	runAndKill(t, []string{crashEnvMode + "=backup", crashEnvStore + "=" + store, crashEnvTarget + "=" + tdir}, 12)
 
-	tg := newTarget(t, tdir)
+	tg := backupd.NewFSTarget(t, tdir)
 	for o, err := range tg.List(t.Context(), "backups/", "") {
 		if err != nil {
 			t.Fatal(err)
@@ -151,7 +150,7 @@ func TestCrashBackup(t *testing.T) {
 	}
 	m := openManager(t, store)
 	r := backupd.Open(tg, &backupd.Options{PackSize: crashPackSize})
-	res, err := r.Backup(t.Context(), backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: volsource.New(device(t, m, "vol-a@s1"))})
+	res, err := r.Backup(t.Context(), backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: device(t, m, "vol-a@s1")})
 	if err != nil {
 		t.Fatalf("rerun: %v", err)
 	}
@@ -159,7 +158,7 @@ func TestCrashBackup(t *testing.T) {
 	if res.ChunksDedup == 0 || res.BytesUploaded >= size {
 		t.Errorf("rerun uploaded %d bytes and reused %d chunks: the killed run's chunks were not reused", res.BytesUploaded, res.ChunksDedup)
 	}
-	equal(t, "restored after the rerun", restoreInto(t, m, r, res.ManifestKey, "restored", size), data)
+	backupd.MustEqual(t, "restored after the rerun", restoreInto(t, m, r, res.ManifestKey, "restored", size), data)
 }
 
 // TestCrashRestore kills a restore mid-way; a rerun completes bit-exact,
@@ -173,9 +172,9 @@ func TestCrashRestore(t *testing.T) {
 			store, tdir := t.TempDir(), t.TempDir()
 			data := makeVolume(t, store, size)
 			m := openManager(t, store)
-			tg := newTarget(t, tdir)
+			tg := backupd.NewFSTarget(t, tdir)
 			r := backupd.Open(tg, &backupd.Options{PackSize: crashPackSize})
-			res, err := r.Backup(t.Context(), backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: volsource.New(device(t, m, "vol-a@s1"))})
+			res, err := r.Backup(t.Context(), backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: device(t, m, "vol-a@s1")})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -194,7 +193,7 @@ func TestCrashRestore(t *testing.T) {
 
 			m = openManager(t, store)
 			v := device(t, m, "dst")
-			rr, err := r.Restore(t.Context(), res.ManifestKey, volsource.Destination{V: v}, backupd.RestoreOptions{DestZeroed: true, StatePath: state})
+			rr, err := r.Restore(t.Context(), res.ManifestKey, backupd.VolumeDestination{V: v}, backupd.RestoreOptions{DestZeroed: true, StatePath: state})
 			if err != nil {
 				t.Fatalf("rerun of the restore: %v", err)
 			}
@@ -202,7 +201,7 @@ func TestCrashRestore(t *testing.T) {
 				t.Errorf("rerun resumed no page from the state file")
 			}
 			t.Logf("rerun resumed %d map pages, wrote %d bytes", rr.Resumed, rr.BytesWritten)
-			equal(t, "volume restored after the kill", readAll(t, v), data)
+			backupd.MustEqual(t, "volume restored after the kill", readAll(t, v), data)
 			if withState {
 				if _, err := os.Stat(state); !os.IsNotExist(err) {
 					t.Errorf("state file left after a successful restore: %v", err)

@@ -1,62 +1,17 @@
-package volsource_test
+package backupd_test
 
 import (
 	"bytes"
 	"context"
 	"io"
 	"math/rand/v2"
-	"sync"
 	"testing"
 
 	"github.com/strata-block/strata/backupd"
-	"github.com/strata-block/strata/backupd/volsource"
 	"github.com/strata-block/strata/blockdev"
-	"github.com/strata-block/strata/plugins"
-	"github.com/strata-block/strata/plugins/fs"
 )
 
 const mib = 1 << 20
-
-// countingTarget counts the bytes Put through it.
-type countingTarget struct {
-	plugins.Target
-	mu  sync.Mutex
-	put int64
-}
-
-func (c *countingTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	c.add(size)
-	return c.Target.Put(ctx, key, r, size)
-}
-
-func (c *countingTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
-	c.add(size)
-	return c.Target.PutIfAbsent(ctx, key, r, size)
-}
-
-func (c *countingTarget) add(n int64) {
-	c.mu.Lock()
-	c.put += n
-	c.mu.Unlock()
-}
-
-func (c *countingTarget) take() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := c.put
-	c.put = 0
-	return n
-}
-
-func newTarget(t testing.TB, dir string) *countingTarget {
-	t.Helper()
-	tg, err := fs.New(dir)
-	if err != nil {
-		t.Fatalf("fs.New: %v", err)
-	}
-	t.Cleanup(func() { _ = tg.Close() })
-	return &countingTarget{Target: tg}
-}
 
 func openManager(t testing.TB, dir string) *blockdev.Manager {
 	t.Helper()
@@ -105,17 +60,6 @@ func readAll(t testing.TB, v blockdev.Volume) []byte {
 	return b
 }
 
-func randomData(r *rand.Rand, n int) []byte {
-	b := make([]byte, n)
-	for i := 0; i+8 <= n; i += 8 {
-		v := r.Uint64()
-		for j := range 8 {
-			b[i+j] = byte(v >> (8 * j))
-		}
-	}
-	return b
-}
-
 // restoreInto restores key into a new volume and returns its content.
 func restoreInto(t testing.TB, m *blockdev.Manager, r *backupd.Repository, key, vol string, size int64) []byte {
 	t.Helper()
@@ -123,21 +67,10 @@ func restoreInto(t testing.TB, m *blockdev.Manager, r *backupd.Repository, key, 
 		t.Fatalf("Create %s: %v", vol, err)
 	}
 	v := device(t, m, vol)
-	if _, err := r.Restore(context.Background(), key, volsource.Destination{V: v}, backupd.RestoreOptions{DestZeroed: true}); err != nil {
+	if _, err := r.Restore(context.Background(), key, backupd.VolumeDestination{V: v}, backupd.RestoreOptions{DestZeroed: true}); err != nil {
 		t.Fatalf("Restore %s into %s: %v", key, vol, err)
 	}
 	return readAll(t, v)
-}
-
-func equal(t testing.TB, what string, got, want []byte) {
-	t.Helper()
-	if !bytes.Equal(got, want) {
-		i := 0
-		for i < len(got) && i < len(want) && got[i] == want[i] {
-			i++
-		}
-		t.Fatalf("%s: differs at byte %d", what, i)
-	}
 }
 
 // TestRoundTripVolumes backs up real volumes (random, sparse, all-zero,
@@ -155,15 +88,15 @@ func TestRoundTripVolumes(t *testing.T) {
 		key   *backupd.Key
 		trims bool
 	}{
-		{name: "random", size: 32 * mib, fill: func(r *rand.Rand, v blockdev.Volume) { write(t, v, randomData(r, 32*mib), 0) }},
-		{name: "random-encrypted", size: 16 * mib, key: key, fill: func(r *rand.Rand, v blockdev.Volume) { write(t, v, randomData(r, 16*mib), 0) }},
+		{name: "random", size: 32 * mib, fill: func(r *rand.Rand, v blockdev.Volume) { write(t, v, backupd.RandomData(r, 32*mib), 0) }},
+		{name: "random-encrypted", size: 16 * mib, key: key, fill: func(r *rand.Rand, v blockdev.Volume) { write(t, v, backupd.RandomData(r, 16*mib), 0) }},
 		{name: "sparse", size: 64 * mib, fill: func(r *rand.Rand, v blockdev.Volume) {
 			for off := int64(0); off < 64*mib; off += 5 * mib {
-				write(t, v, randomData(r, 12288), off+4096)
+				write(t, v, backupd.RandomData(r, 12288), off+4096)
 			}
 		}},
 		{name: "sparse-trimmed", size: 16 * mib, fill: func(r *rand.Rand, v blockdev.Volume) {
-			write(t, v, randomData(r, 16*mib), 0)
+			write(t, v, backupd.RandomData(r, 16*mib), 0)
 			if err := v.Trim(context.Background(), 3*mib, 5*mib, 0); err != nil {
 				t.Fatal(err)
 			}
@@ -177,7 +110,7 @@ func TestRoundTripVolumes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			m := openManager(t, t.TempDir())
-			tg := newTarget(t, t.TempDir())
+			tg := backupd.NewFSTarget(t, t.TempDir())
 			r := backupd.Open(tg, &backupd.Options{Key: tc.key})
 			if _, err := m.Create(t.Context(), "vol-a", tc.size); err != nil {
 				t.Fatal(err)
@@ -185,7 +118,7 @@ func TestRoundTripVolumes(t *testing.T) {
 			tc.fill(rand.New(rand.NewPCG(5, uint64(tc.size))), device(t, m, "vol-a"))
 			snapshot(t, m, "vol-a", "s1")
 			snap := device(t, m, "vol-a@s1")
-			res, err := r.Backup(t.Context(), backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: volsource.New(snap)})
+			res, err := r.Backup(t.Context(), backupd.BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: snap})
 			if err != nil {
 				t.Fatalf("Backup: %v", err)
 			}
@@ -193,7 +126,7 @@ func TestRoundTripVolumes(t *testing.T) {
 			if tc.name != "random" && tc.name != "random-encrypted" && res.BytesScanned >= tc.size {
 				t.Errorf("scanned %d bytes of a %d-byte sparse volume: holes were read", res.BytesScanned, tc.size)
 			}
-			equal(t, "restored volume", restoreInto(t, m, r, res.ManifestKey, "restored", tc.size), want)
+			backupd.MustEqual(t, "restored volume", restoreInto(t, m, r, res.ManifestKey, "restored", tc.size), want)
 		})
 	}
 }
@@ -207,7 +140,7 @@ func TestIncrementalAmplification(t *testing.T) {
 	const size = 256 * mib
 	ctx := t.Context()
 	m := openManager(t, t.TempDir())
-	tg := newTarget(t, t.TempDir())
+	tg := backupd.NewFSTarget(t, t.TempDir())
 	r := backupd.Open(tg, nil)
 	rng := rand.New(rand.NewPCG(11, 12))
 	if _, err := m.Create(ctx, "vol-a", size); err != nil {
@@ -215,14 +148,14 @@ func TestIncrementalAmplification(t *testing.T) {
 	}
 	v := device(t, m, "vol-a")
 	for off := int64(0); off < size; off += 16 * mib {
-		write(t, v, randomData(rng, 16*mib), off)
+		write(t, v, backupd.RandomData(rng, 16*mib), off)
 	}
 	snapshot(t, m, "vol-a", "s0")
-	full, err := r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "s0", Source: volsource.New(device(t, m, "vol-a@s0"))})
+	full, err := r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "s0", Source: device(t, m, "vol-a@s0")})
 	if err != nil {
 		t.Fatalf("full backup: %v", err)
 	}
-	t.Logf("full: %d bytes uploaded for %d bytes (%.3fx)", tg.take(), int64(size), float64(full.BytesUploaded)/size)
+	t.Logf("full: %d bytes uploaded for %d bytes (%.3fx)", tg.Take(), int64(size), float64(full.BytesUploaded)/size)
 
 	type step struct {
 		name    string
@@ -231,7 +164,7 @@ func TestIncrementalAmplification(t *testing.T) {
 	}
 	steps := []step{
 		{name: "contiguous-10MiB", maxAmpl: 1.5, mutate: func() int64 {
-			write(t, v, randomData(rng, 10*mib), 37*mib+4096)
+			write(t, v, backupd.RandomData(rng, 10*mib), 37*mib+4096)
 			return 10 * mib
 		}},
 		{name: "scattered-1pct-4KiB", maxAmpl: 4, mutate: func() int64 {
@@ -244,7 +177,7 @@ func TestIncrementalAmplification(t *testing.T) {
 					continue
 				}
 				seen[b] = true
-				write(t, v, randomData(rng, 4096), b*4096)
+				write(t, v, backupd.RandomData(rng, 4096), b*4096)
 			}
 			return n * 4096
 		}},
@@ -254,17 +187,17 @@ func TestIncrementalAmplification(t *testing.T) {
 		changed := st.mutate()
 		snap := "s" + string(rune('1'+i))
 		snapshot(t, m, "vol-a", snap)
-		ext, err := volsource.Changed(ctx, m, "vol-a", prevSnap, snap)
+		ext, err := m.Changed(ctx, "vol-a", prevSnap, snap)
 		if err != nil {
 			t.Fatal(err)
 		}
 		sv := device(t, m, "vol-a@"+snap)
-		tg.take()
-		res, err := r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: snap, Source: volsource.New(sv), Parent: parent.ID, Changed: ext})
+		tg.Take()
+		res, err := r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: snap, Source: sv, Parent: parent.ID, Changed: ext})
 		if err != nil {
 			t.Fatalf("%s: incremental backup: %v", st.name, err)
 		}
-		put := tg.take()
+		put := tg.Take()
 		ampl := float64(put) / float64(changed)
 		t.Logf("%s: changed %d bytes, uploaded %d (manifest stats %d; %d new chunks, %d pages), scanned %d: amplification %.3fx (limit %.1fx)",
 			st.name, changed, put, res.BytesUploaded, res.ChunksNew, res.Stats.PagesUploaded, res.BytesScanned, ampl, st.maxAmpl)
@@ -277,11 +210,11 @@ func TestIncrementalAmplification(t *testing.T) {
 		if res.BytesScanned > 2*changed {
 			t.Errorf("%s: scanned %d bytes for %d changed: unchanged data was read", st.name, res.BytesScanned, changed)
 		}
-		equal(t, st.name+": restored volume", restoreInto(t, m, r, res.ManifestKey, "restored-"+snap, size), readAll(t, sv))
+		backupd.MustEqual(t, st.name+": restored volume", restoreInto(t, m, r, res.ManifestKey, "restored-"+snap, size), readAll(t, sv))
 		parent, prevSnap = res, snap
 	}
 	// The full backup still restores after the incrementals.
-	equal(t, "full backup restored", restoreInto(t, m, r, full.ManifestKey, "restored-s0", size), readAll(t, device(t, m, "vol-a@s0")))
+	backupd.MustEqual(t, "full backup restored", restoreInto(t, m, r, full.ManifestKey, "restored-s0", size), readAll(t, device(t, m, "vol-a@s0")))
 }
 
 // TestBackupSnapshot checks the choice of parent: full the first time,
@@ -292,13 +225,13 @@ func TestBackupSnapshot(t *testing.T) {
 	ctx := t.Context()
 	const size = 16 * mib
 	m := openManager(t, t.TempDir())
-	r := backupd.Open(newTarget(t, t.TempDir()), nil)
+	r := backupd.Open(backupd.NewFSTarget(t, t.TempDir()), nil)
 	rng := rand.New(rand.NewPCG(71, 72))
 	if _, err := m.Create(ctx, "vol-a", size); err != nil {
 		t.Fatal(err)
 	}
 	v := device(t, m, "vol-a")
-	write(t, v, randomData(rng, size), 0)
+	write(t, v, backupd.RandomData(rng, size), 0)
 	tests := []struct {
 		snap       string
 		deleteSnap string // before the backup
@@ -309,14 +242,14 @@ func TestBackupSnapshot(t *testing.T) {
 		{snap: "s3", deleteSnap: "s2"},
 	}
 	for _, tc := range tests {
-		write(t, v, randomData(rng, 64<<10), rng.Int64N(size/4096-16)*4096)
+		write(t, v, backupd.RandomData(rng, 64<<10), rng.Int64N(size/4096-16)*4096)
 		snapshot(t, m, "vol-a", tc.snap)
 		if tc.deleteSnap != "" {
 			if err := m.DeleteSnapshot(ctx, "vol-a", tc.deleteSnap); err != nil {
 				t.Fatal(err)
 			}
 		}
-		res, err := volsource.BackupSnapshot(ctx, r, m, "vol-a", tc.snap, backupd.BackupOptions{})
+		res, err := r.BackupVolume(ctx, m, "vol-a", tc.snap, backupd.BackupOptions{})
 		if err != nil {
 			t.Fatalf("%s: %v", tc.snap, err)
 		}
@@ -327,6 +260,6 @@ func TestBackupSnapshot(t *testing.T) {
 			t.Errorf("%s: incremental scanned %d bytes", tc.snap, res.BytesScanned)
 		}
 		sv := device(t, m, "vol-a@"+tc.snap)
-		equal(t, tc.snap+" restored", restoreInto(t, m, r, res.ManifestKey, "r-"+tc.snap, size), readAll(t, sv))
+		backupd.MustEqual(t, tc.snap+" restored", restoreInto(t, m, r, res.ManifestKey, "r-"+tc.snap, size), readAll(t, sv))
 	}
 }
