@@ -340,26 +340,34 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 	return m, nil
 }
 
+// bitset is a set of chunk numbers (1 bit per chunk: 16 MiB for 1 TiB).
+type bitset []uint64
+
+func (b bitset) set(i int64)      { b[i>>6] |= 1 << (i & 63) }
+func (b bitset) has(i int64) bool { return b[i>>6]&(1<<(i&63)) != 0 }
+
 // dirtyMap returns which chunks must be read: all for a full backup; for
 // an incremental the chunks Changed touches and those the parent does not
 // cover with the same length.
-func (b *backupRun) dirtyMap(nChunks int64) []bool {
-	d := make([]bool, nChunks)
+func (b *backupRun) dirtyMap(nChunks int64) bitset {
+	d := make(bitset, (nChunks+63)/64)
 	if b.parent == nil {
 		for i := range d {
-			d[i] = true
+			d[i] = ^uint64(0)
 		}
 		return d
 	}
 	for _, e := range b.opts.Changed {
 		end := min(e.Offset+e.Length, b.size)
 		for c := e.Offset / ChunkSize; c*ChunkSize < end; c++ {
-			d[c] = true
+			d.set(c)
 		}
 	}
-	for c := range nChunks {
-		if end := (c + 1) * ChunkSize; !(b.parent.Size == b.size || (end <= b.parent.Size && end <= b.size)) {
-			d[c] = true
+	if b.parent.Size != b.size {
+		for c := range nChunks {
+			if end := (c + 1) * ChunkSize; end > b.parent.Size || end > b.size {
+				d.set(c)
+			}
 		}
 	}
 	return d
@@ -367,10 +375,10 @@ func (b *backupRun) dirtyMap(nChunks int64) []bool {
 
 // readPage fills j.dirty and reads the dirty chunks of page j: the parent's
 // entries are reused where the chunk did not change and is still live.
-func (b *backupRun) readPage(ctx context.Context, j *pageJob, dirty []bool) error {
+func (b *backupRun) readPage(ctx context.Context, j *pageJob, dirty bitset) error {
 	j.dirty = make([]bool, j.n)
 	for c := range j.n {
-		d := dirty[j.first+int64(c)]
+		d := dirty.has(j.first + int64(c))
 		if !d && j.prev.IDs == nil {
 			d = true
 		}

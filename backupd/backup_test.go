@@ -143,3 +143,43 @@ func TestProgress(t *testing.T) {
 		t.Errorf("restore: last event %+v", last)
 	}
 }
+
+// TestIncrementalResize takes incrementals across size changes (grow to a
+// size that is not a multiple of the chunk size, then shrink): chunks
+// past the parent's end are read even though no extent reports them.
+func TestIncrementalResize(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(91, 92))
+	r := Open(NewFSTarget(t, t.TempDir()), nil)
+	data := RandomData(rng, 4<<20)
+	parent, err := r.Backup(t.Context(), BackupOptions{Volume: "v", Snapshot: "s0", Source: &memSource{data: data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, size := range []int{6<<20 + 4096, 6<<20 + 8192, 3<<20 + 4096, 3 << 20} {
+		grown := make([]byte, size)
+		copy(grown, data)
+		if size > len(data) {
+			copy(grown[len(data):], RandomData(rng, size-len(data)))
+		}
+		copy(grown[4096:], RandomData(rng, 4096))
+		res, err := r.Backup(t.Context(), BackupOptions{Volume: "v", Snapshot: "s" + string(rune('1'+i)), Source: &memSource{data: grown},
+			Parent: parent.ID, Changed: []Extent{{Offset: 4096, Length: 4096}}})
+		if err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		got, _, err := restoreAll(t, r, res.ManifestKey, int64(size), RestoreOptions{})
+		if err != nil {
+			t.Fatalf("size %d: restore: %v", size, err)
+		}
+		MustEqual(t, "resized volume", got, grown)
+		full, err := r.Backup(t.Context(), BackupOptions{Volume: "v", Snapshot: "full", Source: &memSource{data: grown}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if full.Digest != res.Digest {
+			t.Errorf("size %d: incremental digest %s, full %s", size, res.Digest, full.Digest)
+		}
+		data, parent = grown, res
+	}
+}
