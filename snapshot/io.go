@@ -173,19 +173,13 @@ func (v *Volume) writePartial(p []byte, off int64) error {
 }
 
 // commitData records that the head now holds the whole blocks in p at the
-// block-aligned offset off (at most maxCommit blocks).
+// block-aligned offset off (at most maxCommit blocks). Their checksums are
+// computed when they are flushed.
 func (v *Volume) commitData(p []byte, off int64) {
-	var sums [maxCommit]uint64
 	n := uint64(len(p)) / BlockSize
-	for i := range n {
-		sums[i] = blockSum(p[i*BlockSize : (i+1)*BlockSize])
-	}
 	start := uint64(off) >> blockShift
 	v.ci.mu.Lock()
 	v.setHead(start, n, kindData)
-	for i := range n {
-		v.sums[start+i] = sums[i]
-	}
 	v.ci.mu.Unlock()
 }
 
@@ -199,12 +193,20 @@ func (v *Volume) setHead(start, n uint64, kind uint32) {
 		v.head.m.set(start, n, kind)
 		v.head.mu.Unlock()
 	}
-	if !v.dirty.covers(start, end, kind) {
-		if v.dirty.len() == 0 {
-			v.dirtySince = time.Now().UnixNano()
-		}
-		v.dirty.set(start, n, kind)
+	v.markDirty(start, n, kind)
+}
+
+// markDirty adds [start, start+n) with kind to the dirty set. Callers hold
+// ci.mu exclusively.
+func (v *Volume) markDirty(start, n uint64, kind uint32) {
+	if v.dirty.covers(start, start+n, kind) {
+		return
 	}
+	if v.dirty.len() == 0 {
+		v.dirtySince = time.Now().UnixNano()
+	}
+	v.dirty.set(start, n, kind)
+	v.dirtyBlocks += n
 }
 
 // Zero makes [off, off+length) read as zeros and report as allocated
@@ -288,28 +290,30 @@ func (v *Volume) flushLocked() error {
 		return *f
 	}
 	v.ci.mu.Lock()
-	d, sums := v.dirty, v.sums
+	d := v.dirty
 	if d.len() == 0 {
 		v.ci.mu.Unlock()
 		return nil
 	}
-	v.dirty, v.sums = newExtMap(), make(map[uint64]uint64, len(sums))
+	v.dirty, v.dirtyBlocks = newExtMap(), 0
 	v.ci.mu.Unlock()
 
 	h := v.head
-	err := h.syncData()
+	// Checksum what the dirty data blocks hold now. A write racing this
+	// flush puts its blocks in the next dirty set, whose flush logs their
+	// new checksums; a crash in between is repaired by recoverHead, which
+	// rehashes the head. Under Snapshot (I/O held) the sums are exact.
+	v.enc.reset()
+	err := v.encodeDirty(d)
+	if err == nil {
+		err = h.syncData()
+	}
 	if err == nil && !h.dirSynced {
 		if err = syncDir(v.s.layerDir); err == nil {
 			h.dirSynced = true
 		}
 	}
 	if err == nil {
-		v.enc.reset()
-		sum := func(b uint64) uint64 { return sums[b] }
-		d.each(func(r run) bool {
-			v.enc.extent(r.start, r.n, r.val, sum)
-			return true
-		})
 		err = h.appendLog(v.enc.bytes())
 	}
 	if err == nil {
@@ -328,10 +332,49 @@ func (v *Volume) flushLocked() error {
 	return nil
 }
 
+// encodeDirty encodes the records of dirty set d into v.enc, reading and
+// checksumming its data blocks under the stripes' shared locks (so no
+// block is read half overwritten). Callers hold flushMu.
+func (v *Volume) encodeDirty(d *extMap) error {
+	if v.readBuf == nil {
+		v.readBuf = make([]byte, maxCommit*BlockSize)
+	}
+	var sums [maxCommit]uint64
+	var err error
+	d.each(func(r run) bool {
+		if r.val != kindData {
+			v.enc.extent(r.start, r.n, r.val, nil)
+			return true
+		}
+		for b := r.start; b < r.end(); {
+			n := min(r.end()-b, maxCommit)
+			p := v.readBuf[:n*BlockSize]
+			mask := v.stripeMask(b, b+n)
+			for m := mask; m != 0; m &= m - 1 {
+				v.stripes[bits.TrailingZeros64(m)].RLock()
+			}
+			err = v.head.readAt(p, int64(b)<<blockShift)
+			for m := mask; m != 0; m &= m - 1 {
+				v.stripes[bits.TrailingZeros64(m)].RUnlock()
+			}
+			if err != nil {
+				return false
+			}
+			for i := range n {
+				sums[i] = blockSum(p[i*BlockSize : (i+1)*BlockSize])
+			}
+			v.enc.extent(b, n, kindData, func(x uint64) uint64 { return sums[x-b] })
+			b += n
+		}
+		return true
+	})
+	return err
+}
+
 // maybeFlush starts a background flush when the dirty set is large.
 func (v *Volume) maybeFlush() {
 	v.ci.mu.RLock()
-	n, since := len(v.sums), v.dirtySince
+	n, since := v.dirtyBlocks, v.dirtySince
 	v.ci.mu.RUnlock()
 	big := n >= dirtyMaxBlocks || (n >= dirtyMinBlocks && time.Now().UnixNano()-since > int64(dirtyExpire))
 	if big && v.bgFlush.CompareAndSwap(false, true) {

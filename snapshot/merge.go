@@ -145,6 +145,9 @@ func (v *Volume) mergePiece(lower *layer, lowerSlot uint32, upper *layer, upperI
 			if err := upper.writeAt(p, int64(g.start)<<blockShift); err != nil {
 				return err
 			}
+			if upperIsHead {
+				continue // the head's flush checksums them
+			}
 			for i := uint64(0); i < g.n; i++ {
 				*sums = append(*sums, blockSum(p[i*BlockSize:(i+1)*BlockSize]))
 			}
@@ -169,20 +172,14 @@ func (v *Volume) mergePiece(lower *layer, lowerSlot uint32, upper *layer, upperI
 		for _, r := range *repoint {
 			v.ci.idx.set(r.start, r.n, slotVal(upperSlot, r.val&3))
 		}
-		if upperIsHead {
-			v.dirty.set(g.start, g.n, kind)
-		}
-		if kind == kindData {
+		switch {
+		case upperIsHead:
+			v.markDirty(g.start, g.n, kind)
+		case kind == kindData:
 			gs := (*sums)[si : si+int(g.n)]
 			si += int(g.n)
-			if upperIsHead {
-				for i, s := range gs {
-					v.sums[g.start+uint64(i)] = s
-				}
-			} else {
-				pending.extent(g.start, g.n, kindData, func(b uint64) uint64 { return gs[b-g.start] })
-			}
-		} else if !upperIsHead {
+			pending.extent(g.start, g.n, kindData, func(b uint64) uint64 { return gs[b-g.start] })
+		default:
 			pending.extent(g.start, g.n, kind, nil)
 		}
 	}

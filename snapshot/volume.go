@@ -40,10 +40,13 @@ type Volume struct {
 
 	ci chainIndex // ci.mu also guards dirty and sums
 
-	// dirty holds the head blocks written since the last flush (by kind),
-	// sums the checksums of the dirty data blocks.
-	dirty *extMap
-	sums  map[uint64]uint64
+	// dirty holds the head blocks written since the last flush (by kind);
+	// dirtyBlocks counts the blocks marked in it (an over-estimate when
+	// writes overlap partly: it only decides when to flush). Checksums of
+	// dirty data blocks are computed when they are flushed, not on every
+	// write.
+	dirty       *extMap
+	dirtyBlocks uint64
 	// dirtySince is when the dirty set last became non-empty (UnixNano;
 	// guarded by ci.mu).
 	dirtySince int64
@@ -52,17 +55,18 @@ type Volume struct {
 	flushMu sync.Mutex
 	bgFlush atomic.Bool
 	enc     *logEncoder // guarded by flushMu
+	readBuf []byte      // guarded by flushMu
 }
 
-// Background flushes bound the dirty set (its memory is about 40 bytes
-// per dirty block) without forcing writes to disk speed: like the kernel's
+// Background flushes bound the dirty set (an extent map: small unless the
+// writes are scattered) without forcing writes to disk speed: like the kernel's
 // own writeback, dirty data may stay in the page cache for dirtyExpire
 // before the store syncs it, unless more than dirtyMaxBlocks (4 GiB) are
 // dirty. Durability is unchanged: a write is durable after a Flush or FUA,
 // never later than that. Small dirty sets are left to the next Flush.
 const (
 	dirtyMinBlocks = 1 << 16 // 256 MiB
-	dirtyMaxBlocks = 1 << 20 // 4 GiB, about 40 MiB of dirty tracking
+	dirtyMaxBlocks = 1 << 20 // 4 GiB
 	dirtyExpire    = 30 * time.Second
 )
 
@@ -84,7 +88,7 @@ func (v *Volume) load(m *volumeMeta) error {
 	v.head = v.chain[len(v.chain)-1]
 	v.hslot = uint32(len(v.chain) - 1)
 	v.ci.build(v.chain)
-	v.dirty, v.sums = newExtMap(), make(map[uint64]uint64)
+	v.dirty, v.dirtyBlocks = newExtMap(), 0
 	if !clean {
 		if err := v.recoverHead(); err != nil {
 			v.releaseChain()
@@ -333,7 +337,7 @@ func (v *Volume) Revert(ctx context.Context, name string) error {
 	v.ci.mu.Lock()
 	v.ci.build(v.chain)
 	v.hslot = uint32(len(v.chain) - 1)
-	v.dirty, v.sums = newExtMap(), make(map[uint64]uint64)
+	v.dirty, v.dirtyBlocks = newExtMap(), 0
 	v.ci.mu.Unlock()
 	for _, l := range dropped {
 		v.s.release(l)
