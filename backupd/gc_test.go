@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -300,5 +301,80 @@ func TestGCProtocol(t *testing.T) {
 			}
 			MustEqual(t, "restored", restored, data)
 		})
+	}
+}
+
+// TestPrune checks retention per volume with keep-last and keep-within,
+// dry runs, Delete of a missing backup and Latest.
+func TestPrune(t *testing.T) {
+	t.Parallel()
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		opts     PruneOptions
+		wantKept map[string]int // per volume: number of newest kept
+		wantErr  error
+	}{
+		{name: "keep-last-2", opts: PruneOptions{KeepLast: 2}, wantKept: map[string]int{"vol-a": 2, "vol-b": 2}},
+		{name: "keep-within-2.5d", opts: PruneOptions{KeepWithin: 60 * time.Hour}, wantKept: map[string]int{"vol-a": 3, "vol-b": 3}},
+		{name: "both", opts: PruneOptions{KeepLast: 4, KeepWithin: 24 * time.Hour}, wantKept: map[string]int{"vol-a": 4, "vol-b": 4}},
+		{name: "one-volume", opts: PruneOptions{Volume: "vol-b", KeepLast: 1}, wantKept: map[string]int{"vol-a": 5, "vol-b": 1}},
+		{name: "dry-run", opts: PruneOptions{KeepLast: 1, DryRun: true}, wantKept: map[string]int{"vol-a": 5, "vol-b": 5}},
+		{name: "keeps-nothing", opts: PruneOptions{}, wantErr: ErrInvalid},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			r := Open(NewFSTarget(t, t.TempDir()), nil)
+			data := RandomData(rand.New(rand.NewPCG(121, 122)), 64<<10)
+			ids := map[string][]string{}
+			for _, vol := range []string{"vol-a", "vol-b"} {
+				for day := range 5 {
+					now := base.Add(time.Duration(day) * 24 * time.Hour)
+					res, err := r.Backup(ctx, BackupOptions{Volume: vol, Snapshot: "s", Source: &memSource{data: data}, Now: func() time.Time { return now }})
+					if err != nil {
+						t.Fatal(err)
+					}
+					ids[vol] = append(ids[vol], res.ID)
+				}
+			}
+			now := base.Add(4*24*time.Hour + time.Hour)
+			tc.opts.Now = func() time.Time { return now }
+			_, err := r.Prune(ctx, tc.opts)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("Prune = %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for vol, n := range tc.wantKept {
+				left, err := r.List(ctx, vol)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for _, b := range left {
+					got = append(got, b.ID)
+				}
+				if want := ids[vol][5-n:]; !slices.Equal(got, want) {
+					t.Errorf("%s: kept %v, want the newest %d %v", vol, got, n, want)
+				}
+				latest, err := r.Latest(ctx, vol)
+				if err != nil || latest.ID != ids[vol][4] {
+					t.Errorf("%s: Latest = %v, %v; want %s", vol, latest.ID, err, ids[vol][4])
+				}
+			}
+		})
+	}
+	r := Open(NewFSTarget(t, t.TempDir()), nil)
+	if err := r.Delete(t.Context(), "vol-a", "0123456789abcdef0123456789abcdef"); !errors.Is(err, plugins.ErrNotFound) {
+		t.Errorf("Delete of a missing backup = %v, want ErrNotFound", err)
+	}
+	if _, err := r.Latest(t.Context(), "vol-a"); !errors.Is(err, plugins.ErrNotFound) {
+		t.Errorf("Latest with no backup = %v, want ErrNotFound", err)
 	}
 }

@@ -27,6 +27,13 @@ type Destination interface {
 	Flush(ctx context.Context) error
 }
 
+// Zeroer is implemented by destinations that can make a range read as
+// zeros without writing them (VolumeDestination trims). Restore uses it
+// for zero chunks when the destination is not known to be zero.
+type Zeroer interface {
+	Zero(ctx context.Context, off, length int64) error
+}
+
 // RestoreOptions tune a restore.
 type RestoreOptions struct {
 	// DestZeroed says the destination reads as zeros (a new volume): zero
@@ -370,6 +377,13 @@ func (r *Repository) tryAlts(ctx context.Context, idx *chunkIndex, id ChunkID, f
 var zeroBuf = make([]byte, 1<<20)
 
 func writeZeros(ctx context.Context, dst Destination, off, end int64, written *atomic.Int64) error {
+	if z, ok := dst.(Zeroer); ok {
+		if err := z.Zero(ctx, off, end-off); err != nil {
+			return fmt.Errorf("zero %d+%d: %w", off, end-off, err)
+		}
+		written.Add(end - off)
+		return nil
+	}
 	for off < end {
 		n := min(end-off, int64(len(zeroBuf)))
 		if _, err := dst.WriteAt(ctx, zeroBuf[:n], off); err != nil {

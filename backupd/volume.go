@@ -19,6 +19,11 @@ func (d VolumeDestination) WriteAt(ctx context.Context, p []byte, off int64) (in
 	return d.V.WriteAt(ctx, p, off, 0)
 }
 
+// Zero trims [off, off+length): it then reads as zeros and holds no data.
+func (d VolumeDestination) Zero(ctx context.Context, off, length int64) error {
+	return d.V.Trim(ctx, off, length, 0)
+}
+
 // Flush flushes the device.
 func (d VolumeDestination) Flush(ctx context.Context) error { return d.V.Flush(ctx) }
 

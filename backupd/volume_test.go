@@ -263,3 +263,46 @@ func TestBackupSnapshot(t *testing.T) {
 		backupd.MustEqual(t, tc.snap+" restored", restoreInto(t, m, r, res.ManifestKey, "r-"+tc.snap, size), readAll(t, sv))
 	}
 }
+
+// TestRestoreOverExisting restores into an existing volume full of other
+// data (not known to be zero): zero chunks are trimmed, the result is
+// bit-exact and the zero ranges hold no data afterwards.
+func TestRestoreOverExisting(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	const size = 16 * mib
+	m := openManager(t, t.TempDir())
+	r := backupd.Open(backupd.NewFSTarget(t, t.TempDir()), nil)
+	rng := rand.New(rand.NewPCG(111, 112))
+	if _, err := m.Create(ctx, "vol-a", size); err != nil {
+		t.Fatal(err)
+	}
+	write(t, device(t, m, "vol-a"), backupd.RandomData(rng, 4*mib), 6*mib)
+	snapshot(t, m, "vol-a", "s1")
+	res, err := r.BackupVolume(ctx, m, "vol-a", "s1", backupd.BackupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx, "existing", size); err != nil {
+		t.Fatal(err)
+	}
+	dst := device(t, m, "existing")
+	write(t, dst, backupd.RandomData(rng, size), 0)
+	if _, err := r.Restore(ctx, res.ManifestKey, backupd.VolumeDestination{V: dst}, backupd.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	backupd.MustEqual(t, "restored over existing data", readAll(t, dst), readAll(t, device(t, m, "vol-a@s1")))
+	exts, err := dst.Extents(ctx, 0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data int64
+	for _, e := range exts {
+		if e.Kind == blockdev.ExtentData {
+			data += e.Length
+		}
+	}
+	if data != 4*mib {
+		t.Errorf("restored volume holds %d bytes of data extents, want %d (zero chunks trimmed)", data, 4*mib)
+	}
+}
