@@ -2,9 +2,17 @@ package backupd
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/strata-block/strata/plugins"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -181,5 +189,63 @@ func TestIncrementalResize(t *testing.T) {
 			t.Errorf("size %d: incremental digest %s, full %s", size, res.Digest, full.Digest)
 		}
 		data, parent = grown, res
+	}
+}
+
+// getCounter counts Gets of pack indexes.
+type getCounter struct {
+	plugins.Target
+	indexGets atomic.Int64
+}
+
+func (g *getCounter) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, int64, error) {
+	if strings.HasPrefix(key, prefixIndex) {
+		g.indexGets.Add(1)
+	}
+	return g.Target.Get(ctx, key, off, n)
+}
+
+// TestIndexCache checks that with a cache directory a run fetches only the
+// pack indexes it has not seen, that a damaged cache entry is fetched
+// again, and that FindBackup finds a backup by id.
+func TestIndexCache(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	tg := &getCounter{Target: NewFSTarget(t, t.TempDir())}
+	cache := t.TempDir()
+	r := Open(tg, &Options{PackSize: 256 << 10, CacheDir: cache})
+	rng := rand.New(rand.NewPCG(131, 132))
+	first, err := r.Backup(ctx, BackupOptions{Volume: "v", Snapshot: "s1", Source: &memSource{data: RandomData(rng, 4<<20)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs := len(sortedKeys(t, tg, prefixIndex))
+	if packs < 10 {
+		t.Fatalf("only %d packs", packs)
+	}
+	tg.indexGets.Store(0)
+	if _, err := r.Backup(ctx, BackupOptions{Volume: "w", Snapshot: "s1", Source: &memSource{data: RandomData(rng, 1<<20)}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := tg.indexGets.Load(); n != 0 {
+		t.Errorf("second run fetched %d indexes, all were cached", n)
+	}
+	ents, err := os.ReadDir(filepath.Join(cache, "index"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cache, "index", ents[0].Name()), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg.indexGets.Store(0)
+	if _, _, err := restoreAll(t, r, first.ManifestKey, 4<<20, RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := tg.indexGets.Load(); n != 1 {
+		t.Errorf("restore fetched %d indexes, want 1 (the damaged cache entry)", n)
+	}
+	key, err := r.FindBackup(ctx, first.ID)
+	if err != nil || key != first.ManifestKey {
+		t.Errorf("FindBackup = %q, %v; want %s", key, err, first.ManifestKey)
 	}
 }

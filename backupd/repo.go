@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -43,6 +45,11 @@ type Options struct {
 	Uploads int
 	// Workers is the number of hashing/compressing goroutines (default 2).
 	Workers int
+	// CacheDir, if set, is a local directory caching pack indexes (they
+	// are immutable: a pack id is never reused), so a run fetches only the
+	// indexes it has not seen. Entries of packs no longer listed are
+	// removed. "" fetches every index every run.
+	CacheDir string
 }
 
 // Repository is the backup store on one target. Its methods may be called
@@ -179,6 +186,10 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 	x.packs = packs
 	entries := make([][]indexEntry, len(packs))
 	if err := forEach(ctx, len(packs), 8, func(ctx context.Context, i int) error {
+		if es, ok := r.cachedIndex(packs[i]); ok {
+			entries[i] = es
+			return nil
+		}
 		b, err := r.getAll(ctx, indexKey(packs[i]), indexHeadSize+indexEntrySize*maxIndexCount+8)
 		if errors.Is(err, plugins.ErrNotFound) {
 			return nil // deleted by GC since the listing
@@ -187,10 +198,14 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 			return err
 		}
 		entries[i], err = decodeIndex(b, packs[i])
+		if err == nil {
+			r.cacheIndex(packs[i], b)
+		}
 		return err
 	}); err != nil {
 		return nil, err
 	}
+	r.pruneIndexCache(packs)
 	for i, es := range entries {
 		for _, e := range es {
 			loc := chunkLoc{pack: int32(i), offset: e.Offset, length: e.Length}
@@ -390,4 +405,90 @@ func (r *Repository) Latest(ctx context.Context, volume string) (BackupInfo, err
 		return BackupInfo{}, fmt.Errorf("no backup of volume %q: %w", volume, plugins.ErrNotFound)
 	}
 	return bs[len(bs)-1], nil
+}
+
+// cachedIndex returns the cached index of pack, if the cache has a copy
+// that decodes.
+func (r *Repository) cachedIndex(pack ChunkID) ([]indexEntry, bool) {
+	if r.opts.CacheDir == "" {
+		return nil, false
+	}
+	b, err := os.ReadFile(filepath.Join(r.opts.CacheDir, "index", pack.String()))
+	if err != nil {
+		return nil, false
+	}
+	es, err := decodeIndex(b, pack)
+	if err != nil {
+		r.log.Warn("cached pack index does not decode; fetching it", "pack", pack.String(), "err", err)
+		return nil, false
+	}
+	return es, true
+}
+
+// cacheIndex stores an index in the cache (temp and rename; a failure
+// only costs a fetch next time).
+func (r *Repository) cacheIndex(pack ChunkID, b []byte) {
+	if r.opts.CacheDir == "" {
+		return
+	}
+	dir := filepath.Join(r.opts.CacheDir, "index")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		r.log.Warn("index cache", "err", err)
+		return
+	}
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		r.log.Warn("index cache", "err", err)
+		return
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(dir, pack.String()))
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		r.log.Warn("index cache", "err", err)
+	}
+}
+
+// pruneIndexCache removes cached indexes of packs not in the listing.
+func (r *Repository) pruneIndexCache(listed []ChunkID) {
+	if r.opts.CacheDir == "" {
+		return
+	}
+	dir := filepath.Join(r.opts.CacheDir, "index")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	keep := make(map[string]bool, len(listed))
+	for _, p := range listed {
+		keep[p.String()] = true
+	}
+	for _, e := range ents {
+		if !keep[e.Name()] && !strings.HasPrefix(e.Name(), ".tmp-") {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// FindBackup returns the manifest key of backup id, whatever its volume
+// (plugins.ErrNotFound if none). It lists backups/ (manifests only).
+func (r *Repository) FindBackup(ctx context.Context, id string) (string, error) {
+	if parseHex(id, make([]byte, 16)) != nil {
+		return "", fmt.Errorf("backup id %q: want 32 lowercase hex digits: %w", id, ErrInvalid)
+	}
+	keys, err := r.manifestKeys(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, k := range keys {
+		if strings.HasSuffix(k, "/"+id) {
+			return k, nil
+		}
+	}
+	return "", fmt.Errorf("backup %s: %w", id, plugins.ErrNotFound)
 }

@@ -79,6 +79,7 @@ func (u *uploader) flush() error {
 		if err := u.r.t.Put(ctx, indexKey(id), bytes.NewReader(idx), int64(len(idx))); err != nil {
 			return fmt.Errorf("upload index of pack %s: %w", id, err)
 		}
+		u.r.cacheIndex(id, idx)
 		u.uploaded.Add(int64(len(pack) + len(idx)))
 		u.r.log.Debug("pack uploaded", "volume", u.volume, "pack", id.String(), "chunks", len(entries), "bytes", len(pack))
 		return nil
