@@ -136,3 +136,48 @@ func TestFlippedBit(t *testing.T) {
 		})
 	}
 }
+
+// TestMissingPack deletes a pack: Verify without reading data reports its
+// chunks missing (ErrMissing) with the backup, restore fails naming the
+// volume, and a Full backup heals both.
+func TestMissingPack(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir := t.TempDir()
+	tg := NewFSTarget(t, dir)
+	r := Open(tg, &Options{PackSize: 256 << 10})
+	data := RandomData(rand.New(rand.NewPCG(141, 142)), 2<<20)
+	res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, file, _ := chunkLocation(t, r, dir, res.ManifestKey)
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.Verify(ctx, nil, VerifyOptions{})
+	if !errors.Is(err, ErrMissing) || !strings.Contains(err.Error(), "vol-a") {
+		t.Fatalf("Verify = %v, want ErrMissing naming vol-a", err)
+	}
+	found := false
+	for _, b := range rep.BadChunks {
+		found = found || (b.ID == id.String() && b.Missing && len(b.Backups) == 1 && b.Backups[0].ID == res.ID)
+	}
+	if !found {
+		t.Errorf("chunk %s not reported missing for backup %s: %+v", id, res.ID, rep.BadChunks)
+	}
+	if _, _, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{}); !errors.Is(err, ErrMissing) || !strings.Contains(err.Error(), `"vol-a"`) {
+		t.Errorf("Restore = %v, want ErrMissing naming vol-a", err)
+	}
+	if _, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s2", Full: true, Source: &memSource{data: data}}); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true}); err != nil || !rep.OK() {
+		t.Fatalf("Verify after healing: %v", err)
+	}
+	got, _, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{})
+	if err != nil {
+		t.Fatalf("Restore after healing: %v", err)
+	}
+	MustEqual(t, "healed", got, data)
+}

@@ -184,6 +184,14 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 	kept := items[:0]
 	for _, it := range items {
 		if missingPack[it.loc.pack] {
+			// Another copy (from a healing Full backup) may exist.
+			if alt, ok, err := r.presentAlt(ctx, idx, it.id, missingPack); err != nil {
+				return nil, fmt.Errorf("verify: %w", err)
+			} else if ok {
+				it.loc = alt
+				kept = append(kept, it)
+				continue
+			}
 			p := idx.packs[it.loc.pack]
 			bad(it.id, p.String(), fmt.Errorf("chunk %s: pack %s is missing: %w", it.id, p, ErrMissing))
 			continue
@@ -255,4 +263,22 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 			len(rep.BadChunks), len(vols), slices.Sorted(maps.Keys(vols)), b.ID, b.Backups, b.Err, cls)
 	}
 	return rep, fmt.Errorf("verify: %d backups do not load; first %s: %s: %w", len(rep.BadBackups), rep.BadBackups[0].Key, rep.BadBackups[0].Err, ErrCorrupt)
+}
+
+// presentAlt returns a copy of chunk id in a pack that exists, if any.
+func (r *Repository) presentAlt(ctx context.Context, idx *chunkIndex, id ChunkID, missing map[int32]bool) (chunkLoc, bool, error) {
+	for _, loc := range idx.alts[id] {
+		if missing[loc.pack] {
+			continue
+		}
+		has, err := r.t.Has(ctx, []string{packKey(idx.packs[loc.pack])})
+		if err != nil {
+			return chunkLoc{}, false, err
+		}
+		if has[0] {
+			return loc, true, nil
+		}
+		missing[loc.pack] = true
+	}
+	return chunkLoc{}, false, nil
 }
