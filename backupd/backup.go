@@ -108,8 +108,18 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: %w", opts.Volume, err)
 	}
-	m.Stats.BytesUploaded += int64(len(enc))
-	enc, _ = EncodeManifest(m)
+	// The manifest counts its own bytes; its length can change with that
+	// number, so settle it.
+	base := m.Stats.BytesUploaded
+	for range 3 {
+		m.Stats.BytesUploaded = base + int64(len(enc))
+		if enc, err = EncodeManifest(m); err != nil {
+			return nil, fmt.Errorf("backup of volume %q: %w", opts.Volume, err)
+		}
+		if base+int64(len(enc)) == m.Stats.BytesUploaded {
+			break
+		}
+	}
 	err = r.t.PutIfAbsent(ctx, key, bytes.NewReader(enc), int64(len(enc)))
 	if errors.Is(err, plugins.ErrUnsupported) {
 		// The id is 128 random bits: a plain Put cannot replace another
@@ -300,10 +310,15 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 			default:
 				pending[id] = true
 				m.Stats.ChunksNew++
-				if err = up.add(id, j.recs[c]); err != nil {
-					cancel(err)
-				}
+				err = up.add(id, j.recs[c])
 			}
+			if err != nil {
+				break
+			}
+		}
+		if err != nil {
+			cancel(err)
+			continue
 		}
 		if prev, err := ParseChunkID(j.prevID); err == nil && !b.idx.candPages[prev] &&
 			slices.Equal(j.ids, j.prev.IDs) && (b.k == nil || slices.Equal(j.leaves, j.prev.Leaves)) {

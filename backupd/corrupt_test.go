@@ -3,11 +3,16 @@ package backupd
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/strata-block/strata/plugins"
 )
 
 // chunkLocation returns the pack file and record of the first data chunk
@@ -180,4 +185,44 @@ func TestMissingPack(t *testing.T) {
 		t.Fatalf("Restore after healing: %v", err)
 	}
 	MustEqual(t, "healed", got, data)
+}
+
+// failingTarget fails every Put of a key with prefix after the first
+// allow ones.
+type failingTarget struct {
+	plugins.Target
+	prefix string
+	allow  atomic.Int64
+}
+
+func (f *failingTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if strings.HasPrefix(key, f.prefix) && f.allow.Add(-1) < 0 {
+		return fmt.Errorf("injected failure for %s: %w", key, plugins.ErrTransient)
+	}
+	return f.Target.Put(ctx, key, r, size)
+}
+
+// TestUploadFailure: a failing pack, index or page upload fails the
+// backup with the target's error and no manifest is written.
+func TestUploadFailure(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		prefix string
+		allow  int64
+	}{{prefixPacks, 3}, {prefixIndex, 3}, {prefixMaps, 1}} {
+		t.Run(strings.TrimSuffix(tc.prefix, "/"), func(t *testing.T) {
+			t.Parallel()
+			ft := &failingTarget{Target: NewFSTarget(t, t.TempDir()), prefix: tc.prefix}
+			ft.allow.Store(tc.allow)
+			r := Open(ft, &Options{PackSize: 128 << 10})
+			data := RandomData(rand.New(rand.NewPCG(151, 152)), 4<<20)
+			_, err := r.Backup(t.Context(), BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: data}})
+			if !errors.Is(err, plugins.ErrTransient) || !strings.Contains(err.Error(), "vol-a") {
+				t.Fatalf("Backup = %v, want the injected error naming the volume", err)
+			}
+			if keys := sortedKeys(t, ft, prefixBackups); len(keys) != 0 {
+				t.Fatalf("manifests %v after a failed backup", keys)
+			}
+		})
+	}
 }
