@@ -105,6 +105,8 @@ type chunkIndex struct {
 	// re-upload that heals a damaged chunk, racing backups); restore and
 	// verify fall back to them.
 	alts map[ChunkID][]chunkLoc
+	// badIndexes describes the pack indexes that did not decode.
+	badIndexes []string
 }
 
 // live reports whether chunk id is stored in a pack that is not a GC
@@ -185,6 +187,7 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 	}
 	x.packs = packs
 	entries := make([][]indexEntry, len(packs))
+	var badMu sync.Mutex
 	if err := forEach(ctx, len(packs), 8, func(ctx context.Context, i int) error {
 		if es, ok := r.cachedIndex(packs[i]); ok {
 			entries[i] = es
@@ -197,11 +200,20 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 		if err != nil {
 			return err
 		}
-		entries[i], err = decodeIndex(b, packs[i])
-		if err == nil {
-			r.cacheIndex(packs[i], b)
+		es, err := decodeIndex(b, packs[i])
+		if err != nil {
+			// One damaged index must not stop every backup and restore:
+			// its chunks count as unknown (backups upload them again,
+			// restore and verify report them missing) and Verify lists it.
+			r.log.Warn("pack index does not decode; ignoring it", "pack", packs[i].String(), "err", err)
+			badMu.Lock()
+			x.badIndexes = append(x.badIndexes, err.Error())
+			badMu.Unlock()
+			return nil
 		}
-		return err
+		entries[i] = es
+		r.cacheIndex(packs[i], b)
+		return nil
 	}); err != nil {
 		return nil, err
 	}

@@ -41,12 +41,14 @@ type BadChunk struct {
 	Err     string      `json:"error"`
 	Missing bool        `json:"missing,omitempty"` // absent rather than damaged
 	Backups []BackupRef `json:"backups"`
+	err     error
 }
 
 // BadBackup is a backup whose manifest or map pages fail to load.
 type BadBackup struct {
 	Key string `json:"key"`
 	Err string `json:"error"`
+	err error
 }
 
 // VerifyReport is Verify's result.
@@ -56,10 +58,15 @@ type VerifyReport struct {
 	BytesRead  int64       `json:"bytes_read"`
 	BadChunks  []BadChunk  `json:"bad_chunks,omitempty"`
 	BadBackups []BadBackup `json:"bad_backups,omitempty"`
+	// BadIndexes are pack indexes that do not decode; their chunks are
+	// reported missing if referenced. A Full backup heals them.
+	BadIndexes []string `json:"bad_indexes,omitempty"`
 }
 
 // OK reports whether nothing was found wrong.
-func (v *VerifyReport) OK() bool { return len(v.BadChunks) == 0 && len(v.BadBackups) == 0 }
+func (v *VerifyReport) OK() bool {
+	return len(v.BadChunks) == 0 && len(v.BadBackups) == 0 && len(v.BadIndexes) == 0
+}
 
 // Verify checks the backups under manifestKeys (nil: every backup on the
 // target). It returns the report and, if anything is bad, an error
@@ -80,7 +87,7 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 	if err != nil {
 		return nil, fmt.Errorf("verify: loading the chunk index: %w", err)
 	}
-	rep := &VerifyReport{}
+	rep := &VerifyReport{BadIndexes: idx.badIndexes}
 	type ref struct {
 		backups []int
 		enc     bool
@@ -97,7 +104,7 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 			if ctx.Err() != nil {
 				return nil, err
 			}
-			rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: err.Error()})
+			rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: err.Error(), err: err})
 			continue
 		}
 		bi := len(rep.Backups)
@@ -105,7 +112,7 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 		k, _ := r.keyFor(m)
 		for pr := range r.pageStream(ctx, m, k, 0, 8) {
 			if pr.err != nil {
-				rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: pr.err.Error()})
+				rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: pr.err.Error(), err: pr.err})
 				break
 			}
 			for c, id := range pr.p.IDs {
@@ -132,9 +139,12 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 	rep.Chunks = int64(len(refs))
 	var mu sync.Mutex
 	bad := func(id ChunkID, pack string, err error) {
+		if !strings.Contains(err.Error(), id.String()) {
+			err = fmt.Errorf("chunk %s: %w", id, err)
+		}
 		mu.Lock()
 		defer mu.Unlock()
-		bc := BadChunk{ID: id.String(), Pack: pack, Err: err.Error(), Missing: errors.Is(err, ErrMissing)}
+		bc := BadChunk{ID: id.String(), Pack: pack, Err: err.Error(), Missing: errors.Is(err, ErrMissing), err: err}
 		for _, b := range refs[id].backups {
 			bc.Backups = append(bc.Backups, rep.Backups[b])
 		}
@@ -255,14 +265,13 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 				vols[ref.Volume] = true
 			}
 		}
-		cls := ErrCorrupt
-		if b.Missing {
-			cls = ErrMissing
-		}
-		return rep, fmt.Errorf("verify: %d bad chunks in %d volumes (%v); first %s, referenced by %v: %s: %w",
-			len(rep.BadChunks), len(vols), slices.Sorted(maps.Keys(vols)), b.ID, b.Backups, b.Err, cls)
+		return rep, fmt.Errorf("verify: %d bad chunks in %d volumes (%v); first referenced by %v: %w",
+			len(rep.BadChunks), len(vols), slices.Sorted(maps.Keys(vols)), b.Backups, b.err)
 	}
-	return rep, fmt.Errorf("verify: %d backups do not load; first %s: %s: %w", len(rep.BadBackups), rep.BadBackups[0].Key, rep.BadBackups[0].Err, ErrCorrupt)
+	if len(rep.BadBackups) > 0 {
+		return rep, fmt.Errorf("verify: %d backups do not load; first: %w", len(rep.BadBackups), rep.BadBackups[0].err)
+	}
+	return rep, fmt.Errorf("verify: %d pack indexes do not decode (no verified backup references their chunks); first: %s: %w", len(rep.BadIndexes), rep.BadIndexes[0], ErrCorrupt)
 }
 
 // presentAlt returns a copy of chunk id in a pack that exists, if any.
