@@ -19,6 +19,7 @@
 //	err = r.Delete(ctx, "vol-a", id)
 //	pr, err := r.Prune(ctx, backupd.PruneOptions{KeepLast: 7, KeepWithin: 7 * 24 * time.Hour})
 //	gr, err := r.GC(ctx, backupd.GCOptions{})
+//	infos, err := r.List(ctx, "vol-a") // also Latest, FindBackup, LoadManifest
 //
 // Vocabulary: a chunk is 8 KiB of a volume at an aligned offset, named by
 // the SHA-256 of its plaintext (HMAC-SHA-256 when encrypted); packs hold
