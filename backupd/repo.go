@@ -39,9 +39,9 @@ type Options struct {
 	// PackSize is the size at which a pack is closed (default
 	// DefaultPackSize).
 	PackSize int
-	// Uploads is the number of packs uploading at once (default 2); with
-	// the one being filled it bounds upload memory to
-	// (Uploads+1)*PackSize.
+	// Uploads is the number of packs uploading at once (default 4, the
+	// fastest of 1, 2 and 4 on the fs target); with the one being filled
+	// it bounds upload memory to (Uploads+1)*PackSize.
 	Uploads int
 	// Workers is the number of hashing/compressing goroutines (default 2).
 	Workers int
@@ -72,7 +72,7 @@ func Open(t plugins.Target, opts *Options) *Repository {
 	}
 	r.opts.PackSize = min(r.opts.PackSize, 1<<30)
 	if r.opts.Uploads <= 0 {
-		r.opts.Uploads = 2
+		r.opts.Uploads = 4
 	}
 	if r.opts.Workers <= 0 {
 		r.opts.Workers = 2
