@@ -37,7 +37,9 @@ func TestGCConcurrentBackups(t *testing.T) {
 	r := Open(tg, &Options{PackSize: 64 << 10, Uploads: 2, Logger: testLogger(t)})
 	var clockNS atomic.Int64
 	clockNS.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	clock := func() time.Time { return time.Unix(0, clockNS.Load()) }
+	// Every reading is a nanosecond later, so backups of one volume have
+	// distinct creation times and retention keeps the newest.
+	clock := func() time.Time { return time.Unix(0, clockNS.Add(1)) }
 
 	// A pool of chunk contents shared by every volume, so packs hold
 	// chunks of many backups.
