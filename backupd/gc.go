@@ -59,14 +59,15 @@ func (r *Repository) Delete(ctx context.Context, volume, id string) error {
 }
 
 // PruneOptions select the backups to keep, per volume: the KeepLast most
-// recent and every one created within KeepWithin of Now. The rest are
-// deleted (their manifests; GC reclaims the data).
+// recent and every one created within KeepWithin of the volume's newest
+// backup (as restic's --keep-within: a volume whose backups stopped is not
+// emptied by time passing). The rest are deleted (their manifests; GC
+// reclaims the data).
 type PruneOptions struct {
 	Volume     string // "" for every volume
 	KeepLast   int
 	KeepWithin time.Duration
 	DryRun     bool
-	Now        func() time.Time
 }
 
 // PruneResult lists what Prune kept and deleted (or would delete).
@@ -84,14 +85,10 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 	if opts.KeepLast < 0 || opts.KeepWithin < 0 {
 		return nil, fmt.Errorf("prune: negative keep-last or keep-within: %w", ErrInvalid)
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
 	all, err := r.List(ctx, opts.Volume)
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
-	now := opts.Now()
 	res := &PruneResult{}
 	byVol := map[string][]BackupInfo{}
 	for _, b := range all {
@@ -107,7 +104,7 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 		bs := byVol[vol]
 		slices.Reverse(bs) // newest first
 		for i, b := range bs {
-			if i < opts.KeepLast || (opts.KeepWithin > 0 && now.Sub(b.Created) <= opts.KeepWithin) {
+			if i < opts.KeepLast || (opts.KeepWithin > 0 && bs[0].Created.Sub(b.Created) <= opts.KeepWithin) {
 				res.Kept = append(res.Kept, b)
 				continue
 			}

@@ -106,7 +106,7 @@ func TestGCConcurrentBackups(t *testing.T) {
 		defer close(gcDone)
 		gc := func() bool {
 			clockNS.Add(int64(tickEvery))
-			if _, err := r.Prune(ctx, PruneOptions{KeepLast: keepLast, Now: clock}); err != nil {
+			if _, err := r.Prune(ctx, PruneOptions{KeepLast: keepLast}); err != nil {
 				t.Errorf("Prune: %v", err)
 				return false
 			}
@@ -306,8 +306,9 @@ func TestGCProtocol(t *testing.T) {
 	}
 }
 
-// TestPrune checks retention per volume with keep-last and keep-within,
-// dry runs, Delete of a missing backup and Latest.
+// TestPrune checks retention per volume with keep-last and keep-within
+// (relative to the newest backup), dry runs, Delete of a missing backup and
+// Latest.
 func TestPrune(t *testing.T) {
 	t.Parallel()
 	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
@@ -319,6 +320,8 @@ func TestPrune(t *testing.T) {
 	}{
 		{name: "keep-last-2", opts: PruneOptions{KeepLast: 2}, wantKept: map[string]int{"vol-a": 2, "vol-b": 2}},
 		{name: "keep-within-2.5d", opts: PruneOptions{KeepWithin: 60 * time.Hour}, wantKept: map[string]int{"vol-a": 3, "vol-b": 3}},
+		// The backups are months old: keep-within counts from the newest.
+		{name: "keep-within-12h", opts: PruneOptions{KeepWithin: 12 * time.Hour}, wantKept: map[string]int{"vol-a": 1, "vol-b": 1}},
 		{name: "both", opts: PruneOptions{KeepLast: 4, KeepWithin: 24 * time.Hour}, wantKept: map[string]int{"vol-a": 4, "vol-b": 4}},
 		{name: "one-volume", opts: PruneOptions{Volume: "vol-b", KeepLast: 1}, wantKept: map[string]int{"vol-a": 5, "vol-b": 1}},
 		{name: "dry-run", opts: PruneOptions{KeepLast: 1, DryRun: true}, wantKept: map[string]int{"vol-a": 5, "vol-b": 5}},
@@ -341,8 +344,6 @@ func TestPrune(t *testing.T) {
 					ids[vol] = append(ids[vol], res.ID)
 				}
 			}
-			now := base.Add(4*24*time.Hour + time.Hour)
-			tc.opts.Now = func() time.Time { return now }
 			_, err := r.Prune(ctx, tc.opts)
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
