@@ -229,10 +229,10 @@ func TestIncrementalAmplification(t *testing.T) {
 	backupd.MustEqual(t, "full backup restored", restoreInto(t, m, r, full.ManifestKey, "restored-s0", size), readAll(t, device(t, m, "vol-a@s0")))
 }
 
-// TestBackupSnapshot checks the choice of parent: full the first time,
+// TestBackupVolume checks the choice of parent: full the first time,
 // incremental to the newest backup while its snapshot exists, full again
 // once that snapshot is deleted.
-func TestBackupSnapshot(t *testing.T) {
+func TestBackupVolume(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	const size = 16 * mib
