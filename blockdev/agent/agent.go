@@ -79,6 +79,17 @@ func New(ctx context.Context, cfg Config, version string, log *slog.Logger, exts
 	return a, nil
 }
 
+// Extend adds an API extension; call it before Run. Extensions that need
+// the volumes (backups) take them from Manager.
+func (a *Agent) Extend(x Extension) { a.exts = append(a.exts, x) }
+
+// Manager returns the agent's volume manager, for API extensions.
+func (a *Agent) Manager() *blockdev.Manager { return a.mgr }
+
+// Attached reports the host device volume (or "vol@snap") is attached as,
+// if any: extensions refuse to overwrite an attached volume.
+func (a *Agent) Attached(name string) (Attachment, bool) { return a.state.get(name) }
+
 // Run serves until ctx is cancelled, then shuts down gracefully: it stops
 // accepting, drains NBD requests in flight, unmounts and detaches what it
 // attached (remembering it for the next start), flushes and closes every
