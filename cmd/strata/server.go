@@ -7,6 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/strata-block/strata/backupd"
+	"github.com/strata-block/strata/backupd/service"
 	"github.com/strata-block/strata/backupd/targets"
 	"github.com/strata-block/strata/blockdev/agent"
 )
@@ -17,6 +19,7 @@ func newServerCmd(ver string) *cobra.Command {
 		configPath string
 		logJSON    bool
 		pluginDir  string
+		backupKey  string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -60,6 +63,12 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 			if err := os.MkdirAll(dataDir, 0o700); err != nil {
 				return fmt.Errorf("data directory: %w", err)
 			}
+			var key *backupd.Key
+			if backupKey != "" {
+				if key, err = backupd.LoadKeyFile(backupKey); err != nil {
+					return fmt.Errorf("backup key: %w", err)
+				}
+			}
 			tsvc, err := targets.NewService(dataDir, "", pluginDir, log.With("component", "targets"))
 			if err != nil {
 				return err
@@ -69,6 +78,14 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 				_ = tsvc.Close()
 				return err
 			}
+			a.Extend(service.New(service.Config{
+				Manager:  a.Manager(),
+				Targets:  tsvc,
+				Attached: func(v string) bool { _, ok := a.Attached(v); return ok },
+				DataDir:  dataDir,
+				Key:      key,
+				Logger:   log.With("component", "backups"),
+			}))
 			return a.Run(cmd.Context())
 		},
 	}
@@ -79,6 +96,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.StringVar(&cfg.FUSE, "fuse", "auto", "FUSE mount of volume files: auto (warn and serve NBD only if unusable), on, off")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
+	f.StringVar(&backupKey, "backup-key", "", "repository key file: encrypts new backups and decrypts encrypted ones")
 	f.StringVar(&pluginDir, "plugin-dir", "", "directory of external target plugins (strata-target-<kind> executables)")
 	return cmd
 }

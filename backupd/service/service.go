@@ -1,0 +1,824 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/strata-block/strata/backupd"
+	"github.com/strata-block/strata/backupd/targets"
+	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/plugins"
+)
+
+// Config is what the service needs from the server.
+type Config struct {
+	// Manager holds the volumes (agent.Manager).
+	Manager *blockdev.Manager
+	// Targets opens the registered targets.
+	Targets *targets.Service
+	// Attached reports whether a volume is attached on the host
+	// (agent.Attached); restore refuses to overwrite an attached volume.
+	Attached func(volume string) bool
+	// DataDir holds the per-target index caches.
+	DataDir string
+	// Key encrypts new backups and decrypts encrypted ones; nil: none.
+	Key *backupd.Key
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Service serves the backup routes. Create it with New.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+
+	// ctx bounds detached jobs (wait: false); Close cancels it and waits.
+	ctx    context.Context
+	cancel context.CancelFunc
+	jobs   sync.WaitGroup
+
+	// mux serves the agent's own routes: volumes and snapshots are created
+	// and removed through them, so the agent's view (its FUSE files)
+	// follows.
+	mux *http.ServeMux
+
+	mu   sync.Mutex
+	busy map[string]string // volume -> what runs on it ("backup", "restore")
+}
+
+// New returns the service; it does no I/O.
+func New(cfg Config) *Service {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Attached == nil {
+		cfg.Attached = func(string) bool { return false }
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Service{cfg: cfg, log: log, ctx: ctx, cancel: cancel, busy: map[string]string{}}
+}
+
+// Close cancels detached backups and waits for them to stop.
+func (s *Service) Close() error {
+	s.cancel()
+	s.jobs.Wait()
+	return nil
+}
+
+// CreateRequest is the body of POST /v1/backups.
+type CreateRequest struct {
+	Volume string `json:"volume"`
+	// Target is the target's name; "" for the default target.
+	Target string `json:"target,omitempty"`
+	// Snapshot is the snapshot to back up; "" takes a new one named
+	// backup-<UTC time>.
+	Snapshot string `json:"snapshot,omitempty"`
+	// Full uploads every chunk again (heals damaged chunks).
+	Full bool `json:"full,omitempty"`
+	// Wait false answers {"event":"accepted"} at once and runs the backup
+	// detached from the request; nil or true streams progress until done.
+	Wait *bool `json:"wait,omitempty"`
+}
+
+// RestoreRequest is the body of POST /v1/backups/{id}/restore.
+type RestoreRequest struct {
+	// To is the volume to restore into: created with the backup's size if
+	// it does not exist, else it must be detached and of that size.
+	To     string `json:"to"`
+	Target string `json:"target,omitempty"`
+}
+
+// VerifyRequest is the body of POST /v1/backups/{id}/verify.
+type VerifyRequest struct {
+	Target   string `json:"target,omitempty"`
+	ReadData bool   `json:"read_data,omitempty"`
+}
+
+// PruneRequest is the body of POST /v1/backups/prune.
+type PruneRequest struct {
+	Volume   string `json:"volume,omitempty"`
+	Target   string `json:"target,omitempty"`
+	KeepLast int    `json:"keep_last,omitempty"`
+	// KeepWithin is a Go duration ("36h") or a number of days ("7d").
+	KeepWithin string `json:"keep_within,omitempty"`
+	DryRun     bool   `json:"dry_run,omitempty"`
+}
+
+// Backup describes one backup on one target.
+type Backup struct {
+	ID          string    `json:"id"`
+	Volume      string    `json:"volume"`
+	Snapshot    string    `json:"snapshot"`
+	Parent      string    `json:"parent,omitempty"`
+	Created     time.Time `json:"created"`
+	Size        int64     `json:"size"`
+	Digest      string    `json:"digest"`
+	Target      string    `json:"target"`
+	ManifestKey string    `json:"manifest_key"`
+	Encrypted   bool      `json:"encrypted,omitempty"`
+	// Stats are the run's counters (bytes_uploaded, ...); absent in lists.
+	*backupd.Stats
+}
+
+// RestoreResult is the result of a restore.
+type RestoreResult struct {
+	ID           string `json:"id"`
+	Target       string `json:"target"`
+	Volume       string `json:"volume"` // the backed-up volume
+	To           string `json:"to"`
+	Created      bool   `json:"created"` // To was created by the restore
+	Digest       string `json:"digest"`
+	BytesWritten int64  `json:"bytes_written"`
+	BytesFetched int64  `json:"bytes_fetched"`
+}
+
+// VerifyResult is the result of a verify: OK false when anything is bad.
+type VerifyResult struct {
+	ID     string                `json:"id"`
+	Target string                `json:"target"`
+	Volume string                `json:"volume"`
+	OK     bool                  `json:"ok"`
+	Error  string                `json:"error,omitempty"`
+	Report *backupd.VerifyReport `json:"report"`
+}
+
+// PruneResult is what prune kept and deleted on one target.
+type PruneResult struct {
+	Target  string               `json:"target"`
+	Kept    []backupd.BackupInfo `json:"kept"`
+	Deleted []backupd.BackupInfo `json:"deleted"`
+}
+
+// Event is one line of an NDJSON answer.
+type Event struct {
+	// Event is "accepted", "progress", "done" or "error".
+	Event string `json:"event"`
+	// Progress fields (op, volume, phase, bytes_total, ...) are inline in
+	// progress events.
+	*backupd.Progress
+	Snapshot string         `json:"snapshot,omitempty"` // accepted: the snapshot being backed up
+	Backup   *Backup        `json:"backup,omitempty"`
+	Restore  *RestoreResult `json:"restore,omitempty"`
+	Verify   *VerifyResult  `json:"verify,omitempty"`
+	Error    string         `json:"error,omitempty"`
+	Code     string         `json:"code,omitempty"`
+}
+
+// classed adds the blockdev sentinel matching an engine or target error,
+// so the API's error codes (not_found, invalid, corrupt, in_use) apply.
+type classed struct {
+	err   error
+	class error
+}
+
+func (e *classed) Error() string   { return e.err.Error() }
+func (e *classed) Unwrap() []error { return []error{e.err, e.class} }
+
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var class error
+	switch {
+	case errors.Is(err, blockdev.ErrNotFound), errors.Is(err, blockdev.ErrInvalidArgument),
+		errors.Is(err, blockdev.ErrInvalidName), errors.Is(err, blockdev.ErrInUse), errors.Is(err, blockdev.ErrExists):
+		return err
+	case errors.Is(err, plugins.ErrNotFound):
+		class = blockdev.ErrNotFound
+	case errors.Is(err, backupd.ErrInvalid), errors.Is(err, backupd.ErrKey):
+		class = blockdev.ErrInvalidArgument
+	case errors.Is(err, backupd.ErrCorrupt), errors.Is(err, backupd.ErrMissing), errors.Is(err, backupd.ErrMismatch):
+		class = blockdev.ErrCorrupt
+	default:
+		return err
+	}
+	return &classed{err: err, class: class}
+}
+
+// repo is one opened target.
+type repo struct {
+	name string
+	t    plugins.Target
+	r    *backupd.Repository
+}
+
+func (p *repo) close() { _ = p.t.Close() }
+
+// open opens target name ("" for the default target).
+func (s *Service) open(ctx context.Context, name string) (*repo, error) {
+	if name == "" {
+		t, err := s.cfg.Targets.Registry().Default()
+		if err != nil {
+			return nil, err
+		}
+		name = t.Name
+	}
+	t, err := s.cfg.Targets.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	cache := filepath.Join(s.cfg.DataDir, "backup-cache", name)
+	if err := os.MkdirAll(cache, 0o700); err != nil {
+		_ = t.Close()
+		return nil, fmt.Errorf("backup index cache of target %q: %w", name, err)
+	}
+	r := backupd.Open(t, &backupd.Options{Key: s.cfg.Key, Logger: s.log.With("target", name), CacheDir: cache})
+	return &repo{name: name, t: t, r: r}, nil
+}
+
+// targetNames is name if set, else every registered target.
+func (s *Service) targetNames(name string) ([]string, error) {
+	if name != "" {
+		if _, err := s.cfg.Targets.Registry().Get(name); err != nil {
+			return nil, err
+		}
+		return []string{name}, nil
+	}
+	var out []string
+	for _, t := range s.cfg.Targets.Registry().List() {
+		out = append(out, t.Name)
+	}
+	return out, nil
+}
+
+// find opens the target holding backup id (on target, or on any
+// registered target) and returns it with the manifest key.
+func (s *Service) find(ctx context.Context, id, target string) (*repo, string, error) {
+	names, err := s.targetNames(target)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, n := range names {
+		p, err := s.open(ctx, n)
+		if err != nil {
+			return nil, "", err
+		}
+		key, err := p.r.FindBackup(ctx, id)
+		if err == nil {
+			return p, key, nil
+		}
+		p.close()
+		if !errors.Is(err, plugins.ErrNotFound) {
+			return nil, "", fmt.Errorf("target %q: %w", n, err)
+		}
+	}
+	if target != "" {
+		return nil, "", fmt.Errorf("backup %s on target %q: %w", id, target, blockdev.ErrNotFound)
+	}
+	return nil, "", fmt.Errorf("backup %s on any target: %w", id, blockdev.ErrNotFound)
+}
+
+// claim marks volume busy with op; the returned func releases it.
+func (s *Service) claim(volume, op string) (func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.busy[volume]; ok {
+		return nil, fmt.Errorf("volume %q: a %s is running on it: %w", volume, cur, blockdev.ErrInUse)
+	}
+	s.busy[volume] = op
+	return func() {
+		s.mu.Lock()
+		delete(s.busy, volume)
+		s.mu.Unlock()
+	}, nil
+}
+
+func fromManifest(target, key string, m *backupd.Manifest) *Backup {
+	return &Backup{ID: m.ID, Volume: m.Volume, Snapshot: m.Snapshot, Parent: m.Parent, Created: m.Created,
+		Size: m.Size, Digest: m.Digest, Target: target, ManifestKey: key, Encrypted: m.Encrypted}
+}
+
+// Routes adds the backup routes to mux.
+func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, error), writeJSON func(http.ResponseWriter, int, any)) {
+	s.mux = mux
+	fail := func(w http.ResponseWriter, err error) { writeErr(w, classify(err)) }
+	decode := func(r *http.Request, v any) error {
+		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(v); err != nil && err != io.EOF {
+			return fmt.Errorf("request body: %v: %w", err, blockdev.ErrInvalidArgument)
+		}
+		return nil
+	}
+	codeOf := func(err error) string {
+		rec := &recorder{h: http.Header{}}
+		writeErr(rec, classify(err))
+		var body struct {
+			Code string `json:"code"`
+		}
+		if json.Unmarshal(rec.body, &body) != nil || body.Code == "" {
+			return "internal"
+		}
+		return body.Code
+	}
+
+	mux.HandleFunc("POST /v1/backups", func(w http.ResponseWriter, r *http.Request) {
+		var req CreateRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		job, err := s.prepareBackup(r.Context(), req)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		if req.Wait != nil && !*req.Wait {
+			s.jobs.Add(1)
+			go func() {
+				defer s.jobs.Done()
+				b, err := job.run(s.ctx, nil)
+				if err != nil {
+					s.log.Error("detached backup failed", "volume", req.Volume, "snapshot", job.snap, "target", job.p.name, "err", err)
+					return
+				}
+				s.log.Info("detached backup committed", "volume", b.Volume, "id", b.ID, "target", b.Target)
+			}()
+			writeStream(w, r, func(ctx context.Context, emit func(Event)) {
+				emit(Event{Event: "accepted", Snapshot: job.snap})
+			})
+			return
+		}
+		writeStream(w, r, func(ctx context.Context, emit func(Event)) {
+			b, err := job.run(ctx, progressTo(ctx, emit))
+			if err != nil {
+				emit(Event{Event: "error", Error: err.Error(), Code: codeOf(err)})
+				return
+			}
+			emit(Event{Event: "done", Backup: b})
+		})
+	})
+
+	mux.HandleFunc("GET /v1/backups", func(w http.ResponseWriter, r *http.Request) {
+		out, err := s.list(r.Context(), r.URL.Query().Get("volume"), r.URL.Query().Get("target"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+
+	mux.HandleFunc("GET /v1/backups/{id}", func(w http.ResponseWriter, r *http.Request) {
+		p, key, err := s.find(r.Context(), r.PathValue("id"), r.URL.Query().Get("target"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		defer p.close()
+		m, err := p.r.LoadManifest(r.Context(), key)
+		if err != nil {
+			fail(w, fmt.Errorf("backup %s on target %q: %w", r.PathValue("id"), p.name, err))
+			return
+		}
+		b := fromManifest(p.name, key, m)
+		b.Stats = &m.Stats
+		writeJSON(w, http.StatusOK, b)
+	})
+
+	mux.HandleFunc("POST /v1/backups/{id}/restore", func(w http.ResponseWriter, r *http.Request) {
+		var req RestoreRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		job, err := s.prepareRestore(r.Context(), r.PathValue("id"), req)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		writeStream(w, r, func(ctx context.Context, emit func(Event)) {
+			res, err := job.run(ctx, progressTo(ctx, emit))
+			if err != nil {
+				emit(Event{Event: "error", Error: err.Error(), Code: codeOf(err)})
+				return
+			}
+			emit(Event{Event: "done", Restore: res})
+		})
+	})
+
+	mux.HandleFunc("POST /v1/backups/{id}/verify", func(w http.ResponseWriter, r *http.Request) {
+		var req VerifyRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		id := r.PathValue("id")
+		p, key, err := s.find(r.Context(), id, req.Target)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		writeStream(w, r, func(ctx context.Context, emit func(Event)) {
+			defer p.close()
+			volume, _, _ := backupd.ParseManifestKey(key)
+			rep, err := p.r.Verify(ctx, []string{key}, backupd.VerifyOptions{ReadData: req.ReadData, Progress: progressTo(ctx, emit)})
+			if rep == nil {
+				if err == nil {
+					err = errors.New("verify returned no report")
+				}
+				emit(Event{Event: "error", Error: fmt.Sprintf("verify backup %s on target %q: %v", id, p.name, err), Code: codeOf(err)})
+				return
+			}
+			res := &VerifyResult{ID: id, Target: p.name, Volume: volume, OK: err == nil && rep.OK(), Report: rep}
+			if err != nil {
+				res.Error = err.Error()
+			} else if !rep.OK() {
+				res.Error = "verify found damage"
+			}
+			s.log.Info("backup verified", "id", id, "target", p.name, "ok", res.OK, "read_data", req.ReadData)
+			emit(Event{Event: "done", Verify: res})
+		})
+	})
+
+	mux.HandleFunc("DELETE /v1/backups/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		p, key, err := s.find(r.Context(), id, r.URL.Query().Get("target"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		defer p.close()
+		volume, _, err := backupd.ParseManifestKey(key)
+		if err == nil {
+			err = p.r.Delete(r.Context(), volume, id)
+		}
+		if err != nil {
+			fail(w, fmt.Errorf("delete backup %s on target %q: %w", id, p.name, err))
+			return
+		}
+		s.log.Info("backup deleted", "id", id, "volume", volume, "target", p.name)
+		w.WriteHeader(http.StatusNoContent)
+	})
+
+	mux.HandleFunc("POST /v1/backups/prune", func(w http.ResponseWriter, r *http.Request) {
+		var req PruneRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		out, err := s.prune(r.Context(), req)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+}
+
+// backupJob is a validated backup request with its target open.
+type backupJob struct {
+	s      *Service
+	p      *repo
+	volume string
+	snap   string
+	full   bool
+	done   func()
+}
+
+// prepareBackup checks the request, claims the volume, opens the target
+// and takes the snapshot if none was named. The job owns the target.
+func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backupJob, error) {
+	if req.Volume == "" {
+		return nil, fmt.Errorf("backup: no volume named: %w", blockdev.ErrInvalidArgument)
+	}
+	info, err := s.cfg.Manager.Volume(ctx, req.Volume)
+	if err != nil {
+		return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
+	}
+	done, err := s.claim(req.Volume, "backup")
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.open(ctx, req.Target)
+	if err != nil {
+		done()
+		return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
+	}
+	snap := req.Snapshot
+	if snap == "" {
+		snap = "backup-" + strings.ToLower(time.Now().UTC().Format("20060102-150405.000"))
+		if err := s.agentCall(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(req.Volume)+"/snapshots", map[string]string{"name": snap}); err != nil {
+			p.close()
+			done()
+			return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, err)
+		}
+		s.log.Info("snapshot taken for backup", "volume", req.Volume, "snapshot", snap)
+	} else if !slices.ContainsFunc(info.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == snap }) {
+		p.close()
+		done()
+		return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, blockdev.ErrNotFound)
+	}
+	return &backupJob{s: s, p: p, volume: req.Volume, snap: snap, full: req.Full, done: done}, nil
+}
+
+func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Backup, error) {
+	defer j.done()
+	defer j.p.close()
+	start := time.Now()
+	res, err := j.p.r.BackupVolume(ctx, j.s.cfg.Manager, j.volume, j.snap, backupd.BackupOptions{Full: j.full, Progress: progress})
+	if err != nil {
+		j.s.log.Warn("backup failed", "volume", j.volume, "snapshot", j.snap, "target", j.p.name, "err", err)
+		return nil, fmt.Errorf("backup of volume %q snapshot %q to target %q: %w", j.volume, j.snap, j.p.name, err)
+	}
+	b := fromManifest(j.p.name, res.ManifestKey, res.Manifest)
+	b.Digest = res.Digest
+	b.Stats = &res.Stats
+	j.s.log.Info("backup committed", "volume", j.volume, "snapshot", j.snap, "target", j.p.name, "id", res.ID,
+		"parent", b.Parent, "bytes_uploaded", res.BytesUploaded, "elapsed", time.Since(start).Round(time.Millisecond))
+	return b, nil
+}
+
+// restoreJob is a validated restore request.
+type restoreJob struct {
+	s       *Service
+	p       *repo
+	key     string
+	m       *backupd.Manifest
+	to      string
+	created bool
+	done    func()
+}
+
+// prepareRestore finds the backup, checks the destination and creates it
+// if it does not exist.
+func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequest) (*restoreJob, error) {
+	if req.To == "" {
+		return nil, fmt.Errorf("restore of backup %s: no destination volume (to): %w", id, blockdev.ErrInvalidArgument)
+	}
+	p, key, err := s.find(ctx, id, req.Target)
+	if err != nil {
+		return nil, err
+	}
+	m, err := p.r.LoadManifest(ctx, key)
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("restore of backup %s on target %q: %w", id, p.name, err)
+	}
+	done, err := s.claim(req.To, "restore")
+	if err != nil {
+		p.close()
+		return nil, err
+	}
+	j := &restoreJob{s: s, p: p, key: key, m: m, to: req.To, done: done}
+	fail := func(err error) (*restoreJob, error) {
+		p.close()
+		done()
+		return nil, err
+	}
+	info, err := s.cfg.Manager.Volume(ctx, req.To)
+	switch {
+	case errors.Is(err, blockdev.ErrNotFound):
+		if err := s.agentCall(ctx, http.MethodPost, "/v1/volumes", map[string]any{"name": req.To, "size": m.Size}); err != nil {
+			return fail(fmt.Errorf("restore of backup %s: create volume %q: %w", id, req.To, err))
+		}
+		j.created = true
+	case err != nil:
+		return fail(fmt.Errorf("restore of backup %s into volume %q: %w", id, req.To, err))
+	case s.cfg.Attached(req.To):
+		return fail(fmt.Errorf("restore of backup %s: volume %q is attached; detach it first (an attached volume is never overwritten): %w", id, req.To, blockdev.ErrInUse))
+	case info.Size != m.Size:
+		return fail(fmt.Errorf("restore of backup %s: volume %q is %d bytes, the backup %d: restore into a new volume or one of the same size: %w", id, req.To, info.Size, m.Size, blockdev.ErrInvalidArgument))
+	}
+	return j, nil
+}
+
+func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*RestoreResult, error) {
+	defer j.done()
+	defer j.p.close()
+	s := j.s
+	var res *backupd.RestoreResult
+	err := func() error {
+		dev, release, err := s.cfg.Manager.Open(ctx, j.to)
+		if err != nil {
+			return err
+		}
+		defer release()
+		var err2 error
+		res, err2 = j.p.r.Restore(ctx, j.key, backupd.VolumeDestination{V: dev}, backupd.RestoreOptions{DestZeroed: j.created, Progress: progress})
+		if err2 != nil {
+			return err2
+		}
+		if res.Digest != j.m.Digest {
+			return fmt.Errorf("restored digest %s, manifest %s: %w", res.Digest, j.m.Digest, backupd.ErrMismatch)
+		}
+		return nil
+	}()
+	if err != nil {
+		if j.created {
+			// A volume the restore created holds nothing else: remove it
+			// rather than leave a half-restored volume behind.
+			if derr := s.agentCall(context.WithoutCancel(ctx), http.MethodDelete, "/v1/volumes/"+url.PathEscape(j.to), nil); derr != nil {
+				s.log.Warn("remove partly restored volume", "volume", j.to, "err", derr)
+			}
+		}
+		s.log.Warn("restore failed", "id", j.m.ID, "to", j.to, "target", j.p.name, "err", err)
+		return nil, fmt.Errorf("restore of backup %s (volume %q) into volume %q: %w", j.m.ID, j.m.Volume, j.to, err)
+	}
+	s.log.Info("backup restored", "id", j.m.ID, "volume", j.m.Volume, "to", j.to, "target", j.p.name)
+	return &RestoreResult{ID: j.m.ID, Target: j.p.name, Volume: j.m.Volume, To: j.to, Created: j.created, Digest: j.m.Digest,
+		BytesWritten: res.BytesWritten, BytesFetched: res.BytesFetched}, nil
+}
+
+func (s *Service) list(ctx context.Context, volume, target string) ([]Backup, error) {
+	names, err := s.targetNames(target)
+	if err != nil {
+		return nil, err
+	}
+	out := []Backup{}
+	for _, n := range names {
+		err := func() error {
+			p, err := s.open(ctx, n)
+			if err != nil {
+				return err
+			}
+			defer p.close()
+			infos, err := p.r.List(ctx, volume)
+			if err != nil {
+				return fmt.Errorf("list backups on target %q: %w", n, err)
+			}
+			for _, bi := range infos {
+				out = append(out, Backup{ID: bi.ID, Volume: bi.Volume, Snapshot: bi.Snapshot, Parent: bi.Parent,
+					Created: bi.Created, Size: bi.Size, Digest: bi.Digest, Target: n, ManifestKey: bi.Key})
+			}
+			return nil
+		}()
+		if err != nil {
+			return nil, err
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Backup) int { return a.Created.Compare(b.Created) })
+	return out, nil
+}
+
+// ParseKeepWithin reads a Go duration ("36h") or a number of days ("7d").
+func ParseKeepWithin(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseFloat(days, 64)
+		if err == nil && n >= 0 {
+			return time.Duration(n * 24 * float64(time.Hour)), nil
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("keep-within %q: want a duration such as 36h or a number of days such as 7d: %w", s, blockdev.ErrInvalidArgument)
+	}
+	return d, nil
+}
+
+func (s *Service) prune(ctx context.Context, req PruneRequest) ([]PruneResult, error) {
+	within, err := ParseKeepWithin(req.KeepWithin)
+	if err != nil {
+		return nil, err
+	}
+	names, err := s.targetNames(req.Target)
+	if err != nil {
+		return nil, err
+	}
+	out := []PruneResult{}
+	for _, n := range names {
+		err := func() error {
+			p, err := s.open(ctx, n)
+			if err != nil {
+				return err
+			}
+			defer p.close()
+			res, err := p.r.Prune(ctx, backupd.PruneOptions{Volume: req.Volume, KeepLast: req.KeepLast, KeepWithin: within, DryRun: req.DryRun})
+			if err != nil {
+				return fmt.Errorf("target %q: %w", n, err)
+			}
+			pr := PruneResult{Target: n, Kept: res.Kept, Deleted: res.Deleted}
+			if pr.Kept == nil {
+				pr.Kept = []backupd.BackupInfo{}
+			}
+			if pr.Deleted == nil {
+				pr.Deleted = []backupd.BackupInfo{}
+			}
+			s.log.Info("backups pruned", "target", n, "volume", req.Volume, "kept", len(pr.Kept), "deleted", len(pr.Deleted), "dry_run", req.DryRun)
+			out = append(out, pr)
+			return nil
+		}()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// progressInterval spaces progress events (about five a second).
+const progressInterval = 200 * time.Millisecond
+
+// progressTo returns a ProgressFunc that forwards events to emit at most
+// every progressInterval, plus every phase change. The engine calls it from
+// one goroutine at a time.
+func progressTo(ctx context.Context, emit func(Event)) backupd.ProgressFunc {
+	var (
+		last  time.Time
+		phase backupd.Phase
+	)
+	return func(p backupd.Progress) {
+		now := time.Now()
+		if p.Phase == phase && now.Sub(last) < progressInterval {
+			return
+		}
+		last, phase = now, p.Phase
+		if ctx.Err() == nil {
+			emit(Event{Event: "progress", Progress: &p})
+		}
+	}
+}
+
+// writeStream answers NDJSON: fn emits events, each written and flushed
+// as one line. fn runs in the handler's goroutine; emit is safe to call
+// from others.
+func writeStream(w http.ResponseWriter, r *http.Request, fn func(ctx context.Context, emit func(Event))) {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	var mu sync.Mutex
+	enc := json.NewEncoder(w)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	broken := false
+	emit := func(e Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if broken {
+			return
+		}
+		if err := enc.Encode(e); err != nil {
+			broken = true
+			cancel()
+			return
+		}
+		_ = rc.Flush()
+	}
+	fn(ctx, emit)
+}
+
+// agentCall serves one request with the agent's own routes, in process.
+func (s *Service) agentCall(ctx context.Context, method, path string, in any) error {
+	if s.mux == nil {
+		return fmt.Errorf("%s %s: backup service not routed: %w", method, path, blockdev.ErrInvalidArgument)
+	}
+	var body io.Reader = http.NoBody
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	rec := &recorder{h: http.Header{}, status: http.StatusOK}
+	s.mux.ServeHTTP(rec, req)
+	if rec.status < 300 {
+		return nil
+	}
+	var eb struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+	}
+	if json.Unmarshal(rec.body, &eb) != nil || eb.Error == "" {
+		return fmt.Errorf("%s %s: status %d", method, path, rec.status)
+	}
+	class := map[string]error{"invalid": blockdev.ErrInvalidArgument, "not_found": blockdev.ErrNotFound,
+		"exists": blockdev.ErrExists, "in_use": blockdev.ErrInUse, "corrupt": blockdev.ErrCorrupt}[eb.Code]
+	if class == nil {
+		return errors.New(eb.Error)
+	}
+	return &classed{err: errors.New(eb.Error), class: class}
+}
+
+// recorder captures what writeErr writes, to learn the error code.
+type recorder struct {
+	h      http.Header
+	status int
+	body   []byte
+}
+
+func (r *recorder) Header() http.Header         { return r.h }
+func (r *recorder) WriteHeader(code int)        { r.status = code }
+func (r *recorder) Write(p []byte) (int, error) { r.body = append(r.body, p...); return len(p), nil }

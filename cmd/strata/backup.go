@@ -1,0 +1,466 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/strata-block/strata/backupd/service"
+	"github.com/strata-block/strata/blockdev/agent"
+)
+
+func newBackupCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "backup",
+		Short: "Back up volumes to targets; list, inspect, restore, verify and prune backups",
+		Long: `Volume backups go to a backup target (see "strata target"): the first
+backup of a volume is full, later ones upload only what changed since the
+newest backup of the volume on that target whose snapshot still exists.
+A backup is listed only once every chunk and its manifest are stored and
+checked. Backups are named by id; a verb finds the id on --target, else on
+every registered target.
+
+Long verbs (create, restore, verify) show a progress bar on a terminal;
+with --json they print every progress event and the result as JSON lines.`,
+	}
+	addClientFlags(cmd)
+	cmd.AddCommand(backupCreateCmd(), backupLsCmd(), backupInfoCmd(), backupRestoreCmd(),
+		backupVerifyCmd(), backupRmCmd(), backupPruneCmd())
+	return cmd
+}
+
+func backupCreateCmd() *cobra.Command {
+	var (
+		req    service.CreateRequest
+		noWait bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create VOLUME",
+		Short: "Back up a volume (a new snapshot of it, or --snapshot) and print the backup id",
+		Long: `Back up a volume. Without --snapshot the server takes a new snapshot named
+backup-<UTC time> and backs it up; keep it: the next backup of the volume
+is incremental to it (change tracking needs both snapshots).
+
+--no-wait returns as soon as the server accepted the job: the backup runs
+on in the server, detached from this command, and "strata backup ls" shows
+it once it is committed; a failure is only in the server's log.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Volume = args[0]
+			if noWait {
+				f := false
+				req.Wait = &f
+			}
+			ev, err := streamCall(cmd, "/v1/backups", req, "backing up "+req.Volume)
+			if err != nil {
+				return err
+			}
+			if noWait {
+				if jsonFlag(cmd) {
+					return nil
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "backup of %s (snapshot %s) accepted; \"strata backup ls %s\" lists it once committed\n", req.Volume, ev.Snapshot, req.Volume)
+				return err
+			}
+			if ev.Backup == nil {
+				return errors.New("the server's answer has no backup")
+			}
+			if jsonFlag(cmd) {
+				return nil
+			}
+			b := ev.Backup
+			kind := "full"
+			if b.Parent != "" {
+				kind = "incremental to " + b.Parent
+			}
+			uploaded := int64(0)
+			if b.Stats != nil {
+				uploaded = b.BytesUploaded
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "backed up %s@%s to %s (%s): %s uploaded\n", b.Volume, b.Snapshot, b.Target, kind, humanSize(uploaded))
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), b.ID)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Target, "target", "", "target name (default: the default target)")
+	f.StringVar(&req.Snapshot, "snapshot", "", "back up this existing snapshot instead of taking a new one")
+	f.BoolVar(&req.Full, "full", false, "upload every chunk again instead of only the changes (heals damaged chunks)")
+	f.BoolVar(&noWait, "no-wait", false, "return once the server accepted the backup; it runs on in the server")
+	return cmd
+}
+
+func backupLsCmd() *cobra.Command {
+	var target string
+	cmd := &cobra.Command{
+		Use:   "ls [VOLUME]",
+		Short: "List backups, oldest first",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q := url.Values{}
+			if len(args) == 1 {
+				q.Set("volume", args[0])
+			}
+			if target != "" {
+				q.Set("target", target)
+			}
+			path := "/v1/backups"
+			if len(q) > 0 {
+				path += "?" + q.Encode()
+			}
+			var bs []service.Backup
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodGet, path, nil, &bs); err != nil {
+				return err
+			}
+			return output(cmd, bs, func(w io.Writer) error {
+				rows := make([][]string, 0, len(bs))
+				for _, b := range bs {
+					rows = append(rows, []string{b.ID, b.Volume, b.Snapshot, b.Created.Local().Format(time.DateTime), humanSize(b.Size), b.Target})
+				}
+				return table(w, []string{"ID", "VOLUME", "SNAPSHOT", "CREATED", "SIZE", "TARGET"}, rows)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "", "list only this target's backups")
+	return cmd
+}
+
+func targetQuery(target string) string {
+	if target == "" {
+		return ""
+	}
+	return "?target=" + url.QueryEscape(target)
+}
+
+func backupInfoCmd() *cobra.Command {
+	var target string
+	cmd := &cobra.Command{
+		Use:   "info ID",
+		Short: "Show a backup's manifest summary",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var b service.Backup
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodGet, "/v1/backups/"+url.PathEscape(args[0])+targetQuery(target), nil, &b); err != nil {
+				return err
+			}
+			return output(cmd, b, func(w io.Writer) error {
+				parent := "none (full)"
+				if b.Parent != "" {
+					parent = b.Parent
+				}
+				fmt.Fprintf(w, "backup    %s\n", b.ID)
+				fmt.Fprintf(w, "volume    %s\n", b.Volume)
+				fmt.Fprintf(w, "snapshot  %s\n", b.Snapshot)
+				fmt.Fprintf(w, "parent    %s\n", parent)
+				fmt.Fprintf(w, "created   %s\n", b.Created.Local().Format(time.RFC3339))
+				fmt.Fprintf(w, "size      %s (%d bytes)\n", humanSize(b.Size), b.Size)
+				fmt.Fprintf(w, "digest    %s\n", b.Digest)
+				fmt.Fprintf(w, "target    %s (%s)\n", b.Target, b.ManifestKey)
+				fmt.Fprintf(w, "encrypted %v\n", b.Encrypted)
+				if b.Stats != nil {
+					fmt.Fprintf(w, "uploaded  %s of %s scanned; chunks new %d, dedup %d, zero %d\n",
+						humanSize(b.BytesUploaded), humanSize(b.BytesScanned), b.ChunksNew, b.ChunksDedup, b.ChunksZero)
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "", "look for the backup only on this target")
+	return cmd
+}
+
+func backupRestoreCmd() *cobra.Command {
+	var req service.RestoreRequest
+	cmd := &cobra.Command{
+		Use:   "restore ID --to VOLUME",
+		Short: "Restore a backup into a new volume, or an existing detached one of the same size",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if req.To == "" {
+				return errors.New("restore: --to VOLUME is required")
+			}
+			ev, err := streamCall(cmd, "/v1/backups/"+url.PathEscape(args[0])+"/restore", req, "restoring "+args[0])
+			if err != nil {
+				return err
+			}
+			if ev.Restore == nil {
+				return errors.New("the server's answer has no restore result")
+			}
+			if jsonFlag(cmd) {
+				return nil
+			}
+			r := ev.Restore
+			how := "existing volume"
+			if r.Created {
+				how = "new volume"
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s of %s from %s into %s %s (digest %s)\n", r.ID, r.Volume, r.Target, how, r.To, r.Digest)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&req.To, "to", "", "volume to restore into (created if it does not exist)")
+	cmd.Flags().StringVar(&req.Target, "target", "", "look for the backup only on this target")
+	return cmd
+}
+
+func backupVerifyCmd() *cobra.Command {
+	var req service.VerifyRequest
+	cmd := &cobra.Command{
+		Use:   "verify ID",
+		Short: "Check a backup's manifest, map pages and chunks (--read-data: re-read and re-hash every chunk)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ev, err := streamCall(cmd, "/v1/backups/"+url.PathEscape(args[0])+"/verify", req, "verifying "+args[0])
+			if err != nil {
+				return err
+			}
+			v := ev.Verify
+			if v == nil || v.Report == nil {
+				return errors.New("the server's answer has no verify report")
+			}
+			if !v.OK {
+				return errors.New(verifyFailure(v))
+			}
+			if jsonFlag(cmd) {
+				return nil
+			}
+			how := "manifest, map pages and chunk index"
+			if req.ReadData {
+				how = "every chunk re-read and re-hashed"
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "backup %s of %s on %s OK: %d chunks, %s\n", v.ID, v.Volume, v.Target, v.Report.Chunks, how)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&req.Target, "target", "", "look for the backup only on this target")
+	cmd.Flags().BoolVar(&req.ReadData, "read-data", false, "fetch and re-hash every chunk the backup references")
+	return cmd
+}
+
+// verifyFailure is the one line naming what verify found bad.
+func verifyFailure(v *service.VerifyResult) string {
+	rep := v.Report
+	var parts []string
+	if n := len(rep.BadChunks); n > 0 {
+		c := rep.BadChunks[0]
+		what := "damaged"
+		if c.Missing {
+			what = "missing"
+		}
+		vols := map[string]bool{}
+		var names []string
+		for _, b := range c.Backups {
+			if !vols[b.Volume] {
+				vols[b.Volume] = true
+				names = append(names, b.Volume)
+			}
+		}
+		if len(names) == 0 {
+			names = []string{v.Volume}
+		}
+		s := fmt.Sprintf("chunk %s %s (volume %s", c.ID, what, strings.Join(names, ", "))
+		if c.Pack != "" {
+			s += ", pack " + c.Pack
+		}
+		s += ")"
+		if n > 1 {
+			s += fmt.Sprintf(" and %d more bad chunks", n-1)
+		}
+		parts = append(parts, s)
+	}
+	if n := len(rep.BadBackups); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d backups do not load (%s)", n, oneLine(rep.BadBackups[0].Err)))
+	}
+	if n := len(rep.BadIndexes); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d pack indexes do not decode", n))
+	}
+	if len(parts) == 0 {
+		parts = append(parts, oneLine(v.Error))
+	}
+	return fmt.Sprintf("backup %s of volume %s on target %s is damaged: %s; a \"backup create --full\" of the volume stores fresh copies", v.ID, v.Volume, v.Target, strings.Join(parts, "; "))
+}
+
+func backupRmCmd() *cobra.Command {
+	var target string
+	cmd := &cobra.Command{
+		Use:   "rm ID",
+		Short: "Delete a backup (its manifest; unreferenced data is reclaimed by garbage collection)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodDelete, "/v1/backups/"+url.PathEscape(args[0])+targetQuery(target), nil, nil); err != nil {
+				return err
+			}
+			return done(cmd, "deleted backup "+args[0], map[string]any{"id": args[0]})
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "", "look for the backup only on this target")
+	return cmd
+}
+
+func backupPruneCmd() *cobra.Command {
+	var req service.PruneRequest
+	cmd := &cobra.Command{
+		Use:   "prune [VOLUME]",
+		Short: "Delete the backups a retention policy does not keep (per volume)",
+		Long: `Keep, per volume, the --keep-last newest backups and every backup created
+within --keep-within of the volume's newest one; delete the rest. A policy
+that keeps nothing is refused.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				req.Volume = args[0]
+			}
+			if _, err := service.ParseKeepWithin(req.KeepWithin); err != nil {
+				return err
+			}
+			var res []service.PruneResult
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodPost, "/v1/backups/prune", req, &res); err != nil {
+				return err
+			}
+			return output(cmd, res, func(w io.Writer) error {
+				verb := "deleted"
+				if req.DryRun {
+					verb = "would delete"
+				}
+				for _, r := range res {
+					fmt.Fprintf(w, "target %s: kept %d, %s %d\n", r.Target, len(r.Kept), verb, len(r.Deleted))
+					for _, b := range r.Deleted {
+						fmt.Fprintf(w, "  %s %s %s@%s\n", verb, b.ID, b.Volume, b.Snapshot)
+					}
+				}
+				return nil
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&req.KeepLast, "keep-last", 0, "keep the N newest backups of each volume")
+	f.StringVar(&req.KeepWithin, "keep-within", "", "keep backups within this long of the volume's newest (36h, 7d)")
+	f.StringVar(&req.Target, "target", "", "prune only this target (default: every target)")
+	f.BoolVar(&req.DryRun, "dry-run", false, "print what would be deleted, delete nothing")
+	return cmd
+}
+
+// socketFor is the control socket clientFor uses.
+func socketFor(cmd *cobra.Command) string {
+	if s, _ := cmd.Flags().GetString("socket"); s != "" {
+		return s
+	}
+	if s := os.Getenv("STRATA_SOCKET"); s != "" {
+		return s
+	}
+	return agent.APISocket(dataDirFlag(cmd))
+}
+
+// streamCall POSTs in to path and reads the NDJSON answer: progress
+// events drive a bar on a terminal (or are printed with --json), and the
+// final done or accepted event is returned; an error event is an error.
+func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.Event, error) {
+	socket := socketFor(cmd)
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	body, err := json.Marshal(in)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, "http://strata"+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		var ne *net.OpError
+		if errors.As(err, &ne) {
+			return nil, fmt.Errorf("cannot reach the strata server at %s (is `strata server` running with this --data-dir?): %w", socket, err)
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var eb agent.ErrorBody
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&eb); err != nil || eb.Error == "" {
+			return nil, fmt.Errorf("server answered %s", resp.Status)
+		}
+		return nil, &agent.APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+	}
+	asJSON := jsonFlag(cmd)
+	out := cmd.OutOrStdout()
+	var bar *progressbar.ProgressBar
+	defer func() {
+		if bar != nil {
+			_ = bar.Exit()
+		}
+	}()
+	stderr := cmd.ErrOrStderr()
+	tty := false
+	if f, ok := stderr.(*os.File); ok && !asJSON {
+		tty = isatty.IsTerminal(f.Fd())
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var ev service.Event
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return nil, fmt.Errorf("decode server event %q: %w", line, err)
+		}
+		if asJSON && ev.Event != "error" {
+			if _, err := fmt.Fprintf(out, "%s\n", line); err != nil {
+				return nil, err
+			}
+		}
+		switch ev.Event {
+		case "progress":
+			if !tty || ev.Progress == nil {
+				continue
+			}
+			if bar == nil && ev.BytesTotal > 0 {
+				bar = progressbar.NewOptions64(ev.BytesTotal,
+					progressbar.OptionSetWriter(stderr),
+					progressbar.OptionSetDescription(what),
+					progressbar.OptionShowBytes(true),
+					progressbar.OptionShowCount(),
+					progressbar.OptionSetPredictTime(true),
+					progressbar.OptionThrottle(100*time.Millisecond),
+					progressbar.OptionClearOnFinish(),
+				)
+			}
+			if bar != nil {
+				n := ev.BytesScanned
+				if ev.BytesWritten > n {
+					n = ev.BytesWritten
+				}
+				_ = bar.Set64(min(n, ev.BytesTotal))
+			}
+		case "error":
+			return nil, &agent.APIError{Status: http.StatusInternalServerError, Code: ev.Code, Message: ev.Error}
+		case "done", "accepted":
+			return &ev, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading the server's answer: %w", err)
+	}
+	return nil, errors.New("the server's answer ended before the operation finished (see the server log)")
+}
