@@ -406,7 +406,7 @@ func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.
 	var bar *progressbar.ProgressBar
 	defer func() {
 		if bar != nil {
-			_ = bar.Exit()
+			_ = bar.Clear() // the result line replaces the bar
 		}
 	}()
 	stderr := cmd.ErrOrStderr()
