@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -253,5 +254,39 @@ func TestBackupCLI(t *testing.T) {
 			t.Fatalf("detached backup of snapshot %s not listed after 2 min: %+v\nserver log:\n%s", evs[0].Snapshot, ls, s.log.String())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestBackupEncrypted(t *testing.T) {
+	needRoot(t)
+	dataDir := t.TempDir()
+	keyFile := filepath.Join(t.TempDir(), "backup.key")
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("5a", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, dataDir, "--fuse", "off", "--backup-key", keyFile)
+	s.must("target", "add", "local", "file://"+t.TempDir())
+	s.must("volume", "create", "vol-e", "--size", "16MiB")
+	b := s.backup("vol-e")
+	var info backupJSON
+	s.mustJSON(&info, "backup", "info", b.ID)
+	if !info.Encrypted {
+		t.Fatalf("backup with --backup-key is not encrypted: %+v", info)
+	}
+	evs := s.events("backup", "restore", b.ID, "--to", "vol-f")
+	if last := evs[len(evs)-1]; last.Event != "done" || last.Restore == nil || last.Restore.Digest != b.Digest {
+		t.Fatalf("restore of an encrypted backup: %+v", last)
+	}
+
+	// Without the key the backup is listed but does not restore.
+	s.stop(syscall.SIGTERM)
+	s = startServer(t, dataDir, "--fuse", "off")
+	s.fails(t, "key", "backup", "restore", b.ID, "--to", "vol-g")
+	var vols []volumeJSON
+	s.mustJSON(&vols, "volume", "ls")
+	for _, v := range vols {
+		if v.Name == "vol-g" {
+			t.Fatal("a failed restore left the volume it created")
+		}
 	}
 }
