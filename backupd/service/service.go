@@ -119,6 +119,23 @@ type PruneRequest struct {
 	DryRun     bool   `json:"dry_run,omitempty"`
 }
 
+// GCRequest is the body of POST /v1/backups/gc.
+type GCRequest struct {
+	// Target is the target to collect ("" for every registered target).
+	Target string `json:"target,omitempty"`
+	// Grace (Go duration or "2d") overrides the engine's default: a pack
+	// or page unreferenced at one run is deleted only by a run at least
+	// Grace later. It must be longer than any backup's run time.
+	Grace  string `json:"grace,omitempty"`
+	DryRun bool   `json:"dry_run,omitempty"`
+}
+
+// GCResult is one target's garbage collection.
+type GCResult struct {
+	Target string            `json:"target"`
+	Report *backupd.GCReport `json:"report"`
+}
+
 // Backup describes one backup on one target.
 type Backup struct {
 	ID          string    `json:"id"`
@@ -463,6 +480,20 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 		}
 		s.log.Info("backup deleted", "id", id, "volume", volume, "target", p.name)
 		w.WriteHeader(http.StatusNoContent)
+	})
+
+	mux.HandleFunc("POST /v1/backups/gc", func(w http.ResponseWriter, r *http.Request) {
+		var req GCRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		out, err := s.gc(r.Context(), req)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
 	})
 
 	mux.HandleFunc("POST /v1/backups/prune", func(w http.ResponseWriter, r *http.Request) {
@@ -822,3 +853,35 @@ type recorder struct {
 func (r *recorder) Header() http.Header         { return r.h }
 func (r *recorder) WriteHeader(code int)        { r.status = code }
 func (r *recorder) Write(p []byte) (int, error) { r.body = append(r.body, p...); return len(p), nil }
+
+// gc runs the engine's two-phase garbage collection on one target or all.
+func (s *Service) gc(ctx context.Context, req GCRequest) ([]GCResult, error) {
+	var opts backupd.GCOptions
+	if req.Grace != "" {
+		g, err := ParseKeepWithin(req.Grace)
+		if err != nil {
+			return nil, fmt.Errorf("gc grace: %w", err)
+		}
+		opts.Grace = g
+	}
+	opts.DryRun = req.DryRun
+	names, err := s.targetNames(req.Target)
+	if err != nil {
+		return nil, err
+	}
+	out := []GCResult{}
+	for _, name := range names {
+		p, err := s.open(ctx, name)
+		if err != nil {
+			return out, err
+		}
+		rep, err := p.r.GC(ctx, opts)
+		p.close()
+		if err != nil {
+			return out, fmt.Errorf("gc on target %q: %w", name, err)
+		}
+		s.log.Info("backup gc", "target", name, "packs_deleted", rep.PacksDeleted, "bytes_deleted", rep.BytesDeleted, "dry_run", req.DryRun)
+		out = append(out, GCResult{Target: name, Report: rep})
+	}
+	return out, nil
+}

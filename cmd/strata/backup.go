@@ -39,7 +39,7 @@ with --json they print every progress event and the result as JSON lines.`,
 	}
 	addClientFlags(cmd)
 	cmd.AddCommand(backupCreateCmd(), backupLsCmd(), backupInfoCmd(), backupRestoreCmd(),
-		backupVerifyCmd(), backupRmCmd(), backupPruneCmd())
+		backupVerifyCmd(), backupRmCmd(), backupPruneCmd(), backupGCCmd())
 	return cmd
 }
 
@@ -351,6 +351,44 @@ that keeps nothing is refused.`,
 	f.StringVar(&req.KeepWithin, "keep-within", "", "keep backups within this long of the volume's newest (36h, 7d)")
 	f.StringVar(&req.Target, "target", "", "prune only this target (default: every target)")
 	f.BoolVar(&req.DryRun, "dry-run", false, "print what would be deleted, delete nothing")
+	return cmd
+}
+
+func backupGCCmd() *cobra.Command {
+	var req service.GCRequest
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Reclaim the space of deleted backups (two-phase: safe while backups run)",
+		Long: `Garbage-collect the packs and map pages no backup references. A run marks
+what is unreferenced and deletes only what an earlier run marked at least
+--grace ago and is still unreferenced, so a backup running meanwhile never
+loses a chunk it uses (backupd/FORMAT.md, "Garbage collection"). Run it
+periodically, e.g. after prune; space comes back on the second run.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if req.Grace != "" {
+				if _, err := service.ParseKeepWithin(req.Grace); err != nil {
+					return err
+				}
+			}
+			var res []service.GCResult
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodPost, "/v1/backups/gc", req, &res); err != nil {
+				return err
+			}
+			return output(cmd, res, func(w io.Writer) error {
+				for _, r := range res {
+					g := r.Report
+					fmt.Fprintf(w, "target %s: %d manifests, %d packs live; marked %d packs and %d pages; deleted %d packs and %d pages (%s)\n",
+						r.Target, g.Manifests, g.PacksLive, g.PacksMarked, g.PagesMarked, g.PacksDeleted, g.PagesDeleted, humanSize(g.BytesDeleted))
+				}
+				return nil
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Target, "target", "", "collect only this target (default: every target)")
+	f.StringVar(&req.Grace, "grace", "", "delete only what was marked at least this long ago (default 12h; longer than any backup's run)")
+	f.BoolVar(&req.DryRun, "dry-run", false, "report what a run would do; mark and delete nothing")
 	return cmd
 }
 
