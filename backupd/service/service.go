@@ -482,33 +482,8 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 		w.WriteHeader(http.StatusNoContent)
 	})
 
-	mux.HandleFunc("POST /v1/backups/gc", func(w http.ResponseWriter, r *http.Request) {
-		var req GCRequest
-		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
-		}
-		out, err := s.gc(r.Context(), req)
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, out)
-	})
-
-	mux.HandleFunc("POST /v1/backups/prune", func(w http.ResponseWriter, r *http.Request) {
-		var req PruneRequest
-		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
-		}
-		out, err := s.prune(r.Context(), req)
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, out)
-	})
+	mux.HandleFunc("POST /v1/backups/gc", jsonCall(decode, fail, writeJSON, s.gc))
+	mux.HandleFunc("POST /v1/backups/prune", jsonCall(decode, fail, writeJSON, s.prune))
 }
 
 // backupJob is a validated backup request with its target open.
@@ -853,6 +828,25 @@ type recorder struct {
 func (r *recorder) Header() http.Header         { return r.h }
 func (r *recorder) WriteHeader(code int)        { r.status = code }
 func (r *recorder) Write(p []byte) (int, error) { r.body = append(r.body, p...); return len(p), nil }
+
+// jsonCall is a handler that decodes a Req body, calls fn and writes its
+// result as JSON (200) or its error.
+func jsonCall[Req, Res any](decode func(*http.Request, any) error, fail func(http.ResponseWriter, error),
+	writeJSON func(http.ResponseWriter, int, any), fn func(context.Context, Req) (Res, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		out, err := fn(r.Context(), req)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
+}
 
 // gc runs the engine's two-phase garbage collection on one target or all.
 func (s *Service) gc(ctx context.Context, req GCRequest) ([]GCResult, error) {
