@@ -9,13 +9,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/strata-block/strata/plugins"
+
+	"github.com/strata-block/strata/internal/atomicfile"
 )
 
 // Destination is what Restore writes: a volume (VolumeDestination
@@ -412,29 +413,7 @@ func readRestoreState(path string) (restoreState, error) {
 // writeRestoreState replaces the state file atomically (temp, fsync,
 // rename, fsync dir).
 func writeRestoreState(path string, st restoreState) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("restore state: %w", err)
-	}
-	_, err = f.Write(marshalJSON(st))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		var d *os.File
-		if d, err = os.Open(filepath.Dir(path)); err == nil {
-			err = d.Sync()
-			_ = d.Close()
-		}
-	}
-	if err != nil {
+	if err := atomicfile.Write(path, marshalJSON(st)); err != nil {
 		return fmt.Errorf("restore state %s: %w", path, err)
 	}
 	return nil

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/strata-block/strata/internal/atomicfile"
 )
 
 const (
@@ -24,7 +26,7 @@ const (
 	volumesDir      = "volumes"
 	layersDir       = "layers"
 	metaSuffix      = ".meta"
-	tmpSuffix       = ".tmp"
+	tmpSuffix       = atomicfile.TmpSuffix
 )
 
 // Options configures a Store. The zero value is valid.
@@ -557,39 +559,10 @@ func (s *Store) writeMetaLocked(m *volumeMeta) error {
 	return nil
 }
 
-// writeFileAtomic writes dir/name through a temporary file, fsync, rename
-// and directory fsync, so a crash leaves either the old or the new content.
+// writeFileAtomic replaces dir/name so that a crash leaves the old or the
+// new content.
 func writeFileAtomic(dir, name string, b []byte) error {
-	tmp := filepath.Join(dir, name+tmpSuffix)
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = unix.Fdatasync(int(f.Fd()))
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	return syncDir(dir)
+	return atomicfile.Write(filepath.Join(dir, name), b)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }

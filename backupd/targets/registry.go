@@ -14,6 +14,8 @@ import (
 
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/plugins"
+
+	"github.com/strata-block/strata/internal/atomicfile"
 )
 
 // Errors of the registry; the API maps them onto its error codes.
@@ -192,30 +194,7 @@ func (r *Registry) saveLocked(ts []Target) error {
 	if err != nil {
 		return err
 	}
-	tmp := r.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("save target registry: %w", err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, r.path)
-	}
-	if err == nil {
-		var d *os.File
-		if d, err = os.Open(filepath.Dir(r.path)); err == nil {
-			err = d.Sync()
-			_ = d.Close()
-		}
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
+	if err := atomicfile.Write(r.path, b); err != nil {
 		return fmt.Errorf("save target registry: %w", err)
 	}
 	return nil
