@@ -97,16 +97,13 @@ func (h *host) fuseError() string {
 	return h.fuseErr.Error()
 }
 
+// filePath is name's file in the FUSE mount, "" without one.
 func (h *host) filePath(name string) string {
-	if h == nil {
+	mp := h.mountPoint()
+	if mp == "" {
 		return ""
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.fs == nil {
-		return ""
-	}
-	return h.fs.Path(name)
+	return filepath.Join(mp, name)
 }
 
 // refresh makes the FUSE files match the Manager's exports: new volumes
