@@ -17,8 +17,8 @@ var blockPool = sync.Pool{New: func() any { b := make([]byte, BlockSize); return
 
 var zeroBlock [BlockSize]byte
 
-// maxCommit bounds the blocks committed to the index per step, so the
-// checksums fit on the stack and the index lock is held briefly.
+// maxCommit is the most blocks a flush reads back and checksums at once
+// (its buffer and the sums on the stack).
 const maxCommit = 256
 
 // ReadAt reads len(p) bytes at off. Like io.ReaderAt it returns io.EOF
@@ -140,11 +140,7 @@ func (v *Volume) writeLocked(p []byte, off int64) error {
 		if err := v.head.writeAt(p[:whole], off); err != nil {
 			return err
 		}
-		for done := int64(0); done < whole; {
-			n := min(whole-done, maxCommit*BlockSize)
-			v.commitData(p[done:done+n], off+done)
-			done += n
-		}
+		v.commitData(whole, off)
 		p, off = p[whole:], off+whole
 	}
 	// Trailing partial block.
@@ -168,18 +164,17 @@ func (v *Volume) writePartial(p []byte, off int64) error {
 	if err := v.head.writeAt(buf, boff); err != nil {
 		return err
 	}
-	v.commitData(buf, boff)
+	v.commitData(BlockSize, boff)
 	return nil
 }
 
-// commitData records that the head now holds the whole blocks in p at the
-// block-aligned offset off (at most maxCommit blocks). Their checksums are
-// computed when they are flushed.
-func (v *Volume) commitData(p []byte, off int64) {
-	n := uint64(len(p)) / BlockSize
+// commitData records that the head now holds the n bytes of whole blocks
+// at the block-aligned offset off. Their checksums are computed when they
+// are flushed.
+func (v *Volume) commitData(n, off int64) {
 	start := uint64(off) >> blockShift
 	v.ci.mu.Lock()
-	v.setHead(start, n, kindData)
+	v.setHead(start, uint64(n)>>blockShift, kindData)
 	v.ci.mu.Unlock()
 }
 
