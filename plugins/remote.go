@@ -216,18 +216,27 @@ func (r *Remote) Put(ctx context.Context, key string, rd io.Reader, size int64) 
 	if err := ValidateKey(key); err != nil {
 		return err
 	}
+	return r.retryUpload(ctx, "put", rd, func(ctx context.Context, p *process, _ int, _ func() error) error {
+		return p.target.Put(ctx, key, rd, size)
+	})
+}
+
+// retryUpload runs an upload of rd's content: retried like any idempotent
+// call only if rd can seek back (once otherwise), rewinding it before every
+// attempt after the first. fn gets the rewind for checks of its own.
+func (r *Remote) retryUpload(ctx context.Context, op string, rd io.Reader, fn func(ctx context.Context, p *process, attempt int, rewind func() error) error) error {
 	rewind := rewinder(rd)
 	attempts := r.policy.Attempts
 	if rewind == nil {
 		attempts = 1
 	}
-	return r.retryN(ctx, "put", attempts, func(ctx context.Context, p *process, attempt int) error {
+	return r.retryN(ctx, op, attempts, func(ctx context.Context, p *process, attempt int) error {
 		if attempt > 1 {
 			if err := rewind(); err != nil {
 				return err
 			}
 		}
-		return p.target.Put(ctx, key, rd, size)
+		return fn(ctx, p, attempt, rewind)
 	})
 }
 
@@ -236,17 +245,7 @@ func (r *Remote) PutIfAbsent(ctx context.Context, key string, rd io.Reader, size
 	if err := ValidateKey(key); err != nil {
 		return err
 	}
-	rewind := rewinder(rd)
-	attempts := r.policy.Attempts
-	if rewind == nil {
-		attempts = 1
-	}
-	return r.retryN(ctx, "put-if-absent", attempts, func(ctx context.Context, p *process, attempt int) error {
-		if attempt > 1 {
-			if err := rewind(); err != nil {
-				return err
-			}
-		}
+	return r.retryUpload(ctx, "put-if-absent", rd, func(ctx context.Context, p *process, attempt int, rewind func() error) error {
 		err := p.target.PutIfAbsent(ctx, key, rd, size)
 		if attempt == 1 || !errors.Is(err, ErrAlreadyExists) {
 			return err
