@@ -343,6 +343,14 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 		}
 		return body.Code
 	}
+	// emitEnd ends a stream: an error event for err, else done.
+	emitEnd := func(emit func(Event), err error, done Event) {
+		if err != nil {
+			emit(Event{Event: "error", Error: err.Error(), Code: codeOf(err)})
+			return
+		}
+		emit(done)
+	}
 
 	mux.HandleFunc("POST /v1/backups", func(w http.ResponseWriter, r *http.Request) {
 		var req CreateRequest
@@ -373,11 +381,7 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 		}
 		writeStream(w, r, func(ctx context.Context, emit func(Event)) {
 			b, err := job.run(ctx, progressTo(ctx, emit))
-			if err != nil {
-				emit(Event{Event: "error", Error: err.Error(), Code: codeOf(err)})
-				return
-			}
-			emit(Event{Event: "done", Backup: b})
+			emitEnd(emit, err, Event{Event: "done", Backup: b})
 		})
 	})
 
@@ -420,11 +424,7 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 		}
 		writeStream(w, r, func(ctx context.Context, emit func(Event)) {
 			res, err := job.run(ctx, progressTo(ctx, emit))
-			if err != nil {
-				emit(Event{Event: "error", Error: err.Error(), Code: codeOf(err)})
-				return
-			}
-			emit(Event{Event: "done", Restore: res})
+			emitEnd(emit, err, Event{Event: "done", Restore: res})
 		})
 	})
 
