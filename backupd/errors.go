@@ -28,4 +28,16 @@ var (
 	// differs from the one written, or a restored volume's digest differs
 	// from the manifest's.
 	ErrMismatch = errors.New("mismatch")
+	// ErrHeld is returned by Delete for a backup a system backup holds
+	// (its manifest carries TagSystem): only the coordinator removes it,
+	// with DeleteHeld, when no system manifest names it any more.
+	ErrHeld = errors.New("held by a system backup")
+)
+
+// Tags the coordinator records in the volume backups of a system backup.
+// A backup carrying TagSystem is held: Prune keeps it and Delete refuses
+// it, because a system manifest may name it.
+const (
+	TagSystem = "strata.system"
+	TagToken  = "strata.token"
 )

@@ -38,18 +38,34 @@ func sortInfos(s []BackupInfo) {
 
 // Delete removes backup id of volume: its manifest only; GC reclaims the
 // chunks no other backup references. A backup that does not exist is
-// plugins.ErrNotFound.
+// plugins.ErrNotFound; one a system backup holds is ErrHeld.
 func (r *Repository) Delete(ctx context.Context, volume, id string) error {
+	return r.delete(ctx, volume, id, false)
+}
+
+// DeleteHeld is Delete for the coordinator: it removes a backup even when
+// it carries TagSystem. The caller checks that no system manifest names
+// it any more.
+func (r *Repository) DeleteHeld(ctx context.Context, volume, id string) error {
+	return r.delete(ctx, volume, id, true)
+}
+
+func (r *Repository) delete(ctx context.Context, volume, id string, held bool) error {
 	key := ManifestKey(volume, id)
 	if _, _, err := ParseManifestKey(key); err != nil {
 		return err
 	}
-	has, err := r.t.Has(ctx, []string{key})
-	if err != nil {
-		return fmt.Errorf("delete backup %s of volume %q: %w", id, volume, err)
-	}
-	if !has[0] {
+	m, err := r.LoadManifest(ctx, key)
+	switch {
+	case errors.Is(err, plugins.ErrNotFound):
 		return fmt.Errorf("delete backup %s of volume %q: %w", id, volume, plugins.ErrNotFound)
+	case err == nil && !held && m.Tags[TagSystem] != "":
+		return fmt.Errorf("delete backup %s of volume %q: system backup %s names it; remove the system backup instead (strata system backup rm %s): %w",
+			id, volume, m.Tags[TagSystem], m.Tags[TagSystem], ErrHeld)
+	case err != nil && !errors.Is(err, ErrCorrupt):
+		// A corrupt manifest can be deleted; anything else (a target
+		// that does not answer) stops here.
+		return fmt.Errorf("delete backup %s of volume %q: %w", id, volume, err)
 	}
 	if err := r.t.Delete(ctx, []string{key}); err != nil {
 		return fmt.Errorf("delete backup %s of volume %q: %w", id, volume, err)
@@ -74,6 +90,9 @@ type PruneOptions struct {
 type PruneResult struct {
 	Kept    []BackupInfo `json:"kept"`
 	Deleted []BackupInfo `json:"deleted"`
+	// Held were kept because a system backup holds them (TagSystem);
+	// they count towards neither KeepLast nor KeepWithin.
+	Held []BackupInfo `json:"held,omitempty"`
 }
 
 // Prune applies a retention policy. At least one of KeepLast and
@@ -92,6 +111,10 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 	res := &PruneResult{}
 	byVol := map[string][]BackupInfo{}
 	for _, b := range all {
+		if b.Tags[TagSystem] != "" {
+			res.Held = append(res.Held, b)
+			continue
+		}
 		byVol[b.Volume] = append(byVol[b.Volume], b)
 	}
 	for _, vol := range slices.Sorted(func(y func(string) bool) {

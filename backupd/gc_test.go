@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -379,5 +380,44 @@ func TestPrune(t *testing.T) {
 	}
 	if _, err := r.Latest(t.Context(), "vol-a"); !errors.Is(err, plugins.ErrNotFound) {
 		t.Errorf("Latest with no backup = %v, want ErrNotFound", err)
+	}
+}
+
+// TestHeldBackups checks that a backup a system backup holds (TagSystem)
+// survives Prune and Delete, and that DeleteHeld removes it.
+func TestHeldBackups(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	r := Open(NewFSTarget(t, t.TempDir()), nil)
+	data := RandomData(rand.New(rand.NewPCG(7, 8)), 64<<10)
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var ids []string
+	for i, tags := range []map[string]string{{TagSystem: "s1", TagToken: "1"}, nil, nil} {
+		now := base.Add(time.Duration(i) * time.Hour)
+		res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s", Source: &memSource{data: data}, Tags: tags, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, res.ID)
+	}
+	if err := r.Delete(ctx, "vol-a", ids[0]); !errors.Is(err, ErrHeld) || !strings.Contains(err.Error(), "s1") {
+		t.Fatalf("Delete of a held backup = %v, want ErrHeld naming system backup s1", err)
+	}
+	pr, err := r.Prune(ctx, PruneOptions{KeepLast: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pr.Held) != 1 || pr.Held[0].ID != ids[0] || len(pr.Deleted) != 1 || pr.Deleted[0].ID != ids[1] {
+		t.Fatalf("Prune held %v deleted %v; want held %s, deleted %s", pr.Held, pr.Deleted, ids[0], ids[1])
+	}
+	if err := r.DeleteHeld(ctx, "vol-a", ids[0]); err != nil {
+		t.Fatalf("DeleteHeld: %v", err)
+	}
+	left, err := r.List(ctx, "vol-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].ID != ids[2] {
+		t.Fatalf("left %v, want only %s", left, ids[2])
 	}
 }

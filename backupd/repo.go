@@ -359,6 +359,8 @@ type BackupInfo struct {
 	Created  time.Time `json:"created"`
 	Size     int64     `json:"size"`
 	Digest   string    `json:"digest"`
+	// Tags are the manifest's tags (TagSystem for a held backup).
+	Tags map[string]string `json:"tags,omitempty"`
 }
 
 // List returns the backups of volume ("" for every volume), oldest first
@@ -391,7 +393,7 @@ func (r *Repository) List(ctx context.Context, volume string) ([]BackupInfo, err
 			r.log.Warn("manifest does not load", "key", k, "err", err)
 			continue
 		}
-		out = append(out, BackupInfo{Key: k, Volume: m.Volume, ID: m.ID, Snapshot: m.Snapshot, Parent: m.Parent, Created: m.Created, Size: m.Size, Digest: m.Digest})
+		out = append(out, BackupInfo{Key: k, Volume: m.Volume, ID: m.ID, Snapshot: m.Snapshot, Parent: m.Parent, Created: m.Created, Size: m.Size, Digest: m.Digest, Tags: m.Tags})
 	}
 	sortInfos(out)
 	return out, nil
