@@ -110,6 +110,20 @@ var errorCodes = []struct {
 	{errUnavailable, "unavailable", http.StatusServiceUnavailable},
 }
 
+// NewAPIError returns the error the agent means by code and message, as
+// the client decodes it from an error answer: for errors reported inside
+// a stream (an NDJSON "error" event), which has no HTTP status of its own.
+func NewAPIError(code, message string) *APIError {
+	status := http.StatusInternalServerError
+	for _, ec := range errorCodes {
+		if ec.code == code {
+			status = ec.status
+			break
+		}
+	}
+	return &APIError{Status: status, Code: code, Message: message}
+}
+
 // errUnavailable: a feature the host cannot provide (no FUSE, no nbd.ko).
 var errUnavailable = errors.New("unavailable on this host")
 

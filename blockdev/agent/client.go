@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,14 +13,33 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/strata-block/strata/blockdev"
 )
 
-// Client talks to an agent's control API over its unix socket.
+// Client talks to an agent's control API: over its unix socket (the
+// default, mode 0600), or over TCP with TLS and a bearer token. It is safe
+// for concurrent use.
 type Client struct {
-	socket string
-	hc     *http.Client
+	addr  string // what Addr reports
+	base  string // URL prefix of every request
+	token string // bearer token ("" on the unix socket)
+	hc    *http.Client
+}
+
+// DialOptions configure a TCP connection to an agent; the unix socket
+// needs none.
+type DialOptions struct {
+	// TokenFile holds the bearer token the agent's token_file holds
+	// (surrounding white space is ignored). Required for https.
+	TokenFile string
+	// CAFile, if set, is a PEM file of root certificates to verify the
+	// agent's certificate with instead of the system's.
+	CAFile string
 }
 
 // NewClient returns a client for the agent listening on socket.
@@ -28,8 +50,68 @@ func NewClient(socket string) *Client {
 			return d.DialContext(ctx, "unix", socket)
 		},
 	}
-	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+	return &Client{addr: socket, base: "http://strata", hc: &http.Client{Transport: tr}}
 }
+
+// Dial returns a client for the agent at addr: a unix socket path, a
+// "unix:///abs/path" URL, or "https://host:port" (the agent's api_listen),
+// which needs opt.TokenFile. Dial reads the files it is given but does not
+// connect: the first request does.
+func Dial(addr string, opt DialOptions) (*Client, error) {
+	if !strings.Contains(addr, "://") {
+		if addr == "" {
+			return nil, errors.New("agent address is empty: want a socket path, unix:///path or https://host:port")
+		}
+		return NewClient(addr), nil
+	}
+	u, err := url.Parse(addr)
+	if err != nil {
+		return nil, fmt.Errorf("agent address %q: %w", addr, err)
+	}
+	switch u.Scheme {
+	case "unix":
+		if u.Host != "" || !filepath.IsAbs(u.Path) {
+			return nil, fmt.Errorf("agent address %q: want unix:///absolute/path/to/strata.sock", addr)
+		}
+		return NewClient(u.Path), nil
+	case "https":
+		if u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return nil, fmt.Errorf("agent address %q: want https://host:port with nothing after the port", addr)
+		}
+	case "http":
+		return nil, fmt.Errorf("agent address %q: the TCP control API is served only over TLS: use https://", addr)
+	default:
+		return nil, fmt.Errorf("agent address %q: scheme %q: want a socket path, unix:///path or https://host:port", addr, u.Scheme)
+	}
+	if opt.TokenFile == "" {
+		return nil, fmt.Errorf("agent address %s: a TCP agent needs a bearer token: no token file given", addr)
+	}
+	tok, err := os.ReadFile(opt.TokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("agent token: %w", err)
+	}
+	token := strings.TrimSpace(string(tok))
+	if token == "" {
+		return nil, fmt.Errorf("agent token file %s is empty", opt.TokenFile)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if opt.CAFile != "" {
+		pem, err := os.ReadFile(opt.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("agent CA: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("agent CA file %s holds no PEM certificate", opt.CAFile)
+		}
+	}
+	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
+	base := "https://" + u.Host
+	return &Client{addr: base, base: base, token: token, hc: &http.Client{Transport: tr}}, nil
+}
+
+// Addr is where the client connects: the socket path, or https://host:port.
+func (c *Client) Addr() string { return c.addr }
 
 // APIError is an error the agent answered with. errors.Is matches it
 // against the blockdev errors its code stands for.
@@ -59,37 +141,11 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://strata"+path, body)
+	resp, err := c.send(ctx, method, path, in)
 	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		var ne *net.OpError
-		if errors.As(err, &ne) {
-			return fmt.Errorf("cannot reach the strata server at %s (is `strata server` running with this --data-dir?): %w", c.socket, err)
-		}
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var eb ErrorBody
-		if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&eb); err != nil || eb.Error == "" {
-			return &APIError{Status: resp.StatusCode, Code: "internal", Message: fmt.Sprintf("server answered %s", resp.Status)}
-		}
-		return &APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
-	}
 	if out == nil {
 		return nil
 	}
@@ -97,6 +153,81 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("decode server answer to %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// Stream sends a request with body in (JSON, nil for none) to path and
+// reads a newline-delimited JSON answer: fn is called with every non-empty
+// line (without its newline; valid only during the call) until the answer
+// ends or fn returns an error, which Stream then returns. A non-2xx answer
+// is an *APIError and fn is not called. Lines may be up to 64 MiB.
+func (c *Client) Stream(ctx context.Context, method, path string, in any, fn func(line []byte) error) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), maxStreamLine)
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		if err := fn(line); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading the answer to %s %s from %s: %w", method, path, c.addr, err)
+	}
+	return nil
+}
+
+// maxStreamLine bounds one line of a streamed answer.
+const maxStreamLine = 64 << 20
+
+// send makes a request and returns a 2xx response (the caller closes its
+// body), or the agent's error as an *APIError.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encode request to %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ne *net.OpError
+		if errors.As(err, &ne) {
+			hint := "is `strata server` running with this --data-dir?"
+			if c.token != "" {
+				hint = "is the agent's api_listen this address?"
+			}
+			return nil, fmt.Errorf("cannot reach the strata server at %s (%s): %w", c.addr, hint, err)
+		}
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		var eb ErrorBody
+		if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&eb); err != nil || eb.Error == "" {
+			return nil, &APIError{Status: resp.StatusCode, Code: "internal", Message: fmt.Sprintf("server %s answered %s to %s %s", c.addr, resp.Status, method, path)}
+		}
+		return nil, &APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+	}
+	return resp, nil
 }
 
 func esc(s string) string { return url.PathEscape(s) }
@@ -189,11 +320,7 @@ func (c *Client) Umount(ctx context.Context, name string) error {
 
 // Metrics returns the Prometheus exposition text.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://strata/metrics", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.send(ctx, http.MethodGet, "/metrics", nil)
 	if err != nil {
 		return "", err
 	}

@@ -1,14 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-block/strata/backupd/service"
-	"github.com/strata-block/strata/blockdev/agent"
 )
 
 func newBackupCmd() *cobra.Command {
@@ -392,53 +386,10 @@ periodically, e.g. after prune; space comes back on the second run.`,
 	return cmd
 }
 
-// socketFor is the control socket clientFor uses.
-func socketFor(cmd *cobra.Command) string {
-	if s, _ := cmd.Flags().GetString("socket"); s != "" {
-		return s
-	}
-	if s := os.Getenv("STRATA_SOCKET"); s != "" {
-		return s
-	}
-	return agent.APISocket(dataDirFlag(cmd))
-}
-
 // streamCall POSTs in to path and reads the NDJSON answer: progress
 // events drive a bar on a terminal (or are printed with --json), and the
 // final done or accepted event is returned; an error event is an error.
 func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.Event, error) {
-	socket := socketFor(cmd)
-	hc := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
-	body, err := json.Marshal(in)
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, "http://strata"+path, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		var ne *net.OpError
-		if errors.As(err, &ne) {
-			return nil, fmt.Errorf("cannot reach the strata server at %s (is `strata server` running with this --data-dir?): %w", socket, err)
-		}
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var eb agent.ErrorBody
-		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&eb); err != nil || eb.Error == "" {
-			return nil, fmt.Errorf("server answered %s", resp.Status)
-		}
-		return nil, &agent.APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
-	}
 	asJSON := jsonFlag(cmd)
 	out := cmd.OutOrStdout()
 	var bar *progressbar.ProgressBar
@@ -452,53 +403,29 @@ func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.
 	if f, ok := stderr.(*os.File); ok && !asJSON {
 		tty = isatty.IsTerminal(f.Fd())
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		var ev service.Event
-		if err := json.Unmarshal(line, &ev); err != nil {
-			return nil, fmt.Errorf("decode server event %q: %w", line, err)
-		}
+	return service.StreamEvents(cmd.Context(), clientFor(cmd), path, in, func(ev *service.Event, line []byte) error {
 		if asJSON && ev.Event != "error" {
 			if _, err := fmt.Fprintf(out, "%s\n", line); err != nil {
-				return nil, err
+				return err
 			}
 		}
-		switch ev.Event {
-		case "progress":
-			if !tty || ev.Progress == nil {
-				continue
-			}
-			if bar == nil && ev.BytesTotal > 0 {
-				bar = progressbar.NewOptions64(ev.BytesTotal,
-					progressbar.OptionSetWriter(stderr),
-					progressbar.OptionSetDescription(what),
-					progressbar.OptionShowBytes(true),
-					progressbar.OptionShowCount(),
-					progressbar.OptionSetPredictTime(true),
-					progressbar.OptionThrottle(100*time.Millisecond),
-					progressbar.OptionClearOnFinish(),
-				)
-			}
-			if bar != nil {
-				n := ev.BytesScanned
-				if ev.BytesWritten > n {
-					n = ev.BytesWritten
-				}
-				_ = bar.Set64(min(n, ev.BytesTotal))
-			}
-		case "error":
-			return nil, &agent.APIError{Status: http.StatusInternalServerError, Code: ev.Code, Message: ev.Error}
-		case "done", "accepted":
-			return &ev, nil
+		if ev.Event != "progress" || !tty || ev.Progress == nil {
+			return nil
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading the server's answer: %w", err)
-	}
-	return nil, errors.New("the server's answer ended before the operation finished (see the server log)")
+		if bar == nil && ev.BytesTotal > 0 {
+			bar = progressbar.NewOptions64(ev.BytesTotal,
+				progressbar.OptionSetWriter(stderr),
+				progressbar.OptionSetDescription(what),
+				progressbar.OptionShowBytes(true),
+				progressbar.OptionShowCount(),
+				progressbar.OptionSetPredictTime(true),
+				progressbar.OptionThrottle(100*time.Millisecond),
+				progressbar.OptionClearOnFinish(),
+			)
+		}
+		if bar != nil {
+			_ = bar.Set64(min(max(ev.BytesScanned, ev.BytesWritten), ev.BytesTotal))
+		}
+		return nil
+	})
 }
