@@ -56,6 +56,21 @@ func (s *Service) Open(ctx context.Context, name string) (plugins.Target, error)
 	return s.open(ctx, t)
 }
 
+// OpenUnregistered starts the plugin of a target the registry does not
+// hold (a system restore from a URL this host does not know). The caller
+// closes the target.
+func (s *Service) OpenUnregistered(ctx context.Context, t Target) (plugins.Target, error) {
+	kind, err := plugins.KindOf(t.URL)
+	if err != nil {
+		return nil, fmt.Errorf("target %q: %v: %w", t.Name, err, ErrInvalid)
+	}
+	t.Kind = kind
+	if err := validate(t); err != nil {
+		return nil, err
+	}
+	return s.open(ctx, t)
+}
+
 func (s *Service) open(ctx context.Context, t Target) (plugins.Target, error) {
 	var creds plugins.Credentials
 	if t.CredentialsFile != "" {
