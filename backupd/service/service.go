@@ -33,6 +33,9 @@ type Config struct {
 	// Attached reports whether a volume is attached on the host
 	// (agent.Attached); restore refuses to overwrite an attached volume.
 	Attached func(volume string) bool
+	// VolumeTarget returns a volume's backup target, "" for the default
+	// target (agent.VolumeTarget); nil: every volume uses the default.
+	VolumeTarget func(volume string) string
 	// DataDir holds the per-target index caches.
 	DataDir string
 	// Key encrypts new backups and decrypts encrypted ones; nil: none.
@@ -69,6 +72,9 @@ func New(cfg Config) *Service {
 	if cfg.Attached == nil {
 		cfg.Attached = func(string) bool { return false }
 	}
+	if cfg.VolumeTarget == nil {
+		cfg.VolumeTarget = func(string) string { return "" }
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Service{cfg: cfg, log: log, ctx: ctx, cancel: cancel, busy: map[string]string{}}
 }
@@ -83,7 +89,8 @@ func (s *Service) Close() error {
 // CreateRequest is the body of POST /v1/backups.
 type CreateRequest struct {
 	Volume string `json:"volume"`
-	// Target is the target's name; "" for the default target.
+	// Target is the target's name; "" for the volume's target (its
+	// setting), else the default target.
 	Target string `json:"target,omitempty"`
 	// Snapshot is the snapshot to back up; "" takes a new one named
 	// backup-<UTC time>.
@@ -256,6 +263,14 @@ func (s *Service) open(ctx context.Context, name string) (*repo, error) {
 	}
 	r := backupd.Open(t, &backupd.Options{Key: s.cfg.Key, Logger: s.log.With("target", name), CacheDir: cache})
 	return &repo{name: name, t: t, r: r}, nil
+}
+
+// CheckTarget returns nil if target name is registered, else an error
+// matching blockdev.ErrNotFound that names it: the agent's check of the
+// targets volumes are set to back up to (agent.SetTargetCheck).
+func (s *Service) CheckTarget(_ context.Context, name string) error {
+	_, err := s.cfg.Targets.Registry().Get(name)
+	return err
 }
 
 // targetNames is name if set, else every registered target.
@@ -510,7 +525,11 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.open(ctx, req.Target)
+	target := req.Target
+	if target == "" {
+		target = s.cfg.VolumeTarget(req.Volume)
+	}
+	p, err := s.open(ctx, target)
 	if err != nil {
 		done()
 		return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)

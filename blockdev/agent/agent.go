@@ -36,7 +36,10 @@ type Agent struct {
 
 	exts []Extension
 
-	mu sync.Mutex // serialises attach, detach, mount, umount, delete, revert
+	// targetCheck reports whether a backup target exists (SetTargetCheck).
+	targetCheck func(ctx context.Context, name string) error
+
+	mu sync.Mutex // serialises attach, detach, mount, umount, delete, revert, settings
 }
 
 // Extension adds routes to the control API: the server binary uses it to
@@ -71,6 +74,12 @@ func New(ctx context.Context, cfg Config, version string, log *slog.Logger, exts
 		_ = mgr.Close()
 		return nil, err
 	}
+	if err := a.state.keepSettings(func(name string) bool {
+		_, err := mgr.Volume(ctx, name)
+		return !errors.Is(err, blockdev.ErrNotFound)
+	}); err != nil {
+		log.Warn("forgetting the settings of deleted volumes", "err", err)
+	}
 	a.nbd, err = nbd.NewServer(exportsAdapter{a}, nbd.Options{Logger: log.With("component", "nbd")})
 	if err != nil {
 		_ = mgr.Close()
@@ -82,6 +91,20 @@ func New(ctx context.Context, cfg Config, version string, log *slog.Logger, exts
 // Extend adds an API extension; call it before Run. Extensions that need
 // the volumes (backups) take them from Manager.
 func (a *Agent) Extend(x Extension) { a.exts = append(a.exts, x) }
+
+// SetTargetCheck installs the check that a backup target named by a
+// volume's settings exists: check returns nil if it does, else an error
+// matching blockdev.ErrNotFound that names it. The agent knows nothing of
+// targets (they belong to backupd); the server binary wires its target
+// registry here. Call it before Run. Without a check, any valid name is
+// accepted.
+func (a *Agent) SetTargetCheck(check func(ctx context.Context, name string) error) {
+	a.targetCheck = check
+}
+
+// VolumeTarget returns the backup target of volume name: "" for the
+// default target (also for a volume that does not exist).
+func (a *Agent) VolumeTarget(name string) string { return a.state.settings(name).Target }
 
 // Manager returns the agent's volume manager, for API extensions.
 func (a *Agent) Manager() *blockdev.Manager { return a.mgr }
@@ -291,6 +314,7 @@ func (a *Agent) decorate(vi blockdev.VolumeInfo) VolumeStatus {
 	if at, ok := a.state.get(vi.Name); ok {
 		vs.Attachment = &at
 	}
+	vs.Target = a.state.settings(vi.Name).Target
 	return vs
 }
 
@@ -314,13 +338,96 @@ func (a *Agent) volume(ctx context.Context, name string) (VolumeStatus, error) {
 	return a.decorate(vi), nil
 }
 
+// checkTarget checks that backup target name exists ("" is the default
+// target, always acceptable).
+func (a *Agent) checkTarget(ctx context.Context, volume, name string) error {
+	if name == "" {
+		return nil
+	}
+	if !blockdev.ValidName(name) {
+		return fmt.Errorf("volume %q: target name %q: must match [a-z0-9][a-z0-9._-]{0,62}: %w", volume, name, blockdev.ErrInvalidName)
+	}
+	if a.targetCheck == nil {
+		return nil
+	}
+	if err := a.targetCheck(ctx, name); err != nil {
+		return fmt.Errorf("volume %q: backup target %q: %w", volume, name, err)
+	}
+	return nil
+}
+
 func (a *Agent) createVolume(ctx context.Context, req CreateVolumeRequest) (VolumeStatus, error) {
+	if err := a.checkTarget(ctx, req.Name, req.Target); err != nil {
+		return VolumeStatus{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	vi, err := a.mgr.Create(ctx, req.Name, req.Size)
 	if err != nil {
 		return VolumeStatus{}, err
 	}
+	if err := a.initSettings(ctx, req.Name, volumeSettings{Target: req.Target}); err != nil {
+		return VolumeStatus{}, err
+	}
 	a.volumesChanged()
 	return a.decorate(vi), nil
+}
+
+func (a *Agent) cloneVolume(ctx context.Context, src string, req CloneRequest) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, err := a.mgr.Clone(ctx, src, req.Snapshot, req.Name); err != nil {
+		return err
+	}
+	// A clone starts with the default settings, not its source's.
+	if err := a.initSettings(ctx, req.Name, volumeSettings{}); err != nil {
+		return err
+	}
+	a.volumesChanged()
+	return nil
+}
+
+// initSettings records the settings of volume name, just created; if they
+// cannot be saved the volume is removed again, so that no volume exists
+// with settings other than those asked for. Callers hold a.mu.
+func (a *Agent) initSettings(ctx context.Context, name string, vs volumeSettings) error {
+	err := a.state.setSettings(name, vs)
+	if err == nil {
+		return nil
+	}
+	if derr := a.mgr.Delete(context.WithoutCancel(ctx), name); derr != nil {
+		a.log.Error("remove a volume whose settings could not be saved", "volume", name, "err", derr)
+	}
+	return fmt.Errorf("volume %q: %w", name, err)
+}
+
+func (a *Agent) updateVolume(ctx context.Context, name string, req UpdateVolumeRequest) (VolumeStatus, error) {
+	if _, err := a.mgr.Volume(ctx, name); err != nil {
+		return VolumeStatus{}, err
+	}
+	if req.Target != nil {
+		if err := a.checkTarget(ctx, name, *req.Target); err != nil {
+			return VolumeStatus{}, err
+		}
+		a.mu.Lock()
+		err := func() error {
+			defer a.mu.Unlock()
+			if _, err := a.mgr.Volume(ctx, name); err != nil {
+				return err // deleted meanwhile
+			}
+			vs := a.state.settings(name)
+			vs.Target = *req.Target
+			if err := a.state.setSettings(name, vs); err != nil {
+				return fmt.Errorf("volume %q: %w", name, err)
+			}
+			return nil
+		}()
+		if err != nil {
+			return VolumeStatus{}, err
+		}
+		a.log.Info("volume backup target set", "volume", name, "target", *req.Target)
+	}
+	return a.volume(ctx, name)
 }
 
 func (a *Agent) deleteVolume(ctx context.Context, name string) error {
@@ -330,7 +437,15 @@ func (a *Agent) deleteVolume(ctx context.Context, name string) error {
 		return err
 	}
 	defer a.volumesChanged() // puts the files back if the deletion failed
-	return a.mgr.Delete(ctx, name)
+	if err := a.mgr.Delete(ctx, name); err != nil {
+		return err
+	}
+	// The volume is gone: a setting that outlives it is only logged (the
+	// next start or a volume created with this name replaces it).
+	if err := a.state.setSettings(name, volumeSettings{}); err != nil {
+		a.log.Warn("forget the settings of a deleted volume", "volume", name, "err", err)
+	}
+	return nil
 }
 
 func (a *Agent) revert(ctx context.Context, name, snap string) error {

@@ -27,6 +27,9 @@ type VolumeStatus struct {
 	FUSEPath string `json:"fuse_path,omitempty"`
 	// Attachment is set while the volume is attached to a host device.
 	Attachment *Attachment `json:"attachment,omitempty"`
+	// Target is the backup target the volume's backups go to by default;
+	// "" means the default target.
+	Target string `json:"target"`
 }
 
 // Attachment describes a volume attached as a host block device.
@@ -58,6 +61,17 @@ type Status struct {
 type CreateVolumeRequest struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
+	// Target is the volume's backup target ("" for the default target); it
+	// must be registered.
+	Target string `json:"target,omitempty"`
+}
+
+// UpdateVolumeRequest is the body of PATCH /v1/volumes/{name}: the
+// settings it names change, the others stay.
+type UpdateVolumeRequest struct {
+	// Target sets the volume's backup target; "" resets it to the default
+	// target.
+	Target *string `json:"target,omitempty"`
 }
 
 // SizeRequest is the body of POST /v1/volumes/{name}/grow.
@@ -200,6 +214,14 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		vs, err := a.volume(r.Context(), r.PathValue("name"))
 		return http.StatusOK, vs, err
 	})
+	route("PATCH /v1/volumes/{name}", func(r *http.Request) (int, any, error) {
+		var req UpdateVolumeRequest
+		if err := decodeBody(r, &req); err != nil {
+			return 0, nil, err
+		}
+		vs, err := a.updateVolume(r.Context(), r.PathValue("name"), req)
+		return http.StatusOK, vs, err
+	})
 	route("DELETE /v1/volumes/{name}", func(r *http.Request) (int, any, error) {
 		return http.StatusNoContent, nil, a.deleteVolume(r.Context(), r.PathValue("name"))
 	})
@@ -220,7 +242,7 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		if err := decodeBody(r, &req); err != nil {
 			return 0, nil, err
 		}
-		if _, err := a.mgr.Clone(r.Context(), r.PathValue("name"), req.Snapshot, req.Name); err != nil {
+		if err := a.cloneVolume(r.Context(), r.PathValue("name"), req); err != nil {
 			return 0, nil, err
 		}
 		a.volumesChanged()

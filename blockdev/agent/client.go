@@ -250,10 +250,18 @@ func (c *Client) Volume(ctx context.Context, name string) (VolumeStatus, error) 
 	return vs, c.do(ctx, http.MethodGet, "/v1/volumes/"+esc(name), nil, &vs)
 }
 
-// CreateVolume creates a volume.
-func (c *Client) CreateVolume(ctx context.Context, name string, size int64) (VolumeStatus, error) {
+// CreateVolume creates volume req.Name of req.Size bytes, backed up to
+// req.Target ("" for the default target).
+func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (VolumeStatus, error) {
 	var vs VolumeStatus
-	return vs, c.do(ctx, http.MethodPost, "/v1/volumes", CreateVolumeRequest{Name: name, Size: size}, &vs)
+	return vs, c.do(ctx, http.MethodPost, "/v1/volumes", req, &vs)
+}
+
+// SetVolumeTarget sets the backup target of volume name; "" resets it to
+// the default target. An unregistered target is refused (not found).
+func (c *Client) SetVolumeTarget(ctx context.Context, name, target string) (VolumeStatus, error) {
+	var vs VolumeStatus
+	return vs, c.do(ctx, http.MethodPatch, "/v1/volumes/"+esc(name), UpdateVolumeRequest{Target: &target}, &vs)
 }
 
 // DeleteVolume deletes a volume.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -19,7 +20,7 @@ func newVolumeCmd() *cobra.Command {
 	}
 	addClientFlags(cmd)
 	cmd.AddCommand(
-		volumeCreateCmd(), volumeLsCmd(), volumeInfoCmd(), volumeRmCmd(), volumeGrowCmd(), volumeCloneCmd(),
+		volumeCreateCmd(), volumeLsCmd(), volumeInfoCmd(), volumeSetCmd(), volumeRmCmd(), volumeGrowCmd(), volumeCloneCmd(),
 		volumeAttachCmd(), volumeDetachCmd(), volumeMountCmd(), volumeUmountCmd(),
 	)
 	return cmd
@@ -33,6 +34,7 @@ func printVolume(w io.Writer, v agent.VolumeStatus) error {
 	}
 	fmt.Fprintf(w, "size:      %s (%d bytes)\n", humanSize(v.Size), v.Size)
 	fmt.Fprintf(w, "created:   %s\n", v.Created.Format("2006-01-02 15:04:05Z07:00"))
+	fmt.Fprintf(w, "target:    %s\n", targetName(v.Target))
 	fmt.Fprintf(w, "nbd:       %s\n", v.NBDURI)
 	if v.FUSEPath != "" {
 		fmt.Fprintf(w, "fuse:      %s\n", v.FUSEPath)
@@ -53,29 +55,93 @@ func printVolume(w io.Writer, v agent.VolumeStatus) error {
 	return nil
 }
 
+// targetName shows a volume's backup target ("default" when unset).
+func targetName(t string) string {
+	if t == "" {
+		return "default"
+	}
+	return t
+}
+
 func volumeCreateCmd() *cobra.Command {
-	var size string
+	var size, target string
 	cmd := &cobra.Command{
-		Use:   "create NAME --size SIZE",
+		Use:   "create NAME SIZE [--target TARGET]",
 		Short: "Create an empty volume",
-		Args:  cobra.ExactArgs(1),
+		Long: `Create an empty volume of SIZE bytes (4096, 512MiB, 1GiB, 10G: a multiple
+of 4 KiB; --size SIZE works too). Its backups go to --target, else to the
+default target ("strata volume set" changes it later).`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case len(args) == 2 && size != "":
+				return fmt.Errorf("volume create: size given twice (%s and --size %s)", args[1], size)
+			case len(args) == 2:
+				size = args[1]
+			case size == "":
+				return errors.New("volume create: no size: strata volume create NAME SIZE, e.g. 1GiB")
+			}
 			n, err := parseSize(size)
 			if err != nil {
 				return err
 			}
-			v, err := clientFor(cmd).CreateVolume(cmd.Context(), args[0], n)
+			v, err := clientFor(cmd).CreateVolume(cmd.Context(), agent.CreateVolumeRequest{Name: args[0], Size: n, Target: target})
 			if err != nil {
 				return err
 			}
 			return output(cmd, v, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "created volume %s (%s)\n", v.Name, humanSize(v.Size))
+				if v.Target == "" {
+					_, err := fmt.Fprintf(w, "created volume %s (%s)\n", v.Name, humanSize(v.Size))
+					return err
+				}
+				_, err := fmt.Fprintf(w, "created volume %s (%s, backed up to target %s)\n", v.Name, humanSize(v.Size), v.Target)
 				return err
 			})
 		},
 	}
-	cmd.Flags().StringVar(&size, "size", "", "size: 4096, 512MiB, 1GiB, 10G (a multiple of 4 KiB)")
-	_ = cmd.MarkFlagRequired("size")
+	cmd.Flags().StringVar(&size, "size", "", "size, instead of the SIZE argument")
+	cmd.Flags().StringVar(&target, "target", "", "backup target of the volume (default: the default target)")
+	return cmd
+}
+
+func volumeSetCmd() *cobra.Command {
+	var (
+		target        string
+		defaultTarget bool
+	)
+	cmd := &cobra.Command{
+		Use:   "set NAME --target TARGET | --default-target",
+		Short: "Change a volume's settings: its backup target",
+		Long: `Change a volume's backup target: its next backups go to --target TARGET
+(a registered target). --default-target, or --target "", makes them go to
+the default target again. Backups already taken stay where they are.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			setTarget := cmd.Flags().Changed("target")
+			switch {
+			case setTarget && defaultTarget && target != "":
+				return fmt.Errorf("volume set: --target %s and --default-target contradict each other", target)
+			case !setTarget && !defaultTarget:
+				return errors.New("volume set: nothing to set: give --target TARGET or --default-target")
+			case defaultTarget:
+				target = ""
+			}
+			v, err := clientFor(cmd).SetVolumeTarget(cmd.Context(), args[0], target)
+			if err != nil {
+				return err
+			}
+			return output(cmd, v, func(w io.Writer) error {
+				if v.Target == "" {
+					_, err := fmt.Fprintf(w, "volume %s: backups go to the default target\n", v.Name)
+					return err
+				}
+				_, err := fmt.Fprintf(w, "volume %s: backups go to target %s\n", v.Name, v.Target)
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "", `backup target ("" for the default target)`)
+	cmd.Flags().BoolVar(&defaultTarget, "default-target", false, "back up to the default target")
 	return cmd
 }
 
@@ -106,9 +172,9 @@ func volumeLsCmd() *cobra.Command {
 					if v.Err != "" {
 						size, att = "error", v.Err
 					}
-					rows = append(rows, []string{v.Name, size, strconv.Itoa(len(v.Snapshots)), att})
+					rows = append(rows, []string{v.Name, size, strconv.Itoa(len(v.Snapshots)), targetName(v.Target), att})
 				}
-				return table(w, []string{"NAME", "SIZE", "SNAPSHOTS", "ATTACHED"}, rows)
+				return table(w, []string{"NAME", "SIZE", "SNAPSHOTS", "TARGET", "ATTACHED"}, rows)
 			})
 		},
 	}

@@ -192,6 +192,7 @@ type volumeJSON struct {
 	NBDURI     string          `json:"nbd_uri"`
 	FUSEPath   string          `json:"fuse_path,omitempty"`
 	Attachment *attachmentJSON `json:"attachment,omitempty"`
+	Target     string          `json:"target"`
 }
 
 func needRoot(t *testing.T) {

@@ -1,0 +1,105 @@
+package service
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/strata-block/strata/backupd/targets"
+	"github.com/strata-block/strata/blockdev/agent"
+	"github.com/strata-block/strata/plugins"
+	"github.com/strata-block/strata/plugins/fs"
+	"github.com/strata-block/strata/plugins/targettest"
+)
+
+// The test binary doubles as `strata plugin serve fs`, the built-in
+// target the targets service starts for file:// URLs.
+func TestMain(m *testing.M) {
+	targettest.Main(m, map[string]plugins.OpenFunc{fs.Kind: fs.Open})
+}
+
+// env is an agent with the target and backup services, wired as the
+// server binary wires them, running in this process with two fs targets:
+// "main" (the default) and "extra".
+type env struct {
+	a   *agent.Agent
+	c   *agent.Client
+	svc *Service
+	ts  *targets.Service
+	// dirs holds each target's directory.
+	dirs map[string]string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	dir := t.TempDir()
+	log := targettest.Logger(t)
+	ts, err := targets.NewService(dir, "", "", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{ts: ts, dirs: map[string]string{}}
+	for _, name := range []string{"main", "extra"} {
+		e.dirs[name] = filepath.Join(t.TempDir(), name)
+		if _, err := ts.Registry().Add(targets.Target{Name: name, URL: "file://" + e.dirs[name]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := agent.New(t.Context(), agent.Config{DataDir: dir, FUSE: "off"}, "test", log, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.a = a
+	e.svc = New(Config{Manager: a.Manager(), Targets: ts, VolumeTarget: a.VolumeTarget, DataDir: dir, Logger: log})
+	a.SetTargetCheck(e.svc.CheckTarget)
+	a.Extend(e.svc)
+
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent.Run: %v", err)
+		}
+	})
+	e.c = agent.NewClient(agent.APISocket(dir))
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := e.c.Status(t.Context())
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not answer: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return e
+}
+
+// write writes p at off on volume vol's head and flushes.
+func (e *env) write(t *testing.T, vol string, p []byte, off int64) {
+	t.Helper()
+	dev, release, err := e.a.Manager().Open(t.Context(), vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if _, err := dev.WriteAt(t.Context(), p, off, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// backup runs a backup and fails the test on error.
+func (e *env) backup(t *testing.T, req CreateRequest) *Backup {
+	t.Helper()
+	b, err := CreateBackup(t.Context(), e.c, req, nil)
+	if err != nil {
+		t.Fatalf("backup %+v: %v", req, err)
+	}
+	return b
+}

@@ -1,0 +1,53 @@
+package service
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/blockdev/agent"
+)
+
+// A backup without a target goes to the volume's target, else the
+// default; a named target wins over both.
+func TestBackupGoesToVolumeTarget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "vol-x", Size: 1 << 20, Target: "extra"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "vol-y", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "vol-z", Size: 1 << 20, Target: "gone"}); !errors.Is(err, blockdev.ErrNotFound) {
+		t.Fatalf("create with an unregistered target: %v, want not found", err)
+	}
+	e.write(t, "vol-x", bytes.Repeat([]byte{7}, 4096), 0)
+	for _, tc := range []struct {
+		name   string
+		req    CreateRequest
+		target string
+	}{
+		{name: "volume's target", req: CreateRequest{Volume: "vol-x"}, target: "extra"},
+		{name: "named target wins", req: CreateRequest{Volume: "vol-x", Target: "main"}, target: "main"},
+		{name: "default target", req: CreateRequest{Volume: "vol-y"}, target: "main"},
+	} {
+		if b := e.backup(t, tc.req); b.Target != tc.target {
+			t.Errorf("%s: backup went to %q, want %q", tc.name, b.Target, tc.target)
+		}
+	}
+	if _, err := e.c.SetVolumeTarget(ctx, "vol-y", "extra"); err != nil {
+		t.Fatal(err)
+	}
+	if b := e.backup(t, CreateRequest{Volume: "vol-y"}); b.Target != "extra" {
+		t.Errorf("after set: backup went to %q, want extra", b.Target)
+	}
+	if _, err := e.c.SetVolumeTarget(ctx, "vol-y", ""); err != nil {
+		t.Fatal(err)
+	}
+	if b := e.backup(t, CreateRequest{Volume: "vol-y"}); b.Target != "main" {
+		t.Errorf("after reset: backup went to %q, want main", b.Target)
+	}
+}
