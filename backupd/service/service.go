@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -97,9 +98,75 @@ type CreateRequest struct {
 	Snapshot string `json:"snapshot,omitempty"`
 	// Full uploads every chunk again (heals damaged chunks).
 	Full bool `json:"full,omitempty"`
+	// Tags are recorded in the backup's manifest (the coordinator's system
+	// backup id and fencing token): at most 16, keys matching
+	// [a-z0-9._-]{1,64}, values of at most 256 bytes.
+	Tags map[string]string `json:"tags,omitempty"`
+	// Policy is PolicyAlways ("" too) or PolicyIfUnchanged.
+	Policy string `json:"policy,omitempty"`
 	// Wait false answers {"event":"accepted"} at once and runs the backup
 	// detached from the request; nil or true streams progress until done.
 	Wait *bool `json:"wait,omitempty"`
+}
+
+// Backup policies (CreateRequest.Policy).
+const (
+	// PolicyAlways takes a new backup.
+	PolicyAlways = "always"
+	// PolicyIfUnchanged answers the newest backup of the volume on the
+	// target, marked Reused, instead of backing up, when that backup's
+	// snapshot still exists and changed-block tracking reports no extent
+	// written since it (up to the head, or to the named Snapshot).
+	// Otherwise it backs up as PolicyAlways. A reused backup keeps the tags
+	// it was made with.
+	PolicyIfUnchanged = "if-unchanged"
+)
+
+// Limits on CreateRequest.Tags.
+const (
+	maxTags        = 16
+	maxTagKeyLen   = 64
+	maxTagValueLen = 256
+)
+
+// validTagKey reports whether k matches [a-z0-9._-]{1,64}.
+func validTagKey(k string) bool {
+	if k == "" || len(k) > maxTagKeyLen {
+		return false
+	}
+	for _, c := range []byte(k) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validate checks what a backup request says, before anything is done.
+func (req *CreateRequest) validate() error {
+	if req.Volume == "" {
+		return fmt.Errorf("backup: no volume named: %w", blockdev.ErrInvalidArgument)
+	}
+	switch req.Policy {
+	case "", PolicyAlways, PolicyIfUnchanged:
+	default:
+		return fmt.Errorf("backup of volume %q: policy %q: want %q or %q: %w", req.Volume, req.Policy, PolicyAlways, PolicyIfUnchanged, blockdev.ErrInvalidArgument)
+	}
+	if req.Policy == PolicyIfUnchanged && req.Full {
+		return fmt.Errorf("backup of volume %q: full and policy %q contradict each other (full re-uploads every chunk, %s may upload none): %w", req.Volume, PolicyIfUnchanged, PolicyIfUnchanged, blockdev.ErrInvalidArgument)
+	}
+	if len(req.Tags) > maxTags {
+		return fmt.Errorf("backup of volume %q: %d tags, at most %d: %w", req.Volume, len(req.Tags), maxTags, blockdev.ErrInvalidArgument)
+	}
+	for _, k := range slices.Sorted(maps.Keys(req.Tags)) {
+		if !validTagKey(k) {
+			return fmt.Errorf("backup of volume %q: tag key %q: must match [a-z0-9._-]{1,%d}: %w", req.Volume, k, maxTagKeyLen, blockdev.ErrInvalidArgument)
+		}
+		if v := req.Tags[k]; len(v) > maxTagValueLen {
+			return fmt.Errorf("backup of volume %q: tag %q: value of %d bytes, at most %d: %w", req.Volume, k, len(v), maxTagValueLen, blockdev.ErrInvalidArgument)
+		}
+	}
+	return nil
 }
 
 // RestoreRequest is the body of POST /v1/backups/{id}/restore.
@@ -155,6 +222,13 @@ type Backup struct {
 	Target      string    `json:"target"`
 	ManifestKey string    `json:"manifest_key"`
 	Encrypted   bool      `json:"encrypted,omitempty"`
+	// TargetURL is the target's URL in the registry (never credentials).
+	TargetURL string `json:"target_url,omitempty"`
+	// Tags are the tags recorded in the manifest; absent in lists.
+	Tags map[string]string `json:"tags,omitempty"`
+	// Reused is set when a backup with policy "if-unchanged" answered this
+	// existing backup instead of taking a new one.
+	Reused bool `json:"reused,omitempty"`
 	// Stats are the run's counters (bytes_uploaded, ...); absent in lists.
 	*backupd.Stats
 }
@@ -237,6 +311,7 @@ func classify(err error) error {
 // repo is one opened target.
 type repo struct {
 	name string
+	url  string // the registry's URL, without any user information
 	t    plugins.Target
 	r    *backupd.Repository
 }
@@ -245,13 +320,19 @@ func (p *repo) close() { _ = p.t.Close() }
 
 // open opens target name ("" for the default target).
 func (s *Service) open(ctx context.Context, name string) (*repo, error) {
+	var (
+		reg targets.Target
+		err error
+	)
 	if name == "" {
-		t, err := s.cfg.Targets.Registry().Default()
-		if err != nil {
-			return nil, err
-		}
-		name = t.Name
+		reg, err = s.cfg.Targets.Registry().Default()
+	} else {
+		reg, err = s.cfg.Targets.Registry().Get(name)
 	}
+	if err != nil {
+		return nil, err
+	}
+	name = reg.Name
 	t, err := s.cfg.Targets.Open(ctx, name)
 	if err != nil {
 		return nil, err
@@ -262,7 +343,19 @@ func (s *Service) open(ctx context.Context, name string) (*repo, error) {
 		return nil, fmt.Errorf("backup index cache of target %q: %w", name, err)
 	}
 	r := backupd.Open(t, &backupd.Options{Key: s.cfg.Key, Logger: s.log.With("target", name), CacheDir: cache})
-	return &repo{name: name, t: t, r: r}, nil
+	return &repo{name: name, url: publicURL(reg.URL), t: t, r: r}, nil
+}
+
+// publicURL is a target URL without user information, should one carry
+// any: the registry keeps credentials in files, never in URLs, and this
+// makes sure no answer shows them either.
+func publicURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User = nil
+	return u.String()
 }
 
 // CheckTarget returns nil if target name is registered, else an error
@@ -330,9 +423,10 @@ func (s *Service) claim(volume, op string) (func(), error) {
 	}, nil
 }
 
-func fromManifest(target, key string, m *backupd.Manifest) *Backup {
+func fromManifest(p *repo, key string, m *backupd.Manifest) *Backup {
 	return &Backup{ID: m.ID, Volume: m.Volume, Snapshot: m.Snapshot, Parent: m.Parent, Created: m.Created,
-		Size: m.Size, Digest: m.Digest, Target: target, ManifestKey: key, Encrypted: m.Encrypted}
+		Size: m.Size, Digest: m.Digest, Target: p.name, TargetURL: p.url, ManifestKey: key, Encrypted: m.Encrypted,
+		Tags: maps.Clone(m.Tags)}
 }
 
 // Routes adds the backup routes to mux.
@@ -421,7 +515,7 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 			fail(w, fmt.Errorf("backup %s on target %q: %w", r.PathValue("id"), p.name, err))
 			return
 		}
-		b := fromManifest(p.name, key, m)
+		b := fromManifest(p, key, m)
 		b.Stats = &m.Stats
 		writeJSON(w, http.StatusOK, b)
 	})
@@ -508,14 +602,18 @@ type backupJob struct {
 	volume string
 	snap   string
 	full   bool
+	tags   map[string]string
 	done   func()
+	// reused is the existing backup that answers the request (policy
+	// if-unchanged), nil when a backup is to run.
+	reused *Backup
 }
 
 // prepareBackup checks the request, claims the volume, opens the target
 // and takes the snapshot if none was named. The job owns the target.
 func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backupJob, error) {
-	if req.Volume == "" {
-		return nil, fmt.Errorf("backup: no volume named: %w", blockdev.ErrInvalidArgument)
+	if err := req.validate(); err != nil {
+		return nil, err
 	}
 	info, err := s.cfg.Manager.Volume(ctx, req.Volume)
 	if err != nil {
@@ -534,6 +632,17 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 		done()
 		return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
 	}
+	if req.Policy == PolicyIfUnchanged {
+		b, err := s.reusable(ctx, p, info, req.Snapshot)
+		if err != nil {
+			p.close()
+			done()
+			return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
+		}
+		if b != nil {
+			return &backupJob{s: s, p: p, volume: req.Volume, snap: b.Snapshot, done: done, reused: b}, nil
+		}
+	}
 	snap := req.Snapshot
 	if snap == "" {
 		snap = "backup-" + strings.ToLower(time.Now().UTC().Format("20060102-150405.000"))
@@ -548,19 +657,63 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 		done()
 		return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, blockdev.ErrNotFound)
 	}
-	return &backupJob{s: s, p: p, volume: req.Volume, snap: snap, full: req.Full, done: done}, nil
+	return &backupJob{s: s, p: p, volume: req.Volume, snap: snap, full: req.Full, tags: req.Tags, done: done}, nil
+}
+
+// reusable returns the newest backup of volume info.Name on p if the
+// volume has not changed since its snapshot (up to the head, or to
+// snapshot snap if named), else nil: policy if-unchanged.
+func (s *Service) reusable(ctx context.Context, p *repo, info blockdev.VolumeInfo, snap string) (*Backup, error) {
+	log := s.log.With("volume", info.Name, "target", p.name, "policy", PolicyIfUnchanged)
+	latest, err := p.r.Latest(ctx, info.Name)
+	if errors.Is(err, plugins.ErrNotFound) {
+		log.Info("no earlier backup to reuse")
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("newest backup on target %q: %w", p.name, err)
+	}
+	if !slices.ContainsFunc(info.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == latest.Snapshot }) {
+		log.Info("newest backup's snapshot is gone; backing up", "id", latest.ID, "snapshot", latest.Snapshot)
+		return nil, nil
+	}
+	if snap != latest.Snapshot {
+		changed, err := s.cfg.Manager.Changed(ctx, info.Name, latest.Snapshot, snap)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			log.Warn("changed blocks since the newest backup unknown; backing up", "id", latest.ID, "snapshot", latest.Snapshot, "to", snap, "err", err)
+			return nil, nil
+		}
+		if len(changed) > 0 {
+			log.Info("volume written since the newest backup; backing up", "id", latest.ID, "snapshot", latest.Snapshot, "extents", len(changed))
+			return nil, nil
+		}
+	}
+	m, err := p.r.LoadManifest(ctx, latest.Key)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s to reuse, on target %q: %w", latest.ID, p.name, err)
+	}
+	b := fromManifest(p, latest.Key, m)
+	b.Reused = true
+	log.Info("volume unchanged since the newest backup; reusing it", "id", b.ID, "snapshot", b.Snapshot)
+	return b, nil
 }
 
 func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Backup, error) {
 	defer j.done()
 	defer j.p.close()
+	if j.reused != nil {
+		return j.reused, nil
+	}
 	start := time.Now()
-	res, err := j.p.r.BackupVolume(ctx, j.s.cfg.Manager, j.volume, j.snap, backupd.BackupOptions{Full: j.full, Progress: progress})
+	res, err := j.p.r.BackupVolume(ctx, j.s.cfg.Manager, j.volume, j.snap, backupd.BackupOptions{Full: j.full, Tags: j.tags, Progress: progress})
 	if err != nil {
 		j.s.log.Warn("backup failed", "volume", j.volume, "snapshot", j.snap, "target", j.p.name, "err", err)
 		return nil, fmt.Errorf("backup of volume %q snapshot %q to target %q: %w", j.volume, j.snap, j.p.name, err)
 	}
-	b := fromManifest(j.p.name, res.ManifestKey, res.Manifest)
+	b := fromManifest(j.p, res.ManifestKey, res.Manifest)
 	b.Digest = res.Digest
 	b.Stats = &res.Stats
 	j.s.log.Info("backup committed", "volume", j.volume, "snapshot", j.snap, "target", j.p.name, "id", res.ID,
@@ -678,7 +831,7 @@ func (s *Service) list(ctx context.Context, volume, target string) ([]Backup, er
 			}
 			for _, bi := range infos {
 				out = append(out, Backup{ID: bi.ID, Volume: bi.Volume, Snapshot: bi.Snapshot, Parent: bi.Parent,
-					Created: bi.Created, Size: bi.Size, Digest: bi.Digest, Target: n, ManifestKey: bi.Key})
+					Created: bi.Created, Size: bi.Size, Digest: bi.Digest, Target: n, TargetURL: p.url, ManifestKey: bi.Key})
 			}
 			return nil
 		}()

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +43,7 @@ func backupCreateCmd() *cobra.Command {
 	var (
 		req    service.CreateRequest
 		noWait bool
+		tags   map[string]string
 	)
 	cmd := &cobra.Command{
 		Use:   "create VOLUME",
@@ -55,6 +58,7 @@ it once it is committed; a failure is only in the server's log.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Volume = args[0]
+			req.Tags = tags
 			if noWait {
 				f := false
 				req.Wait = &f
@@ -77,6 +81,11 @@ it once it is committed; a failure is only in the server's log.`,
 				return nil
 			}
 			b := ev.Backup
+			if b.Reused {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s unchanged since backup %s (snapshot %s on %s): reused it\n", b.Volume, b.ID, b.Snapshot, b.Target)
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), b.ID)
+				return err
+			}
 			kind := "full"
 			if b.Parent != "" {
 				kind = "incremental to " + b.Parent
@@ -91,7 +100,9 @@ it once it is committed; a failure is only in the server's log.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&req.Target, "target", "", "target name (default: the default target)")
+	f.StringVar(&req.Target, "target", "", "target name (default: the volume's target, else the default target)")
+	f.StringToStringVar(&tags, "tag", nil, "record KEY=VALUE in the backup's manifest (repeatable; keys [a-z0-9._-]{1,64})")
+	f.StringVar(&req.Policy, "policy", "", `"always" (default) or "if-unchanged": reuse the newest backup if the volume has not been written since its snapshot`)
 	f.StringVar(&req.Snapshot, "snapshot", "", "back up this existing snapshot instead of taking a new one")
 	f.BoolVar(&req.Full, "full", false, "upload every chunk again instead of only the changes (heals damaged chunks)")
 	f.BoolVar(&noWait, "no-wait", false, "return once the server accepted the backup; it runs on in the server")
@@ -165,6 +176,9 @@ func backupInfoCmd() *cobra.Command {
 				fmt.Fprintf(w, "digest    %s\n", b.Digest)
 				fmt.Fprintf(w, "target    %s (%s)\n", b.Target, b.ManifestKey)
 				fmt.Fprintf(w, "encrypted %v\n", b.Encrypted)
+				for _, k := range slices.Sorted(maps.Keys(b.Tags)) {
+					fmt.Fprintf(w, "tag       %s=%s\n", k, b.Tags[k])
+				}
 				if b.Stats != nil {
 					fmt.Fprintf(w, "uploaded  %s of %s scanned; chunks new %d, dedup %d, zero %d\n",
 						humanSize(b.BytesUploaded), humanSize(b.BytesScanned), b.ChunksNew, b.ChunksDedup, b.ChunksZero)

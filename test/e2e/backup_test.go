@@ -15,23 +15,26 @@ import (
 
 // backupJSON is the subset of a backup the test checks.
 type backupJSON struct {
-	ID            string    `json:"id"`
-	Volume        string    `json:"volume"`
-	Snapshot      string    `json:"snapshot"`
-	Parent        string    `json:"parent"`
-	Created       time.Time `json:"created"`
-	Size          int64     `json:"size"`
-	Digest        string    `json:"digest"`
-	Target        string    `json:"target"`
-	ManifestKey   string    `json:"manifest_key"`
-	Encrypted     bool      `json:"encrypted"`
-	Key           string    `json:"key"` // prune lists
-	BytesScanned  int64     `json:"bytes_scanned"`
-	BytesUploaded int64     `json:"bytes_uploaded"`
-	ChunksNew     int64     `json:"chunks_new"`
-	ChunksDedup   int64     `json:"chunks_dedup"`
-	ChunksZero    int64     `json:"chunks_zero"`
-	PagesUploaded int64     `json:"pages_uploaded"`
+	ID            string            `json:"id"`
+	Volume        string            `json:"volume"`
+	Snapshot      string            `json:"snapshot"`
+	Parent        string            `json:"parent"`
+	Created       time.Time         `json:"created"`
+	Size          int64             `json:"size"`
+	Digest        string            `json:"digest"`
+	Target        string            `json:"target"`
+	ManifestKey   string            `json:"manifest_key"`
+	Encrypted     bool              `json:"encrypted"`
+	TargetURL     string            `json:"target_url"`
+	Tags          map[string]string `json:"tags"`
+	Reused        bool              `json:"reused"`
+	Key           string            `json:"key"` // prune lists
+	BytesScanned  int64             `json:"bytes_scanned"`
+	BytesUploaded int64             `json:"bytes_uploaded"`
+	ChunksNew     int64             `json:"chunks_new"`
+	ChunksDedup   int64             `json:"chunks_dedup"`
+	ChunksZero    int64             `json:"chunks_zero"`
+	PagesUploaded int64             `json:"pages_uploaded"`
 }
 
 type backupEventJSON struct {

@@ -1,0 +1,155 @@
+package service
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/blockdev/agent"
+)
+
+func TestBackupTags(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if _, err := e.c.CreateVolume(t.Context(), agent.CreateVolumeRequest{Name: "vol-t", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "vol-t", bytes.Repeat([]byte{1}, 8192), 4096)
+	tags := map[string]string{"system-backup": "s-0001", "fencing.token": "42", "empty": "", "v": strings.Repeat("x", maxTagValueLen)}
+	b := e.backup(t, CreateRequest{Volume: "vol-t", Tags: tags})
+	if !maps.Equal(b.Tags, tags) || b.Reused || b.TargetURL != "file://"+e.dirs["main"] {
+		t.Errorf("done backup: tags %v reused %v target_url %q; want %v, false, file://%s", b.Tags, b.Reused, b.TargetURL, tags, e.dirs["main"])
+	}
+	var got Backup
+	if err := e.c.Do(t.Context(), http.MethodGet, "/v1/backups/"+b.ID, nil, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got.Tags, tags) || got.TargetURL != b.TargetURL {
+		t.Errorf("GET backup: tags %v target_url %q, want %v %q", got.Tags, got.TargetURL, tags, b.TargetURL)
+	}
+	var list []Backup
+	if err := e.c.Do(t.Context(), http.MethodGet, "/v1/backups?volume=vol-t", nil, &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].TargetURL != b.TargetURL {
+		t.Errorf("list: %+v, want one backup with target_url %q", list, b.TargetURL)
+	}
+}
+
+func TestBackupIfUnchanged(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "vol-u", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	snapshots := func() int {
+		t.Helper()
+		ss, err := e.c.Snapshots(ctx, "vol-u")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ss)
+	}
+	ifUnchanged := CreateRequest{Volume: "vol-u", Policy: PolicyIfUnchanged, Tags: map[string]string{"run": "2"}}
+
+	// No backup yet: one is taken.
+	e.write(t, "vol-u", bytes.Repeat([]byte{2}, 4096), 0)
+	first := e.backup(t, CreateRequest{Volume: "vol-u", Policy: PolicyIfUnchanged, Tags: map[string]string{"run": "1"}})
+	if first.Reused {
+		t.Fatalf("first backup with if-unchanged: reused %+v", first)
+	}
+
+	// No write since: the same backup answers, no snapshot is taken, and
+	// it keeps the tags it was made with.
+	n := snapshots()
+	again := e.backup(t, ifUnchanged)
+	if !again.Reused || again.ID != first.ID || again.Snapshot != first.Snapshot || again.Digest != first.Digest || again.Tags["run"] != "1" || again.TargetURL == "" {
+		t.Errorf("unchanged volume: %+v, want backup %s reused with its tags", again, first.ID)
+	}
+	if snapshots() != n {
+		t.Errorf("a reused backup took a snapshot")
+	}
+	// Naming the backup's own snapshot reuses it too; "always" never does.
+	if b := e.backup(t, CreateRequest{Volume: "vol-u", Snapshot: first.Snapshot, Policy: PolicyIfUnchanged}); !b.Reused || b.ID != first.ID {
+		t.Errorf("if-unchanged of the backup's own snapshot: %+v, want reused %s", b, first.ID)
+	}
+	if b := e.backup(t, CreateRequest{Volume: "vol-u", Policy: PolicyAlways}); b.Reused || b.ID == first.ID {
+		t.Errorf("policy always: %+v, want a new backup", b)
+	}
+
+	// A write: a new backup, incremental to the newest.
+	latest := e.backup(t, ifUnchanged)
+	if !latest.Reused {
+		t.Fatalf("no write since the always backup: %+v, want it reused", latest)
+	}
+	e.write(t, "vol-u", []byte("changed!"), 1<<19)
+	b := e.backup(t, ifUnchanged)
+	if b.Reused || b.ID == latest.ID || b.Parent != latest.ID || b.Tags["run"] != "2" {
+		t.Errorf("after a write: %+v, want a new backup incremental to %s tagged run=2", b, latest.ID)
+	}
+
+	// The newest backup's snapshot deleted: change tracking cannot vouch
+	// for the volume, so a new (full) backup is taken.
+	if err := e.c.DeleteSnapshot(ctx, "vol-u", b.Snapshot); err != nil {
+		t.Fatal(err)
+	}
+	if nb := e.backup(t, ifUnchanged); nb.Reused || nb.ID == b.ID {
+		t.Errorf("after deleting the newest backup's snapshot: %+v, want a new backup", nb)
+	}
+}
+
+func TestBackupRequestRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if _, err := e.c.CreateVolume(t.Context(), agent.CreateVolumeRequest{Name: "vol-r", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	many := map[string]string{}
+	for i := range maxTags + 1 {
+		many[fmt.Sprintf("k%d", i)] = "v"
+	}
+	for _, tc := range []struct {
+		name string
+		req  CreateRequest
+		want string
+	}{
+		{name: "no volume", req: CreateRequest{}, want: "no volume named"},
+		{name: "policy", req: CreateRequest{Volume: "vol-r", Policy: "sometimes"}, want: `policy "sometimes"`},
+		{name: "full and if-unchanged", req: CreateRequest{Volume: "vol-r", Policy: PolicyIfUnchanged, Full: true}, want: "contradict"},
+		{name: "upper-case key", req: CreateRequest{Volume: "vol-r", Tags: map[string]string{"System": "x"}}, want: `tag key "System"`},
+		{name: "empty key", req: CreateRequest{Volume: "vol-r", Tags: map[string]string{"": "x"}}, want: `tag key ""`},
+		{name: "long key", req: CreateRequest{Volume: "vol-r", Tags: map[string]string{strings.Repeat("k", maxTagKeyLen+1): "x"}}, want: "must match"},
+		{name: "slash in key", req: CreateRequest{Volume: "vol-r", Tags: map[string]string{"a/b": "x"}}, want: `tag key "a/b"`},
+		{name: "long value", req: CreateRequest{Volume: "vol-r", Tags: map[string]string{"k": strings.Repeat("v", maxTagValueLen+1)}}, want: "value of 257 bytes"},
+		{name: "too many tags", req: CreateRequest{Volume: "vol-r", Tags: many}, want: "17 tags, at most 16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := CreateBackup(t.Context(), e.c, tc.req, nil)
+			if !errors.Is(err, blockdev.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("CreateBackup(%s) = %v, %v; want invalid argument mentioning %q", tc.name, b, err, tc.want)
+			}
+		})
+	}
+	if ss, err := e.c.Snapshots(t.Context(), "vol-r"); err != nil || len(ss) != 0 {
+		t.Errorf("refused requests left snapshots: %v %v", ss, err)
+	}
+}
+
+func TestPublicURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"file:///srv/backups":                      "file:///srv/backups",
+		"s3://bucket/prefix?endpoint=http://h:1":   "s3://bucket/prefix?endpoint=http://h:1",
+		"s3://key:secret@bucket/prefix?region=r-1": "s3://bucket/prefix?region=r-1",
+	} {
+		if got := publicURL(in); got != want {
+			t.Errorf("publicURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
