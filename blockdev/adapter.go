@@ -3,15 +3,29 @@ package blockdev
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/strata-block/strata/snapshot"
 )
 
 // FromSnapshot returns the writable device over an open volume's head. The
 // caller keeps ownership of v.
-func FromSnapshot(v *snapshot.Volume) Volume { return headVolume{v} }
+func FromSnapshot(v *snapshot.Volume) Volume { return headVolume{v: v, gate: new(writeGate)} }
 
-type headVolume struct{ v *snapshot.Volume }
+// headVolume is a volume's head. Every write, zero and trim passes its
+// gate, which a Hold closes; reads and flushes do not.
+type headVolume struct {
+	v    *snapshot.Volume
+	gate *writeGate
+}
+
+// writeGate lets the changes of one volume through until a Hold closes
+// it: closing waits for the changes in flight and makes new ones wait
+// until it opens again. A change takes the lock shared (two atomic adds,
+// no allocation); a hold takes it exclusively. sync.RWMutex lets a lock be
+// released by another goroutine than the one that took it, as a hold
+// released by its timer is.
+type writeGate struct{ mu sync.RWMutex }
 
 func (h headVolume) Name() string   { return h.v.Name() }
 func (h headVolume) Size() int64    { return h.v.Size() }
@@ -28,6 +42,8 @@ func (h headVolume) WriteAt(ctx context.Context, p []byte, off int64, flags Writ
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	h.gate.mu.RLock()
+	defer h.gate.mu.RUnlock()
 	n, err := h.v.WriteAt(p, off)
 	if err != nil {
 		return n, err
@@ -53,6 +69,8 @@ func (h headVolume) Zero(ctx context.Context, off, length int64, flags WriteFlag
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	h.gate.mu.RLock()
+	defer h.gate.mu.RUnlock()
 	if err := h.v.Zero(off, length); err != nil {
 		return err
 	}
@@ -63,6 +81,8 @@ func (h headVolume) Trim(ctx context.Context, off, length int64, flags WriteFlag
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	h.gate.mu.RLock()
+	defer h.gate.mu.RUnlock()
 	if err := h.v.Trim(off, length); err != nil {
 		return err
 	}

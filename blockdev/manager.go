@@ -71,9 +71,13 @@ type Manager struct {
 
 type managed struct {
 	v     *snapshot.Volume
-	dev   Volume
-	users int // open head devices
+	dev   headVolume // every head device handed out; its gate holds writes
+	users int        // open head devices
 	views map[string]*sharedView
+}
+
+func newManaged(v *snapshot.Volume) *managed {
+	return &managed{v: v, dev: headVolume{v: v, gate: new(writeGate)}, views: make(map[string]*sharedView)}
 }
 
 type sharedView struct {
@@ -157,7 +161,7 @@ func OpenManager(ctx context.Context, dir string, opts *ManagerOptions) (*Manage
 			log.Error("volume failed to open; not served", "volume", vi.Name, "err", err)
 			continue
 		}
-		m.vols[vi.Name] = &managed{v: v, dev: FromSnapshot(v), views: make(map[string]*sharedView)}
+		m.vols[vi.Name] = newManaged(v)
 	}
 	return m, nil
 }
@@ -280,7 +284,7 @@ func (m *Manager) add(ctx context.Context, name string, create func() (*snapshot
 	if err != nil {
 		return VolumeInfo{}, err
 	}
-	mv := &managed{v: v, dev: FromSnapshot(v), views: make(map[string]*sharedView)}
+	mv := newManaged(v)
 	m.vols[name] = mv
 	m.log.Info("volume created", "volume", name, "size", v.Size())
 	return m.infoLocked(name, mv, m.createdTimes()[name]), nil
@@ -312,7 +316,7 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 	if err := m.store.Delete(ctx, name); err != nil {
 		// Keep serving it: reopen what we closed.
 		if v, oerr := m.store.Open(context.WithoutCancel(ctx), name); oerr == nil {
-			m.vols[name] = &managed{v: v, dev: FromSnapshot(v), views: make(map[string]*sharedView)}
+			m.vols[name] = newManaged(v)
 		} else {
 			m.broken[name] = oerr
 		}

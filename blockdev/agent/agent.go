@@ -36,6 +36,8 @@ type Agent struct {
 
 	exts []Extension
 
+	holds holds // open write holds (consistency groups)
+
 	// targetCheck reports whether a backup target exists (SetTargetCheck).
 	targetCheck func(ctx context.Context, name string) error
 
@@ -206,6 +208,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout.Duration)
 	defer scancel()
 	a.log.Info("agent shutting down")
+	a.releaseAllHolds()
 	for _, s := range servers {
 		_ = s.Shutdown(sctx)
 	}

@@ -258,10 +258,7 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		if err := decodeBody(r, &req); err != nil {
 			return 0, nil, err
 		}
-		if req.Name == "" {
-			req.Name = time.Now().UTC().Format("20060102t150405.000000z")
-		}
-		si, err := a.snapshot(r.Context(), r.PathValue("name"), req.Name)
+		si, err := a.snapshot(r.Context(), r.PathValue("name"), snapshotName(req.Name))
 		a.volumesChanged()
 		return http.StatusCreated, si, err
 	})
@@ -277,6 +274,34 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		}
 		vs, err := a.volume(r.Context(), r.PathValue("name"))
 		return http.StatusOK, vs, err
+	})
+	route("POST /v1/holds", func(r *http.Request) (int, any, error) {
+		var req HoldRequest
+		if err := decodeBody(r, &req); err != nil {
+			return 0, nil, err
+		}
+		hi, err := a.hold(r.Context(), req)
+		return http.StatusCreated, hi, err
+	})
+	route("POST /v1/holds/{id}/snapshots", func(r *http.Request) (int, any, error) {
+		var req SnapshotRequest
+		if err := decodeBody(r, &req); err != nil {
+			return 0, nil, err
+		}
+		out, err := a.snapshotHold(r.Context(), r.PathValue("id"), snapshotName(req.Name))
+		return http.StatusCreated, out, err
+	})
+	route("DELETE /v1/holds/{id}", func(r *http.Request) (int, any, error) {
+		return http.StatusNoContent, nil, a.releaseHold(r.PathValue("id"))
+	})
+	route("POST /v1/snapshots", func(r *http.Request) (int, any, error) {
+		var req GroupSnapshotRequest
+		if err := decodeBody(r, &req); err != nil {
+			return 0, nil, err
+		}
+		req.Name = snapshotName(req.Name)
+		out, err := a.snapshotGroup(r.Context(), req)
+		return http.StatusCreated, out, err
 	})
 	route("POST /v1/volumes/{name}/attach", func(r *http.Request) (int, any, error) {
 		var req AttachRequest
@@ -301,6 +326,14 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		return http.StatusNoContent, nil, a.umount(r.Context(), r.PathValue("name"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.met.reg, promhttp.HandlerOpts{}))
+}
+
+// snapshotName is name, or a generated one (the UTC time) if empty.
+func snapshotName(name string) string {
+	if name == "" {
+		return time.Now().UTC().Format("20060102t150405.000000z")
+	}
+	return name
 }
 
 // requireToken wraps h with a bearer-token check (for the TCP listener).

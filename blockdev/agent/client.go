@@ -304,6 +304,32 @@ func (c *Client) RevertSnapshot(ctx context.Context, vol, snap string) (VolumeSt
 	return vs, c.do(ctx, http.MethodPost, "/v1/volumes/"+esc(vol)+"/snapshots/"+esc(snap)+"/revert", nil, &vs)
 }
 
+// Hold holds the writes of volumes (reads go on) until ReleaseHold, or
+// until timeout (0: DefaultHoldTimeout; at most MaxHoldTimeout) has passed.
+func (c *Client) Hold(ctx context.Context, volumes []string, timeout time.Duration) (HoldInfo, error) {
+	var hi HoldInfo
+	return hi, c.do(ctx, http.MethodPost, "/v1/holds", HoldRequest{Volumes: volumes, TimeoutMS: timeout.Milliseconds()}, &hi)
+}
+
+// SnapshotHold takes snapshot snap ("" names it by the time) of every
+// volume of hold id; all or none. An expired or released hold is not found.
+func (c *Client) SnapshotHold(ctx context.Context, id, snap string) ([]blockdev.VolumeSnapshot, error) {
+	var out []blockdev.VolumeSnapshot
+	return out, c.do(ctx, http.MethodPost, "/v1/holds/"+esc(id)+"/snapshots", SnapshotRequest{Name: snap}, &out)
+}
+
+// ReleaseHold releases hold id. An expired or released hold is not found.
+func (c *Client) ReleaseHold(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/holds/"+esc(id), nil, nil)
+}
+
+// SnapshotGroup takes snapshot snap ("" names it by the time) of every
+// volume at one crash-consistent instant (hold, snapshot all, release).
+func (c *Client) SnapshotGroup(ctx context.Context, snap string, volumes []string) ([]blockdev.VolumeSnapshot, error) {
+	var out []blockdev.VolumeSnapshot
+	return out, c.do(ctx, http.MethodPost, "/v1/snapshots", GroupSnapshotRequest{Name: snap, Volumes: volumes}, &out)
+}
+
 // Attach attaches a volume as a host block device.
 func (c *Client) Attach(ctx context.Context, name string, useNBD bool) (Attachment, error) {
 	var at Attachment
