@@ -4,7 +4,6 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/strata-block/strata/backupd/targets"
 	"github.com/strata-block/strata/blockdev/agent"
@@ -55,26 +54,16 @@ func newEnv(t *testing.T) *env {
 	a.SetTargetCheck(e.svc.CheckTarget)
 	a.Extend(e.svc)
 
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	stop, err := a.Start(context.WithoutCancel(t.Context()))
+	if err != nil {
+		t.Fatalf("agent.Start: %v", err)
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("agent.Run: %v", err)
 		}
 	})
 	e.c = agent.NewClient(agent.APISocket(dir))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		_, err := e.c.Status(t.Context())
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent did not answer: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 	return e
 }
 

@@ -38,6 +38,8 @@ type Agent struct {
 
 	holds holds // open write holds (consistency groups)
 
+	ready chan struct{} // closed once Run serves the control API
+
 	// targetCheck reports whether a backup target exists (SetTargetCheck).
 	targetCheck func(ctx context.Context, name string) error
 
@@ -67,7 +69,7 @@ func New(ctx context.Context, cfg Config, version string, log *slog.Logger, exts
 	if err != nil {
 		return nil, fmt.Errorf("open volume store in %s: %w", cfg.DataDir, err)
 	}
-	a := &Agent{cfg: cfg, version: version, log: log, started: time.Now().UTC(), mgr: mgr, exts: exts}
+	a := &Agent{cfg: cfg, version: version, log: log, started: time.Now().UTC(), mgr: mgr, exts: exts, ready: make(chan struct{})}
 	a.met = newMetrics(func() float64 {
 		vs, _ := mgr.Volumes(context.Background())
 		return float64(len(vs))
@@ -107,6 +109,33 @@ func (a *Agent) SetTargetCheck(check func(ctx context.Context, name string) erro
 // VolumeTarget returns the backup target of volume name: "" for the
 // default target (also for a volume that does not exist).
 func (a *Agent) VolumeTarget(name string) string { return a.state.settings(name).Target }
+
+// Start runs the agent (Run) in a goroutine and returns once it serves the
+// control API, or Run's error if it ended before. stop cancels it and
+// returns Run's result; it may be called more than once. ctx bounds the
+// run as it bounds Run.
+func (a *Agent) Start(ctx context.Context) (stop func() error, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	select {
+	case <-a.ready:
+		return sync.OnceValue(func() error {
+			cancel()
+			return <-done
+		}), nil
+	case err := <-done:
+		cancel()
+		if err == nil {
+			err = errors.New("agent stopped before serving")
+		}
+		return nil, err
+	}
+}
+
+// Ready is closed once Run serves the control API (on every listener),
+// for callers that run an agent in their process.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
 
 // Manager returns the agent's volume manager, for API extensions.
 func (a *Agent) Manager() *blockdev.Manager { return a.mgr }
@@ -198,6 +227,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		servers = append(servers, srv)
 		serve("api tcp", func() error { return srv.Serve(tl) })
 	}
+	close(a.ready)
 	a.log.Info("agent serving", "data_dir", a.cfg.DataDir, "api", APISocket(a.cfg.DataDir), "nbd", NBDSocket(a.cfg.DataDir), "fuse", a.host.mountPoint())
 
 	select {

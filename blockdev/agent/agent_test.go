@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/strata-block/strata/blockdev"
 )
@@ -32,32 +31,16 @@ func startAgent(t *testing.T, dataDir string, setup func(*Agent)) *testAgent {
 	if setup != nil {
 		setup(a)
 	}
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	stop := func() {
-		cancel()
-		if err := <-done; err != nil {
+	stop, err := a.Start(context.WithoutCancel(t.Context()))
+	if err != nil {
+		t.Fatalf("agent.Start: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
 			t.Errorf("agent.Run: %v", err)
 		}
-	}
-	c := NewClient(APISocket(a.cfg.DataDir))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := c.Status(t.Context()); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("agent did not answer on %s: %v", c.Addr(), err)
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("agent.Run ended at start: %v", err)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	t.Cleanup(stop)
-	return &testAgent{Agent: a, c: c}
+	})
+	return &testAgent{Agent: a, c: NewClient(APISocket(a.cfg.DataDir))}
 }
 
 // knownTargets is a target check that knows the given names.

@@ -176,6 +176,19 @@ func decodeBody(r *http.Request, v any) error {
 // handler is an API handler that returns its result or an error.
 type handler func(r *http.Request) (status int, body any, err error)
 
+// withBody is a handler that decodes the JSON body into a Req (an empty
+// body leaves it zero) and answers fn's result with status.
+func withBody[Req any](status int, fn func(r *http.Request, req Req) (any, error)) handler {
+	return func(r *http.Request) (int, any, error) {
+		var req Req
+		if err := decodeBody(r, &req); err != nil {
+			return 0, nil, err
+		}
+		body, err := fn(r, req)
+		return status, body, err
+	}
+}
+
 func (a *Agent) routes(mux *http.ServeMux) {
 	route := func(pattern string, h handler) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -202,66 +215,41 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		vs, err := a.volumes(r.Context())
 		return http.StatusOK, vs, err
 	})
-	route("POST /v1/volumes", func(r *http.Request) (int, any, error) {
-		var req CreateVolumeRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
-		vs, err := a.createVolume(r.Context(), req)
-		return http.StatusCreated, vs, err
-	})
+	route("POST /v1/volumes", withBody(http.StatusCreated, func(r *http.Request, req CreateVolumeRequest) (any, error) {
+		return a.createVolume(r.Context(), req)
+	}))
 	route("GET /v1/volumes/{name}", func(r *http.Request) (int, any, error) {
 		vs, err := a.volume(r.Context(), r.PathValue("name"))
 		return http.StatusOK, vs, err
 	})
-	route("PATCH /v1/volumes/{name}", func(r *http.Request) (int, any, error) {
-		var req UpdateVolumeRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
-		vs, err := a.updateVolume(r.Context(), r.PathValue("name"), req)
-		return http.StatusOK, vs, err
-	})
+	route("PATCH /v1/volumes/{name}", withBody(http.StatusOK, func(r *http.Request, req UpdateVolumeRequest) (any, error) {
+		return a.updateVolume(r.Context(), r.PathValue("name"), req)
+	}))
 	route("DELETE /v1/volumes/{name}", func(r *http.Request) (int, any, error) {
 		return http.StatusNoContent, nil, a.deleteVolume(r.Context(), r.PathValue("name"))
 	})
-	route("POST /v1/volumes/{name}/grow", func(r *http.Request) (int, any, error) {
-		var req SizeRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
+	route("POST /v1/volumes/{name}/grow", withBody(http.StatusOK, func(r *http.Request, req SizeRequest) (any, error) {
 		name := r.PathValue("name")
 		if err := a.mgr.Grow(r.Context(), name, req.Size); err != nil {
-			return 0, nil, err
+			return nil, err
 		}
-		vs, err := a.volume(r.Context(), name)
-		return http.StatusOK, vs, err
-	})
-	route("POST /v1/volumes/{name}/clone", func(r *http.Request) (int, any, error) {
-		var req CloneRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
+		return a.volume(r.Context(), name)
+	}))
+	route("POST /v1/volumes/{name}/clone", withBody(http.StatusCreated, func(r *http.Request, req CloneRequest) (any, error) {
 		if err := a.cloneVolume(r.Context(), r.PathValue("name"), req); err != nil {
-			return 0, nil, err
+			return nil, err
 		}
-		a.volumesChanged()
-		vs, err := a.volume(r.Context(), req.Name)
-		return http.StatusCreated, vs, err
-	})
+		return a.volume(r.Context(), req.Name)
+	}))
 	route("GET /v1/volumes/{name}/snapshots", func(r *http.Request) (int, any, error) {
 		vi, err := a.mgr.Volume(r.Context(), r.PathValue("name"))
 		return http.StatusOK, vi.Snapshots, err
 	})
-	route("POST /v1/volumes/{name}/snapshots", func(r *http.Request) (int, any, error) {
-		var req SnapshotRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
+	route("POST /v1/volumes/{name}/snapshots", withBody(http.StatusCreated, func(r *http.Request, req SnapshotRequest) (any, error) {
 		si, err := a.snapshot(r.Context(), r.PathValue("name"), snapshotName(req.Name))
 		a.volumesChanged()
-		return http.StatusCreated, si, err
-	})
+		return si, err
+	}))
 	route("DELETE /v1/volumes/{name}/snapshots/{snap}", func(r *http.Request) (int, any, error) {
 		err := a.mgr.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snap"))
 		a.volumesChanged()
@@ -275,53 +263,28 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		vs, err := a.volume(r.Context(), r.PathValue("name"))
 		return http.StatusOK, vs, err
 	})
-	route("POST /v1/holds", func(r *http.Request) (int, any, error) {
-		var req HoldRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
-		hi, err := a.hold(r.Context(), req)
-		return http.StatusCreated, hi, err
-	})
-	route("POST /v1/holds/{id}/snapshots", func(r *http.Request) (int, any, error) {
-		var req SnapshotRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
-		out, err := a.snapshotHold(r.Context(), r.PathValue("id"), snapshotName(req.Name))
-		return http.StatusCreated, out, err
-	})
+	route("POST /v1/snapshots", withBody(http.StatusCreated, func(r *http.Request, req GroupSnapshotRequest) (any, error) {
+		req.Name = snapshotName(req.Name)
+		return a.snapshotGroup(r.Context(), req)
+	}))
+	route("POST /v1/holds", withBody(http.StatusCreated, func(r *http.Request, req HoldRequest) (any, error) {
+		return a.hold(r.Context(), req)
+	}))
+	route("POST /v1/holds/{id}/snapshots", withBody(http.StatusCreated, func(r *http.Request, req SnapshotRequest) (any, error) {
+		return a.snapshotHold(r.Context(), r.PathValue("id"), snapshotName(req.Name))
+	}))
 	route("DELETE /v1/holds/{id}", func(r *http.Request) (int, any, error) {
 		return http.StatusNoContent, nil, a.releaseHold(r.PathValue("id"))
 	})
-	route("POST /v1/snapshots", func(r *http.Request) (int, any, error) {
-		var req GroupSnapshotRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
-		req.Name = snapshotName(req.Name)
-		out, err := a.snapshotGroup(r.Context(), req)
-		return http.StatusCreated, out, err
-	})
-	route("POST /v1/volumes/{name}/attach", func(r *http.Request) (int, any, error) {
-		var req AttachRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
-		at, err := a.attach(r.Context(), r.PathValue("name"), req)
-		return http.StatusOK, at, err
-	})
+	route("POST /v1/volumes/{name}/attach", withBody(http.StatusOK, func(r *http.Request, req AttachRequest) (any, error) {
+		return a.attach(r.Context(), r.PathValue("name"), req)
+	}))
 	route("POST /v1/volumes/{name}/detach", func(r *http.Request) (int, any, error) {
 		return http.StatusNoContent, nil, a.detach(r.Context(), r.PathValue("name"))
 	})
-	route("POST /v1/volumes/{name}/mount", func(r *http.Request) (int, any, error) {
-		var req MountRequest
-		if err := decodeBody(r, &req); err != nil {
-			return 0, nil, err
-		}
-		at, err := a.mount(r.Context(), r.PathValue("name"), req)
-		return http.StatusOK, at, err
-	})
+	route("POST /v1/volumes/{name}/mount", withBody(http.StatusOK, func(r *http.Request, req MountRequest) (any, error) {
+		return a.mount(r.Context(), r.PathValue("name"), req)
+	}))
 	route("POST /v1/volumes/{name}/umount", func(r *http.Request) (int, any, error) {
 		return http.StatusNoContent, nil, a.umount(r.Context(), r.PathValue("name"))
 	})
