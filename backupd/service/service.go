@@ -623,13 +623,17 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 	if err != nil {
 		return nil, err
 	}
-	target := req.Target
+	target, setting := req.Target, false
 	if target == "" {
 		target = s.cfg.VolumeTarget(req.Volume)
+		setting = target != ""
 	}
 	p, err := s.open(ctx, target)
 	if err != nil {
 		done()
+		if setting {
+			return nil, fmt.Errorf("backup of volume %q to its target %q (the volume's setting; change it with strata volume set): %w", req.Volume, target, err)
+		}
 		return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
 	}
 	if req.Policy == PolicyIfUnchanged {

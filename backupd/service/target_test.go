@@ -3,6 +3,7 @@ package service
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/strata-block/strata/blockdev"
@@ -49,5 +50,25 @@ func TestBackupGoesToVolumeTarget(t *testing.T) {
 	}
 	if b := e.backup(t, CreateRequest{Volume: "vol-y"}); b.Target != "main" {
 		t.Errorf("after reset: backup went to %q, want main", b.Target)
+	}
+}
+
+// A volume whose target left the registry fails its backups with an error
+// naming the target and the setting, and a named target still works.
+func TestBackupVolumeTargetRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if _, err := e.c.CreateVolume(t.Context(), agent.CreateVolumeRequest{Name: "vol-x", Size: 1 << 20, Target: "extra"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ts.Registry().Remove("extra"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := CreateBackup(t.Context(), e.c, CreateRequest{Volume: "vol-x"}, nil)
+	if !errors.Is(err, blockdev.ErrNotFound) || !strings.Contains(err.Error(), `its target "extra"`) {
+		t.Errorf("backup to a removed target: %v, want not found naming the volume's target", err)
+	}
+	if b := e.backup(t, CreateRequest{Volume: "vol-x", Target: "main"}); b.Target != "main" {
+		t.Errorf("backup naming main went to %q", b.Target)
 	}
 }

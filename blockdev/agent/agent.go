@@ -206,7 +206,8 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	for _, x := range a.exts {
 		x.Routes(mux, writeError, writeJSON)
 	}
-	servers := []*http.Server{{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
+	usrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	servers := []*http.Server{usrv}
 	ul, err := listenUnixAPI(APISocket(a.cfg.DataDir))
 	if err != nil {
 		cancel()
@@ -214,12 +215,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		a.host.stop(context.Background(), false)
 		return err
 	}
-	serve("api", func() error { return servers[0].Serve(ul) })
+	serve("api", func() error { return usrv.Serve(ul) })
 	if a.cfg.APIListen != "" {
 		srv, tl, err := a.tcpAPI(mux)
 		if err != nil {
 			cancel()
-			_ = servers[0].Close()
+			_ = usrv.Close()
 			wg.Wait()
 			a.host.stop(context.Background(), false)
 			return err

@@ -45,8 +45,9 @@ type GroupSnapshotRequest struct {
 
 // holds are the agent's open holds by id.
 type holds struct {
-	mu sync.Mutex
-	m  map[string]*heldWrites
+	mu     sync.Mutex
+	m      map[string]*heldWrites
+	closed bool // shutting down: no new holds
 }
 
 // heldWrites is one open hold and the timer that ends it.
@@ -84,6 +85,11 @@ func (a *Agent) hold(ctx context.Context, req HoldRequest) (HoldInfo, error) {
 	id := rand.Text()
 	hw := &heldWrites{h: h, info: HoldInfo{ID: id, Volumes: h.Volumes(), Expires: time.Now().Add(timeout).UTC()}}
 	a.holds.mu.Lock()
+	if a.holds.closed {
+		a.holds.mu.Unlock()
+		h.Release()
+		return HoldInfo{}, fmt.Errorf("hold: the agent is shutting down: %w", errUnavailable)
+	}
 	if a.holds.m == nil {
 		a.holds.m = map[string]*heldWrites{}
 	}
@@ -162,9 +168,11 @@ func (a *Agent) snapshotGroup(ctx context.Context, req GroupSnapshotRequest) ([]
 	return out, nil
 }
 
-// releaseAllHolds ends every hold (at shutdown, so that writes drain).
+// releaseAllHolds ends every hold and refuses new ones (at shutdown, so
+// that writes drain).
 func (a *Agent) releaseAllHolds() {
 	a.holds.mu.Lock()
+	a.holds.closed = true
 	ids := slices.Collect(maps.Keys(a.holds.m))
 	a.holds.mu.Unlock()
 	for _, id := range ids {

@@ -159,3 +159,26 @@ func TestHoldRefused(t *testing.T) {
 		t.Errorf("group snapshot with an unknown volume: %v, want not found", err)
 	}
 }
+
+// At shutdown the agent releases its holds and takes no new ones.
+func TestHoldsEndAtShutdown(t *testing.T) {
+	t.Parallel()
+	ta := startAgent(t, t.TempDir(), nil)
+	createVolumes(t, ta.c, "vol-a")
+	hi, err := ta.c.Hold(t.Context(), []string{"vol-a"}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWrite(t, ta, "vol-a")
+	ta.releaseAllHolds()
+	if !acked(w, 5*time.Second) {
+		t.Fatal("a held write did not go on at shutdown")
+	}
+	if err := ta.c.ReleaseHold(t.Context(), hi.ID); !errors.Is(err, blockdev.ErrNotFound) {
+		t.Errorf("release after shutdown: %v, want not found", err)
+	}
+	var ae *APIError
+	if _, err := ta.c.Hold(t.Context(), []string{"vol-a"}, 0); !errors.As(err, &ae) || ae.Code != "unavailable" {
+		t.Errorf("hold during shutdown: %v, want unavailable", err)
+	}
+}
