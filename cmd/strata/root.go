@@ -32,6 +32,6 @@ summary, or JSON with --json.`,
 		SilenceErrors: true,
 	}
 	root.SetVersionTemplate("strata {{.Version}}\n")
-	root.AddCommand(newVersionCmd(ver), newServerCmd(ver), newVolumeCmd(), newSnapshotCmd(), newTargetCmd(), newBackupCmd(), newPluginCmd())
+	root.AddCommand(newVersionCmd(ver), newServerCmd(ver), newVolumeCmd(), newSnapshotCmd(), newTargetCmd(), newBackupCmd(), newSystemCmd(), newAgentCmd(), newPluginCmd())
 	return root
 }

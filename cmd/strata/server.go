@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-block/strata/backupd"
+	"github.com/strata-block/strata/backupd/coordinator"
 	"github.com/strata-block/strata/backupd/service"
 	"github.com/strata-block/strata/backupd/targets"
 	"github.com/strata-block/strata/blockdev/agent"
@@ -20,6 +22,7 @@ func newServerCmd(ver string) *cobra.Command {
 		logJSON    bool
 		pluginDir  string
 		backupKey  string
+		runCoord   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -73,19 +76,44 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 			if err != nil {
 				return err
 			}
+			var co *coordinator.Coordinator
+			if runCoord {
+				co, err = coordinator.New(coordinator.Options{
+					DataDir:     dataDir,
+					LocalSocket: agent.APISocket(dataDir),
+					Targets:     tsvc,
+					Logger:      log.With("component", "coordinator"),
+					Fault:       os.Getenv(coordinator.FaultEnv),
+				})
+				if err != nil {
+					_ = tsvc.Close()
+					return err
+				}
+			}
 			a, err := agent.New(cmd.Context(), merged, ver, log, tsvc)
 			if err != nil {
+				if co != nil {
+					_ = co.Close()
+				}
 				_ = tsvc.Close()
 				return err
 			}
+			a.SetTargetCheck(func(_ context.Context, name string) error {
+				_, err := tsvc.Registry().Get(name)
+				return err
+			})
 			a.Extend(service.New(service.Config{
-				Manager:  a.Manager(),
-				Targets:  tsvc,
-				Attached: func(v string) bool { _, ok := a.Attached(v); return ok },
-				DataDir:  dataDir,
-				Key:      key,
-				Logger:   log.With("component", "backups"),
+				Manager:      a.Manager(),
+				Targets:      tsvc,
+				VolumeTarget: a.VolumeTarget,
+				Attached:     func(v string) bool { _, ok := a.Attached(v); return ok },
+				DataDir:      dataDir,
+				Key:          key,
+				Logger:       log.With("component", "backups"),
 			}))
+			if co != nil {
+				a.Extend(co)
+			}
 			return a.Run(cmd.Context())
 		},
 	}
@@ -97,6 +125,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
 	f.StringVar(&backupKey, "backup-key", "", "repository key file: encrypts new backups and decrypts encrypted ones")
+	f.BoolVar(&runCoord, "coordinator", true, "run the coordinator (system backups); --coordinator=false runs an agent only, driven by another host's coordinator")
 	f.StringVar(&pluginDir, "plugin-dir", "", "directory of external target plugins (strata-target-<kind> executables)")
 	return cmd
 }
