@@ -743,6 +743,44 @@ func (c *Coordinator) failRun(ctx context.Context, r *Run, cause error) {
 		return
 	}
 	c.log.Warn("system backup failed", "system", r.ID, "err", cause)
+	c.releaseFailed(ctx, r)
+}
+
+// releaseFailed deletes the volume backups a failed system backup's
+// agents made for it: no manifest names them, and being tagged they
+// would otherwise be held forever. Best effort: what remains is only
+// space, which the next failure or a system backup rm retries.
+func (c *Coordinator) releaseFailed(ctx context.Context, r *Run) {
+	if r.Config == nil {
+		return
+	}
+	for _, t := range r.Config.Targets {
+		tg, err := c.opts.Targets.Open(ctx, t.Name)
+		if err != nil {
+			c.log.Warn("release a failed system backup's volume backups", "system", r.ID, "target", t.Name, "err", err)
+			continue
+		}
+		repo := backupd.Open(tg, &backupd.Options{Logger: c.log})
+		for _, v := range r.Config.Volumes {
+			if v.Target != t.Name {
+				continue
+			}
+			infos, err := repo.List(ctx, v.Name)
+			if err != nil {
+				c.log.Warn("release a failed system backup's volume backups", "system", r.ID, "volume", v.Name, "err", err)
+				continue
+			}
+			for _, b := range infos {
+				if b.Tags[backupd.TagSystem] != r.ID {
+					continue
+				}
+				if err := repo.DeleteHeld(ctx, b.Volume, b.ID); err != nil && !errors.Is(err, plugins.ErrNotFound) {
+					c.log.Warn("release a failed system backup's volume backup", "system", r.ID, "volume", b.Volume, "backup", b.ID, "err", err)
+				}
+			}
+		}
+		_ = tg.Close()
+	}
 }
 
 func (c *Coordinator) deleteManifest(ctx context.Context, target, id string) error {

@@ -39,10 +39,15 @@ type systemEventJSON struct {
 }
 
 type systemSummaryJSON struct {
-	ID      string `json:"id"`
-	Token   uint64 `json:"token"`
-	State   string `json:"state"`
-	Error   string `json:"error"`
+	ID            string          `json:"id"`
+	Token         uint64          `json:"token"`
+	State         string          `json:"state"`
+	Started       time.Time       `json:"started"`
+	Finished      time.Time       `json:"finished"`
+	Error         string          `json:"error"`
+	Targets       []string        `json:"targets"`
+	CopiesPending []string        `json:"copies_pending"`
+	Config        json.RawMessage `json:"config"`
 	Volumes []struct {
 		Agent       string `json:"agent"`
 		Volume      string `json:"volume"`
@@ -51,6 +56,8 @@ type systemSummaryJSON struct {
 		ManifestKey string `json:"manifest_key"`
 		Digest      string `json:"digest"`
 		Size        int64  `json:"size"`
+		Snapshot    string `json:"snapshot"`
+		Reused      bool   `json:"reused"`
 	} `json:"volumes"`
 	Known bool `json:"known"`
 }
@@ -433,6 +440,14 @@ func TestSystemBackupFencing(t *testing.T) {
 		t.Fatalf("after the timeout: %+v", runs)
 	}
 	stale := runs[0]
+	// Its volume backups were released: no manifest names them.
+	for _, vol := range []string{"vol-a", "vol-b"} {
+		var bs []backupJSON
+		s.mustJSON(&bs, "backup", "ls", vol)
+		if len(bs) != 0 {
+			t.Fatalf("the failed system backup left %s's backups: %+v", vol, bs)
+		}
+	}
 
 	// Now one that waits for the delayed ack.
 	out := s.must("system", "backup", "create", "--no-wait")
@@ -458,6 +473,8 @@ func TestSystemBackupFencing(t *testing.T) {
 	var volA backupJSON
 	deadline = time.Now().Add(30 * time.Second)
 	for {
+		// The timed-out run's backup of vol-a was released with it: the
+		// one listed is this run's.
 		if bs := backups("vol-a"); len(bs) > 0 {
 			volA = bs[len(bs)-1]
 			break
@@ -670,7 +687,7 @@ func TestSystemBackupTwoAgents(t *testing.T) {
 	b.must("volume", "create", "vol-b", "16MiB")
 	wantA := a.fillRandom("vol-a", 0, 2<<20)
 	wantB := b.fillRandom("vol-b", 4<<20, 2<<20)
-	b.fails(t, "not found", "system", "backup", "ls") // no coordinator there
+	b.fails(t, "404", "system", "backup", "ls") // no coordinator there
 	a.must("agent", "add", "b", filepath.Join(b.dataDir, "strata.sock"))
 	if out := a.must("agent", "ls"); !strings.Contains(out, "local") || !strings.Contains(out, " b ") && !strings.Contains(out, "\nb ") {
 		t.Fatalf("agent ls: %q", out)

@@ -1,0 +1,201 @@
+package coordinator
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strata-block/strata/backupd"
+)
+
+func testManifest() *Manifest {
+	dig := strings.Repeat("ab", 32)
+	return &Manifest{
+		ID: "20261127t010203z-0a1b2c3d", Token: 7,
+		Started: time.Date(2026, 11, 27, 1, 2, 3, 0, time.UTC), Committed: time.Date(2026, 11, 27, 1, 3, 0, 0, time.UTC),
+		Config: Config{
+			Agents:  []AgentConfig{{Name: "local", Addr: "/d/strata.sock"}, {Name: "b", Addr: "/e/strata.sock"}},
+			Targets: []TargetConfig{{Name: "a", URL: "file:///srv/a", Kind: "fs", Default: true}, {Name: "s3", URL: "s3://bk/p?endpoint=http://127.0.0.1:7070", Kind: "s3"}},
+			Volumes: []VolumeConfig{
+				{Agent: "local", Name: "vol-a", Size: 1 << 20, Target: "a"},
+				{Agent: "b", Name: "vol-b", Size: 2 << 20, TargetSetting: "s3", Target: "s3"},
+			},
+			Settings: Settings{Policy: PolicyAlways},
+		},
+		Volumes: []VolumeBackup{
+			{Agent: "local", Volume: "vol-a", Target: "a", BackupID: "0123456789abcdef0123456789abcdef", ManifestKey: backupd.ManifestKey("vol-a", "0123456789abcdef0123456789abcdef"), Digest: dig, Size: 1 << 20, Snapshot: "sys-x"},
+			{Agent: "b", Volume: "vol-b", Target: "s3", BackupID: "fedcba9876543210fedcba9876543210", ManifestKey: backupd.ManifestKey("vol-b", "fedcba9876543210fedcba9876543210"), Digest: dig, Size: 2 << 20, Snapshot: "sys-x"},
+		},
+	}
+}
+
+// TestManifestRoundTrip encodes and decodes a manifest and checks that
+// every kind of damage or inconsistency is refused as ErrCorrupt with a
+// message naming it.
+func TestManifestRoundTrip(t *testing.T) {
+	m := testManifest()
+	b, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := got.Encode()
+	if err != nil || !bytes.Equal(b, b2) {
+		t.Fatalf("re-encoding differs: %v\n%s\n%s", err, b, b2)
+	}
+	tests := []struct {
+		name string
+		edit func(m *Manifest)
+		raw  func(b []byte) []byte
+		want string
+	}{
+		{name: "flipped byte", raw: func(b []byte) []byte { return bytes.Replace(b, []byte("vol-b"), []byte("vol-c"), 1) }, want: "checksum"},
+		{name: "not json", raw: func([]byte) []byte { return []byte("{") }, want: "does not decode"},
+		{name: "trailing", raw: func(b []byte) []byte { return append(b, []byte(" {}")...) }, want: "trailing"},
+		{name: "unknown field", raw: func(b []byte) []byte { return bytes.Replace(b, []byte(`"token"`), []byte(`"tokn"`), 1) }, want: "does not decode"},
+		{name: "missing volume backup", edit: func(m *Manifest) { m.Volumes = m.Volumes[:1] }, want: "1 volume backups for 2 volumes"},
+		{name: "backup on another target", edit: func(m *Manifest) { m.Volumes[1].Target = "a" }, want: "configured on"},
+		{name: "key names another backup", edit: func(m *Manifest) { m.Volumes[0].ManifestKey = "backups/vol-a/x" }, want: "does not name"},
+		{name: "no default target", edit: func(m *Manifest) { m.Config.Targets[0].Default = false }, want: "default targets"},
+		{name: "unknown agent", edit: func(m *Manifest) { m.Config.Volumes[1].Agent = "zz"; m.Volumes[1].Agent = "zz" }, want: "not in the configuration"},
+		{name: "bad digest", edit: func(m *Manifest) { m.Volumes[0].Digest = "xyz" }, want: "digest"},
+		{name: "no token", edit: func(m *Manifest) { m.Token = 0 }, want: "token"},
+		{name: "bad id", edit: func(m *Manifest) { m.ID = "../x" }, want: "not a system backup id"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var raw []byte
+			if tc.edit != nil {
+				m := testManifest()
+				tc.edit(m)
+				if _, err := m.Encode(); err == nil || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("Encode = %v, want ErrCorrupt saying %q", err, tc.want)
+				}
+				// Decode refuses the same manifest with a valid checksum.
+				c := *m
+				c.Format, c.Version = manifestFormat, manifestVersion
+				raw = encodeUnchecked(t, &c)
+			} else {
+				raw = tc.raw(bytes.Clone(b))
+			}
+			if _, err := DecodeManifest(raw); err == nil || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("DecodeManifest = %v, want ErrCorrupt saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// encodeUnchecked encodes m with a correct checksum, skipping Validate.
+func encodeUnchecked(t *testing.T, m *Manifest) []byte {
+	t.Helper()
+	c := *m
+	c.Checksum = ""
+	body := mustJSON(t, &c)
+	c.Checksum = sha256Hex(body)
+	return mustJSON(t, &c)
+}
+
+// FuzzDecodeManifest: DecodeManifest never panics, and whatever it
+// accepts encodes back to something it accepts again.
+func FuzzDecodeManifest(f *testing.F) {
+	b, err := testManifest().Encode()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte("{}"))
+	f.Add([]byte(`{"format":"strata-system-backup","version":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeManifest(b)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v is not ErrCorrupt", err)
+			}
+			return
+		}
+		out, err := m.Encode()
+		if err != nil {
+			t.Fatalf("accepted manifest does not encode: %v", err)
+		}
+		if _, err := DecodeManifest(out); err != nil {
+			t.Fatalf("re-encoded manifest refused: %v", err)
+		}
+	})
+}
+
+func TestParseFaults(t *testing.T) {
+	tests := []struct {
+		spec    string
+		want    faults
+		wantErr bool
+	}{
+		{spec: "", want: faults{}},
+		{spec: "kill-at=acked", want: faults{killAt: "acked"}},
+		{spec: "kill-at=written, delay-ack=vol-b:2s", want: faults{killAt: "written", delayVol: "vol-b", delayFor: 2 * time.Second}},
+		{spec: "delay-ack=vol-b", wantErr: true},
+		{spec: "explode", wantErr: true},
+	}
+	for _, tc := range tests {
+		got, err := parseFaults(tc.spec)
+		if (err != nil) != tc.wantErr || (!tc.wantErr && got != tc.want) {
+			t.Errorf("parseFaults(%q) = %+v, %v; want %+v, error %v", tc.spec, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+// TestCheckAck covers the state checks Accept makes before it looks at
+// the target: only the open run, its token, its volumes, once each, on
+// the volume's target.
+func TestCheckAck(t *testing.T) {
+	m := testManifest()
+	run := &Run{ID: m.ID, Token: 7, State: StateOpen, Config: &m.Config,
+		Acks: map[string]Ack{"local/vol-a": {BackupID: "0123456789abcdef0123456789abcdef"}}}
+	good := Ack{System: m.ID, Token: 7, Agent: "b", Volume: "vol-b", Target: "s3"}
+	tests := []struct {
+		name string
+		edit func(a *Ack, r *Run)
+		want error
+	}{
+		{name: "good", edit: func(*Ack, *Run) {}},
+		{name: "stale token", edit: func(a *Ack, _ *Run) { a.Token = 6 }, want: ErrStale},
+		{name: "newer token", edit: func(a *Ack, _ *Run) { a.Token = 8 }, want: ErrStale},
+		{name: "failed run", edit: func(_ *Ack, r *Run) { r.State = StateFailed }, want: ErrStale},
+		{name: "committing run", edit: func(_ *Ack, r *Run) { r.State = StateCommitting }, want: ErrStale},
+		{name: "foreign volume", edit: func(a *Ack, _ *Run) { a.Volume = "vol-z" }, want: ErrStale},
+		{name: "other agent", edit: func(a *Ack, _ *Run) { a.Agent = "local" }, want: ErrStale},
+		{name: "duplicate", edit: func(a *Ack, _ *Run) { a.Agent, a.Volume, a.Target = "local", "vol-a", "a" }, want: ErrStale},
+		{name: "wrong target", edit: func(a *Ack, _ *Run) { a.Target = "a" }, want: ErrRejected},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, r := good, *run
+			tc.edit(&a, &r)
+			_, err := checkAck(&r, a)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("checkAck = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
