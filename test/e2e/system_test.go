@@ -48,7 +48,7 @@ type systemSummaryJSON struct {
 	Targets       []string        `json:"targets"`
 	CopiesPending []string        `json:"copies_pending"`
 	Config        json.RawMessage `json:"config"`
-	Volumes []struct {
+	Volumes       []struct {
 		Agent       string `json:"agent"`
 		Volume      string `json:"volume"`
 		Target      string `json:"target"`
