@@ -55,9 +55,13 @@ fuzz-smoke:
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz-smoke.sh
 
-# Snapshot-store benchmarks (summary on stdout, raw output in benchmarks/out/).
+# The benchmark suite against peers in quick mode (under 5 minutes; needs
+# root; installs missing peers). Its report goes to benchmarks/out/run-*/;
+# the full run, `benchmarks/run.sh` (about 20 minutes), publishes
+# benchmarks/RESULTS.md and benchmarks/charts/. The snapshot store's
+# in-process benchmarks are benchmarks/snapshot.sh.
 bench:
-	GO=$(GO) benchmarks/snapshot.sh
+	GO=$(GO) BENCH_COMMAND="make bench (benchmarks/run.sh --quick)" benchmarks/run.sh --quick
 
 lint: vet fmt-check
 

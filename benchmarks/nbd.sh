@@ -1,104 +1,99 @@
 #!/usr/bin/env bash
-# NBD server benchmark (issue 3): the same four fio jobs (fio's nbd engine,
-# libnbd) against
-#   strata  - blockdev/nbd serving a 1 GiB volume with 3 snapshots below
-#             the head (blockdev/nbd/internal/benchserve),
-#   nbdkit  - nbdkit's file plugin on a flat raw file,
-#   qemu    - qemu-nbd on a qcow2 chain of the same shape: base ← o1 ← o2 ←
-#             top, i.e. 3 images below the served one,
-# alternating the servers within every round (the first server rotates
-# each round), for several rounds. All three start from the same random
-# base image; the overlays write the same 3 × 64 MiB at the same offsets.
+# NBD benchmark (issues 3 and 9): the same four fio jobs (fio's nbd engine,
+# libnbd, one connection) against
+#   strata-d0 - `strata server` serving a volume holding the base image in
+#               its head, no snapshot,
+#   strata-d3 - the same server serving a volume with 3 snapshots below the
+#               head: base → s1, overlay 1 → s2, overlay 2 → s3, overlay 3
+#               in the head,
+#   nbdkit    - nbdkit's file plugin on a flat raw copy of the base,
+#   qemu-d3   - qemu-nbd on a qcow2 chain of the same shape as strata-d3:
+#               base ← o1 ← o2 ← top (3 images below the served one),
+# and the limit: raw, fio's io_uring engine on another flat raw copy
+# (buffered, through the page cache that every server above also uses).
+# Overlay k writes 1 MiB of the byte 0x10+k at MiB offsets 16j+5k, j < 64.
+# The systems alternate within every round, the first rotating per round.
 #
-# Usage: benchmarks/nbd.sh [-rounds N] [-runtime SECONDS] [-size BYTES]
-#        [-profile]
+# Usage: benchmarks/nbd.sh [-rounds N] [-runtime SECONDS] [-ramp SECONDS]
+#        [-size BYTES] [-out DIR] [-strata BIN]
 #
-# Writes benchmarks/out/nbd-<time>/: the fio JSON of every run, results.tsv
-# and summary.md (medians per job and server, ratios Strata/peer), ready to
-# paste into benchmarks/RESULTS.md with this command line. -profile also
-# records a CPU profile of the Strata server (cpu.pprof) over all its runs.
+# Appends to DIR/samples.tsv (see lib.sh) and keeps every fio JSON there;
+# standalone, prints the tables benchmarks/report makes of them.
 set -euo pipefail
-
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. benchmarks/lib.sh
 
-GO="${GO:-go}"
-ROUNDS=3
-RUNTIME=10
-SIZE=$((1 << 30))
-PROFILE=0
+ROUNDS=3 RUNTIME=10 RAMP=2 SIZE=$((1 << 30)) OUT="" STRATA=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	-rounds) ROUNDS="$2"; shift 2 ;;
 	-runtime) RUNTIME="$2"; shift 2 ;;
+	-ramp) RAMP="$2"; shift 2 ;;
 	-size) SIZE="$2"; shift 2 ;;
-	-profile) PROFILE=1; shift ;;
-	*) echo "usage: $0 [-rounds N] [-runtime SECONDS] [-size BYTES] [-profile]" >&2; exit 2 ;;
+	-out) OUT="$2"; shift 2 ;;
+	-strata) STRATA="$2"; shift 2 ;;
+	*) echo "usage: $0 [-rounds N] [-runtime S] [-ramp S] [-size BYTES] [-out DIR] [-strata BIN]" >&2; exit 2 ;;
 	esac
 done
+bench_need fio nbdkit qemu-nbd qemu-img qemu-io nbdinfo nbdcopy curl
+bench_setup nbd "$OUT"
+report=$(bench_report_tool)
+strata=$(bench_strata "$STRATA")
+work=$bench_work
+mkdir -p "$out/nbd"
 
-for c in fio nbdkit qemu-nbd qemu-img qemu-io nbdinfo python3; do
-	command -v "$c" >/dev/null || { echo "nbd.sh: $c not found; run scripts/deps.sh" >&2; exit 1; }
-done
-
-out="benchmarks/out/nbd-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
-work="$(mktemp -d "${TMPDIR:-/tmp}/nbdbench.XXXXXX")"
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-echo "== building benchserve; preparing images in $work" >&2
-"$GO" build -o "$work/benchserve" ./blockdev/nbd/internal/benchserve
+bench_log "nbd: preparing $((SIZE >> 20)) MiB images in $work"
 head -c "$SIZE" /dev/urandom >"$work/base.raw"
 cp "$work/base.raw" "$work/flat.raw"
+cp "$work/base.raw" "$work/raw.raw"
 
-# The qcow2 chain: q0 has the base content; q1..q3 each hold one overlay
-# (overlay k: 1 MiB of byte 0x10+k at MiB offsets 16j+5k, j = 0..63, as
-# benchserve writes them).
-qemu-img convert -q -f raw -O qcow2 "$work/base.raw" "$work/q0.qcow2"
-for k in 1 2 3; do
-	qemu-img create -q -f qcow2 -b "$work/q$((k - 1)).qcow2" -F qcow2 "$work/q$k.qcow2"
-	args=()
+# overlay_args K: qemu-io commands writing overlay K.
+overlay_args() {
+	local k=$1 j off
 	for j in $(seq 0 63); do
 		off=$(((16 * j + 5 * k) << 20))
 		[ $((off + (1 << 20))) -le "$SIZE" ] || continue
-		args+=(-c "write -q -P $((0x10 + k)) $off 1M")
+		printf -- '-c\nwrite -q -P %d %d 1M\n' $((0x10 + k)) "$off"
 	done
+}
+
+qemu-img convert -q -f raw -O qcow2 "$work/base.raw" "$work/q0.qcow2"
+for k in 1 2 3; do
+	qemu-img create -q -f qcow2 -b "$work/q$((k - 1)).qcow2" -F qcow2 "$work/q$k.qcow2"
+	mapfile -t args < <(overlay_args "$k")
 	qemu-io -f qcow2 "${args[@]}" "$work/q$k.qcow2" >/dev/null
 done
 
-sock_strata="$work/strata.sock"
+sd="$work/strata"
+strata_start "$strata" "$sd" "$out/nbd/strata-server.log" --fuse off
+for v in d0 d3; do
+	"$strata" volume create --data-dir "$sd" "$v" --size "$SIZE" >/dev/null
+	nbdcopy "$work/base.raw" "$(strata_nbd_uri "$sd" "$v")"
+done
+for k in 1 2 3; do
+	"$strata" snapshot create --data-dir "$sd" d3 "s$k" >/dev/null
+	mapfile -t args < <(overlay_args "$k")
+	qemu-io -f raw "${args[@]}" "$(strata_nbd_uri "$sd" d3)" >/dev/null
+done
+
 sock_nbdkit="$work/nbdkit.sock"
 sock_qemu="$work/qemu.sock"
-prof=()
-[ "$PROFILE" = 1 ] && prof=(-cpuprofile "$out/cpu.pprof")
-"$work/benchserve" -dir "$work/store" -socket "$sock_strata" -base "$work/base.raw" "${prof[@]}" 2>"$out/benchserve.log" &
-strata_pid=$!
-pids+=("$strata_pid")
-nbdkit -f -U "$sock_nbdkit" file file="$work/flat.raw" 2>"$out/nbdkit.log" &
-pids+=($!)
-qemu-nbd -k "$sock_qemu" -f qcow2 -t -e 4 --cache=writeback "$work/q3.qcow2" 2>"$out/qemu-nbd.log" &
-pids+=($!)
+bench_bg nbdkit -f -U "$sock_nbdkit" file file="$work/flat.raw" 2>"$out/nbd/nbdkit.log"
+bench_bg qemu-nbd -k "$sock_qemu" -f qcow2 -t -e 4 --cache=writeback "$work/q3.qcow2" 2>"$out/nbd/qemu-nbd.log"
 
 declare -A uri=(
-	[strata]="nbd+unix:///vol?socket=$sock_strata"
+	[strata-d0]=$(strata_nbd_uri "$sd" d0)
+	[strata-d3]=$(strata_nbd_uri "$sd" d3)
 	[nbdkit]="nbd+unix:///?socket=$sock_nbdkit"
-	[qemu]="nbd+unix:///?socket=$sock_qemu"
+	[qemu-d3]="nbd+unix:///?socket=$sock_qemu"
 )
-for s in strata nbdkit qemu; do
-	for _ in $(seq 1 600); do
+for s in "${!uri[@]}"; do
+	for _ in $(seq 1 300); do
 		nbdinfo --size "${uri[$s]}" >/dev/null 2>&1 && break
 		sleep 0.1
 	done
 	size=$(nbdinfo --size "${uri[$s]}")
-	[ "$size" = "$SIZE" ] || { echo "nbd.sh: $s serves $size bytes, want $SIZE" >&2; exit 1; }
+	[ "$size" = "$SIZE" ] || bench_die "$s serves $size bytes, want $SIZE"
 done
 
 declare -A job=(
@@ -108,61 +103,36 @@ declare -A job=(
 	[write1m]="--rw=write --bs=1M --iodepth=8"
 )
 jobs=(randread4k randwrite4k read1m write1m)
-servers=(strata nbdkit qemu)
+systems=(strata-d0 strata-d3 nbdkit qemu-d3 raw)
+n=${#systems[@]}
 
-printf 'round\tjob\tserver\tiops\tMiBps\n' >"$out/results.tsv"
+echo "load before: $(bench_load)" >"$out/nbd/load.txt"
 for r in $(seq 1 "$ROUNDS"); do
 	for jb in "${jobs[@]}"; do
-		for i in 0 1 2; do
-			s="${servers[$(((i + r - 1) % 3))]}"
-			f="$out/$jb-$s-$r.json"
+		for i in $(seq 0 $((n - 1))); do
+			s="${systems[$(((i + r - 1) % n))]}"
+			f="$out/nbd/$jb-$s-$r.json"
+			if [ "$s" = raw ]; then
+				target=(--ioengine=io_uring --filename="$work/raw.raw")
+			else
+				target=(--ioengine=nbd --uri="${uri[$s]}")
+			fi
 			# shellcheck disable=SC2086
-			fio --name="$jb" --ioengine=nbd --uri="${uri[$s]}" ${job[$jb]} \
-				--size="$SIZE" --time_based --runtime="$RUNTIME" --ramp_time=2 \
+			fio --name="$jb" "${target[@]}" ${job[$jb]} \
+				--size="$SIZE" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
 				--norandommap --randrepeat=0 --output-format=json --output="$f"
-			python3 - "$f" "$r" "$jb" "$s" >>"$out/results.tsv" <<-'EOF'
-				import json, sys
-				f, r, jb, s = sys.argv[1:]
-				j = json.load(open(f))["jobs"][0]
-				d = j["write"] if "write" in jb else j["read"]
-				print(f"{r}\t{jb}\t{s}\t{d['iops']:.0f}\t{d['bw_bytes'] / 2**20:.1f}")
-			EOF
-			tail -1 "$out/results.tsv" >&2
+			bench_fio_samples "$f" nbd "$jb" "$s" "$r"
+			echo "round $r $jb $s: $(tail -3 "$out/samples.tsv" | awk '$5 == "iops" {print $6 " IOPS"}') load $(bench_load)" | tee -a "$out/nbd/load.txt" >&2
 		done
 	done
 done
-
-kill -INT "$strata_pid"
-wait "$strata_pid" || true
-
-python3 - "$out/results.tsv" "$ROUNDS" "$RUNTIME" >"$out/summary.md" <<'EOF'
-import csv, statistics, sys
-path, rounds, runtime = sys.argv[1:]
-rows = list(csv.DictReader(open(path), delimiter="\t"))
-jobs = ["randread4k", "randwrite4k", "read1m", "write1m"]
-servers = ["strata", "nbdkit", "qemu"]
-med = {}
-for jb in jobs:
-    for s in servers:
-        v = [float(r["iops"]) for r in rows if r["job"] == jb and r["server"] == s]
-        b = [float(r["MiBps"]) for r in rows if r["job"] == jb and r["server"] == s]
-        med[jb, s] = (statistics.median(v), min(v), max(v), statistics.median(b))
-print(f"{rounds} rounds × {runtime} s per run (plus 2 s ramp), servers alternating within each round.\n")
-print("| job | Strata IOPS (min–max) | nbdkit file IOPS (min–max) | qemu-nbd qcow2 IOPS (min–max) | Strata MiB/s | Strata / nbdkit | Strata / qemu-nbd |")
-print("|---|---|---|---|---|---|---|")
-for jb in jobs:
-    st, nk, qm = (med[jb, s] for s in servers)
-    cell = lambda m: f"{m[0]:.0f} ({m[1]:.0f}–{m[2]:.0f})"
-    print(f"| {jb} | {cell(st)} | {cell(nk)} | {cell(qm)} | {st[3]:.0f} | {st[0] / nk[0]:.2f}× | {st[0] / qm[0]:.2f}× |")
-EOF
+echo "load after: $(bench_load)" >>"$out/nbd/load.txt"
 {
-	echo
-	echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') ($(nproc) cores)"
-	echo "- Memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-	echo "- Kernel: $(uname -r)"
-	echo "- Filesystem of the temp dir: $(df -T "$work" | awk 'NR==2 {print $2}')"
-	echo "- Go: $("$GO" env GOVERSION); $(fio --version); $(nbdkit --version); $(qemu-nbd --version | head -1)"
-	echo "- Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-} >>"$out/summary.md"
-cat "$out/summary.md"
-echo "nbd.sh: results in $out" >&2
+	echo "fio $(fio --version | sed 's/^fio-//')"
+	nbdkit --version
+	qemu-nbd --version | head -1
+} >"$out/nbd/versions.txt"
+
+if [ -z "$OUT" ]; then
+	"$report" -in "$out" -md -
+fi

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/strata-block/strata/backupd"
@@ -38,10 +39,35 @@ func main() {
 	size := flag.Int64("size", 1<<30, "volume size")
 	restic := flag.String("restic", "restic", "restic binary")
 	round := flag.Int("round", 0, "round number: even runs Strata first, odd restic first")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of Strata's part of -profile-step to this file")
+	flag.StringVar(&profileStep, "profile-step", "full", "step to profile: full, incremental-10MiB-contiguous, incremental-1pct-scattered-4KiB, restore")
 	flag.Parse()
 	if err := run(context.Background(), *dir, *size, *restic, *round); err != nil {
 		fmt.Fprintln(os.Stderr, "benchbackup:", err)
 		os.Exit(1)
+	}
+}
+
+var cpuProfile, profileStep string
+
+// profiled runs fn under the CPU profiler when step is the one -cpuprofile
+// asks for.
+func profiled(step string, fn func() error) func() error {
+	if cpuProfile == "" || step != profileStep {
+		return fn
+	}
+	return func() error {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		err = fn()
+		pprof.StopCPUProfile()
+		return err
 	}
 }
 
@@ -156,7 +182,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 			st.ResticBytes = du(filepath.Join(dir, "restic")) - before
 			return nil
 		}
-		if err := alternate(round, strata, rest); err != nil {
+		if err := alternate(round, profiled(name, strata), rest); err != nil {
 			return err
 		}
 		steps = append(steps, st)
@@ -221,7 +247,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		st.ResticSeconds = time.Since(t0).Seconds()
 		return nil
 	}
-	if err := alternate(round, strata, rest); err != nil {
+	if err := alternate(round, profiled("restore", strata), rest); err != nil {
 		return err
 	}
 	steps = append(steps, st)

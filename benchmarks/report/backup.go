@@ -1,0 +1,62 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+)
+
+// backupSteps maps benchbackup's step names to the report's figures.
+var backupSteps = map[string]string{
+	"full":                            "full",
+	"incremental-10MiB-contiguous":    "inc-10MiB",
+	"incremental-1pct-scattered-4KiB": "inc-1pct-4KiB",
+	"restore":                         "restore",
+}
+
+// backupCmd prints one benchbackup round (its JSON output) as samples.tsv
+// lines: seconds per tool and step, MiB stored by each backup step and the
+// MiB it changed.
+func backupCmd(w io.Writer, args []string) error {
+	if len(args) != 2 {
+		return fmt.Errorf("usage: report backup FILE ROUND")
+	}
+	b, err := os.ReadFile(args[0])
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Steps []struct {
+			Name          string  `json:"step"`
+			StrataSeconds float64 `json:"strata_s"`
+			ResticSeconds float64 `json:"restic_s"`
+			StrataBytes   int64   `json:"strata_bytes"`
+			ResticBytes   int64   `json:"restic_bytes"`
+			ChangedBytes  int64   `json:"changed_bytes"`
+		} `json:"steps"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return fmt.Errorf("%s: %w", args[0], err)
+	}
+	if len(out.Steps) == 0 {
+		return fmt.Errorf("%s: no steps", args[0])
+	}
+	r := args[1]
+	for _, st := range out.Steps {
+		fig, ok := backupSteps[st.Name]
+		if !ok {
+			return fmt.Errorf("%s: unknown step %q", args[0], st.Name)
+		}
+		fmt.Fprintf(w, "backup\t%s\tstrata\t%s\ts\t%.3f\n", fig, r, st.StrataSeconds)
+		fmt.Fprintf(w, "backup\t%s\trestic\t%s\ts\t%.3f\n", fig, r, st.ResticSeconds)
+		if fig == "restore" {
+			continue
+		}
+		const mib = 1 << 20
+		fmt.Fprintf(w, "backup\t%s\tstrata\t%s\tstored_MiB\t%.3f\n", fig, r, float64(st.StrataBytes)/mib)
+		fmt.Fprintf(w, "backup\t%s\trestic\t%s\tstored_MiB\t%.3f\n", fig, r, float64(st.ResticBytes)/mib)
+		fmt.Fprintf(w, "backup\t%s\tchanged\t%s\tstored_MiB\t%.3f\n", fig, r, float64(st.ChangedBytes)/mib)
+	}
+	return nil
+}
