@@ -658,6 +658,66 @@ func TestSystemBackupWriters(t *testing.T) {
 	if err := <-writerDone; err != nil {
 		t.Fatal(err)
 	}
+	// The last round through a whole system restore: the writer stopped,
+	// every write is acknowledged, the volume comes back equal.
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := s.readVolume("vol-w", 0, blocks*bs)
+	sys := s.mustSystemBackup("--policy", "if-unchanged")
+	s.must("volume", "rm", "vol-w")
+	s.must("system", "restore", sys.ID)
+	MustEqualBytes(t, "vol-w after system restore", s.readVolume("vol-w", 0, blocks*bs), want)
+}
+
+// TestSystemBackupPolicies: if-unchanged reuses a volume's backup only
+// while change tracking shows no write since it; an attached volume is
+// restored only with --force.
+func TestSystemBackupPolicies(t *testing.T) {
+	needRoot(t)
+	s := startServer(t, t.TempDir())
+	s.must("target", "add", "a", "file://"+t.TempDir(), "--default")
+	s.must("volume", "create", "vol-a", "16MiB")
+	s.must("volume", "create", "vol-b", "16MiB")
+	s.fillRandom("vol-a", 0, 1<<20)
+	s.fillRandom("vol-b", 0, 1<<20)
+	first := s.mustSystemBackup("--policy", "if-unchanged")
+	byVol := func(sys *systemSummaryJSON) map[string]string {
+		m := map[string]string{}
+		for _, v := range sys.Volumes {
+			m[v.Volume] = v.BackupID
+			if v.Reused != (v.Volume == "vol-b" && sys != first) {
+				t.Errorf("volume %s: reused %v", v.Volume, v.Reused)
+			}
+		}
+		return m
+	}
+	b1 := byVol(first)
+	wantA := s.fillRandom("vol-a", 2<<20, 1<<20) // vol-b unchanged
+	second := s.mustSystemBackup("--policy", "if-unchanged")
+	b2 := byVol(second)
+	if b2["vol-b"] != b1["vol-b"] || b2["vol-a"] == b1["vol-a"] {
+		t.Fatalf("if-unchanged: first %v, second %v; want vol-b's backup reused and a new one of vol-a", b1, b2)
+	}
+	// Removing the first system backup keeps vol-b's backup: the second
+	// names it.
+	s.must("system", "backup", "rm", first.ID)
+	var bs []backupJSON
+	s.mustJSON(&bs, "backup", "ls", "vol-b")
+	if len(bs) != 1 || bs[0].ID != b2["vol-b"] {
+		t.Fatalf("vol-b's backups after removing the first system backup: %+v", bs)
+	}
+
+	// Attached: refused, then --force.
+	s.must("volume", "attach", "vol-a")
+	s.fillRandom("vol-a", 2<<20, 1<<20)
+	// The volume's line says why; the others are restored.
+	if out, err := s.run("system", "restore", second.ID); err == nil || !strings.Contains(err.Error(), "attached at /dev/loop") ||
+		!strings.Contains(err.Error(), "--force") || !strings.Contains(out, "restored") {
+		t.Fatalf("restore over an attached volume: %v; output %q", err, out)
+	}
+	s.must("system", "restore", second.ID, "--force")
+	MustEqualBytes(t, "vol-a after a forced restore", s.readVolume("vol-a", 2<<20, 1<<20), wantA)
 }
 
 func binUint64(b []byte, v uint64) {
