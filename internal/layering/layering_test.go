@@ -35,6 +35,10 @@ func TestImportRules(t *testing.T) {
 		// backupd reaches volumes through blockdev (built on snapshot) or the
 		// agent API, and targets only through the plugins interface.
 		{pkg: "backupd", forbidden: []string{"blockdev/nbd", "blockdev/fuse", "blockdev/attach"}, noDirect: []string{"snapshot", "plugins/fs", "plugins/s3"}},
+		// The coordinator drives agents through their API only. It links
+		// the frontends through blockdev/agent, whose Client it uses, so
+		// the rule is on direct imports.
+		{pkg: "backupd/coordinator", noDirect: []string{"snapshot", "plugins/fs", "plugins/s3", "blockdev/nbd", "blockdev/fuse", "blockdev/attach"}},
 		{pkg: "backupd/targets", forbidden: []string{"blockdev/nbd", "blockdev/fuse", "blockdev/attach"}, noDirect: []string{"snapshot", "plugins/fs", "plugins/s3"}},
 	}
 	for _, r := range rules {
