@@ -37,8 +37,9 @@
 // manifest is committed only after every volume backup it names is
 // acknowledged durable, and it records the backup id carried by each
 // acknowledgement, checked on the target — never a field read back from
-// state that something else updates. The coordinator (issue 8) is not
-// implemented yet; BackupOptions.Tags and Result are what it will use.
+// state that something else updates. It lives in backupd/coordinator and
+// uses BackupOptions.Tags (TagSystem, TagToken: such backups are held,
+// see ErrHeld) and Result; FORMAT.md documents the system manifest.
 //
 // It reaches volumes only through the agent API (blockdev/agent) or
 // blockdev, and targets only through the plugins interface. It must not
