@@ -9,7 +9,8 @@ import (
 )
 
 // FromSnapshot returns the writable device over an open volume's head. The
-// caller keeps ownership of v.
+// caller keeps ownership of v. A Hold reaches only the devices a Manager
+// hands out (Manager.Open); this one has a write gate of its own.
 func FromSnapshot(v *snapshot.Volume) Volume { return headVolume{v: v, gate: new(writeGate)} }
 
 // headVolume is a volume's head. Every write, zero and trim passes its
