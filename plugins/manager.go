@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -317,6 +318,9 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 	// Not exec.CommandContext: the process outlives this call; the
 	// go-plugin client owns its lifetime.
 	cmd := exec.Command(r.path, r.args...) //nolint:gosec,noctx // the plugin's path comes from the operator's configuration
+	// A plugin dies with its host: an orphan would hold the target and
+	// whatever the host had open when it was killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	hl := newHCLog(r.logger, "")
 	c := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -192,6 +193,13 @@ func Mount(ctx context.Context, dir string, opts *Options) (*FS, error) {
 		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
 	}
 	f.srv = srv
+	// go-fuse's direct mount opens /dev/fuse without O_CLOEXEC: every
+	// process started later (the backup plugins) would inherit the
+	// connection and keep a killed server's mount alive, hanging
+	// whoever touches it (the next start's stale-mount cleanup).
+	if err := closeOnExecFUSE(); err != nil {
+		f.log.Warn("cannot mark the FUSE connection close-on-exec", "err", err)
+	}
 	go func() {
 		srv.Serve()
 		close(f.served)
@@ -208,6 +216,25 @@ func Mount(ctx context.Context, dir string, opts *Options) (*FS, error) {
 	f.dev = st.Dev
 	f.log.Info("mounted", "conn", connID(f.dev))
 	return f, nil
+}
+
+// closeOnExecFUSE sets FD_CLOEXEC on every descriptor of this process
+// open on /dev/fuse.
+func closeOnExecFUSE() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			unix.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
 
 // cleanStaleMount detaches a dead FUSE mount on dir and refuses a live

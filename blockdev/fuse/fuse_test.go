@@ -483,3 +483,17 @@ func TestCloseAbortsOpenFiles(t *testing.T) {
 		t.Errorf("Add after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestChildrenDoNotInheritTheConnection: a process started after the
+// mount (a backup plugin) must not hold /dev/fuse, or a SIGKILLed server's
+// mount stays alive in the child and hangs whoever touches it.
+func TestChildrenDoNotInheritTheConnection(t *testing.T) {
+	testMount(t, nil)
+	out, err := exec.Command("sh", "-c", "ls -l /proc/$$/fd").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if strings.Contains(string(out), "/dev/fuse") {
+		t.Fatalf("a child process inherited the FUSE connection:\n%s", out)
+	}
+}

@@ -427,15 +427,7 @@ func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.
 			return nil
 		}
 		if bar == nil && ev.BytesTotal > 0 {
-			bar = progressbar.NewOptions64(ev.BytesTotal,
-				progressbar.OptionSetWriter(stderr),
-				progressbar.OptionSetDescription(what),
-				progressbar.OptionShowBytes(true),
-				progressbar.OptionShowCount(),
-				progressbar.OptionSetPredictTime(true),
-				progressbar.OptionThrottle(100*time.Millisecond),
-				progressbar.OptionClearOnFinish(),
-			)
+			bar = newByteBar(stderr, ev.BytesTotal, what)
 		}
 		if bar != nil {
 			_ = bar.Set64(min(max(ev.BytesScanned, ev.BytesWritten), ev.BytesTotal))

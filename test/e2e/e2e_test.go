@@ -80,7 +80,12 @@ func startServer(t *testing.T, dataDir string, extra ...string) *server {
 		t.Fatalf("start server: %v", err)
 	}
 	go func() { _ = s.cmd.Wait(); close(s.exited) }()
-	t.Cleanup(func() { s.stop(syscall.SIGTERM) })
+	t.Cleanup(func() {
+		s.stop(syscall.SIGTERM)
+		// A server killed and not restarted leaves its FUSE mount: detach
+		// it, or removing the temporary directory would fail on it.
+		_ = unix.Unmount(filepath.Join(dataDir, "mnt"), unix.MNT_DETACH)
+	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := s.run("volume", "ls"); err == nil {

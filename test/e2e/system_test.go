@@ -370,17 +370,24 @@ func slicesContains(s []string, v string) bool {
 	return false
 }
 
+// childPIDs lists the child processes of pid.
+func childPIDs(pid int) []int {
+	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(pid)).Output()
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if c, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, c)
+		}
+	}
+	return pids
+}
+
 // killChildren SIGKILLs the child processes of pid whose command line
 // contains substr.
 func killChildren(t *testing.T, pid int, substr string) {
-	out, err := exec.Command("pgrep", "-P", strconv.Itoa(pid)).Output()
-	if err != nil {
-		return
-	}
-	for _, f := range strings.Fields(string(out)) {
-		cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
+	for _, c := range childPIDs(pid) {
+		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(c) + "/cmdline")
 		if bytes.Contains(cmdline, []byte(substr)) {
-			c, _ := strconv.Atoi(f)
 			_ = syscall.Kill(c, syscall.SIGKILL)
 			t.Logf("killed plugin process %d", c)
 		}
@@ -769,4 +776,82 @@ func TestSystemBackupTwoAgents(t *testing.T) {
 	a.must("system", "restore", sys.ID)
 	MustEqualBytes(t, "vol-a", a.readVolume("vol-a", 0, 2<<20), wantA)
 	MustEqualBytes(t, "vol-b on agent b", b.readVolume("vol-b", 4<<20, 2<<20), wantB)
+}
+
+// TestSystemBackupAgentKills kills -9 a second agent in the middle of a
+// system backup (the backup fails and leaves no manifest; after the agent
+// restarts the next one commits), and kills the coordinator's server in
+// the middle of a system restore (the rerun completes bit-exact).
+func TestSystemBackupAgentKills(t *testing.T) {
+	needRoot(t)
+	fsA := t.TempDir()
+	aDir, bDir := t.TempDir(), t.TempDir()
+	a := startServer(t, aDir)
+	b := startServer(t, bDir, "--coordinator=false")
+	a.must("target", "add", "a", "file://"+fsA, "--default")
+	a.must("volume", "create", "vol-a", "16MiB")
+	b.must("volume", "create", "vol-b", "512MiB")
+	wantA := a.fillRandom("vol-a", 0, 1<<20)
+	wantB := b.fillRandom("vol-b", 0, 256<<20)
+	a.must("agent", "add", "b", filepath.Join(bDir, "strata.sock"))
+
+	done := make(chan struct{})
+	var plugins []int // b's plugin processes when it was killed
+	go func() {
+		defer close(done)
+		time.Sleep(700 * time.Millisecond)
+		plugins = childPIDs(b.cmd.Process.Pid)
+		_ = b.cmd.Process.Kill()
+	}()
+	ev, err := a.systemBackup()
+	<-done
+	// A plugin dies with its host.
+	for _, pid := range plugins {
+		deadline := time.Now().Add(10 * time.Second)
+		for syscall.Kill(pid, 0) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("plugin process %d outlived its killed host", pid)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if err == nil {
+		t.Fatalf("system backup succeeded though agent b was killed: %+v", ev)
+	}
+	if ids := manifestsIn(t, fsA); len(ids) != 0 {
+		t.Fatalf("a system backup that lost an agent left manifests: %v", ids)
+	}
+	<-b.exited
+	b = startServer(t, bDir, "--coordinator=false")
+	sys := a.mustSystemBackup()
+
+	// Kill the coordinator's server while it restores vol-b on agent b,
+	// then rerun: the restore resumes and ends bit-exact.
+	b.must("volume", "rm", "vol-b")
+	a.must("volume", "rm", "vol-a")
+	done = make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(500 * time.Millisecond)
+		_ = a.cmd.Process.Kill()
+	}()
+	_, _ = a.run("system", "restore", sys.ID)
+	<-done
+	<-a.exited
+	a = startServer(t, aDir)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := a.run("system", "restore", sys.ID)
+		if err == nil {
+			break
+		}
+		// The agent may still be finishing the restore the dead
+		// coordinator asked for: that volume is busy for a moment.
+		if !strings.Contains(err.Error(), "in use") && !strings.Contains(err.Error(), "busy") || time.Now().After(deadline) {
+			t.Fatalf("rerun of the restore: %v\n%s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	MustEqualBytes(t, "vol-a", a.readVolume("vol-a", 0, 1<<20), wantA)
+	MustEqualBytes(t, "vol-b", b.readVolume("vol-b", 0, 256<<20), wantB)
 }
