@@ -300,6 +300,8 @@ func classify(err error) error {
 		class = blockdev.ErrNotFound
 	case errors.Is(err, backupd.ErrInvalid), errors.Is(err, backupd.ErrKey):
 		class = blockdev.ErrInvalidArgument
+	case errors.Is(err, backupd.ErrHeld):
+		class = blockdev.ErrInUse
 	case errors.Is(err, backupd.ErrCorrupt), errors.Is(err, backupd.ErrMissing), errors.Is(err, backupd.ErrMismatch):
 		class = blockdev.ErrCorrupt
 	default:

@@ -553,7 +553,7 @@ func TestSystemBackupFencing(t *testing.T) {
 		t.Errorf("ack after the commit: %d %q", code, msg)
 	}
 	// A volume backup the system backup holds cannot be deleted on its own.
-	s.fails(t, "system backup", "backup", "rm", bs[len(bs)-1].ID, "--target", "b")
+	s.fails(t, "held by a system backup", "backup", "rm", bs[len(bs)-1].ID, "--target", "b")
 
 	// A hand-corrupted manifest is refused with a clear error.
 	p := filepath.Join(fsA, "system", id+".json")
