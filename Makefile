@@ -19,9 +19,10 @@ build:
 # Build and start the agent in the foreground on the default data directory
 # (./strata-data): volumes over NBD (strata-data/nbd.sock) and as files in a
 # FUSE mount (strata-data/mnt), control API on strata-data/strata.sock.
-# Ctrl-C (SIGINT) or SIGTERM stops it cleanly.
+# Ctrl-C (SIGINT) or SIGTERM stops it cleanly. The first start registers
+# strata-data/backups as the default backup target "local".
 run: build
-	./$(BIN) server
+	./$(BIN) server --bootstrap-target file://$(CURDIR)/strata-data/backups
 
 deps:
 	scripts/deps.sh

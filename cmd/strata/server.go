@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -23,6 +25,7 @@ func newServerCmd(ver string) *cobra.Command {
 		pluginDir  string
 		backupKey  string
 		runCoord   bool
+		bootstrap  string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -76,6 +79,10 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 			if err != nil {
 				return err
 			}
+			if err := bootstrapTarget(tsvc.Registry(), bootstrap, log); err != nil {
+				_ = tsvc.Close()
+				return err
+			}
 			var co *coordinator.Coordinator
 			if runCoord {
 				co, err = coordinator.New(coordinator.Options{
@@ -126,8 +133,33 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
 	f.StringVar(&backupKey, "backup-key", "", "repository key file: encrypts new backups and decrypts encrypted ones")
 	f.BoolVar(&runCoord, "coordinator", true, "run the coordinator (system backups); --coordinator=false runs an agent only, driven by another host's coordinator")
+	f.StringVar(&bootstrap, "bootstrap-target", "", "when no backup target is registered, register this URL as the default target \"local\" (make run: file://DIR/backups)")
 	f.StringVar(&pluginDir, "plugin-dir", "", "directory of external target plugins (strata-target-<kind> executables)")
 	return cmd
+}
+
+// bootstrapTarget registers rawURL as the default target "local" when the
+// registry is empty; a file:// directory is created.
+func bootstrapTarget(reg *targets.Registry, rawURL string, log *slog.Logger) error {
+	if rawURL == "" || len(reg.List()) > 0 {
+		return nil
+	}
+	if dir, ok := strings.CutPrefix(rawURL, "file://"); ok {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("--bootstrap-target %s: %w", rawURL, err)
+		}
+		if err := os.MkdirAll(abs, 0o700); err != nil {
+			return fmt.Errorf("--bootstrap-target %s: %w", rawURL, err)
+		}
+		rawURL = "file://" + abs
+	}
+	t, err := reg.Add(targets.Target{Name: "local", URL: rawURL, Default: true})
+	if err != nil {
+		return fmt.Errorf("--bootstrap-target: %w", err)
+	}
+	log.Info("registered the bootstrap backup target", "target", t.Name, "url", t.URL)
+	return nil
 }
 
 func newLogger(level string, asJSON bool) (*slog.Logger, error) {

@@ -68,7 +68,7 @@ func systemBackupCreateCmd() *cobra.Command {
 			if noWait {
 				fmt.Fprintf(cmd.ErrOrStderr(), "system backup %s accepted; \"strata system backup info %s\" shows its state\n", s.ID, s.ID)
 			} else {
-				fmt.Fprintf(cmd.ErrOrStderr(), "system backup %s committed: %d volumes, manifest on %s\n", s.ID, len(s.Volumes), strings.Join(s.Targets, ", "))
+				fmt.Fprintf(cmd.ErrOrStderr(), "system backup %s committed: %s, manifest on %s\n", s.ID, plural(len(s.Volumes), "volume"), strings.Join(s.Targets, ", "))
 			}
 			_, err = fmt.Fprintln(cmd.OutOrStdout(), s.ID)
 			return err
@@ -315,6 +315,13 @@ func systemStream(cmd *cobra.Command, path string, in any, what string, wait boo
 		return nil, errors.New("the server's answer ended before the operation finished (see the server log)")
 	}
 	return final, nil
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 func absPath(p string) (string, error) {
