@@ -12,20 +12,34 @@ import (
 	"github.com/strata-block/strata/blockdev/agent"
 )
 
-// client returns an API client for the agent called name.
+// client returns an API client for the agent called name: one per agent
+// and address, kept for the coordinator's life so that connections are
+// reused rather than piled up.
 func (c *Coordinator) client(name string) (*agent.Client, error) {
-	if name == LocalAgent {
-		return agent.NewClient(c.opts.LocalSocket), nil
+	rec := AgentRecord{Name: LocalAgent, Addr: c.opts.LocalSocket}
+	if name != LocalAgent {
+		as, err := c.st.agents()
+		if err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(as, func(a AgentRecord) bool { return a.Name == name })
+		if i < 0 {
+			return nil, fmt.Errorf("agent %q is not registered with this coordinator (strata agent add %s ADDR): %w", name, name, ErrNotFound)
+		}
+		rec = as[i]
 	}
-	as, err := c.st.agents()
+	key := rec.Name + "\x00" + rec.Addr + "\x00" + rec.TokenFile + "\x00" + rec.CAFile
+	c.clientsMu.Lock()
+	defer c.clientsMu.Unlock()
+	if cl, ok := c.clients[key]; ok {
+		return cl, nil
+	}
+	cl, err := dialAgent(rec)
 	if err != nil {
 		return nil, err
 	}
-	i := slices.IndexFunc(as, func(a AgentRecord) bool { return a.Name == name })
-	if i < 0 {
-		return nil, fmt.Errorf("agent %q is not registered with this coordinator (strata agent add %s ADDR): %w", name, name, ErrNotFound)
-	}
-	return dialAgent(as[i])
+	c.clients[key] = cl
+	return cl, nil
 }
 
 func dialAgent(a AgentRecord) (*agent.Client, error) {
@@ -120,6 +134,13 @@ func (c *Coordinator) capture(ctx context.Context, opts BackupOptions) (*Config,
 			vc := VolumeConfig{Agent: a.Name, Name: v.Name, Size: v.Size, TargetSetting: v.Target, Target: v.Target}
 			if vc.Target == "" {
 				vc.Target = def.Name
+			}
+			// A target keeps one backup history per volume name: two
+			// agents' volumes of one name there would share it (and
+			// each other's incremental parents).
+			if i := slices.IndexFunc(cfg.Volumes, func(o VolumeConfig) bool { return o.Name == vc.Name && o.Target == vc.Target }); i >= 0 {
+				return nil, fmt.Errorf("volume %q exists on agents %q and %q and both back up to target %q: set another target for one of them (strata volume set %s --target ...): %w",
+					vc.Name, cfg.Volumes[i].Agent, a.Name, vc.Target, vc.Name, ErrInvalid)
 			}
 			if _, ok := cfg.target(vc.Target); !ok {
 				return nil, fmt.Errorf("volume %q of agent %q uses target %q, which the coordinator does not know (strata target add %s URL): %w", v.Name, a.Name, vc.Target, vc.Target, ErrNotFound)

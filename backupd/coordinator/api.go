@@ -173,7 +173,15 @@ func (c *Coordinator) stream(w http.ResponseWriter, r *http.Request, wait *bool,
 		once     sync.Once
 	)
 	write := func(ev Event) {
-		mu.Lock()
+		if ev.Event == "progress" {
+			// A slow reader loses progress events rather than stalling
+			// the operation that emits them.
+			if !mu.TryLock() {
+				return
+			}
+		} else {
+			mu.Lock()
+		}
 		defer mu.Unlock()
 		if detached {
 			return

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strata-block/strata/backupd"
@@ -32,7 +33,7 @@ var (
 	ErrExists   = blockdev.ErrExists
 	ErrInvalid  = blockdev.ErrInvalidArgument
 	// ErrBusy: another system backup, removal or restore is running.
-	ErrBusy = fmt.Errorf("another system operation is running: %w", blockdev.ErrInUse)
+	ErrBusy = fmt.Errorf("system operations run one at a time: %w", blockdev.ErrInUse)
 	// ErrStale: an acknowledgement for a system backup that is not open,
 	// with another token, for a volume it does not have, or repeated.
 	ErrStale = fmt.Errorf("acknowledgement refused (stale, duplicate or foreign): %w", blockdev.ErrInUse)
@@ -77,8 +78,13 @@ type Coordinator struct {
 	st     *store
 	faults faults
 
-	// op serializes system backups, removals and restores.
-	op sync.Mutex
+	// op serializes system backups, removals, restores and the startup
+	// recovery; busy says which one holds it.
+	op   chan struct{} // a one-slot semaphore
+	busy atomic.Value  // string
+
+	clientsMu sync.Mutex
+	clients   map[string]*agent.Client // by agent name and address
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -104,15 +110,44 @@ func New(opts Options) (*Coordinator, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Coordinator{opts: opts, log: log, st: st, faults: f, ctx: ctx, cancel: cancel}
+	c := &Coordinator{opts: opts, log: log, st: st, faults: f, ctx: ctx, cancel: cancel, clients: map[string]*agent.Client{},
+		op: make(chan struct{}, 1)}
+	c.op <- struct{}{}
+	c.busy.Store("the startup recovery of unsettled system backups")
 	c.jobs.Add(1)
 	go func() {
 		defer c.jobs.Done()
-		c.op.Lock()
-		defer c.op.Unlock()
-		c.recover(ctx)
+		defer c.unlock()
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer rcancel()
+		c.recover(rctx)
 	}()
 	return c, nil
+}
+
+// lock takes the operation lock for what, waiting for the operation
+// that holds it until ctx ends.
+func (c *Coordinator) lock(ctx context.Context, what string) error {
+	select {
+	case c.op <- struct{}{}:
+		c.busy.Store(what)
+		return nil
+	default:
+	}
+	holder, _ := c.busy.Load().(string)
+	c.log.Info("waiting for another system operation", "op", what, "running", holder)
+	select {
+	case c.op <- struct{}{}:
+		c.busy.Store(what)
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for %s to end: %w (%w)", holder, context.Cause(ctx), ErrBusy)
+	}
+}
+
+func (c *Coordinator) unlock() {
+	c.busy.Store("")
+	<-c.op
 }
 
 // Close cancels running operations, waits for them, and closes the state.
@@ -136,10 +171,18 @@ func (c *Coordinator) recover(ctx context.Context) {
 		switch {
 		case r.State == StateOpen:
 			c.failRun(ctx, r, errors.New("the coordinator stopped while the system backup was open"))
+		case r.State == StateFailing:
+			c.failRun(ctx, r, errors.New(r.Error))
 		case r.State == StateCommitting:
 			c.settle(ctx, r)
 		case r.State == StateCommitted && len(r.CopiesPending) > 0:
 			c.copyPending(ctx, r)
+		case r.State == StateFailed && !r.Released:
+			c.releaseFailed(ctx, r)
+		case r.State == StateRemoving:
+			if err := c.finishRemove(ctx, r); err != nil {
+				c.log.Warn("finish removing a system backup", "system", r.ID, "err", err)
+			}
 		}
 	}
 }
@@ -171,10 +214,12 @@ func (c *Coordinator) settle(ctx context.Context, r *Run) {
 		if r != nil {
 			c.copyPending(ctx, r)
 		}
+	case err == nil:
+		c.log.Error("system backup still committing: the default target holds a manifest with another token; left for an operator", "system", r.ID, "token", r.Token, "found", got.Token)
 	case errors.Is(err, plugins.ErrNotFound) || errors.Is(err, ErrCorrupt):
 		c.failRun(ctx, r, errors.New("the coordinator stopped before the system manifest was written"))
 	default:
-		c.log.Warn("system backup still committing: its default target does not answer; retried at the next start or system backup", "system", r.ID, "err", err)
+		c.log.Warn("system backup still committing: its default target cannot be read; retried at the next start or system backup", "system", r.ID, "target", def, "err", err)
 	}
 }
 
@@ -281,13 +326,16 @@ func (c *Coordinator) Backup(ctx context.Context, opts BackupOptions, progress f
 	if timeout <= 0 {
 		timeout = 6 * time.Hour
 	}
-	if !c.op.TryLock() {
-		return nil, ErrBusy
+	id := newSystemID(time.Now())
+	if err := c.lock(ctx, "system backup "+id); err != nil {
+		return nil, err
 	}
-	defer c.op.Unlock()
-	c.retryUnsettled(ctx)
+	defer c.unlock()
+	uctx, ucancel := context.WithTimeout(ctx, 2*time.Minute)
+	c.retryUnsettled(uctx)
+	ucancel()
 
-	run, err := c.st.open(newSystemID(time.Now()), time.Now().UTC())
+	run, err := c.st.open(id, time.Now().UTC())
 	if err != nil {
 		return nil, fmt.Errorf("open system backup: %w", err)
 	}
@@ -475,8 +523,8 @@ func (c *Coordinator) Accept(ctx context.Context, ack Ack) error {
 	if err != nil {
 		return fmt.Errorf("ack for system backup %q: %v: %w", ack.System, err, ErrStale)
 	}
-	vc, err := checkAck(run, ack)
-	if err != nil {
+	vc, dup, err := checkAck(run, ack)
+	if err != nil || dup {
 		return err
 	}
 	if err := c.checkOnTarget(ctx, run, vc, ack); err != nil {
@@ -484,47 +532,60 @@ func (c *Coordinator) Accept(ctx context.Context, ack Ack) error {
 	}
 	// Check again inside the transaction that records it: the run may
 	// have failed or been acknowledged meanwhile.
+	recorded := false
 	_, err = c.st.update(ack.System, func(r *Run) error {
-		if _, err := checkAck(r, ack); err != nil {
+		_, dup, err := checkAck(r, ack)
+		if err != nil || dup {
 			return err
 		}
 		if r.Acks == nil {
 			r.Acks = map[string]Ack{}
 		}
 		r.Acks[ackKey(ack.Agent, ack.Volume)] = ack
+		recorded = true
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	c.log.Info("volume backup acknowledged", "system", ack.System, "agent", ack.Agent, "volume", ack.Volume, "backup", ack.BackupID, "target", ack.Target, "reused", ack.Reused)
+	if recorded {
+		c.log.Info("volume backup acknowledged", "system", ack.System, "agent", ack.Agent, "volume", ack.Volume, "backup", ack.BackupID, "target", ack.Target, "reused", ack.Reused)
+	}
 	return nil
 }
 
 // checkAck checks ack against run's state: open, same token, a configured
-// volume, on its target, not yet acknowledged.
-func checkAck(run *Run, ack Ack) (VolumeConfig, error) {
+// volume, on its target, not yet acknowledged. An ack equal to the one
+// recorded is a duplicate that changes nothing (dup true, no error); one
+// that differs is refused.
+func checkAck(run *Run, ack Ack) (vc VolumeConfig, dup bool, err error) {
 	if run.State != StateOpen {
-		return VolumeConfig{}, fmt.Errorf("ack for system backup %s, which is %s: %w", run.ID, run.State, ErrStale)
+		return VolumeConfig{}, false, fmt.Errorf("ack for system backup %s, which is %s: %w", run.ID, run.State, ErrStale)
 	}
 	if ack.Token != run.Token {
-		return VolumeConfig{}, fmt.Errorf("ack for system backup %s with token %d; its token is %d: %w", run.ID, ack.Token, run.Token, ErrStale)
+		return VolumeConfig{}, false, fmt.Errorf("ack for system backup %s with token %d; its token is %d: %w", run.ID, ack.Token, run.Token, ErrStale)
 	}
 	if run.Config == nil {
-		return VolumeConfig{}, fmt.Errorf("ack for system backup %s before its configuration was captured: %w", run.ID, ErrStale)
+		return VolumeConfig{}, false, fmt.Errorf("ack for system backup %s before its configuration was captured: %w", run.ID, ErrStale)
 	}
 	i := slices.IndexFunc(run.Config.Volumes, func(v VolumeConfig) bool { return v.Agent == ack.Agent && v.Name == ack.Volume })
 	if i < 0 {
-		return VolumeConfig{}, fmt.Errorf("ack for volume %q of agent %q, which system backup %s does not have: %w", ack.Volume, ack.Agent, run.ID, ErrStale)
+		return VolumeConfig{}, false, fmt.Errorf("ack for volume %q of agent %q, which system backup %s does not have: %w", ack.Volume, ack.Agent, run.ID, ErrStale)
 	}
 	if prev, ok := run.Acks[ackKey(ack.Agent, ack.Volume)]; ok {
-		return VolumeConfig{}, fmt.Errorf("ack for volume %q of agent %q: already acknowledged with backup %s: %w", ack.Volume, ack.Agent, prev.BackupID, ErrStale)
+		if prev == ack {
+			return run.Config.Volumes[i], true, nil
+		}
+		return VolumeConfig{}, false, fmt.Errorf("ack for volume %q of agent %q: already acknowledged with backup %s: %w", ack.Volume, ack.Agent, prev.BackupID, ErrStale)
 	}
-	vc := run.Config.Volumes[i]
+	vc = run.Config.Volumes[i]
 	if ack.Target != vc.Target {
-		return VolumeConfig{}, fmt.Errorf("ack for volume %q names target %q; the volume's target is %q: %w", ack.Volume, ack.Target, vc.Target, ErrRejected)
+		return VolumeConfig{}, false, fmt.Errorf("ack for volume %q names target %q; the volume's target is %q: %w", ack.Volume, ack.Target, vc.Target, ErrRejected)
 	}
-	return vc, nil
+	if !ack.Reused && ack.Snapshot != snapshotPrefix+run.ID {
+		return VolumeConfig{}, false, fmt.Errorf("ack for volume %q: snapshot %q, not the system backup's %s%s: %w", ack.Volume, ack.Snapshot, snapshotPrefix, run.ID, ErrRejected)
+	}
+	return vc, false, nil
 }
 
 // checkOnTarget loads the backup manifest the ack names from the target
@@ -556,11 +617,36 @@ func (c *Coordinator) checkOnTarget(ctx context.Context, run *Run, vc VolumeConf
 	switch {
 	case !ack.Reused && (m.Tags[backupd.TagSystem] != run.ID || m.Tags[backupd.TagToken] != tok):
 		bad = append(bad, fmt.Sprintf("tags %s=%q %s=%q, want %q and %q", backupd.TagSystem, m.Tags[backupd.TagSystem], backupd.TagToken, m.Tags[backupd.TagToken], run.ID, tok))
-	case ack.Reused && m.Tags[backupd.TagSystem] == "":
-		bad = append(bad, "reused, but no system backup holds it")
+	case ack.Reused:
+		if err := c.heldByCommitted(ctx, tg, vc.Target, m.Tags[backupd.TagSystem], ack.BackupID); err != nil {
+			bad = append(bad, "reused, but "+err.Error())
+		}
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("ack for volume %q: backup %s on target %q has %s: %w", ack.Volume, ack.BackupID, vc.Target, strings.Join(bad, "; "), ErrRejected)
+	}
+	return nil
+}
+
+// heldByCommitted checks that committed system backup sys names backup
+// id: this coordinator's record says so, or (a system backup it has no
+// record of) the manifest on the target does.
+func (c *Coordinator) heldByCommitted(ctx context.Context, tg plugins.Target, target, sys, id string) error {
+	if sys == "" {
+		return errors.New("no system backup holds it")
+	}
+	if r, err := c.st.run(sys); err == nil {
+		if r.State != StateCommitted || !r.namesBackup(id) {
+			return fmt.Errorf("system backup %s that made it is %s or does not name it", sys, r.State)
+		}
+		return nil
+	}
+	m, err := loadManifestFrom(ctx, tg, target, sys)
+	if err != nil {
+		return fmt.Errorf("system backup %s that made it: %v", sys, err)
+	}
+	if !slices.ContainsFunc(m.Volumes, func(v VolumeBackup) bool { return v.BackupID == id }) {
+		return fmt.Errorf("system backup %s that made it does not name it", sys)
 	}
 	return nil
 }
@@ -716,24 +802,37 @@ func loadManifestFrom(ctx context.Context, tg plugins.Target, target, id string)
 	return m, nil
 }
 
-// failRun marks r failed, first deleting any manifest copy a failed
-// commit left: a failed system backup has no manifest anywhere. When a
-// copy cannot be deleted the run stays committing and is settled later.
+// failRun marks r failed. A run that was committing becomes failing
+// (persisted) before its manifest copies are deleted, so that a restart
+// finishes the deletion instead of committing; it becomes failed only
+// once no copy is left. Then its volume backups are released.
 func (c *Coordinator) failRun(ctx context.Context, r *Run, cause error) {
-	if r.State == StateCommitted || r.State == StateFailed {
+	switch r.State {
+	case StateCommitted, StateFailed, StateRemoving:
 		return
-	}
-	if r.State == StateCommitting && r.Config != nil {
+	case StateCommitting, StateFailing:
+		nr, err := c.st.update(r.ID, func(x *Run) error {
+			if x.State != StateCommitting && x.State != StateFailing {
+				return fmt.Errorf("system backup %s is %s", x.ID, x.State)
+			}
+			x.State, x.Error = StateFailing, cause.Error()
+			return nil
+		})
+		if err != nil {
+			c.log.Error("record a failing system backup", "system", r.ID, "err", err)
+			return
+		}
+		r = nr
 		for _, t := range r.Config.Targets {
 			if err := c.deleteManifest(ctx, t.Name, r.ID); err != nil {
-				c.log.Error("a failed system backup's manifest copy could not be deleted; retried at the next start", "system", r.ID, "target", t.Name, "err", err)
+				c.log.Error("a failed system backup's manifest copy could not be deleted; retried at the next start or system backup", "system", r.ID, "target", t.Name, "err", err)
 				return
 			}
 		}
 	}
-	_, err := c.st.update(r.ID, func(x *Run) error {
+	nr, err := c.st.update(r.ID, func(x *Run) error {
 		if x.State == StateCommitted {
-			return nil
+			return fmt.Errorf("system backup %s committed meanwhile", x.ID)
 		}
 		x.State, x.Error, x.Finished = StateFailed, cause.Error(), time.Now().UTC()
 		return nil
@@ -743,44 +842,65 @@ func (c *Coordinator) failRun(ctx context.Context, r *Run, cause error) {
 		return
 	}
 	c.log.Warn("system backup failed", "system", r.ID, "err", cause)
-	c.releaseFailed(ctx, r)
+	c.releaseFailed(ctx, nr)
 }
 
 // releaseFailed deletes the volume backups a failed system backup's
-// agents made for it: no manifest names them, and being tagged they
-// would otherwise be held forever. Best effort: what remains is only
-// space, which the next failure or a system backup rm retries.
+// agents made for it (tagged with its id): no manifest names them, and
+// being held they would otherwise stay forever. A backup another run
+// names (reused) is kept. Retried at every start and system backup until
+// it succeeds on every target.
 func (c *Coordinator) releaseFailed(ctx context.Context, r *Run) {
 	if r.Config == nil {
+		_, _ = c.st.update(r.ID, func(x *Run) error { x.Released = true; return nil })
 		return
 	}
+	runs, err := c.st.runs()
+	if err != nil {
+		return
+	}
+	namedElsewhere := func(id string) bool {
+		return slices.ContainsFunc(runs, func(o *Run) bool { return o.ID != r.ID && o.State != StateFailed && o.namesBackup(id) })
+	}
+	ok := true
 	for _, t := range r.Config.Targets {
-		tg, err := c.opts.Targets.Open(ctx, t.Name)
-		if err != nil {
-			c.log.Warn("release a failed system backup's volume backups", "system", r.ID, "target", t.Name, "err", err)
-			continue
-		}
-		repo := backupd.Open(tg, &backupd.Options{Logger: c.log})
-		for _, v := range r.Config.Volumes {
-			if v.Target != t.Name {
-				continue
-			}
-			infos, err := repo.List(ctx, v.Name)
-			if err != nil {
-				c.log.Warn("release a failed system backup's volume backups", "system", r.ID, "volume", v.Name, "err", err)
-				continue
-			}
-			for _, b := range infos {
-				if b.Tags[backupd.TagSystem] != r.ID {
+		if err := c.withRepo(ctx, t.Name, func(tg plugins.Target, repo *backupd.Repository) error {
+			for _, v := range r.Config.Volumes {
+				if v.Target != t.Name {
 					continue
 				}
-				if err := repo.DeleteHeld(ctx, b.Volume, b.ID); err != nil && !errors.Is(err, plugins.ErrNotFound) {
-					c.log.Warn("release a failed system backup's volume backup", "system", r.ID, "volume", b.Volume, "backup", b.ID, "err", err)
+				infos, err := repo.List(ctx, v.Name)
+				if err != nil {
+					return err
+				}
+				for _, b := range infos {
+					if b.Tags[backupd.TagSystem] != r.ID || namedElsewhere(b.ID) {
+						continue
+					}
+					if err := repo.DeleteHeld(ctx, b.Volume, b.ID); err != nil && !errors.Is(err, plugins.ErrNotFound) {
+						return fmt.Errorf("volume %q backup %s: %w", b.Volume, b.ID, err)
+					}
 				}
 			}
+			return nil
+		}); err != nil {
+			c.log.Warn("release a failed system backup's volume backups; retried later", "system", r.ID, "target", t.Name, "err", err)
+			ok = false
 		}
-		_ = tg.Close()
 	}
+	if ok {
+		_, _ = c.st.update(r.ID, func(x *Run) error { x.Released = true; return nil })
+	}
+}
+
+// withRepo opens target name and runs fn with it and its repository.
+func (c *Coordinator) withRepo(ctx context.Context, name string, fn func(plugins.Target, *backupd.Repository) error) error {
+	tg, err := c.opts.Targets.Open(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer tg.Close()
+	return fn(tg, backupd.Open(tg, &backupd.Options{Logger: c.log}))
 }
 
 func (c *Coordinator) deleteManifest(ctx context.Context, target, id string) error {
@@ -816,21 +936,9 @@ func (c *Coordinator) copyPending(ctx context.Context, r *Run) {
 	_, _ = c.st.update(r.ID, func(x *Run) error { x.CopiesPending = still; return nil })
 }
 
-// retryUnsettled settles runs left committing and copies left pending.
-func (c *Coordinator) retryUnsettled(ctx context.Context) {
-	runs, err := c.st.runs()
-	if err != nil {
-		return
-	}
-	for _, r := range runs {
-		switch {
-		case r.State == StateCommitting:
-			c.settle(ctx, r)
-		case r.State == StateCommitted && len(r.CopiesPending) > 0:
-			c.copyPending(ctx, r)
-		}
-	}
-}
+// retryUnsettled settles what a previous failure or process left: runs
+// committing, failing or removing, copies pending, failed runs' backups.
+func (c *Coordinator) retryUnsettled(ctx context.Context) { c.recover(ctx) }
 
 // cleanSnapshots deletes the snapshots earlier system backups took of the
 // volumes of run id: the next incremental backup needs only the newest.

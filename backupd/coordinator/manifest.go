@@ -232,8 +232,8 @@ func (m *Manifest) Validate() error {
 		if b.Target != v.Target {
 			return bad("volume %q: backup on target %q, configured on %q", b.Volume, b.Target, v.Target)
 		}
-		if b.ManifestKey != backupd.ManifestKey(b.Volume, b.BackupID) {
-			return bad("volume %q: manifest key %q does not name backup %s", b.Volume, b.ManifestKey, b.BackupID)
+		if vol, id, err := backupd.ParseManifestKey(b.ManifestKey); err != nil || vol != b.Volume || id != b.BackupID {
+			return bad("volume %q: manifest key %q does not name backup %q", b.Volume, b.ManifestKey, b.BackupID)
 		}
 		if d, err := hex.DecodeString(b.Digest); err != nil || len(d) != sha256.Size {
 			return bad("volume %q: digest %q", b.Volume, b.Digest)

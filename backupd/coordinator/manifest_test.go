@@ -157,12 +157,13 @@ func TestParseFaults(t *testing.T) {
 func TestCheckAck(t *testing.T) {
 	m := testManifest()
 	run := &Run{ID: m.ID, Token: 7, State: StateOpen, Config: &m.Config,
-		Acks: map[string]Ack{"local/vol-a": {BackupID: "0123456789abcdef0123456789abcdef"}}}
-	good := Ack{System: m.ID, Token: 7, Agent: "b", Volume: "vol-b", Target: "s3"}
+		Acks: map[string]Ack{"local/vol-a": {System: m.ID, Token: 7, Agent: "local", Volume: "vol-a", Target: "a", BackupID: "0123456789abcdef0123456789abcdef", Snapshot: snapshotPrefix + m.ID}}}
+	good := Ack{System: m.ID, Token: 7, Agent: "b", Volume: "vol-b", Target: "s3", Snapshot: snapshotPrefix + m.ID}
 	tests := []struct {
 		name string
 		edit func(a *Ack, r *Run)
 		want error
+		dup  bool
 	}{
 		{name: "good", edit: func(*Ack, *Run) {}},
 		{name: "stale token", edit: func(a *Ack, _ *Run) { a.Token = 6 }, want: ErrStale},
@@ -171,16 +172,19 @@ func TestCheckAck(t *testing.T) {
 		{name: "committing run", edit: func(_ *Ack, r *Run) { r.State = StateCommitting }, want: ErrStale},
 		{name: "foreign volume", edit: func(a *Ack, _ *Run) { a.Volume = "vol-z" }, want: ErrStale},
 		{name: "other agent", edit: func(a *Ack, _ *Run) { a.Agent = "local" }, want: ErrStale},
-		{name: "duplicate", edit: func(a *Ack, _ *Run) { a.Agent, a.Volume, a.Target = "local", "vol-a", "a" }, want: ErrStale},
+		{name: "conflicting duplicate", edit: func(a *Ack, _ *Run) { a.Agent, a.Volume, a.Target = "local", "vol-a", "a" }, want: ErrStale},
+		{name: "identical duplicate", edit: func(a *Ack, r *Run) { *a = r.Acks["local/vol-a"] }, dup: true},
+		{name: "not the system backup's snapshot", edit: func(a *Ack, _ *Run) { a.Snapshot = "monday" }, want: ErrRejected},
+		{name: "reused keeps its snapshot", edit: func(a *Ack, _ *Run) { a.Snapshot, a.Reused = "sys-older", true }},
 		{name: "wrong target", edit: func(a *Ack, _ *Run) { a.Target = "a" }, want: ErrRejected},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			a, r := good, *run
 			tc.edit(&a, &r)
-			_, err := checkAck(&r, a)
-			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
-				t.Fatalf("checkAck = %v, want %v", err, tc.want)
+			_, dup, err := checkAck(&r, a)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) || dup != tc.dup {
+				t.Fatalf("checkAck = dup %v, %v; want dup %v, %v", dup, err, tc.dup, tc.want)
 			}
 		})
 	}

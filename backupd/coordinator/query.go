@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/backupd/targets"
@@ -161,80 +162,116 @@ func (c *Coordinator) find(ctx context.Context, id string) (*Manifest, string, e
 	return nil, "", fmt.Errorf("system backup %s: on no registered target: %w", id, ErrNotFound)
 }
 
-// Remove deletes system backup id: its manifest from every target, then
-// the volume backups it names that no other system manifest names, then
-// the coordinator's record.
+// Remove deletes system backup id: it is recorded as removing (with the
+// backups it names), its manifest is deleted from every target, then the
+// volume backups no other system backup names, then the record. An
+// interrupted removal is finished by the next start, system backup or
+// removal. A copy on a target that is no longer registered is refused:
+// it would keep naming the backups deleted here.
 func (c *Coordinator) Remove(ctx context.Context, id string) error {
 	if !validID(id) {
 		return fmt.Errorf("system backup id %q: %w", id, ErrInvalid)
 	}
-	if !c.op.TryLock() {
-		return ErrBusy
-	}
-	defer c.op.Unlock()
-	r, rerr := c.st.run(id)
-	if rerr == nil && (r.State == StateOpen || r.State == StateCommitting) {
-		return fmt.Errorf("system backup %s is %s: %w", id, r.State, ErrBusy)
-	}
-	m, _, err := c.find(ctx, id)
-	switch {
-	case errors.Is(err, ErrNotFound) && rerr == nil:
-		// A failed run has no manifest: only the record goes.
-		return c.st.deleteRun(id)
-	case err != nil:
+	if err := c.lock(ctx, "removal of system backup "+id); err != nil {
 		return err
 	}
-	for _, t := range m.Config.Targets {
-		if err := c.deleteManifest(ctx, t.Name, id); err != nil {
-			if _, gerr := c.opts.Targets.Registry().Get(t.Name); gerr != nil {
-				continue // a target no longer registered keeps its copy
-			}
-			return fmt.Errorf("remove system backup %s from target %q: %w", id, t.Name, err)
-		}
-	}
-	for _, v := range m.Volumes {
-		if err := c.releaseBackup(ctx, id, v); err != nil {
-			return err
-		}
-	}
+	defer c.unlock()
+	// Finish what is started even if the client goes away.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+	defer cancel()
+	r, rerr := c.st.run(id)
 	if rerr == nil {
-		if err := c.st.deleteRun(id); err != nil {
+		switch r.State {
+		case StateOpen, StateCommitting, StateFailing:
+			return fmt.Errorf("system backup %s is %s: %w", id, r.State, ErrBusy)
+		case StateFailed:
+			c.releaseFailed(ctx, r)
+			if r, err := c.st.run(id); err == nil && !r.Released {
+				return fmt.Errorf("system backup %s failed and its volume backups could not all be deleted yet (see the server log); try again", id)
+			}
+			return c.st.deleteRun(id)
+		case StateRemoving:
+			return c.finishRemove(ctx, r)
+		}
+	} else if !errors.Is(rerr, ErrNotFound) {
+		return rerr
+	}
+	m, _, err := c.find(ctx, id)
+	if err != nil {
+		return err
+	}
+	reg := c.opts.Targets.Registry()
+	for _, t := range m.Config.Targets {
+		if _, err := reg.Get(t.Name); err != nil {
+			return fmt.Errorf("system backup %s has a copy on target %q (%s), which is not registered: register it again (strata target add %s URL) so that the copy goes with it: %w", id, t.Name, t.URL, t.Name, ErrInvalid)
+		}
+	}
+	cfg := m.Config
+	rec := &Run{ID: id, Token: m.Token, State: StateRemoving, Started: m.Started, Finished: m.Committed, Config: &cfg, Acks: map[string]Ack{}}
+	for _, v := range m.Volumes {
+		rec.Acks[ackKey(v.Agent, v.Volume)] = Ack{System: id, Token: m.Token, Agent: v.Agent, Volume: v.Volume, BackupID: v.BackupID,
+			Target: v.Target, ManifestKey: v.ManifestKey, Digest: v.Digest, Size: v.Size, Snapshot: v.Snapshot, Reused: v.Reused}
+	}
+	if err := c.st.put(rec); err != nil {
+		return err
+	}
+	return c.finishRemove(ctx, rec)
+}
+
+// finishRemove deletes a removing run's manifest copies, then releases
+// its backups, then its record.
+func (c *Coordinator) finishRemove(ctx context.Context, r *Run) error {
+	for _, t := range r.Config.Targets {
+		if err := c.deleteManifest(ctx, t.Name, r.ID); err != nil {
+			return fmt.Errorf("remove system backup %s from target %q: %w", r.ID, t.Name, err)
+		}
+	}
+	for _, a := range r.Acks {
+		if err := c.releaseBackup(ctx, r.ID, a); err != nil {
 			return err
 		}
 	}
-	c.log.Info("system backup removed", "system", id)
+	if err := c.st.deleteRun(r.ID); err != nil {
+		return err
+	}
+	c.log.Info("system backup removed", "system", r.ID)
 	return nil
 }
 
-// releaseBackup deletes volume backup v unless another system manifest on
-// its target names it.
-func (c *Coordinator) releaseBackup(ctx context.Context, id string, v VolumeBackup) error {
-	tg, err := c.opts.Targets.Open(ctx, v.Target)
-	if err != nil {
-		return fmt.Errorf("remove system backup %s: volume %q: %w", id, v.Volume, err)
-	}
-	defer tg.Close()
-	ids, err := listManifestIDs(ctx, tg)
+// releaseBackup deletes the volume backup a names unless another system
+// backup names it: a run this coordinator recorded (not failed), or a
+// manifest on the backup's target.
+func (c *Coordinator) releaseBackup(ctx context.Context, id string, a Ack) error {
+	runs, err := c.st.runs()
 	if err != nil {
 		return err
 	}
-	for _, other := range ids {
-		if other == id {
-			continue
-		}
-		om, err := loadManifestFrom(ctx, tg, v.Target, other)
+	if slices.ContainsFunc(runs, func(o *Run) bool { return o.ID != id && o.State != StateFailed && o.namesBackup(a.BackupID) }) {
+		return nil
+	}
+	return c.withRepo(ctx, a.Target, func(tg plugins.Target, repo *backupd.Repository) error {
+		ids, err := listManifestIDs(ctx, tg)
 		if err != nil {
-			// Unsure whether it names the backup: keep the backup.
-			c.log.Warn("keeping a volume backup: another system manifest does not load", "backup", v.BackupID, "other", other, "err", err)
-			return nil
+			return err
 		}
-		if slices.ContainsFunc(om.Volumes, func(o VolumeBackup) bool { return o.BackupID == v.BackupID }) {
-			return nil
+		for _, other := range ids {
+			if other == id {
+				continue
+			}
+			om, err := loadManifestFrom(ctx, tg, a.Target, other)
+			if err != nil {
+				// Unsure whether it names the backup: keep the backup.
+				c.log.Warn("keeping a volume backup: another system manifest does not load", "backup", a.BackupID, "other", other, "err", err)
+				return nil
+			}
+			if slices.ContainsFunc(om.Volumes, func(o VolumeBackup) bool { return o.BackupID == a.BackupID }) {
+				return nil
+			}
 		}
-	}
-	err = backupd.Open(tg, &backupd.Options{Logger: c.log}).DeleteHeld(ctx, v.Volume, v.BackupID)
-	if err != nil && !errors.Is(err, plugins.ErrNotFound) {
-		return fmt.Errorf("remove system backup %s: volume %q backup %s: %w", id, v.Volume, v.BackupID, err)
-	}
-	return nil
+		err = repo.DeleteHeld(ctx, a.Volume, a.BackupID)
+		if err != nil && !errors.Is(err, plugins.ErrNotFound) {
+			return fmt.Errorf("remove system backup %s: volume %q backup %s: %w", id, a.Volume, a.BackupID, err)
+		}
+		return nil
+	})
 }

@@ -56,32 +56,56 @@ func (c *Coordinator) Restore(ctx context.Context, opts RestoreOptions, progress
 			return nil, fmt.Errorf("credentials %q=%q: want NAME=FILE: %w", name, f, ErrInvalid)
 		}
 	}
-	if !c.op.TryLock() {
-		return nil, ErrBusy
+	if err := c.lock(ctx, "system restore of "+opts.ID); err != nil {
+		return nil, err
 	}
-	defer c.op.Unlock()
+	defer c.unlock()
 	m, source, err := c.locate(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
+	for _, v := range opts.Volumes {
+		if !slices.ContainsFunc(m.Volumes, func(b VolumeBackup) bool { return b.Volume == v }) {
+			return nil, fmt.Errorf("system backup %s has no volume %q: %w", m.ID, v, ErrNotFound)
+		}
+	}
+	selected := func(vb VolumeBackup) bool { return len(opts.Volumes) == 0 || slices.Contains(opts.Volumes, vb.Volume) }
 	rep := &RestoreReport{ID: m.ID, Source: source}
 	progress(Event{Event: "accepted", System: manifestSummary(m, []string{source})})
 	c.log.Info("system restore", "system", m.ID, "source", source, "volumes", len(m.Volumes))
 
 	// Targets: every target the manifest names must exist, with the same
 	// URL, on the coordinator and on every agent that restores from it.
-	added, err := c.ensureTargets(ctx, LocalAgent, m.Config.Targets, restoreCreds(opts, source))
+	// A target no selected volume needs is registered when possible; a
+	// failure there is only logged.
+	var needed, extra []TargetConfig
+	for _, t := range m.Config.Targets {
+		if slices.ContainsFunc(m.Volumes, func(vb VolumeBackup) bool { return selected(vb) && vb.Target == t.Name }) {
+			needed = append(needed, t)
+		} else {
+			extra = append(extra, t)
+		}
+	}
+	added, err := c.ensureTargets(ctx, LocalAgent, needed, restoreCreds(opts, source))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (supply credentials with --credentials NAME=FILE)", err)
 	}
 	rep.TargetsAdded = added
+	for _, t := range extra {
+		more, err := c.ensureTargets(ctx, LocalAgent, []TargetConfig{t}, restoreCreds(opts, source))
+		if err != nil {
+			c.log.Warn("a target of the system backup that no restored volume needs was not registered", "target", t.Name, "err", err)
+			continue
+		}
+		rep.TargetsAdded = append(rep.TargetsAdded, more...)
+	}
 
 	done, err := c.st.restoreDone(m.ID)
 	if err != nil {
 		return nil, err
 	}
 	for _, vb := range m.Volumes {
-		if len(opts.Volumes) > 0 && !slices.Contains(opts.Volumes, vb.Volume) {
+		if !selected(vb) {
 			continue
 		}
 		res := c.restoreVolume(ctx, m, vb, opts, done, progress)
@@ -100,6 +124,10 @@ func (c *Coordinator) Restore(ctx context.Context, opts RestoreOptions, progress
 	if rep.Failed > 0 {
 		return rep, fmt.Errorf("system restore %s: %d of %d volumes failed", m.ID, rep.Failed, len(rep.Volumes))
 	}
+	// Done: the record only served resuming this restore.
+	if err := c.st.clearRestore(m.ID); err != nil {
+		c.log.Warn("forget a finished restore", "system", m.ID, "err", err)
+	}
 	return rep, nil
 }
 
@@ -109,7 +137,7 @@ func (c *Coordinator) locate(ctx context.Context, opts RestoreOptions) (*Manifes
 	if opts.FromURL == "" {
 		m, where, err := c.find(ctx, opts.ID)
 		if errors.Is(err, ErrNotFound) {
-			err = fmt.Errorf("%w (on a host that knows none of its targets, restore with --from URL [--credentials FILE])", err)
+			err = fmt.Errorf("%w (on a host that knows none of its targets, restore with --from URL [--credentials FILE] [--credentials NAME=FILE])", err)
 		}
 		return m, where, err
 	}
@@ -165,7 +193,7 @@ func (c *Coordinator) ensureTargets(ctx context.Context, agentName string, ts []
 		}
 		req := targets.AddRequest{Name: t.Name, URL: t.URL, CredentialsFile: creds(t), Default: t.Default && !hasDefault}
 		if err := cl.Do(ctx, http.MethodPost, "/v1/targets", req, nil); err != nil {
-			return nil, fmt.Errorf("register target %q (%s) on agent %q: %w (supply its credentials with --credentials %s=FILE)", t.Name, t.URL, agentName, err, t.Name)
+			return nil, fmt.Errorf("register target %q (%s) on agent %q: %w", t.Name, t.URL, agentName, err)
 		}
 		hasDefault = hasDefault || req.Default
 		added = append(added, t.Name)
@@ -207,7 +235,8 @@ func (c *Coordinator) restoreVolume(ctx context.Context, m *Manifest, vb VolumeB
 			if err := cl.Umount(ctx, vb.Volume); err != nil {
 				return fail(fmt.Errorf("unmount %s: %w", vb.Volume, err))
 			}
-		} else if err := cl.Detach(ctx, vb.Volume); err != nil {
+		}
+		if err := cl.Detach(ctx, vb.Volume); err != nil && !errors.Is(err, blockdev.ErrNotFound) {
 			return fail(fmt.Errorf("detach %s: %w", vb.Volume, err))
 		}
 	}

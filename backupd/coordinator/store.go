@@ -29,6 +29,12 @@ const (
 	StateCommitting = "committing"
 	StateCommitted  = "committed"
 	StateFailed     = "failed"
+	// StateFailing: failed while committing; the manifest copies are
+	// being deleted (a restart deletes them, never commits).
+	StateFailing = "failing"
+	// StateRemoving: system backup rm deleted or is deleting the
+	// manifests; the volume backups its acks name are being released.
+	StateRemoving = "removing"
 )
 
 // Run is a system backup as the coordinator records it.
@@ -44,6 +50,18 @@ type Run struct {
 	Acks map[string]Ack `json:"acks,omitempty"`
 	// CopiesPending lists targets still lacking a copy of the manifest.
 	CopiesPending []string `json:"copies_pending,omitempty"`
+	// Released is set once a failed run's volume backups are deleted.
+	Released bool `json:"released,omitempty"`
+}
+
+// namesBackup reports whether the run's acks name backup id.
+func (r *Run) namesBackup(id string) bool {
+	for _, a := range r.Acks {
+		if a.BackupID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // Ack is an agent's acknowledgement of one volume backup of a system
@@ -202,6 +220,11 @@ func (s *store) runs() ([]*Run, error) {
 	return out, err
 }
 
+// put writes run r as is (creating or replacing its record).
+func (s *store) put(r *Run) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return putJSON(tx.Bucket(bucketRuns), r.ID, r) })
+}
+
 func (s *store) deleteRun(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRuns).Delete([]byte(id)) })
 }
@@ -251,6 +274,12 @@ func (s *store) restoreDone(id string) (map[string]string, error) {
 		r.Done = map[string]string{}
 	}
 	return r.Done, err
+}
+
+// clearRestore forgets a finished restore: a later run of it restores
+// again (the volumes may hold other data by then).
+func (s *store) clearRestore(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRestores).Delete([]byte(id)) })
 }
 
 func (s *store) markRestored(id, key, digest string) error {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,14 @@ func agentAddCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name, req.Addr = args[0], args[1]
+			if !strings.Contains(req.Addr, "://") {
+				// A socket path is the server's to open: make it absolute.
+				abs, err := absPath(req.Addr)
+				if err != nil {
+					return err
+				}
+				req.Addr = abs
+			}
 			for _, p := range []*string{&req.TokenFile, &req.CAFile} {
 				if *p != "" {
 					abs, err := absPath(*p)

@@ -178,16 +178,21 @@ func systemRestoreCmd() *cobra.Command {
 missing (give credentials with --credentials NAME=FILE), then every volume is
 restored from exactly the backup the manifest names and its digest checked.
 On a host that knows none of the targets (a wiped data directory), read the
-manifest with --from URL [--from-credentials FILE]. A rerun skips volumes it
-already restored. An attached volume is refused unless --force.`,
+manifest with --from URL [--credentials FILE]. A restore killed midway
+resumes where it stopped when run again; a finished one run again restores
+again. An attached volume is refused unless --force.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.ID = args[0]
 			req.Credentials = map[string]string{}
 			for _, c := range creds {
 				name, file, ok := strings.Cut(c, "=")
+				if !ok && req.FromURL != "" && req.FromCredentials == "" {
+					req.FromCredentials = c // --from URL --credentials FILE
+					continue
+				}
 				if !ok || name == "" || file == "" {
-					return fmt.Errorf("--credentials %q: want NAME=FILE", c)
+					return fmt.Errorf("--credentials %q: want NAME=FILE (or FILE, once, for --from)", c)
 				}
 				abs, err := absPath(file)
 				if err != nil {
@@ -202,6 +207,9 @@ already restored. An attached volume is refused unless --force.`,
 				}
 				req.FromCredentials = abs
 			}
+			if req.FromCredentials != "" && req.FromURL == "" {
+				return errors.New("a credentials file without NAME= is for --from URL")
+			}
 			ev, err := systemStream(cmd, "/v1/system/restore", req, "system restore", true)
 			if ev != nil && ev.Restore != nil && !jsonFlag(cmd) {
 				printRestoreReport(cmd.OutOrStdout(), ev.Restore)
@@ -211,8 +219,7 @@ already restored. An attached volume is refused unless --force.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.FromURL, "from", "", "read the system manifest from this target URL (a host that knows none of its targets)")
-	f.StringVar(&req.FromCredentials, "from-credentials", "", "credentials file for --from")
-	f.StringArrayVar(&creds, "credentials", nil, "NAME=FILE: credentials file for target NAME when the restore registers it (repeatable)")
+	f.StringArrayVar(&creds, "credentials", nil, "NAME=FILE: credentials file for target NAME when the restore registers it (repeatable); a bare FILE is --from's")
 	f.BoolVar(&req.Force, "force", false, "unmount and detach attached volumes to restore them")
 	f.StringSliceVar(&req.Volumes, "volume", nil, "restore only these volumes (repeatable)")
 	return cmd

@@ -202,10 +202,11 @@ func TestSystemBackupRestore(t *testing.T) {
 	if vb.Target != "extra" {
 		t.Fatalf("vol-b's target after restore: %q, want extra", vb.Target)
 	}
-	// A rerun is idempotent: both volumes are skipped.
-	if out := s.must("system", "restore", sys.ID); strings.Count(out, "skipped") != 2 {
-		t.Fatalf("second restore should skip both volumes: %q", out)
+	// A rerun is idempotent: the same data again.
+	if out := s.must("system", "restore", sys.ID); strings.Count(out, "restored") != 2 {
+		t.Fatalf("second restore: %q", out)
 	}
+	MustEqualBytes(t, "vol-b after a second restore", s.readVolume("vol-b", 20<<20, n), wantB)
 	s.stop(syscall.SIGTERM)
 
 	// A wiped host: a fresh data directory that knows no target.
@@ -492,7 +493,7 @@ func TestSystemBackupFencing(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	forged := map[string]any{"system": id, "token": open.Token, "agent": "local", "volume": "vol-b", "backup_id": "00000000000000000000000000000000",
-		"target": "b", "manifest_key": "backups/vol-b/00000000000000000000000000000000", "digest": volA.Digest, "size": volA.Size, "snapshot": "x"}
+		"target": "b", "manifest_key": "backups/vol-b/00000000000000000000000000000000", "digest": volA.Digest, "size": volA.Size, "snapshot": "sys-" + id}
 	cases := []struct {
 		name string
 		edit func(map[string]any)
@@ -503,8 +504,9 @@ func TestSystemBackupFencing(t *testing.T) {
 		{"foreign volume", func(a map[string]any) { a["volume"] = "vol-z" }, "does not have"},
 		{"wrong target", func(a map[string]any) { a["target"] = "a" }, "target"},
 		{"missing backup", func(a map[string]any) {}, "does not load"},
-		{"duplicate", func(a map[string]any) {
-			a["volume"], a["target"], a["backup_id"], a["manifest_key"], a["digest"], a["snapshot"] = "vol-a", "a", volA.ID, "backups/vol-a/"+volA.ID, volA.Digest, volA.Snapshot
+		{"not the system backup's snapshot", func(a map[string]any) { a["snapshot"] = "monday" }, "snapshot"},
+		{"conflicting duplicate", func(a map[string]any) {
+			a["volume"], a["target"], a["snapshot"] = "vol-a", "a", "sys-"+id
 		}, "already acknowledged"},
 	}
 	for _, tc := range cases {
@@ -725,6 +727,19 @@ func TestSystemBackupPolicies(t *testing.T) {
 	}
 	s.must("system", "restore", second.ID, "--force")
 	MustEqualBytes(t, "vol-a after a forced restore", s.readVolume("vol-a", 2<<20, 1<<20), wantA)
+
+	// Mounted: --force unmounts and detaches; --volume restores only it.
+	mnt := t.TempDir()
+	s.must("volume", "create", "vol-m", "64MiB")
+	s.must("volume", "mount", "vol-m", mnt, "--mkfs", "ext4")
+	third := s.mustSystemBackup()
+	s.fails(t, "no volume", "system", "restore", third.ID, "--volume", "vol-zz")
+	s.must("system", "restore", third.ID, "--force", "--volume", "vol-m")
+	var vm volumeJSON
+	s.mustJSON(&vm, "volume", "info", "vol-m")
+	if vm.Attachment != nil {
+		t.Fatalf("vol-m still attached after a forced restore: %+v", vm.Attachment)
+	}
 }
 
 func binUint64(b []byte, v uint64) {
@@ -756,6 +771,12 @@ func TestSystemBackupTwoAgents(t *testing.T) {
 	wantB := b.fillRandom("vol-b", 4<<20, 2<<20)
 	b.fails(t, "404", "system", "backup", "ls") // no coordinator there
 	a.must("agent", "add", "b", filepath.Join(b.dataDir, "strata.sock"))
+	// One volume name on two agents, one target: refused, clearly.
+	b.must("volume", "create", "vol-a", "16MiB")
+	if _, err := a.systemBackup(); err == nil || !strings.Contains(err.Error(), `volume "vol-a" exists on agents "local" and "b"`) {
+		t.Fatalf("system backup with vol-a on two agents and one target: %v", err)
+	}
+	b.must("volume", "rm", "vol-a")
 	if out := a.must("agent", "ls"); !strings.Contains(out, "local") || !strings.Contains(out, " b ") && !strings.Contains(out, "\nb ") {
 		t.Fatalf("agent ls: %q", out)
 	}
