@@ -3,12 +3,13 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/strata-block/strata/blockdev/agent"
 )
 
 // BackupRequest is the body of POST /v1/system/backups.
@@ -139,21 +140,10 @@ func (c *Coordinator) Routes(mux *http.ServeMux, writeErr func(http.ResponseWrit
 }
 
 // errorCode names an error for an NDJSON error event, as the agent's API
-// codes do.
+// does (the coordinator's errors wrap the blockdev sentinels).
 func errorCode(err error) string {
-	switch {
-	case errors.Is(err, ErrStale), errors.Is(err, ErrBusy):
-		return "in_use"
-	case errors.Is(err, ErrNotFound):
-		return "not_found"
-	case errors.Is(err, ErrExists):
-		return "exists"
-	case errors.Is(err, ErrInvalid), errors.Is(err, ErrRejected):
-		return "invalid"
-	case errors.Is(err, ErrCorrupt):
-		return "corrupt"
-	}
-	return "internal"
+	_, code := agent.ErrorCode(err)
+	return code
 }
 
 // stream answers NDJSON: the operation's events (progress at most about

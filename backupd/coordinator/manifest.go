@@ -5,17 +5,17 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"regexp"
 	"time"
 
 	"github.com/strata-block/strata/backupd"
+	"github.com/strata-block/strata/blockdev"
 )
 
 // ErrCorrupt is returned for a system manifest that does not decode or
 // whose checksum or contents do not hold.
-var ErrCorrupt = errors.New("corrupt system manifest")
+var ErrCorrupt = fmt.Errorf("corrupt system manifest: %w", blockdev.ErrCorrupt)
 
 const (
 	manifestFormat  = "strata-system-backup"

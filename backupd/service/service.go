@@ -22,6 +22,7 @@ import (
 	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/backupd/targets"
 	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/blockdev/agent"
 	"github.com/strata-block/strata/plugins"
 )
 
@@ -444,15 +445,8 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 		return nil
 	}
 	codeOf := func(err error) string {
-		rec := &recorder{h: http.Header{}}
-		writeErr(rec, classify(err))
-		var body struct {
-			Code string `json:"code"`
-		}
-		if json.Unmarshal(rec.body, &body) != nil || body.Code == "" {
-			return "internal"
-		}
-		return body.Code
+		_, code := agent.ErrorCode(classify(err))
+		return code
 	}
 	// emitEnd ends a stream: an error event for err, else done.
 	emitEnd := func(emit func(Event), err error, done Event) {

@@ -147,8 +147,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, err error) {
-	status, code := http.StatusInternalServerError, "internal"
+// ErrorCode is the HTTP status and API error code the agent answers err
+// with, from the blockdev sentinel it wraps (internal when none); API
+// extensions use it for the error events of NDJSON answers.
+func ErrorCode(err error) (status int, code string) {
+	status, code = http.StatusInternalServerError, "internal"
 	for _, ec := range errorCodes {
 		if errors.Is(err, ec.err) {
 			status, code = ec.status, ec.code
@@ -158,6 +161,11 @@ func writeError(w http.ResponseWriter, err error) {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		status, code = http.StatusServiceUnavailable, "unavailable"
 	}
+	return status, code
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	status, code := ErrorCode(err)
 	writeJSON(w, status, ErrorBody{Error: err.Error(), Code: code})
 }
 
