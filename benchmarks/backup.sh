@@ -39,7 +39,8 @@ bench_setup backup "$OUT"
 report=$(bench_report_tool)
 work=$bench_work
 mkdir -p "$out/backup"
-"$GO" build -o "$work/benchbackup" ./backupd/internal/benchbackup
+# BENCH_SRC: the source tree run.sh built strata from (--rev).
+(cd "${BENCH_SRC:-$PWD}" && "$GO" build -o "$work/benchbackup" ./backupd/internal/benchbackup)
 "$restic" version | head -1 >"$out/backup/versions.txt"
 
 for r in $(seq 1 "$ROUNDS"); do

@@ -4,11 +4,14 @@
 # with PNG charts of the ratios in benchmarks/charts/.
 #
 # Usage: benchmarks/run.sh [--quick] [--rounds N] [--runtime SECONDS]
-#        [--only STAGE,...] [--publish | --no-publish] [--no-install]
+#        [--rev REV] [--only STAGE,...] [--publish | --no-publish]
+#        [--no-install]
 #
 # It installs what it needs when missing (Debian packages fio, nbdkit,
 # qemu-utils, qemu-system-common, libnbd-bin, curl, bc; restic 0.18.1 with
-# `go install`), builds strata from this tree, and runs the stages, each
+# `go install`), builds strata from this tree (--rev: from that commit,
+# exported with git archive, so that uncommitted changes stay out), and
+# runs the stages, each
 # alternating the systems it compares within every round:
 #
 #   nbd        fio over NBD: Strata depth 0 and 3, nbdkit file, qemu-nbd
@@ -33,13 +36,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command_line="benchmarks/run.sh${*:+ $*}"
 [ -n "${BENCH_COMMAND:-}" ] && command_line="$BENCH_COMMAND"
-QUICK=0 ROUNDS="" RUNTIME="" ONLY="" PUBLISH="" INSTALL=1
+QUICK=0 ROUNDS="" RUNTIME="" ONLY="" PUBLISH="" INSTALL=1 REV=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--quick) QUICK=1; shift ;;
 	--rounds) ROUNDS="$2"; shift 2 ;;
 	--runtime) RUNTIME="$2"; shift 2 ;;
 	--only) ONLY="$2"; shift 2 ;;
+	--rev) REV="$2"; shift 2 ;;
 	--publish) PUBLISH=1; shift ;;
 	--no-publish) PUBLISH=0; shift ;;
 	--no-install) INSTALL=0; shift ;;
@@ -52,8 +56,8 @@ if [ "$QUICK" = 1 ]; then
 	RAMP=1 SIZE=$((256 << 20)) SNAPS=30 BSIZE=$((256 << 20)) SYSDATA=$((16 << 20)) TIMEOUT=240
 else
 	mode=full
-	: "${ROUNDS:=3}" "${RUNTIME:=6}" "${PUBLISH:=1}"
-	RAMP=1 SIZE=$((1 << 30)) SNAPS=40 BSIZE=$((1 << 30)) SYSDATA=$((64 << 20)) TIMEOUT=900
+	: "${ROUNDS:=3}" "${RUNTIME:=5}" "${PUBLISH:=1}"
+	RAMP=1 SIZE=$((1 << 30)) SNAPS=30 BSIZE=$((1 << 30)) SYSDATA=$((64 << 20)) TIMEOUT=900
 fi
 [ "$(id -u)" = 0 ] || bench_die "needs root (FUSE mounts, package installs)"
 
@@ -97,13 +101,21 @@ mkdir -p "$run/bin"
 t_start=$(date +%s)
 load_start=$(bench_load)
 bench_log "run $mode into $run (load average $load_start)"
-"$GO" build -o "$run/bin/strata" ./cmd/strata
+if [ -n "$REV" ]; then
+	commit=$(git rev-parse --short=12 "$REV^{commit}") || bench_die "--rev $REV: no such commit"
+	export BENCH_SRC="$run/src"
+	mkdir -p "$BENCH_SRC"
+	git archive "$commit" | tar -x -C "$BENCH_SRC"
+	tree=" (built from \`git archive $commit\`: committed code only)"
+else
+	export BENCH_SRC="$PWD"
+	commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+	dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+	tree=" (clean tree)"
+	[ "$dirty" -gt 0 ] && tree=" plus uncommitted changes to $dirty tracked files in the tree that was built"
+fi
+(cd "$BENCH_SRC" && "$GO" build -o "$run/bin/strata" ./cmd/strata)
 report=$(bench_report_tool)
-
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
-tree=" (clean tree)"
-[ "$dirty" -gt 0 ] && tree=" plus uncommitted changes to $dirty tracked files in the tree that was built"
 {
 	printf 'command\t%s\n' "$command_line"
 	printf 'mode\t%s\n' "$mode"
@@ -143,12 +155,13 @@ failed=0
 # stage NAME SCRIPT ARGS...: run a stage script with a time limit, into
 # $run, and record its outcome in stages.tsv.
 stage() {
-	local name=$1 script=$2 t0 rc status note=""
+	local name=$1 script=$2 t0 rc status note="" load
 	shift 2
 	if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then
 		return 0
 	fi
-	bench_log "stage $name (load average $(bench_load))"
+	load=$(bench_load)
+	bench_log "stage $name (load average $load)"
 	t0=$(date +%s)
 	set +e
 	timeout -s TERM "$TIMEOUT" "benchmarks/$script" -out "$run" -strata "$run/bin/strata" "$@" \
@@ -164,7 +177,7 @@ stage() {
 	124) status=failed note="timed out after ${TIMEOUT} s; see out/$(basename "$run")/$name.log" failed=1 ;;
 	*) status=failed note="exit status $rc; see out/$(basename "$run")/$name.log" failed=1 ;;
 	esac
-	printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(($(date +%s) - t0))" "$note" >>"$run/stages.tsv"
+	printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$(($(date +%s) - t0))" "$note" "$load" >>"$run/stages.tsv"
 	bench_log "stage $name: $status in $(($(date +%s) - t0)) s"
 }
 
@@ -182,13 +195,13 @@ t_end=$(date +%s)
 	printf 'finished\t%s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	printf 'minutes\t%.1f\n' "$(echo "($t_end - $t_start) / 60" | bc -l)"
 	printf 'load_end\t%s\n' "$(bench_load)"
-	printf 'load_note\t%s\n' "Per-measurement load averages are in the stages' load lines of out/$(basename "$run")/*.log."
+	printf 'load_note\t%s\n' "The machine may be shared with other work: each stage's starting load is in the Stages table, every measurement's in out/$(basename "$run")/*.log."
 } >>"$run/meta.tsv"
 "$report" -in "$run" -md "$run/RESULTS.md" -charts "$run/charts"
 if [ "$PUBLISH" = 1 ]; then
 	"$report" -in "$run" -md benchmarks/RESULTS.md -charts benchmarks/charts
 	bench_log "published benchmarks/RESULTS.md and benchmarks/charts/"
 fi
-rm -rf "$run/bin"
+rm -rf "$run/bin" "$run/src"
 bench_log "done in $(((t_end - t_start) / 60)) min $(((t_end - t_start) % 60)) s: $run/RESULTS.md"
 exit "$failed"

@@ -76,7 +76,9 @@ func Chart(smp *Samples, s *section, file string) error {
 	for i, b := range bars {
 		// Top to bottom in declaration order.
 		idx := len(bars) - 1 - i
-		labels[idx] = b.Label
+		// Leading spaces: the axis is sized by the measured label width,
+		// which comes out a character short of the drawn text.
+		labels[idx] = "    " + b.Label
 		v, err := plotter.NewBarChart(plotter.Values{b.Value}, vg.Points(14))
 		if err != nil {
 			return err

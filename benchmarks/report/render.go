@@ -7,6 +7,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -56,28 +57,39 @@ type Report struct {
 	ChartLink func(name string) string
 }
 
-func num(v float64) string {
+// decimals is how many decimals a figure of v's magnitude gets: three
+// significant digits or so, none from 100 up.
+func decimals(v float64) int {
 	a := math.Abs(v)
 	switch {
-	case a >= 100 || (a >= 1 && v == math.Trunc(v)):
-		return fmt.Sprintf("%.0f", v)
+	case a >= 100:
+		return 0
 	case a >= 10:
-		return fmt.Sprintf("%.1f", v)
+		return 1
 	case a >= 0.1:
-		return fmt.Sprintf("%.2f", v)
+		return 2
 	default:
-		return fmt.Sprintf("%.3f", v)
+		return 3
 	}
 }
 
+func num(v float64) string { return strconv.FormatFloat(v, 'f', decimals(v), 64) }
+
+// cell is "median (min–max)", all three with the median's precision, or
+// whole numbers when all three are.
 func cell(st Stat) string {
 	if !st.Valid() {
 		return "–"
 	}
-	if st.N == 1 || st.Min == st.Max {
-		return num(st.Median)
+	d := decimals(st.Median)
+	if st.Min == math.Trunc(st.Min) && st.Max == math.Trunc(st.Max) && st.Median == math.Trunc(st.Median) {
+		d = 0
 	}
-	return fmt.Sprintf("%s (%s–%s)", num(st.Median), num(st.Min), num(st.Max))
+	f := func(v float64) string { return strconv.FormatFloat(v, 'f', d, 64) }
+	if st.N == 1 || f(st.Min) == f(st.Max) {
+		return f(st.Median)
+	}
+	return fmt.Sprintf("%s (%s–%s)", f(st.Median), f(st.Min), f(st.Max))
 }
 
 func ratioCell(r ratio) string {
@@ -85,7 +97,7 @@ func ratioCell(r ratio) string {
 		return "–"
 	}
 	s := fmt.Sprintf("%.2f×", r.Value)
-	if r.PerRound.N > 1 && r.PerRound.Min != r.PerRound.Max {
+	if lo, hi := fmt.Sprintf("%.2f", r.PerRound.Min), fmt.Sprintf("%.2f", r.PerRound.Max); r.PerRound.N > 1 && lo != hi {
 		s += fmt.Sprintf(" (%.2f–%.2f)", r.PerRound.Min, r.PerRound.Max)
 	}
 	return s
@@ -123,9 +135,9 @@ func (rp *Report) Markdown(w io.Writer) error {
 	}
 
 	if len(m.Stages) > 0 {
-		b.WriteString("## Stages\n\n| stage | status | seconds | note |\n|---|---|---|---|\n")
+		b.WriteString("## Stages\n\n| stage | status | seconds | load average at its start | note |\n|---|---|---|---|---|\n")
 		for _, st := range m.Stages {
-			fmt.Fprintf(&b, "| %s | %s | %.0f | %s |\n", st.Name, st.Status, st.Seconds, st.Note)
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s |\n", st.Name, st.Status, st.Seconds, st.Load, st.Note)
 		}
 		b.WriteString("\n")
 	}
@@ -249,13 +261,27 @@ func (rp *Report) section(b *strings.Builder, s *section) {
 // hand-kept bottleneck note for the figure.
 func (rp *Report) behind(b *strings.Builder, s *section) {
 	if !hasPeer(s) {
-		// No peer to be behind: quote what is known of the figures' cost.
+		// No peer to be behind: quote what is known of the figures' cost,
+		// once per distinct note.
+		var order []string
+		figs := map[string][]string{}
+		keys := map[string][]string{}
 		for _, f := range s.Figures {
 			k := s.Key + "/" + f.Key
-			if note, ok := rp.Bottlenecks[k]; ok {
-				fmt.Fprintf(b, "What is known of the cost of %s (BOTTLENECKS.md, `%s`):\n\n", f.Label, k)
-				quote(b, note)
+			note, ok := rp.Bottlenecks[k]
+			if !ok || !rp.Samples.Stat(s.seriesKey(f.Key, s.Systems[0].Key, s.Metrics[0].Key)).Valid() {
+				continue
 			}
+			if _, seen := figs[note]; !seen {
+				order = append(order, note)
+			}
+			figs[note] = append(figs[note], f.Label)
+			keys[note] = append(keys[note], "`"+k+"`")
+		}
+		for _, note := range order {
+			fmt.Fprintf(b, "What is known of the cost of %s (BOTTLENECKS.md, %s):\n\n",
+				strings.Join(figs[note], ", "), strings.Join(keys[note], ", "))
+			quote(b, note)
 		}
 		return
 	}
@@ -299,6 +325,7 @@ func (rp *Report) behind(b *strings.Builder, s *section) {
 	}
 	sort.SliceStable(losses, func(i, j int) bool { return losses[i].worst < losses[j].worst })
 	b.WriteString("**Where Strata is behind in this run:**\n\n")
+	quoted := map[string]string{} // note text → the figure it was quoted for
 	for _, l := range losses {
 		fmt.Fprintf(b, "- **%s** (%s).", l.fig.Label, strings.Join(l.what, ", "))
 		if len(l.notes) == 0 {
@@ -306,6 +333,11 @@ func (rp *Report) behind(b *strings.Builder, s *section) {
 			continue
 		}
 		for i, k := range l.notes {
+			if q, ok := quoted[rp.Bottlenecks[k]]; ok {
+				fmt.Fprintf(b, " Profiled bottleneck: the same as for %s above (BOTTLENECKS.md, `%s`).\n", q, k)
+				continue
+			}
+			quoted[rp.Bottlenecks[k]] = l.fig.Label
 			if i == 0 {
 				fmt.Fprintf(b, " Profiled bottleneck (BOTTLENECKS.md, `%s`):\n\n", k)
 			} else {

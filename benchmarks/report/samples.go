@@ -126,6 +126,7 @@ type Stage struct {
 	Status  string // ok, failed, unavailable, skipped
 	Seconds float64
 	Note    string
+	Load    string // 1/5/15-minute load averages when the stage started
 }
 
 // Get returns a meta value, or "?" when the run did not record it.
@@ -161,7 +162,7 @@ func ReadMeta(dir string) (*Meta, error) {
 	}
 	if err := eachTSV(filepath.Join(dir, "stages.tsv"), func(f []string) error {
 		if len(f) < 3 {
-			return fmt.Errorf("want stage<TAB>status<TAB>seconds[<TAB>note], got %q", strings.Join(f, "\t"))
+			return fmt.Errorf("want stage<TAB>status<TAB>seconds[<TAB>note[<TAB>load]], got %q", strings.Join(f, "\t"))
 		}
 		secs, err := strconv.ParseFloat(f[2], 64)
 		if err != nil {
@@ -169,7 +170,10 @@ func ReadMeta(dir string) (*Meta, error) {
 		}
 		st := Stage{Name: f[0], Status: f[1], Seconds: secs}
 		if len(f) > 3 {
-			st.Note = strings.Join(f[3:], " ")
+			st.Note = f[3]
+		}
+		if len(f) > 4 {
+			st.Load = f[4]
 		}
 		m.Stages = append(m.Stages, st)
 		return nil
