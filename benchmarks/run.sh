@@ -53,7 +53,7 @@ done
 if [ "$QUICK" = 1 ]; then
 	mode=quick
 	: "${ROUNDS:=1}" "${RUNTIME:=2}" "${PUBLISH:=0}"
-	RAMP=1 SIZE=$((256 << 20)) SNAPS=30 BSIZE=$((256 << 20)) SYSDATA=$((16 << 20)) TIMEOUT=240
+	RAMP=1 SIZE=$((256 << 20)) SNAPS=20 BSIZE=$((256 << 20)) SYSDATA=$((16 << 20)) TIMEOUT=240
 else
 	mode=full
 	: "${ROUNDS:=3}" "${RUNTIME:=5}" "${PUBLISH:=1}"
