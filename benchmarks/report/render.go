@@ -176,6 +176,40 @@ func (rp *Report) summary(b *strings.Builder) {
 		b.WriteString("| – | no comparison was measured | | | |\n")
 	}
 	b.WriteString("\n")
+	// Areas without a peer: their headline figures.
+	var other []string
+	for i := range sections {
+		s := &sections[i]
+		if hasPeer(s) || !rp.Samples.Has(s.Key) {
+			continue
+		}
+		var parts []string
+		for _, f := range s.Figures {
+			if len(s.Compare) > 0 {
+				for _, c := range s.Compare {
+					if r := s.ratio(rp.Samples, c, f.Key); r.OK {
+						parts = append(parts, fmt.Sprintf("%s %s", c.Label, ratioCell(r)))
+					}
+				}
+				continue
+			}
+			var ms []string
+			for _, m := range s.Metrics[:min(2, len(s.Metrics))] {
+				if st := rp.Samples.Stat(s.seriesKey(f.Key, s.Systems[0].Key, m.Key)); st.Valid() {
+					ms = append(ms, m.Label+" "+cell(st))
+				}
+			}
+			if len(ms) > 0 {
+				parts = append(parts, f.Label+": "+strings.Join(ms, ", "))
+			}
+		}
+		if len(parts) > 0 {
+			other = append(other, fmt.Sprintf("- %s: %s.", s.Title, strings.Join(parts, "; ")))
+		}
+	}
+	if len(other) > 0 {
+		b.WriteString("Areas without a peer:\n\n" + strings.Join(other, "\n") + "\n\n")
+	}
 }
 
 func (rp *Report) section(b *strings.Builder, s *section) {
