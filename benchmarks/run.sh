@@ -11,8 +11,8 @@
 # qemu-utils, qemu-system-common, libnbd-bin, curl, bc; restic 0.18.1 with
 # `go install`), builds strata from this tree (--rev: from that commit,
 # exported with git archive, so that uncommitted changes stay out), and
-# runs the stages, each
-# alternating the systems it compares within every round:
+# runs the stages, each alternating the systems it compares within every
+# round:
 #
 #   nbd        fio over NBD: Strata depth 0 and 3, nbdkit file, qemu-nbd
 #              qcow2 depth 3, and the raw file with io_uring (nbd.sh)
@@ -24,7 +24,8 @@
 #   sysbackup  system backup of 16 volumes vs single backups (sysbackup.sh)
 #
 # The full run (3 rounds, 1 GiB images) takes about 20 minutes on 2 cores;
-# --quick (1 round, short fio runs, 256 MiB images) under 5. Everything
+# --quick (1 round, short fio runs, 256 MiB images) about 3 (6 when other
+# work keeps the load average above 10). Everything
 # goes to benchmarks/out/run-<time>/ (raw output, samples.tsv, meta.tsv,
 # stages.tsv, RESULTS.md, charts/); a full run also publishes RESULTS.md
 # and the charts into benchmarks/ (--no-publish: not; --publish: a quick
