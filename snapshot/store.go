@@ -54,6 +54,24 @@ type Store struct {
 	open     map[string]*Volume     // open volumes
 }
 
+// lockPatience is how long OpenStore waits for the store's lock. A child
+// process forked by this one holds a copy of the lock's descriptor from
+// fork until its exec closes it: a store closed and reopened meanwhile
+// would otherwise be refused for a moment.
+const lockPatience = 2 * time.Second
+
+// lockWait takes an exclusive flock on f, retrying until patience passes.
+func lockWait(f *os.File, patience time.Duration) error {
+	deadline := time.Now().Add(patience)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil || !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // OpenStore opens the store in dir, creating it if dir is empty or missing.
 // It removes layer files no volume references (left by a crash between a
 // metadata update and a file deletion), unless some volume's metadata is
@@ -86,7 +104,7 @@ func OpenStore(dir string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", dir, err)
 	}
-	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := lockWait(lf, lockPatience); err != nil {
 		_ = lf.Close()
 		return nil, fmt.Errorf("store %s: held by another process: %w", dir, ErrInUse)
 	}

@@ -296,7 +296,7 @@ func TestSystemBackupKills(t *testing.T) {
 			deadline := time.Now().Add(30 * time.Second)
 			for {
 				s.mustJSON(&runs, "system", "backup", "ls")
-				if len(runs) == 1 && runs[0].State != "open" && runs[0].State != "committing" {
+				if len(runs) == 1 && (runs[0].State == "failed" && runs[0].Error != "" || runs[0].State == "committed") {
 					break
 				}
 				if time.Now().After(deadline) {
@@ -309,6 +309,19 @@ func TestSystemBackupKills(t *testing.T) {
 			if !st.wantCommitted {
 				if runs[0].State != "failed" || len(inA)+len(inB) != 0 {
 					t.Fatalf("killed at %s: state %s, manifests on a %v, on b %v; want failed and none", st.step, runs[0].State, inA, inB)
+				}
+				// Its volume backups are released (in the background).
+				deadline := time.Now().Add(30 * time.Second)
+				for {
+					var bs []backupJSON
+					s.mustJSON(&bs, "backup", "ls")
+					if len(bs) == 0 {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("killed at %s: the failed system backup's volume backups remain: %+v", st.step, bs)
+					}
+					time.Sleep(100 * time.Millisecond)
 				}
 				// The next system backup works and is restorable.
 				id = s.mustSystemBackup().ID
