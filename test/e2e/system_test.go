@@ -269,7 +269,7 @@ func TestSystemBackupKills(t *testing.T) {
 		step          string
 		wantCommitted bool
 	}{
-		{"opened", false}, {"captured", false}, {"backup", false}, {"acked", false},
+		{"opened", false}, {"captured", false}, {"snapshotted", false}, {"backup", false}, {"acked", false},
 		{"acked-all", false}, {"committing", false}, {"written", true}, {"copied", true},
 	}
 	for _, st := range steps {
