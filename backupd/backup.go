@@ -3,7 +3,6 @@ package backupd
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -206,7 +205,8 @@ type pageJob struct {
 	prevID string    // the parent's page id
 	ids    []ChunkID // results
 	leaves []ChunkID
-	recs   [][]byte // new records (nil: zero or known)
+	recs   [][]byte // new records (nil: zero or known), in arena
+	arena  []byte   // the page's new records back to back
 	done   chan struct{}
 	err    error
 }
@@ -231,15 +231,23 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 	var wg sync.WaitGroup
 	for range b.r.opts.Workers {
 		wg.Go(func() {
+			var s recordScratch
 			for j := range work {
-				b.hashPage(j)
+				// Workers read too: an incremental's reads are small and
+				// scattered, so latency, not bandwidth, bounds them.
+				if j.err = b.readPage(ctx, j, dirty); j.err == nil {
+					b.hashPage(j, &s)
+				}
 				close(j.done)
 			}
 		})
 	}
+	// A page's read buffer and its record arena are reused once the
+	// collector has copied its records into a pack.
 	bufs := sync.Pool{New: func() any { s := make([]byte, ChunkSize*PageChunks); return &s }}
+	arenas := sync.Pool{New: func() any { s := make([]byte, 0, PageChunks*maxRecordSize(ChunkSize)); return &s }}
 
-	// Producer: read dirty chunks page by page.
+	// Producer: hand out the pages in order, with the parent's entries.
 	var prodErr error
 	go func() {
 		defer close(order)
@@ -262,10 +270,7 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 				j.prev, j.prevID = pr.p, b.parent.Pages[i]
 			}
 			j.buf = (*bufs.Get().(*[]byte))[:j.n*ChunkSize]
-			if err := b.readPage(ctx, j, dirty); err != nil {
-				prodErr = err
-				return
-			}
+			j.arena = (*arenas.Get().(*[]byte))[:0]
 			select {
 			case order <- j:
 			case <-ctx.Done():
@@ -337,6 +342,9 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 		b.progress(PhaseScan)
 		buf := j.buf[:cap(j.buf)]
 		bufs.Put(&buf)
+		arena := j.arena[:0]
+		arenas.Put(&arena)
+		j.buf, j.arena, j.recs = nil, nil, nil
 	}
 	wg.Wait()
 	if err == nil {
@@ -462,8 +470,9 @@ func (b *backupRun) readRange(ctx context.Context, buf []byte, off, end int64) e
 	return read(pos, end)
 }
 
-// hashPage computes ids, leaves and new records for page j.
-func (b *backupRun) hashPage(j *pageJob) {
+// hashPage computes ids, leaves and new records for page j; the records
+// are appended to j.arena, which has room for a full page of them.
+func (b *backupRun) hashPage(j *pageJob, s *recordScratch) {
 	j.ids = make([]ChunkID, j.n)
 	j.leaves = make([]ChunkID, j.n)
 	j.recs = make([][]byte, j.n)
@@ -482,15 +491,12 @@ func (b *backupRun) hashPage(j *pageJob) {
 		if allZero(data) {
 			continue
 		}
-		id := chunkID(b.k, data)
-		j.ids[c] = id
-		if b.k != nil {
-			j.leaves[c] = sha256.Sum256(data)
-		} else {
-			j.leaves[c] = id
-		}
+		id, leaf := chunkIDs(b.k, data)
+		j.ids[c], j.leaves[c] = id, leaf
 		if b.opts.Full || !b.idx.live(id) {
-			j.recs[c] = encodeRecord(nil, b.k, id, data)
+			at := len(j.arena)
+			j.arena = encodeRecordScratch(j.arena, b.k, id, data, s)
+			j.recs[c] = j.arena[at:len(j.arena):len(j.arena)]
 		}
 	}
 }

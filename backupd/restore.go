@@ -124,12 +124,51 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	if err != nil {
 		return nil, fmt.Errorf("%s: loading the chunk index: %w", where, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pages := r.pageStream(ctx, m, k, 0, restoreWindow+2)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	pages := r.pageStream(ctx, m, k, 0, 2*restoreWindow+2)
 	dg := newDigest(m.Size, m.ChunkSize)
 	var damaged []DamagedRange
 	var dmu sync.Mutex
+	// Two windows run at once, so that one's last range does not leave the
+	// Gets and the CPU idle; sem bounds the Gets of both to opts.Parallel.
+	// A window is finished (flushed, recorded in the state file) only
+	// after every window before it.
+	sem := make(chan struct{}, opts.Parallel)
+	type windowRun struct {
+		from, end int // pages
+		err       error
+		done      chan struct{}
+	}
+	var running []*windowRun
+	defer func() {
+		cancel(context.Canceled)
+		for _, wr := range running {
+			<-wr.done
+		}
+	}()
+	finish := func() error {
+		wr := running[0]
+		<-wr.done
+		running = running[1:]
+		if wr.err != nil {
+			return context.Cause(ctx) // the first window's error
+		}
+		if wb, ok := dst.(interface{ startWriteback(off, n int64) }); ok {
+			off := int64(wr.from) * int64(m.PageChunks) * int64(m.ChunkSize)
+			wb.startWriteback(off, min(int64(wr.end)*int64(m.PageChunks)*int64(m.ChunkSize), m.Size)-off)
+		}
+		if opts.StatePath != "" {
+			if err := dst.Flush(ctx); err != nil {
+				return fmt.Errorf("%s: flush: %w", where, err)
+			}
+			if err := writeRestoreState(opts.StatePath, restoreState{Manifest: manifestKey, Digest: m.Digest, PagesDone: wr.end}); err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+		}
+		report(PhaseRestore)
+		return nil
+	}
 	for w := 0; w < len(m.Pages); w += restoreWindow {
 		var win []pageResult
 		for range min(restoreWindow, len(m.Pages)-w) {
@@ -165,18 +204,24 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 			dmu.Unlock()
 			return nil
 		}
-		if err := r.restoreWindow(ctx, m, k, idx, win, dst, opts, &written, &fetched, fail); err != nil {
+		wr := &windowRun{from: w, end: w + len(win), done: make(chan struct{})}
+		running = append(running, wr)
+		go func() {
+			defer close(wr.done)
+			if wr.err = r.restoreWindow(ctx, m, k, idx, win, dst, opts, sem, &written, &fetched, fail); wr.err != nil {
+				cancel(wr.err)
+			}
+		}()
+		if len(running) > 1 {
+			if err := finish(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for len(running) > 0 {
+		if err := finish(); err != nil {
 			return nil, err
 		}
-		if opts.StatePath != "" {
-			if err := dst.Flush(ctx); err != nil {
-				return nil, fmt.Errorf("%s: flush: %w", where, err)
-			}
-			if err := writeRestoreState(opts.StatePath, restoreState{Manifest: manifestKey, Digest: m.Digest, PagesDone: w + len(win)}); err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-		}
-		report(PhaseRestore)
 	}
 	if err := dst.Flush(ctx); err != nil {
 		return nil, fmt.Errorf("%s: flush: %w", where, err)
@@ -241,11 +286,16 @@ func planFetch(idx *chunkIndex, items []fetchItem) []fetchRange {
 }
 
 // fetchRange reads one range and calls fn with each record in it, or with
-// the error that kept it from being read.
+// the error that kept it from being read. rec is valid only during fn.
 func (r *Repository) fetchRange(ctx context.Context, fr fetchRange, fetched *atomic.Int64, fn func(it fetchItem, rec []byte, err error) error) error {
-	buf, err := r.getRange(ctx, fr)
+	bp := rangeBufs.Get().(*[]byte)
+	defer rangeBufs.Put(bp)
+	buf, err := r.getRangeInto(ctx, fr, *bp)
 	if err != nil && ctx.Err() != nil {
 		return err
+	}
+	if cap(buf) > cap(*bp) {
+		*bp = buf[:0]
 	}
 	fetched.Add(int64(len(buf)))
 	for _, it := range fr.items {
@@ -264,7 +314,17 @@ func (r *Repository) fetchRange(ctx context.Context, fr fetchRange, fetched *ato
 	return nil
 }
 
+// rangeBufs recycles the buffers ranges are read into (up to 16 MiB each:
+// a fresh one costs clearing it).
+var rangeBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 func (r *Repository) getRange(ctx context.Context, fr fetchRange) ([]byte, error) {
+	return r.getRangeInto(ctx, fr, nil)
+}
+
+// getRangeInto reads range fr into buf if it is large enough, else into a
+// new buffer.
+func (r *Repository) getRangeInto(ctx context.Context, fr fetchRange, buf []byte) ([]byte, error) {
 	rc, n, err := r.t.Get(ctx, packKey(fr.pack), fr.off, fr.end-fr.off)
 	if err != nil {
 		if errors.Is(err, plugins.ErrNotFound) {
@@ -273,15 +333,66 @@ func (r *Repository) getRange(ctx context.Context, fr fetchRange) ([]byte, error
 		return nil, fmt.Errorf("pack %s: %w", fr.pack, err)
 	}
 	defer rc.Close()
-	buf := make([]byte, n)
+	if int64(cap(buf)) >= n {
+		buf = buf[:n]
+	} else {
+		buf = make([]byte, n)
+	}
 	if _, err := io.ReadFull(rc, buf); err != nil {
 		return nil, fmt.Errorf("pack %s: read %d+%d: %w", fr.pack, fr.off, fr.end-fr.off, err)
 	}
 	return buf, nil
 }
 
+// restoreScratch is a range worker's reusable buffers: decoding, and
+// coalescing the writes of consecutive chunks.
+type restoreScratch struct {
+	dec  decodeScratch
+	wbuf []byte
+}
+
+var restoreScratches = sync.Pool{New: func() any { return &restoreScratch{wbuf: make([]byte, 0, restoreWriteSize)} }}
+
+// restoreWriteSize is the largest write restore makes: consecutive chunks
+// of a range are written together.
+const restoreWriteSize = 1 << 20
+
+// coalescer gathers writes of consecutive chunks into one.
+type coalescer struct {
+	dst     Destination
+	buf     []byte
+	off     int64
+	written *atomic.Int64
+	volume  string
+}
+
+func (w *coalescer) add(ctx context.Context, off int64, p []byte) error {
+	if len(w.buf) > 0 && (off != w.off+int64(len(w.buf)) || len(w.buf)+len(p) > cap(w.buf)) {
+		if err := w.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if len(w.buf) == 0 {
+		w.off = off
+	}
+	w.buf = append(w.buf, p...)
+	return nil
+}
+
+func (w *coalescer) flush(ctx context.Context) error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	if _, err := w.dst.WriteAt(ctx, w.buf, w.off); err != nil {
+		return fmt.Errorf("restore of volume %q: write at %d: %w", w.volume, w.off, err)
+	}
+	w.written.Add(int64(len(w.buf)))
+	w.buf = w.buf[:0]
+	return nil
+}
+
 // restoreWindow restores the chunks of a window of pages.
-func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx *chunkIndex, win []pageResult, dst Destination, opts RestoreOptions, written, fetched *atomic.Int64, fail func(int64, ChunkID, error) error) error {
+func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx *chunkIndex, win []pageResult, dst Destination, opts RestoreOptions, sem chan struct{}, written, fetched *atomic.Int64, fail func(int64, ChunkID, error) error) error {
 	var items []fetchItem
 	zeroStart := int64(-1)
 	flushZeros := func(end int64) error {
@@ -325,14 +436,30 @@ func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx
 	}
 	ranges := planFetch(idx, items)
 	return forEach(ctx, len(ranges), opts.Parallel, func(ctx context.Context, i int) error {
-		return r.fetchRange(ctx, ranges[i], fetched, func(it fetchItem, rec []byte, err error) error {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		defer func() { <-sem }()
+		sc := restoreScratches.Get().(*restoreScratch)
+		defer restoreScratches.Put(sc)
+		w := &coalescer{dst: dst, buf: sc.wbuf[:0], written: written, volume: m.Volume}
+		err := r.fetchRange(ctx, ranges[i], fetched, func(it fetchItem, rec []byte, err error) error {
+			// check returns the plaintext in sc (or rec): w.add copies it
+			// before the next check.
 			check := func(rec []byte) ([]byte, error) {
-				p, err := decodeRecord(rec, k, it.id, m.chunkLen(it.c))
+				p, leaf, err := decodeRecordScratch(rec, k, it.id, m.chunkLen(it.c), &sc.dec)
 				if err == nil && len(p) != m.chunkLen(it.c) {
 					err = fmt.Errorf("chunk %s is %d bytes, the map needs %d: %w", it.id, len(p), m.chunkLen(it.c), ErrCorrupt)
 				}
-				if err == nil && k != nil && ChunkID(sha256.Sum256(p)) != it.leaf {
-					err = fmt.Errorf("chunk %s: plaintext hash differs from the map's: %w", it.id, ErrCorrupt)
+				if err == nil && k != nil {
+					if leaf.IsZero() { // an older record: its id is not keyed from the leaf
+						leaf = sha256.Sum256(p)
+					}
+					if leaf != it.leaf {
+						err = fmt.Errorf("chunk %s: plaintext hash differs from the map's: %w", it.id, ErrCorrupt)
+					}
 				}
 				return p, err
 			}
@@ -346,12 +473,13 @@ func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx
 			if err != nil {
 				return fail(it.c, it.id, fmt.Errorf("pack %s: %w", ranges[i].pack, err))
 			}
-			if _, err := dst.WriteAt(ctx, p, it.c*int64(m.ChunkSize)); err != nil {
-				return fmt.Errorf("restore of volume %q: write at %d: %w", m.Volume, it.c*int64(m.ChunkSize), err)
-			}
-			written.Add(int64(len(p)))
-			return nil
+			return w.add(ctx, it.c*int64(m.ChunkSize), p)
 		})
+		if err == nil {
+			err = w.flush(ctx)
+		}
+		sc.wbuf = w.buf[:0]
+		return err
 	})
 }
 

@@ -23,11 +23,16 @@ type uploader struct {
 
 	cur     []byte
 	entries []indexEntry
+	// free holds pack buffers whose upload finished, for reuse (a fresh
+	// 16 MiB buffer costs clearing it).
+	free chan []byte
 }
 
 func newUploader(ctx context.Context, r *Repository, volume string, uploaded *atomic.Int64) *uploader {
 	ctx, cancel := context.WithCancelCause(ctx)
-	return &uploader{ctx: ctx, cancel: cancel, r: r, volume: volume, uploaded: uploaded, sem: make(chan struct{}, r.opts.Uploads)}
+	return &uploader{ctx: ctx, cancel: cancel, r: r, volume: volume, uploaded: uploaded,
+		sem:  make(chan struct{}, r.opts.Uploads),
+		free: make(chan []byte, r.opts.Uploads+1)}
 }
 
 // add appends a chunk record to the current pack, uploading the pack first
@@ -39,7 +44,11 @@ func (u *uploader) add(id ChunkID, rec []byte) error {
 		}
 	}
 	if u.cur == nil {
-		u.cur = make([]byte, 0, u.r.opts.PackSize)
+		select {
+		case u.cur = <-u.free:
+		default:
+			u.cur = make([]byte, 0, u.r.opts.PackSize)
+		}
 	}
 	u.entries = append(u.entries, indexEntry{ID: id, Offset: uint32(len(u.cur)), Length: uint32(len(rec))})
 	u.cur = append(u.cur, rec...)
@@ -82,6 +91,11 @@ func (u *uploader) flush() error {
 		u.r.cacheIndex(id, idx)
 		u.uploaded.Add(int64(len(pack) + len(idx)))
 		u.r.log.Debug("pack uploaded", "volume", u.volume, "pack", id.String(), "chunks", len(entries), "bytes", len(pack))
+		// The target is done with the pack once Put returned.
+		select {
+		case u.free <- pack[:0]:
+		default:
+		}
 		return nil
 	})
 }
