@@ -37,9 +37,10 @@ type step struct {
 func main() {
 	dir := flag.String("dir", "", "work directory (emptied)")
 	size := flag.Int64("size", 1<<30, "volume size")
-	restic := flag.String("restic", "restic", "restic binary")
+	restic := flag.String("restic", "restic", `restic binary ("none": measure Strata only)`)
 	round := flag.Int("round", 0, "round number: even runs Strata first, odd restic first")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of Strata's part of -profile-step to this file")
+	flag.BoolVar(&phases, "phases", false, "print the time each of Strata's phases starts, per step, to stderr")
 	flag.StringVar(&profileStep, "profile-step", "full", "step to profile: full, incremental-10MiB-contiguous, incremental-1pct-scattered-4KiB, restore")
 	flag.Parse()
 	if err := run(context.Background(), *dir, *size, *restic, *round); err != nil {
@@ -48,7 +49,25 @@ func main() {
 	}
 }
 
-var cpuProfile, profileStep string
+var (
+	cpuProfile, profileStep string
+	phases                  bool
+)
+
+// phaseLog returns a progress function printing phase changes with the
+// time since t0 (nil unless -phases).
+func phaseLog(step string, t0 time.Time) backupd.ProgressFunc {
+	if !phases {
+		return nil
+	}
+	last := backupd.Phase("")
+	return func(p backupd.Progress) {
+		if p.Phase != last {
+			last = p.Phase
+			fmt.Fprintf(os.Stderr, "%s: %s at %.3fs\n", step, p.Phase, p.Time.Sub(t0).Seconds())
+		}
+	}
+}
 
 // profiled runs fn under the CPU profiler when step is the one -cpuprofile
 // asks for.
@@ -138,6 +157,9 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 	repo := backupd.Open(tg, &backupd.Options{Key: key})
 	env := append(os.Environ(), "RESTIC_PASSWORD=bench", "RESTIC_REPOSITORY="+filepath.Join(dir, "restic"), "RESTIC_CACHE_DIR="+filepath.Join(dir, "restic-cache"))
 	resticCmd := func(args ...string) error {
+		if restic == "none" {
+			return nil
+		}
 		cmd := exec.CommandContext(ctx, restic, args...)
 		cmd.Env = env
 		cmd.Dir = dir
@@ -163,7 +185,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		strata := func() error {
 			before := du(filepath.Join(dir, "target"))
 			t0 := time.Now()
-			res, err := repo.BackupVolume(ctx, m, "vol", snap, backupd.BackupOptions{})
+			res, err := repo.BackupVolume(ctx, m, "vol", snap, backupd.BackupOptions{Progress: phaseLog(name, t0)})
 			if err != nil {
 				return err
 			}
@@ -233,7 +255,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 			return err
 		}
 		t0 := time.Now()
-		if _, err := repo.Restore(ctx, lastManifest, backupd.FileDestination{F: f, N: size}, backupd.RestoreOptions{DestZeroed: true}); err != nil {
+		if _, err := repo.Restore(ctx, lastManifest, backupd.FileDestination{F: f, N: size}, backupd.RestoreOptions{DestZeroed: true, Progress: phaseLog("restore", t0)}); err != nil {
 			return err
 		}
 		st.StrataSeconds = time.Since(t0).Seconds()
@@ -252,6 +274,9 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 	}
 	steps = append(steps, st)
 	for _, p := range []string{filepath.Join(dir, "restore", "strata.img"), filepath.Join(dir, "restore", "restic", "vol.img")} {
+		if restic == "none" && filepath.Base(filepath.Dir(p)) == "restic" {
+			continue
+		}
 		if err := sameFile(p, filepath.Join(dir, "vol.img")); err != nil {
 			return err
 		}
