@@ -21,10 +21,18 @@ func (c *Coordinator) summary(r *Run, m *Manifest) *Summary {
 			s.Targets = append(s.Targets, t.Name)
 		}
 	}
-	if m != nil {
+	switch {
+	case m != nil:
 		s.Volumes = m.Volumes
-	} else if mm, err := c.manifestFromRun(r); err == nil && r.State == StateCommitted {
-		s.Volumes = mm.Volumes
+	case r.Config != nil:
+		// The acknowledged volumes so far (all of them once committed),
+		// in the configuration's order.
+		for _, v := range r.Config.Volumes {
+			if a, ok := r.Acks[ackKey(v.Agent, v.Name)]; ok {
+				s.Volumes = append(s.Volumes, VolumeBackup{Agent: a.Agent, Volume: a.Volume, Target: a.Target, BackupID: a.BackupID,
+					ManifestKey: a.ManifestKey, Digest: a.Digest, Size: a.Size, Snapshot: a.Snapshot, Reused: a.Reused})
+			}
+		}
 	}
 	return s
 }

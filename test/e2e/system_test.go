@@ -494,14 +494,18 @@ func TestSystemBackupFencing(t *testing.T) {
 	var volA backupJSON
 	deadline = time.Now().Add(30 * time.Second)
 	for {
-		// The timed-out run's backup of vol-a was released with it: the
-		// one listed is this run's.
-		if bs := backups("vol-a"); len(bs) > 0 {
+		// vol-a's ack is accepted (info lists the acknowledged volumes
+		// of an open system backup); vol-b's is held.
+		if info := s.systemInfo(id); len(info.Volumes) == 1 && info.Volumes[0].Volume == "vol-a" {
+			bs := backups("vol-a")
 			volA = bs[len(bs)-1]
+			if volA.ID != info.Volumes[0].BackupID {
+				t.Fatalf("vol-a's acknowledged backup %s is not its newest %s", info.Volumes[0].BackupID, volA.ID)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("vol-a's backup never appeared")
+			t.Fatal("vol-a's backup was never acknowledged")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
