@@ -89,7 +89,7 @@ func Chart(smp *Samples, s *section, file string) error {
 		switch {
 		case !b.Peer:
 			v.Color = colOther
-		case b.Value < 1:
+		case b.Value < levelLo:
 			v.Color = colBehind
 		default:
 			v.Color = colAhead

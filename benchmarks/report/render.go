@@ -47,6 +47,13 @@ func (s *section) ratio(smp *Samples, c comparison, fig string) ratio {
 	return ratio{Value: orient(nm, dm), PerRound: Summarize(per), OK: true}
 }
 
+// An advantage that rounds to 1.00× is level: neither ahead nor behind.
+const levelLo, levelHi = 0.995, 1.005
+
+// behind reports whether the advantage is below 1 even when rounded to
+// the two decimals the report prints.
+func (r ratio) behind() bool { return r.OK && r.Value < levelLo }
+
 // Report renders a run's samples as markdown and charts.
 type Report struct {
 	Samples     *Samples
@@ -128,6 +135,9 @@ func (rp *Report) Markdown(w io.Writer) error {
 		m.Get("load_start"), m.Get("load_end"), m.Get("load_note"))
 	fmt.Fprintf(&b, "- Tools: %s; %s; %s; %s; %s; %s\n\n",
 		m.Get("go"), m.Get("fio"), m.Get("nbdkit"), m.Get("qemu"), m.Get("libnbd"), m.Get("restic"))
+	if w := m.loadWarning(); w != "" {
+		b.WriteString(w + "\n\n")
+	}
 
 	rp.summary(&b)
 	for i := range sections {
@@ -143,6 +153,35 @@ func (rp *Report) Markdown(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// loadWarning: a warning when the 1-minute load average exceeded the number
+// of cores at the start, the end or any stage's start of the run.
+func (m *Meta) loadWarning() string {
+	cores, err := strconv.ParseFloat(m.Get("nproc"), 64)
+	if err != nil || cores <= 0 {
+		return ""
+	}
+	peak := 0.0
+	consider := func(load string) {
+		if f := strings.Fields(load); len(f) > 0 {
+			if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+				peak = max(peak, v)
+			}
+		}
+	}
+	consider(m.Get("load_start"))
+	consider(m.Get("load_end"))
+	for _, st := range m.Stages {
+		consider(st.Load)
+	}
+	if peak <= cores {
+		return ""
+	}
+	return fmt.Sprintf("**The machine was busy:** the 1-minute load average reached %.1f on %.0f cores during this run, "+
+		"so other work competed with the benchmarks for the CPU and the disk. Absolute figures are low and noisy; "+
+		"the ratios compare sides measured back to back in the same round, and a wide per-round range marks a "+
+		"disturbed round.", peak, cores)
 }
 
 // summary: every comparison with a peer, one line per figure.
@@ -164,8 +203,11 @@ func (rp *Report) summary(b *strings.Builder) {
 					continue
 				}
 				verdict := "ahead"
-				if r.Value < 1 {
+				switch {
+				case r.behind():
 					verdict = "**behind**"
+				case r.Value < levelHi:
+					verdict = "level"
 				}
 				fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", s.Title, c.Label, f.Label, ratioCell(r), verdict)
 				n++
@@ -333,7 +375,7 @@ func (rp *Report) behind(b *strings.Builder, s *section) {
 				continue
 			}
 			r := s.ratio(rp.Samples, c, f.Key)
-			if !r.OK || r.Value >= 1 {
+			if !r.OK || !r.behind() {
 				continue
 			}
 			l.what = append(l.what, fmt.Sprintf("%s %.2f×", c.Label, r.Value))
