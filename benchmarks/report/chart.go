@@ -72,6 +72,12 @@ func Chart(smp *Samples, s *section, file string) error {
 	one.LineStyle.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
 	p.Add(plotter.NewGrid(), one)
 	labels := make([]string, len(bars))
+	// The axis follows the bars; a whisker reaching past 1.6× the longest
+	// bar (one disturbed round) is cut there and its label says how far.
+	axisMax := 1.5
+	for _, b := range bars {
+		axisMax = max(axisMax, b.Value*1.6)
+	}
 	xmax := 1.0
 	for i, b := range bars {
 		// Top to bottom in declaration order.
@@ -96,11 +102,16 @@ func Chart(smp *Samples, s *section, file string) error {
 		}
 		p.Add(v)
 		hi := b.Value
+		text := fmt.Sprintf(" %.2f×", b.Value)
 		if b.HasRange {
-			hi = math.Max(hi, b.Hi)
+			whisker := min(b.Hi, axisMax)
+			if whisker < b.Hi {
+				text += fmt.Sprintf(" (a round at %.2f×)", b.Hi)
+			}
+			hi = math.Max(hi, whisker)
 			eb := &plotter.XErrorBars{
 				XYs:       plotter.XYs{{X: b.Value, Y: float64(idx)}},
-				XErrors:   plotter.XErrors{{Low: b.Value - b.Lo, High: b.Hi - b.Value}},
+				XErrors:   plotter.XErrors{{Low: b.Value - b.Lo, High: whisker - b.Value}},
 				LineStyle: draw.LineStyle{Color: color.Black, Width: vg.Points(1)},
 				CapWidth:  vg.Points(6),
 			}
@@ -109,7 +120,7 @@ func Chart(smp *Samples, s *section, file string) error {
 		xmax = math.Max(xmax, hi)
 		lbl, err := plotter.NewLabels(plotter.XYLabels{
 			XYs:    []plotter.XY{{X: hi, Y: float64(idx)}},
-			Labels: []string{fmt.Sprintf(" %.2f×", b.Value)},
+			Labels: []string{text},
 		})
 		if err != nil {
 			return err
@@ -119,7 +130,7 @@ func Chart(smp *Samples, s *section, file string) error {
 	}
 	p.NominalY(labels...)
 	p.X.Min = 0
-	p.X.Max = xmax * 1.15
+	p.X.Max = xmax * 1.25
 	h := vg.Length(len(bars))*vg.Points(22) + vg.Inch*1.2
 	return p.Save(10*vg.Inch, h, file)
 }
