@@ -245,7 +245,9 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 	// A page's read buffer and its record arena are reused once the
 	// collector has copied its records into a pack.
 	bufs := sync.Pool{New: func() any { s := make([]byte, ChunkSize*PageChunks); return &s }}
-	arenas := sync.Pool{New: func() any { s := make([]byte, 0, PageChunks*maxRecordSize(ChunkSize)); return &s }}
+	// Arenas are sized by hashPage for a page's dirty chunks: an
+	// incremental's pages hold few new records.
+	arenas := sync.Pool{New: func() any { return new([]byte) }}
 
 	// Producer: hand out the pages in order, with the parent's entries.
 	var prodErr error
@@ -471,11 +473,20 @@ func (b *backupRun) readRange(ctx context.Context, buf []byte, off, end int64) e
 }
 
 // hashPage computes ids, leaves and new records for page j; the records
-// are appended to j.arena, which has room for a full page of them.
+// are appended to j.arena, sized first for the page's dirty chunks.
 func (b *backupRun) hashPage(j *pageJob, s *recordScratch) {
 	j.ids = make([]ChunkID, j.n)
 	j.leaves = make([]ChunkID, j.n)
 	j.recs = make([][]byte, j.n)
+	dirty := 0
+	for _, d := range j.dirty {
+		if d {
+			dirty++
+		}
+	}
+	if need := dirty * maxRecordSize(ChunkSize); cap(j.arena) < need {
+		j.arena = make([]byte, 0, need)
+	}
 	for c := range j.n {
 		if !j.dirty[c] {
 			j.ids[c] = j.prev.IDs[c]

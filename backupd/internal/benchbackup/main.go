@@ -60,12 +60,16 @@ func phaseLog(step string, t0 time.Time) backupd.ProgressFunc {
 	if !phases {
 		return nil
 	}
-	last := backupd.Phase("")
+	last, lastAt := backupd.Phase(""), t0
 	return func(p backupd.Progress) {
 		if p.Phase != last {
+			if last != "" {
+				fmt.Fprintf(os.Stderr, "%s: last %s event at %.3fs\n", step, last, lastAt.Sub(t0).Seconds())
+			}
 			last = p.Phase
 			fmt.Fprintf(os.Stderr, "%s: %s at %.3fs\n", step, p.Phase, p.Time.Sub(t0).Seconds())
 		}
+		lastAt = p.Time
 	}
 }
 
