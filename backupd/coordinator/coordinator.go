@@ -83,6 +83,9 @@ type Coordinator struct {
 	op   chan struct{} // a one-slot semaphore
 	busy atomic.Value  // string
 
+	poolMu sync.Mutex
+	pool   *targetPool // the running operation's targets
+
 	clientsMu sync.Mutex
 	clients   map[string]*agent.Client // by agent name and address
 
@@ -113,7 +116,7 @@ func New(opts Options) (*Coordinator, error) {
 	c := &Coordinator{opts: opts, log: log, st: st, faults: f, ctx: ctx, cancel: cancel, clients: map[string]*agent.Client{},
 		op: make(chan struct{}, 1)}
 	c.op <- struct{}{}
-	c.busy.Store("the startup recovery of unsettled system backups")
+	c.locked("the startup recovery of unsettled system backups")
 	c.jobs.Add(1)
 	go func() {
 		defer c.jobs.Done()
@@ -130,7 +133,7 @@ func New(opts Options) (*Coordinator, error) {
 func (c *Coordinator) lock(ctx context.Context, what string) error {
 	select {
 	case c.op <- struct{}{}:
-		c.busy.Store(what)
+		c.locked(what)
 		return nil
 	default:
 	}
@@ -138,14 +141,29 @@ func (c *Coordinator) lock(ctx context.Context, what string) error {
 	c.log.Info("waiting for another system operation", "op", what, "running", holder)
 	select {
 	case c.op <- struct{}{}:
-		c.busy.Store(what)
+		c.locked(what)
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for %s to end: %w (%w)", holder, context.Cause(ctx), ErrBusy)
 	}
 }
 
+// locked starts an operation that holds the lock: its name, its pool.
+func (c *Coordinator) locked(what string) {
+	c.busy.Store(what)
+	c.poolMu.Lock()
+	c.pool = newTargetPool(c.opts.Targets)
+	c.poolMu.Unlock()
+}
+
 func (c *Coordinator) unlock() {
+	c.poolMu.Lock()
+	p := c.pool
+	c.pool = nil
+	c.poolMu.Unlock()
+	if p != nil {
+		p.close()
+	}
 	c.busy.Store("")
 	<-c.op
 }
@@ -594,11 +612,11 @@ func (c *Coordinator) checkOnTarget(ctx context.Context, run *Run, vc VolumeConf
 	if ack.ManifestKey != backupd.ManifestKey(ack.Volume, ack.BackupID) {
 		return fmt.Errorf("ack for volume %q: manifest key %q does not name backup %q: %w", ack.Volume, ack.ManifestKey, ack.BackupID, ErrRejected)
 	}
-	tg, err := c.opts.Targets.Open(ctx, vc.Target)
+	tg, done, err := c.openTarget(ctx, vc.Target)
 	if err != nil {
 		return fmt.Errorf("check ack for volume %q: %w", ack.Volume, err)
 	}
-	defer tg.Close()
+	defer done()
 	m, err := backupd.Open(tg, &backupd.Options{Logger: c.log}).LoadManifest(ctx, ack.ManifestKey)
 	if err != nil {
 		return fmt.Errorf("ack for volume %q names backup %s, which does not load from target %q: %v: %w", ack.Volume, ack.BackupID, vc.Target, err, ErrRejected)
@@ -736,11 +754,11 @@ func (c *Coordinator) manifestFromRun(r *Run) (*Manifest, error) {
 // existing identical object is success (a retry), a different one is an
 // error.
 func (c *Coordinator) putManifest(ctx context.Context, target, id string, b []byte) error {
-	tg, err := c.opts.Targets.Open(ctx, target)
+	tg, done, err := c.openTarget(ctx, target)
 	if err != nil {
 		return err
 	}
-	defer tg.Close()
+	defer done()
 	key := ManifestKey(id)
 	err = tg.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b)))
 	if err != nil && !errors.Is(err, plugins.ErrAlreadyExists) {
@@ -779,11 +797,11 @@ func readAll(ctx context.Context, tg plugins.Target, key string) ([]byte, error)
 
 // loadManifest reads and checks system manifest id from target.
 func (c *Coordinator) loadManifest(ctx context.Context, target, id string) (*Manifest, error) {
-	tg, err := c.opts.Targets.Open(ctx, target)
+	tg, done, err := c.openTarget(ctx, target)
 	if err != nil {
 		return nil, err
 	}
-	defer tg.Close()
+	defer done()
 	return loadManifestFrom(ctx, tg, target, id)
 }
 
@@ -895,20 +913,20 @@ func (c *Coordinator) releaseFailed(ctx context.Context, r *Run) {
 
 // withRepo opens target name and runs fn with it and its repository.
 func (c *Coordinator) withRepo(ctx context.Context, name string, fn func(plugins.Target, *backupd.Repository) error) error {
-	tg, err := c.opts.Targets.Open(ctx, name)
+	tg, done, err := c.openTarget(ctx, name)
 	if err != nil {
 		return err
 	}
-	defer tg.Close()
+	defer done()
 	return fn(tg, backupd.Open(tg, &backupd.Options{Logger: c.log}))
 }
 
 func (c *Coordinator) deleteManifest(ctx context.Context, target, id string) error {
-	tg, err := c.opts.Targets.Open(ctx, target)
+	tg, done, err := c.openTarget(ctx, target)
 	if err != nil {
 		return err
 	}
-	defer tg.Close()
+	defer done()
 	if err := tg.Delete(ctx, []string{ManifestKey(id)}); err != nil && !errors.Is(err, plugins.ErrNotFound) {
 		return err
 	}

@@ -87,11 +87,11 @@ func (c *Coordinator) List(ctx context.Context) ([]*Summary, error) {
 }
 
 func (c *Coordinator) listManifests(ctx context.Context, target string) ([]string, error) {
-	tg, err := c.opts.Targets.Open(ctx, target)
+	tg, done, err := c.openTarget(ctx, target)
 	if err != nil {
 		return nil, err
 	}
-	defer tg.Close()
+	defer done()
 	return listManifestIDs(ctx, tg)
 }
 
