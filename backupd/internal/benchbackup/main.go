@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"syscall"
 	"time"
 
 	"github.com/strata-block/strata/backupd"
@@ -32,6 +33,20 @@ type step struct {
 	StrataBytes   int64   `json:"strata_bytes"` // stored on the target by this step
 	ResticBytes   int64   `json:"restic_bytes"`
 	ChangedBytes  int64   `json:"changed_bytes"`
+	// CPU time (user + system) of the step: on a shared machine it moves
+	// much less with the load than the wall time. Strata's is its whole
+	// process's during the step, restic's its child process's.
+	StrataCPU float64 `json:"strata_cpu_s"`
+	ResticCPU float64 `json:"restic_cpu_s"`
+}
+
+// cpuSeconds returns this process's user + system CPU time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func main() {
@@ -160,7 +175,9 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 	}
 	repo := backupd.Open(tg, &backupd.Options{Key: key})
 	env := append(os.Environ(), "RESTIC_PASSWORD=bench", "RESTIC_REPOSITORY="+filepath.Join(dir, "restic"), "RESTIC_CACHE_DIR="+filepath.Join(dir, "restic-cache"))
+	var resticCPU float64 // of the last restic command
 	resticCmd := func(args ...string) error {
+		resticCPU = 0
 		if restic == "none" {
 			return nil
 		}
@@ -170,6 +187,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("restic %v: %w: %s", args, err, out)
 		}
+		resticCPU = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 		return nil
 	}
 	if err := resticCmd("init"); err != nil {
@@ -188,12 +206,12 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		st := step{Name: name, ChangedBytes: changed}
 		strata := func() error {
 			before := du(filepath.Join(dir, "target"))
-			t0 := time.Now()
+			t0, c0 := time.Now(), cpuSeconds()
 			res, err := repo.BackupVolume(ctx, m, "vol", snap, backupd.BackupOptions{Progress: phaseLog(name, t0)})
 			if err != nil {
 				return err
 			}
-			st.StrataSeconds = time.Since(t0).Seconds()
+			st.StrataSeconds, st.StrataCPU = time.Since(t0).Seconds(), cpuSeconds()-c0
 			st.StrataBytes = du(filepath.Join(dir, "target")) - before
 			lastManifest = res.ManifestKey
 			return nil
@@ -204,7 +222,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 			if err := resticCmd("backup", "--no-scan", "-q", "vol.img"); err != nil {
 				return err
 			}
-			st.ResticSeconds = time.Since(t0).Seconds()
+			st.ResticSeconds, st.ResticCPU = time.Since(t0).Seconds(), resticCPU
 			st.ResticBytes = du(filepath.Join(dir, "restic")) - before
 			return nil
 		}
@@ -258,11 +276,11 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		if err := f.Truncate(size); err != nil {
 			return err
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpuSeconds()
 		if _, err := repo.Restore(ctx, lastManifest, backupd.FileDestination{F: f, N: size}, backupd.RestoreOptions{DestZeroed: true, Progress: phaseLog("restore", t0)}); err != nil {
 			return err
 		}
-		st.StrataSeconds = time.Since(t0).Seconds()
+		st.StrataSeconds, st.StrataCPU = time.Since(t0).Seconds(), cpuSeconds()-c0
 		return nil
 	}
 	rest := func() error {
@@ -270,7 +288,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		if err := resticCmd("restore", "latest", "-q", "--target", filepath.Join(dir, "restore", "restic")); err != nil {
 			return err
 		}
-		st.ResticSeconds = time.Since(t0).Seconds()
+		st.ResticSeconds, st.ResticCPU = time.Since(t0).Seconds(), resticCPU
 		return nil
 	}
 	if err := alternate(round, profiled("restore", strata), rest); err != nil {
