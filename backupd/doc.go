@@ -22,8 +22,9 @@
 //	infos, err := r.List(ctx, "vol-a") // also Latest, FindBackup, LoadManifest
 //
 // Vocabulary: a chunk is 8 KiB of a volume at an aligned offset, named by
-// the SHA-256 of its plaintext (when encrypted, the HMAC-SHA-256 of that SHA-256 under the id key; older records: of the plaintext); packs hold
-// chunk records; a pack index lists a pack's chunks; a map page lists the
+// the SHA-256 of its plaintext (when encrypted, by the HMAC-SHA-256 of that
+// SHA-256 under the id key; records written before that: of the plaintext);
+// packs hold chunk records; a pack index lists a pack's chunks; a map page lists the
 // chunk ids of 256 consecutive chunks; a manifest lists a backup's pages
 // and its whole-volume digest. FORMAT.md documents every format, the
 // commit order, restore resumption and the two-phase GC protocol with its
