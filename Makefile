@@ -47,6 +47,7 @@ vet:
 
 unit:
 	$(GO) test -race -count=1 -timeout 30m ./...
+	cd benchmarks/report && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # Each fuzz target for FUZZTIME (10s unless set).
 fuzz-smoke:
