@@ -813,34 +813,44 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 }
 
 func (s *Service) list(ctx context.Context, volume, target string) ([]Backup, error) {
-	names, err := s.targetNames(target)
+	out := []Backup{}
+	err := s.eachRepo(ctx, target, func(p *repo) error {
+		infos, err := p.r.List(ctx, volume)
+		if err != nil {
+			return fmt.Errorf("list backups on target %q: %w", p.name, err)
+		}
+		for _, bi := range infos {
+			out = append(out, Backup{ID: bi.ID, Volume: bi.Volume, Snapshot: bi.Snapshot, Parent: bi.Parent,
+				Created: bi.Created, Size: bi.Size, Digest: bi.Digest, Target: p.name, TargetURL: p.url, ManifestKey: bi.Key})
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	out := []Backup{}
-	for _, n := range names {
-		err := func() error {
-			p, err := s.open(ctx, n)
-			if err != nil {
-				return err
-			}
-			defer p.close()
-			infos, err := p.r.List(ctx, volume)
-			if err != nil {
-				return fmt.Errorf("list backups on target %q: %w", n, err)
-			}
-			for _, bi := range infos {
-				out = append(out, Backup{ID: bi.ID, Volume: bi.Volume, Snapshot: bi.Snapshot, Parent: bi.Parent,
-					Created: bi.Created, Size: bi.Size, Digest: bi.Digest, Target: n, TargetURL: p.url, ManifestKey: bi.Key})
-			}
-			return nil
-		}()
-		if err != nil {
-			return nil, err
-		}
-	}
 	slices.SortStableFunc(out, func(a, b Backup) int { return a.Created.Compare(b.Created) })
 	return out, nil
+}
+
+// eachRepo opens target (every registered target when "") one at a time
+// and calls fn with it, stopping at fn's first error.
+func (s *Service) eachRepo(ctx context.Context, target string, fn func(p *repo) error) error {
+	names, err := s.targetNames(target)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		p, err := s.open(ctx, n)
+		if err != nil {
+			return err
+		}
+		err = fn(p)
+		p.close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ParseKeepWithin reads a Go duration ("36h") or a number of days ("7d").
@@ -866,36 +876,25 @@ func (s *Service) prune(ctx context.Context, req PruneRequest) ([]PruneResult, e
 	if err != nil {
 		return nil, err
 	}
-	names, err := s.targetNames(req.Target)
+	out := []PruneResult{}
+	err = s.eachRepo(ctx, req.Target, func(p *repo) error {
+		res, err := p.r.Prune(ctx, backupd.PruneOptions{Volume: req.Volume, KeepLast: req.KeepLast, KeepWithin: within, DryRun: req.DryRun})
+		if err != nil {
+			return fmt.Errorf("target %q: %w", p.name, err)
+		}
+		pr := PruneResult{Target: p.name, Kept: res.Kept, Deleted: res.Deleted}
+		if pr.Kept == nil {
+			pr.Kept = []backupd.BackupInfo{}
+		}
+		if pr.Deleted == nil {
+			pr.Deleted = []backupd.BackupInfo{}
+		}
+		s.log.Info("backups pruned", "target", p.name, "volume", req.Volume, "kept", len(pr.Kept), "deleted", len(pr.Deleted), "dry_run", req.DryRun)
+		out = append(out, pr)
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	out := []PruneResult{}
-	for _, n := range names {
-		err := func() error {
-			p, err := s.open(ctx, n)
-			if err != nil {
-				return err
-			}
-			defer p.close()
-			res, err := p.r.Prune(ctx, backupd.PruneOptions{Volume: req.Volume, KeepLast: req.KeepLast, KeepWithin: within, DryRun: req.DryRun})
-			if err != nil {
-				return fmt.Errorf("target %q: %w", n, err)
-			}
-			pr := PruneResult{Target: n, Kept: res.Kept, Deleted: res.Deleted}
-			if pr.Kept == nil {
-				pr.Kept = []backupd.BackupInfo{}
-			}
-			if pr.Deleted == nil {
-				pr.Deleted = []backupd.BackupInfo{}
-			}
-			s.log.Info("backups pruned", "target", n, "volume", req.Volume, "kept", len(pr.Kept), "deleted", len(pr.Deleted), "dry_run", req.DryRun)
-			out = append(out, pr)
-			return nil
-		}()
-		if err != nil {
-			return nil, err
-		}
 	}
 	return out, nil
 }
@@ -1031,23 +1030,15 @@ func (s *Service) gc(ctx context.Context, req GCRequest) ([]GCResult, error) {
 		opts.Grace = g
 	}
 	opts.DryRun = req.DryRun
-	names, err := s.targetNames(req.Target)
-	if err != nil {
-		return nil, err
-	}
 	out := []GCResult{}
-	for _, name := range names {
-		p, err := s.open(ctx, name)
-		if err != nil {
-			return out, err
-		}
+	err := s.eachRepo(ctx, req.Target, func(p *repo) error {
 		rep, err := p.r.GC(ctx, opts)
-		p.close()
 		if err != nil {
-			return out, fmt.Errorf("gc on target %q: %w", name, err)
+			return fmt.Errorf("gc on target %q: %w", p.name, err)
 		}
-		s.log.Info("backup gc", "target", name, "packs_deleted", rep.PacksDeleted, "bytes_deleted", rep.BytesDeleted, "dry_run", req.DryRun)
-		out = append(out, GCResult{Target: name, Report: rep})
-	}
-	return out, nil
+		s.log.Info("backup gc", "target", p.name, "packs_deleted", rep.PacksDeleted, "bytes_deleted", rep.BytesDeleted, "dry_run", req.DryRun)
+		out = append(out, GCResult{Target: p.name, Report: rep})
+		return nil
+	})
+	return out, err
 }
