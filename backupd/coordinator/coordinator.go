@@ -499,8 +499,8 @@ func (c *Coordinator) backupVolume(ctx context.Context, run *Run, vc VolumeConfi
 			return nil, err
 		}
 	}
-	ack := Ack{System: run.ID, Token: run.Token, Agent: vc.Agent, Volume: vc.Name, BackupID: b.ID, Target: b.Target,
-		ManifestKey: b.ManifestKey, Digest: b.Digest, Size: b.Size, Snapshot: b.Snapshot, Reused: b.Reused}
+	ack := Ack{System: run.ID, Token: run.Token, VolumeBackup: VolumeBackup{Agent: vc.Agent, Volume: vc.Name, BackupID: b.ID, Target: b.Target,
+		ManifestKey: b.ManifestKey, Digest: b.Digest, Size: b.Size, Snapshot: b.Snapshot, Reused: b.Reused}}
 	if err := c.faults.delay(ctx, vc.Name); err != nil {
 		return nil, err
 	}
@@ -741,8 +741,7 @@ func (c *Coordinator) manifestFromRun(r *Run) (*Manifest, error) {
 		if !ok {
 			return nil, fmt.Errorf("system backup %s: volume %q of agent %q not acknowledged", r.ID, v.Name, v.Agent)
 		}
-		m.Volumes = append(m.Volumes, VolumeBackup{Agent: a.Agent, Volume: a.Volume, Target: a.Target, BackupID: a.BackupID,
-			ManifestKey: a.ManifestKey, Digest: a.Digest, Size: a.Size, Snapshot: a.Snapshot, Reused: a.Reused})
+		m.Volumes = append(m.Volumes, a.VolumeBackup)
 	}
 	if m.Committed.IsZero() {
 		m.Committed = time.Now().UTC()
@@ -943,15 +942,21 @@ func (c *Coordinator) copyPending(ctx context.Context, r *Run) {
 	}
 	b, err := m.Encode()
 	if err != nil {
+		c.log.Error("system manifest copies: the manifest does not encode", "system", r.ID, "err", err)
 		return
 	}
 	var still []string
 	for _, t := range r.CopiesPending {
 		if err := c.putManifest(ctx, t, r.ID, b); err != nil {
+			c.log.Warn("system manifest copy failed; retried later", "system", r.ID, "target", t, "err", err)
 			still = append(still, t)
 		}
 	}
-	_, _ = c.st.update(r.ID, func(x *Run) error { x.CopiesPending = still; return nil })
+	if _, err := c.st.update(r.ID, func(x *Run) error { x.CopiesPending = still; return nil }); err != nil {
+		c.log.Error("record the system manifest copies", "system", r.ID, "err", err)
+		return
+	}
+	c.log.Info("system manifest copies written", "system", r.ID, "pending", still)
 }
 
 // retryUnsettled settles what a previous failure or process left: runs

@@ -157,8 +157,8 @@ func TestParseFaults(t *testing.T) {
 func TestCheckAck(t *testing.T) {
 	m := testManifest()
 	run := &Run{ID: m.ID, Token: 7, State: StateOpen, Config: &m.Config,
-		Acks: map[string]Ack{"local/vol-a": {System: m.ID, Token: 7, Agent: "local", Volume: "vol-a", Target: "a", BackupID: "0123456789abcdef0123456789abcdef", Snapshot: snapshotPrefix + m.ID}}}
-	good := Ack{System: m.ID, Token: 7, Agent: "b", Volume: "vol-b", Target: "s3", Snapshot: snapshotPrefix + m.ID}
+		Acks: map[string]Ack{"local/vol-a": {System: m.ID, Token: 7, VolumeBackup: VolumeBackup{Agent: "local", Volume: "vol-a", Target: "a", BackupID: "0123456789abcdef0123456789abcdef", Snapshot: snapshotPrefix + m.ID}}}}
+	good := Ack{System: m.ID, Token: 7, VolumeBackup: VolumeBackup{Agent: "b", Volume: "vol-b", Target: "s3", Snapshot: snapshotPrefix + m.ID}}
 	tests := []struct {
 		name string
 		edit func(a *Ack, r *Run)

@@ -29,8 +29,7 @@ func (c *Coordinator) summary(r *Run, m *Manifest) *Summary {
 		// in the configuration's order.
 		for _, v := range r.Config.Volumes {
 			if a, ok := r.Acks[ackKey(v.Agent, v.Name)]; ok {
-				s.Volumes = append(s.Volumes, VolumeBackup{Agent: a.Agent, Volume: a.Volume, Target: a.Target, BackupID: a.BackupID,
-					ManifestKey: a.ManifestKey, Digest: a.Digest, Size: a.Size, Snapshot: a.Snapshot, Reused: a.Reused})
+				s.Volumes = append(s.Volumes, a.VolumeBackup)
 			}
 		}
 	}
@@ -217,8 +216,7 @@ func (c *Coordinator) Remove(ctx context.Context, id string) error {
 	cfg := m.Config
 	rec := &Run{ID: id, Token: m.Token, State: StateRemoving, Started: m.Started, Finished: m.Committed, Config: &cfg, Acks: map[string]Ack{}}
 	for _, v := range m.Volumes {
-		rec.Acks[ackKey(v.Agent, v.Volume)] = Ack{System: id, Token: m.Token, Agent: v.Agent, Volume: v.Volume, BackupID: v.BackupID,
-			Target: v.Target, ManifestKey: v.ManifestKey, Digest: v.Digest, Size: v.Size, Snapshot: v.Snapshot, Reused: v.Reused}
+		rec.Acks[ackKey(v.Agent, v.Volume)] = Ack{System: id, Token: m.Token, VolumeBackup: v}
 	}
 	if err := c.st.put(rec); err != nil {
 		return err

@@ -65,19 +65,12 @@ func (r *Run) namesBackup(id string) bool {
 }
 
 // Ack is an agent's acknowledgement of one volume backup of a system
-// backup.
+// backup: the system backup and token it answers, and the backup it names
+// (its fields inline in JSON).
 type Ack struct {
-	System      string `json:"system"`
-	Token       uint64 `json:"token"`
-	Agent       string `json:"agent"`
-	Volume      string `json:"volume"`
-	BackupID    string `json:"backup_id"`
-	Target      string `json:"target"`
-	ManifestKey string `json:"manifest_key"`
-	Digest      string `json:"digest"`
-	Size        int64  `json:"size"`
-	Snapshot    string `json:"snapshot"`
-	Reused      bool   `json:"reused,omitempty"`
+	System string `json:"system"`
+	Token  uint64 `json:"token"`
+	VolumeBackup
 }
 
 func ackKey(agent, volume string) string { return agent + "/" + volume }
