@@ -295,12 +295,13 @@ func TestSystemBackupKills(t *testing.T) {
 			var runs []systemSummaryJSON
 			deadline := time.Now().Add(30 * time.Second)
 			for {
+				runs = nil // decode afresh: omitted fields must not keep older values
 				s.mustJSON(&runs, "system", "backup", "ls")
-				if len(runs) == 1 && (runs[0].State == "failed" && runs[0].Error != "" || runs[0].State == "committed") {
+				if len(runs) == 1 && (runs[0].State == "failed" && runs[0].Error != "" || runs[0].State == "committed" && len(runs[0].CopiesPending) == 0) {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("system backup not settled after restart: %+v", runs)
+					t.Fatalf("system backup not settled after restart: %+v\nserver log:\n%s", runs, s.log.String())
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
