@@ -700,13 +700,7 @@ func (c *Coordinator) commit(ctx context.Context, run *Run, log *slog.Logger) er
 		return fmt.Errorf("write the system manifest to the default target %q: %w", def, err)
 	}
 	c.faults.hit("written")
-	var pending []string
-	for _, t := range otherTargets(r.Config, def) {
-		if err := c.putManifest(ctx, t, m.ID, b); err != nil {
-			log.Warn("system manifest copy failed; retried later", "target", t, "err", err)
-			pending = append(pending, t)
-		}
-	}
+	pending := c.writeCopies(ctx, m.ID, b, otherTargets(r.Config, def))
 	c.faults.hit("copied")
 	if _, err := c.st.update(run.ID, func(r *Run) error {
 		r.State, r.Finished, r.CopiesPending = StateCommitted, m.Committed, pending
@@ -945,18 +939,25 @@ func (c *Coordinator) copyPending(ctx context.Context, r *Run) {
 		c.log.Error("system manifest copies: the manifest does not encode", "system", r.ID, "err", err)
 		return
 	}
-	var still []string
-	for _, t := range r.CopiesPending {
-		if err := c.putManifest(ctx, t, r.ID, b); err != nil {
-			c.log.Warn("system manifest copy failed; retried later", "system", r.ID, "target", t, "err", err)
-			still = append(still, t)
-		}
-	}
+	still := c.writeCopies(ctx, r.ID, b, r.CopiesPending)
 	if _, err := c.st.update(r.ID, func(x *Run) error { x.CopiesPending = still; return nil }); err != nil {
 		c.log.Error("record the system manifest copies", "system", r.ID, "err", err)
 		return
 	}
 	c.log.Info("system manifest copies written", "system", r.ID, "pending", still)
+}
+
+// writeCopies writes manifest b of system backup id to each of targets
+// and returns those it could not write (retried later).
+func (c *Coordinator) writeCopies(ctx context.Context, id string, b []byte, targets []string) []string {
+	var failed []string
+	for _, t := range targets {
+		if err := c.putManifest(ctx, t, id, b); err != nil {
+			c.log.Warn("system manifest copy failed; retried later", "system", id, "target", t, "err", err)
+			failed = append(failed, t)
+		}
+	}
+	return failed
 }
 
 // retryUnsettled settles what a previous failure or process left: runs
