@@ -45,8 +45,16 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
+# TestIndexMemory1TiB writes 1 GiB as 262,144 isolated blocks of a 1 TiB
+# sparse file. ext4 spreads such blocks over the disk (2,000 of them spanned
+# 16.5 GiB, filefrag), and this machine's virtual disk, likely thin-provisioned
+# by its host, then needs far more space than the 1 GiB: run in parallel with
+# the other packages' disk-heavy tests it hit ENOSPC in fdatasync with 74 GB
+# free in df (3 of 5 runs), never alone. So it runs after the rest, alone
+# (and without -race: it measures the heap).
 unit:
-	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 30m -skip '^TestIndexMemory1TiB$$' ./...
+	$(GO) test -count=1 -timeout 10m -run '^TestIndexMemory1TiB$$' -v ./snapshot/
 	cd benchmarks/report && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # Each fuzz target for FUZZTIME (10s unless set).

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -107,12 +108,12 @@ func indexMemory(t *testing.T, pattern string, unit uint64, writes int, stride u
 		}
 		for _, blk := range h {
 			if _, err := v.WriteAt(content(blk), int64(blk)*BlockSize); err != nil {
-				t.Fatal(err)
+				t.Fatalf("%v (%s)", err, diskSpace(dir))
 			}
 		}
 	}
 	if err := v.Close(); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v (%s)", err, diskSpace(dir))
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -187,6 +188,18 @@ func timedOpen(t *testing.T, dir, name string) (*Store, *Volume, time.Duration) 
 		t.Fatal(err)
 	}
 	return s, v, time.Since(t0)
+}
+
+// diskSpace describes the free space of the filesystem holding dir, for
+// the failure message of a write that returned ENOSPC: see the Makefile's
+// note on this test.
+func diskSpace(dir string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Sprintf("statfs %s: %v", dir, err)
+	}
+	return fmt.Sprintf("filesystem of %s: %d MiB free of %d MiB, %d inodes free",
+		dir, st.Bavail*uint64(st.Bsize)>>20, st.Blocks*uint64(st.Bsize)>>20, st.Ffree)
 }
 
 // heapAfterGC returns the memory statistics after a full collection.
