@@ -118,7 +118,7 @@ func TestFioVerifyLoop(t *testing.T) {
 	out, err := exec.CommandContext(t.Context(), "fio", "--name=verify", "--filename="+l.Path,
 		"--ioengine=io_uring", "--direct=1", "--rw=randwrite", "--bs=4k", "--bsrange=4k-256k",
 		"--iodepth=32", "--size=128M", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
-		"--numjobs=1").CombinedOutput()
+		"--numjobs=1", "--verify_state_save=0").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "err= 0") {
 		t.Fatalf("fio verify on %s: %v\n%s", l.Path, err, out)
 	}

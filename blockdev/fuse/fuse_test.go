@@ -369,7 +369,8 @@ func TestFioVerify(t *testing.T) {
 	}
 	out, err := exec.CommandContext(t.Context(), "fio", "--name=verify", "--filename="+f.Path("vol-fio"),
 		"--ioengine=io_uring", "--direct=1", "--rw=randwrite", "--bsrange=4k-1m", "--iodepth=32",
-		"--size=128M", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1").CombinedOutput()
+		"--size=128M", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+		"--verify_state_save=0").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "err= 0") {
 		t.Fatalf("fio verify: %v\n%s", err, out)
 	}
