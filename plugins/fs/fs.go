@@ -181,7 +181,9 @@ func (t *Target) put(ctx context.Context, key string, r io.Reader, size int64, i
 		}
 	}()
 	bp := copyPool.Get().(*[]byte)
-	_, err = io.CopyBuffer(f, plugins.SizedReader(ctxReader{ctx, r}, size), *bp)
+	// Through a writer of our own: *os.File's ReadFrom would copy in
+	// 32 KiB pieces (genericReadFrom), ignoring the buffer.
+	_, err = io.CopyBuffer(&writebackWriter{f: f}, plugins.SizedReader(ctxReader{ctx, r}, size), *bp)
 	copyPool.Put(bp)
 	if err != nil {
 		return fmt.Errorf("%s %q: writing: %w", op, key, err)
@@ -273,6 +275,35 @@ func (t *Target) syncDir(dir string) error {
 		return fmt.Errorf("fsync directory %q: %w", dir, classify(err))
 	}
 	return nil
+}
+
+// writebackChunk is how much a Put writes before it starts writeback of
+// what it wrote.
+const writebackChunk = 1 << 20
+
+// writebackWriter writes to a temporary file, starting writeback of each
+// writebackChunk as it is written, so storage writes overlap the rest of
+// the transfer (the data arriving from a plugin's host, or the caller's
+// reader) instead of all waiting for the final fsync.
+type writebackWriter struct {
+	f       *os.File
+	off     int64 // bytes written
+	started int64 // bytes whose writeback has been started
+}
+
+func (w *writebackWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.off += int64(n)
+	if err != nil {
+		return n, classify(err)
+	}
+	if w.off-w.started >= writebackChunk {
+		if err := startWriteback(w.f.Fd(), w.started, w.off-w.started); err != nil {
+			return n, fmt.Errorf("starting writeback: %w", classify(err))
+		}
+		w.started = w.off
+	}
+	return n, nil
 }
 
 // ctxReader stops a copy when its context ends.
