@@ -18,7 +18,8 @@ type uploader struct {
 	r        *Repository
 	volume   string
 	uploaded *atomic.Int64
-	sem      chan struct{}
+	sem      chan struct{} // pack uploads in flight
+	pageSem  chan struct{} // map page uploads in flight
 	wg       sync.WaitGroup
 
 	cur     []byte
@@ -31,8 +32,9 @@ type uploader struct {
 func newUploader(ctx context.Context, r *Repository, volume string, uploaded *atomic.Int64) *uploader {
 	ctx, cancel := context.WithCancelCause(ctx)
 	return &uploader{ctx: ctx, cancel: cancel, r: r, volume: volume, uploaded: uploaded,
-		sem:  make(chan struct{}, r.opts.Uploads),
-		free: make(chan []byte, r.opts.Uploads+1)}
+		sem:     make(chan struct{}, r.opts.Uploads),
+		pageSem: make(chan struct{}, pageUploads),
+		free:    make(chan []byte, r.opts.Uploads+1)}
 }
 
 // add appends a chunk record to the current pack, uploading the pack first
@@ -55,15 +57,21 @@ func (u *uploader) add(id ChunkID, rec []byte) error {
 	return nil
 }
 
-// spawn runs fn once an upload slot is free.
-func (u *uploader) spawn(fn func(ctx context.Context) error) error {
+// pageUploads is the number of map page uploads in flight. A page is at
+// most 16 KiB, so what bounds a scattered incremental (every page changes)
+// is the latency of each Put (on the fs target a create, an fsync, a rename
+// and a directory fsync), not bandwidth or memory.
+const pageUploads = 16
+
+// spawn runs fn once a slot of sem is free.
+func (u *uploader) spawn(sem chan struct{}, fn func(ctx context.Context) error) error {
 	select {
-	case u.sem <- struct{}{}:
+	case sem <- struct{}{}:
 	case <-u.ctx.Done():
 		return context.Cause(u.ctx)
 	}
 	u.wg.Go(func() {
-		defer func() { <-u.sem }()
+		defer func() { <-sem }()
 		if err := fn(u.ctx); err != nil {
 			u.cancel(err)
 		}
@@ -78,7 +86,7 @@ func (u *uploader) flush() error {
 	}
 	pack, entries := u.cur, slices.Clone(u.entries)
 	u.cur, u.entries = nil, u.entries[:0]
-	return u.spawn(func(ctx context.Context) error {
+	return u.spawn(u.sem, func(ctx context.Context) error {
 		var id ChunkID // random: a re-upload never reuses a swept pack's key
 		copy(id[:], randomBytes(len(id)))
 		if err := u.r.t.Put(ctx, packKey(id), bytes.NewReader(pack), int64(len(pack))); err != nil {
@@ -102,7 +110,7 @@ func (u *uploader) flush() error {
 
 // putPage uploads a map page.
 func (u *uploader) putPage(id ChunkID, obj []byte) {
-	_ = u.spawn(func(ctx context.Context) error {
+	_ = u.spawn(u.pageSem, func(ctx context.Context) error {
 		if err := u.r.t.Put(ctx, pageKey(id), bytes.NewReader(obj), int64(len(obj))); err != nil {
 			return fmt.Errorf("upload map page %s: %w", id, err)
 		}
