@@ -8,6 +8,8 @@ import (
 	"iter"
 	"sync/atomic"
 
+	"google.golang.org/grpc"
+
 	targetv1 "github.com/strata-block/strata/plugins/proto/v1"
 )
 
@@ -58,6 +60,7 @@ func (c *client) PutIfAbsent(ctx context.Context, key string, r io.Reader, size 
 // putClient is what Put and PutIfAbsent client streams have in common.
 type putClient interface {
 	Send(*targetv1.PutRequest) error
+	SendMsg(any) error
 	CloseAndRecv() (*targetv1.PutResponse, error)
 }
 
@@ -77,9 +80,9 @@ func (c *client) put(ctx context.Context, op, key string, r io.Reader, size int6
 	var stream putClient
 	var err error
 	if op == "put" {
-		stream, err = c.rpc.Put(sctx)
+		stream, err = c.rpc.Put(sctx, grpc.ForceCodecV2(codec{}))
 	} else {
-		stream, err = c.rpc.PutIfAbsent(sctx)
+		stream, err = c.rpc.PutIfAbsent(sctx, grpc.ForceCodecV2(codec{}))
 	}
 	if err != nil {
 		return fromStatus(ctx, op, err)
@@ -95,16 +98,19 @@ func (c *client) put(ctx context.Context, op, key string, r io.Reader, size int6
 	if err := stream.Send(&targetv1.PutRequest{Msg: &targetv1.PutRequest_Header{Header: &targetv1.PutHeader{Key: key, Size: size}}}); err != nil {
 		return sendErr(err)
 	}
-	bp := chunkPool.Get().(*[]byte)
-	defer chunkPool.Put(bp)
-	buf := *bp
 	src := SizedReader(r, size)
 	for {
-		n, rerr := fill(src, buf)
+		// Each chunk is a new buffer: the Send hands it to gRPC, which
+		// returns it to the pool once it is written (codec).
+		bp := bufPool.Get(ChunkSize)
+		n, rerr := fill(src, *bp)
 		if n > 0 {
-			if err := stream.Send(&targetv1.PutRequest{Msg: &targetv1.PutRequest_Data{Data: buf[:n]}}); err != nil {
+			*bp = (*bp)[:n]
+			if err := stream.SendMsg(&chunk{buf: bp}); err != nil {
 				return sendErr(err)
 			}
+		} else {
+			bufPool.Put(bp)
 		}
 		if rerr == io.EOF { //nolint:errorlint // io.EOF is returned unwrapped by convention
 			break
@@ -128,7 +134,7 @@ func (c *client) Get(ctx context.Context, key string, offset, length int64) (io.
 		return nil, 0, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
-	stream, err := c.rpc.Get(sctx, &targetv1.GetRequest{Key: key, Offset: offset, Length: length})
+	stream, err := c.rpc.Get(sctx, &targetv1.GetRequest{Key: key, Offset: offset, Length: length}, grpc.ForceCodecV2(codec{}))
 	if err != nil {
 		cancel()
 		return nil, 0, fromStatus(ctx, "get", err)
@@ -153,6 +159,7 @@ type getReader struct {
 	key       string
 	stream    targetv1.Target_GetClient
 	cancel    context.CancelFunc
+	msg       []byte // the payload buf is part of, released once read
 	buf       []byte
 	remaining int64
 	err       error
@@ -160,6 +167,8 @@ type getReader struct {
 
 func (g *getReader) Read(p []byte) (int, error) {
 	for len(g.buf) == 0 {
+		releaseData(g.msg)
+		g.msg = nil
 		if g.err != nil {
 			return 0, g.err
 		}
@@ -176,7 +185,8 @@ func (g *getReader) Read(p []byte) (int, error) {
 		case int64(len(msg.GetData())) > g.remaining:
 			g.err = fmt.Errorf("plugin get %q: more data than announced: %w", g.key, ErrPermanent)
 		default:
-			g.buf = msg.GetData()
+			g.msg = msg.GetData()
+			g.buf = g.msg
 			g.remaining -= int64(len(g.buf))
 		}
 	}

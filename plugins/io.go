@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 )
 
 // SizedReader returns a reader that yields exactly what r yields while
@@ -63,13 +62,6 @@ func (s *sizedReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
-
-// chunkPool holds ChunkSize buffers for streaming payloads, as *[]byte so
-// that putting one back does not allocate.
-var chunkPool = sync.Pool{New: func() any {
-	b := make([]byte, ChunkSize)
-	return &b
-}}
 
 type eofReader struct{}
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	targetv1 "github.com/strata-block/strata/plugins/proto/v1"
 )
@@ -84,6 +85,7 @@ func Serve(cfg ServeConfig) {
 		logger = NewPluginLogger(os.Stderr, slog.LevelInfo)
 	}
 	srv := newServer(cfg.Open, logger)
+	srv.chunks = true // serverOptions installs codec
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: pluginSets(srv),
@@ -111,6 +113,7 @@ func serverOptions() []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
 		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(windowSize),
 		grpc.WriteBufferSize(bufferSize), grpc.ReadBufferSize(bufferSize),
+		grpc.ForceServerCodecV2(codec{}), experimental.BufferPool(bufPool),
 	}
 }
 
@@ -119,5 +122,6 @@ func dialOptions() []grpc.DialOption {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
 		grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(windowSize),
 		grpc.WithWriteBufferSize(bufferSize), grpc.WithReadBufferSize(bufferSize),
+		experimental.WithBufferPool(bufPool),
 	}
 }

@@ -22,6 +22,8 @@ type server struct {
 
 	open   OpenFunc
 	logger *slog.Logger
+	// chunks says the gRPC server runs codec, so Get may send chunks.
+	chunks bool
 
 	mu     sync.Mutex
 	target Target
@@ -137,6 +139,7 @@ func (s *server) put(stream putStream, ifAbsent bool) error {
 // cancelled or died) is an error, so the target stores nothing.
 type putStreamReader struct {
 	stream    putStream
+	msg       []byte // the payload buf is part of, released once read
 	buf       []byte
 	committed bool
 	err       error
@@ -144,6 +147,8 @@ type putStreamReader struct {
 
 func (r *putStreamReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
+		releaseData(r.msg)
+		r.msg = nil
 		if r.err != nil {
 			return 0, r.err
 		}
@@ -159,7 +164,8 @@ func (r *putStreamReader) Read(p []byte) (int, error) {
 		case msg.GetHeader() != nil:
 			r.err = fmt.Errorf("put stream: a second header: %w", ErrPermanent)
 		default:
-			r.buf = msg.GetData()
+			r.msg = msg.GetData()
+			r.buf = r.msg
 		}
 	}
 	n := copy(p, r.buf)
@@ -183,17 +189,17 @@ func (s *server) Get(req *targetv1.GetRequest, stream targetv1.Target_GetServer)
 	if err := stream.Send(&targetv1.GetResponse{Msg: &targetv1.GetResponse_Header{Header: &targetv1.GetHeader{Length: n}}}); err != nil {
 		return err
 	}
-	bp := chunkPool.Get().(*[]byte)
-	defer chunkPool.Put(bp)
-	buf := *bp
 	var sent int64
 	for sent < n {
-		m, err := io.ReadFull(rc, buf[:min(int64(len(buf)), n-sent)])
+		bp := bufPool.Get(int(min(ChunkSize, n-sent)))
+		m, err := io.ReadFull(rc, *bp)
 		if m > 0 {
-			if err := stream.Send(&targetv1.GetResponse{Msg: &targetv1.GetResponse_Data{Data: buf[:m]}}); err != nil {
+			if err := s.sendData(stream, bp, m); err != nil {
 				return err
 			}
 			sent += int64(m)
+		} else {
+			bufPool.Put(bp)
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -203,6 +209,17 @@ func (s *server) Get(req *targetv1.GetRequest, stream targetv1.Target_GetServer)
 		}
 	}
 	return nil
+}
+
+// sendData sends the first n bytes of bp as a data message; bp is the
+// stream's from then on.
+func (s *server) sendData(stream targetv1.Target_GetServer, bp *[]byte, n int) error {
+	*bp = (*bp)[:n]
+	if s.chunks {
+		return stream.SendMsg(&chunk{buf: bp})
+	}
+	defer bufPool.Put(bp) // the default codec copied it
+	return stream.Send(&targetv1.GetResponse{Msg: &targetv1.GetResponse_Data{Data: *bp}})
 }
 
 func (s *server) Has(ctx context.Context, req *targetv1.HasRequest) (*targetv1.HasResponse, error) {
