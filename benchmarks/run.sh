@@ -22,6 +22,8 @@
 #   backup     backups vs restic: full, two incrementals, restore (backup.sh)
 #   rss        agent memory with 16 x 100 GiB volumes vs qsd (rss.sh)
 #   sysbackup  system backup of 16 volumes vs single backups (sysbackup.sh)
+#   plugin     fs target Put/Get of 4 MiB in-process vs through its plugin
+#              process (plugin.sh)
 #
 # The full run (3 rounds, 1 GiB images) takes about 20 minutes on 2 cores;
 # --quick (1 round, short fio runs, 256 MiB images) about 3 (6 when other
@@ -54,11 +56,11 @@ done
 if [ "$QUICK" = 1 ]; then
 	mode=quick
 	: "${ROUNDS:=1}" "${RUNTIME:=2}" "${PUBLISH:=0}"
-	RAMP=1 SIZE=$((256 << 20)) SNAPS=20 BSIZE=$((256 << 20)) SYSDATA=$((16 << 20)) TIMEOUT=240
+	RAMP=1 SIZE=$((256 << 20)) SNAPS=20 BSIZE=$((256 << 20)) SYSDATA=$((16 << 20)) TIMEOUT=240 BENCHTIME=1s
 else
 	mode=full
 	: "${ROUNDS:=3}" "${RUNTIME:=5}" "${PUBLISH:=1}"
-	RAMP=1 SIZE=$((1 << 30)) SNAPS=30 BSIZE=$((1 << 30)) SYSDATA=$((64 << 20)) TIMEOUT=900
+	RAMP=1 SIZE=$((1 << 30)) SNAPS=30 BSIZE=$((1 << 30)) SYSDATA=$((64 << 20)) TIMEOUT=900 BENCHTIME=2s
 fi
 [ "$(id -u)" = 0 ] || bench_die "needs root (FUSE mounts, package installs)"
 
@@ -188,6 +190,7 @@ stage snapshot snaplat.sh -rounds "$ROUNDS" -snaps "$SNAPS"
 stage backup backup.sh -rounds "$ROUNDS" -size "$BSIZE"
 stage rss rss.sh -rounds "$ROUNDS"
 stage sysbackup sysbackup.sh -rounds "$ROUNDS" -data "$SYSDATA"
+stage plugin plugin.sh -rounds "$ROUNDS" -benchtime "$BENCHTIME"
 
 # ---- report -----------------------------------------------------------
 

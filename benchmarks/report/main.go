@@ -7,12 +7,14 @@
 //	report -in DIR [-md FILE|-] [-charts DIR] [-bottlenecks FILE]
 //	report fio FILE SECTION FIGURE SYSTEM ROUND
 //	report backup FILE ROUND
+//	report plugin FILE ROUND
 //
 // DIR holds samples.tsv (section, figure, system, round, metric, value per
 // line; see benchmarks/lib.sh), and optionally meta.tsv and stages.tsv
 // written by run.sh. The fio form prints the samples.tsv lines of one fio
 // JSON output (IOPS, MiB/s, p99 latency); the backup form those of one
-// round of backupd/internal/benchbackup.
+// round of backupd/internal/benchbackup; the plugin form those of one round
+// of the fs target's Go benchmark (benchmarks/plugin.sh).
 //
 // It is its own Go module so that the chart library stays out of Strata's
 // dependencies.
@@ -41,6 +43,8 @@ func run(args []string, stdout io.Writer) error {
 			return fioCmd(stdout, args[1:])
 		case "backup":
 			return backupCmd(stdout, args[1:])
+		case "plugin":
+			return pluginCmd(stdout, args[1:])
 		}
 	}
 	fs := flag.NewFlagSet("report", flag.ContinueOnError)

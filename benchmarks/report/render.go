@@ -230,7 +230,11 @@ func (rp *Report) summary(b *strings.Builder) {
 			if len(s.Compare) > 0 {
 				for _, c := range s.Compare {
 					if r := s.ratio(rp.Samples, c, f.Key); r.OK {
-						parts = append(parts, fmt.Sprintf("%s %s", c.Label, ratioCell(r)))
+						part := fmt.Sprintf("%s %s", c.Label, ratioCell(r))
+						if len(s.Figures) > 1 {
+							part = f.Label + ": " + part
+						}
+						parts = append(parts, part)
 					}
 				}
 				continue
@@ -326,11 +330,41 @@ func (rp *Report) section(b *strings.Builder, s *section) {
 			b.WriteString("\n")
 		}
 		b.WriteString("\n")
+		rp.goals(b, s)
 	}
 	if rp.ChartLink != nil && len(chartBars(rp.Samples, s)) > 0 {
 		fmt.Fprintf(b, "![%s: advantage of Strata](%s)\n\n", s.Title, rp.ChartLink(s.Key+".png"))
 	}
 	rp.behind(b, s)
+}
+
+// goals says, for each comparison with a goal, on which figures the
+// median ratio reaches it.
+func (rp *Report) goals(b *strings.Builder, s *section) {
+	for _, c := range s.Compare {
+		if c.Goal == 0 {
+			continue
+		}
+		var met, missed []string
+		for _, f := range s.Figures {
+			r := s.ratio(rp.Samples, c, f.Key)
+			switch {
+			case !r.OK:
+			case r.Value >= c.Goal:
+				met = append(met, fmt.Sprintf("%s (%.2f×)", f.Label, r.Value))
+			default:
+				missed = append(missed, fmt.Sprintf("%s (%.2f×)", f.Label, r.Value))
+			}
+		}
+		fmt.Fprintf(b, "Goal (%s): %s ≥ %.2f×.", c.GoalSource, c.Label, c.Goal)
+		if len(met) > 0 {
+			fmt.Fprintf(b, " Met for %s.", strings.Join(met, ", "))
+		}
+		if len(missed) > 0 {
+			fmt.Fprintf(b, " **Not met** for %s.", strings.Join(missed, ", "))
+		}
+		b.WriteString("\n\n")
+	}
 }
 
 // behind lists every peer comparison Strata loses in the section, with the
