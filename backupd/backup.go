@@ -72,7 +72,7 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 		return nil, err
 	}
 	log := r.log.With("op", "backup", "volume", opts.Volume, "snapshot", opts.Snapshot)
-	b := &backupRun{r: r, opts: opts, k: r.opts.Key, size: opts.Source.Size()}
+	b := &backupRun{r: r, opts: opts, k: r.opts.Key, size: opts.Source.Size(), pageChunks: PageChunks}
 	b.progress(PhaseIndex)
 	// The clock starts before gc/ is listed: GC's protocol needs the
 	// manifest written within MaxDuration of that listing.
@@ -87,11 +87,15 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 		if err != nil {
 			return nil, fmt.Errorf("backup of volume %q: parent: %w", opts.Volume, err)
 		}
-		if b.parent.ChunkSize != ChunkSize || b.parent.PageChunks != PageChunks || b.parent.Encrypted != (b.k != nil) {
+		if b.parent.ChunkSize != ChunkSize || b.parent.Encrypted != (b.k != nil) {
 			log.Info("parent has another layout or encryption; taking a full backup", "parent", opts.Parent)
 			b.parent = nil
 		} else if _, err := r.keyFor(b.parent); err != nil {
 			return nil, fmt.Errorf("backup of volume %q: parent: %w", opts.Volume, err)
+		} else {
+			// An incremental keeps its parent's page size, so that it can
+			// reuse the pages that did not change.
+			b.pageChunks = b.parent.PageChunks
 		}
 	}
 	m, err := b.run(ctx)
@@ -182,6 +186,8 @@ type backupRun struct {
 	size   int64
 	idx    *chunkIndex
 	parent *Manifest
+	// pageChunks is the map page size: PageChunks, or the parent's.
+	pageChunks int
 
 	scanned, uploaded, chunks atomic.Int64
 }
@@ -216,7 +222,8 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	nChunks := (b.size + ChunkSize - 1) / ChunkSize
-	nPages := int((nChunks + PageChunks - 1) / PageChunks)
+	pc := int64(b.pageChunks)
+	nPages := int((nChunks + pc - 1) / pc)
 	dirty := b.dirtyMap(nChunks)
 
 	var parentPages <-chan pageResult
@@ -244,7 +251,7 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 	}
 	// A page's read buffer and its record arena are reused once the
 	// collector has copied its records into a pack.
-	bufs := sync.Pool{New: func() any { s := make([]byte, ChunkSize*PageChunks); return &s }}
+	bufs := sync.Pool{New: func() any { s := make([]byte, ChunkSize*b.pageChunks); return &s }}
 	// Arenas are sized by hashPage for a page's dirty chunks: an
 	// incremental's pages hold few new records.
 	arenas := sync.Pool{New: func() any { return new([]byte) }}
@@ -255,8 +262,8 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 		defer close(order)
 		defer close(work)
 		for i := range nPages {
-			j := &pageJob{i: i, first: int64(i) * PageChunks, done: make(chan struct{})}
-			j.n = int(min(PageChunks, nChunks-j.first))
+			j := &pageJob{i: i, first: int64(i) * pc, done: make(chan struct{})}
+			j.n = int(min(pc, nChunks-j.first))
 			if parentPages != nil && i < len(b.parent.Pages) {
 				var pr pageResult
 				select {
@@ -284,7 +291,7 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 	}()
 
 	m := &Manifest{Format: manifestFormat, Version: 1, Volume: b.opts.Volume, ID: newBackupID(), Snapshot: b.opts.Snapshot,
-		Created: b.opts.Now().UTC(), Size: b.size, ChunkSize: ChunkSize, PageChunks: PageChunks, Tags: b.opts.Tags,
+		Created: b.opts.Now().UTC(), Size: b.size, ChunkSize: ChunkSize, PageChunks: b.pageChunks, Tags: b.opts.Tags,
 		Pages: make([]string, 0, nPages)}
 	if b.parent != nil {
 		m.Parent = b.parent.ID

@@ -102,6 +102,11 @@ func TestReadsV1Repository(t *testing.T) {
 			if inc.Stats.ChunksNew != 4 {
 				t.Errorf("incremental stored %d new chunks, want 4", inc.Stats.ChunksNew)
 			}
+			// It keeps its parent's pages of 256 chunks, rewriting only the
+			// ones that changed.
+			if inc.Manifest.PageChunks != 256 || inc.Stats.PagesUploaded > 4 {
+				t.Errorf("incremental of a 256-chunk-page backup has pages of %d, %d uploaded", inc.Manifest.PageChunks, inc.Stats.PagesUploaded)
+			}
 			restore(inc.ManifestKey, next)
 			// A full backup of the old data stores new records of it.
 			full, err := r.Backup(ctx, BackupOptions{Volume: tc.volume, Snapshot: "s3", Source: &memSource{data: data}, Full: true})
@@ -110,6 +115,9 @@ func TestReadsV1Repository(t *testing.T) {
 			}
 			if full.Digest != old.Digest {
 				t.Errorf("full backup digest %s, old backup's %s", full.Digest, old.Digest)
+			}
+			if full.Manifest.PageChunks != PageChunks {
+				t.Errorf("full backup has pages of %d chunks, want %d", full.Manifest.PageChunks, PageChunks)
 			}
 			restore(full.ManifestKey, data)
 			rep, err := r.Verify(ctx, []string{old.Key, inc.ManifestKey, full.ManifestKey}, VerifyOptions{ReadData: true})

@@ -19,8 +19,11 @@ import (
 const (
 	// ChunkSize is the chunk size of backups this version writes.
 	ChunkSize = 8 << 10
-	// PageChunks is the number of chunk entries in a full map page.
-	PageChunks = 256
+	// PageChunks is the number of chunk entries in a full map page of a
+	// backup written now (8 MiB of volume); an incremental keeps its
+	// parent's (256 before this). Readers take any size in 1..4096 that the
+	// manifest declares.
+	PageChunks = 1024
 	// MaxChunkSize bounds the chunk size a manifest may declare.
 	MaxChunkSize = 1 << 20
 	// DefaultPackSize is the size at which a pack is closed and uploaded.

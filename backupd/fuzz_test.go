@@ -67,6 +67,13 @@ func FuzzDecodePage(f *testing.F) {
 	f.Add(obj, 3, false)
 	obj, _ = encodePage(page{IDs: ids, Leaves: []ChunkID{{9}, {}, {8}}}, k)
 	f.Add(obj, 3, true)
+	// A full page as written now (PageChunks entries).
+	full := make([]ChunkID, PageChunks)
+	for i := range full {
+		full[i][0], full[i][1] = byte(i), byte(i>>8)+1
+	}
+	obj, _ = encodePage(page{IDs: full, Leaves: full}, k)
+	f.Add(obj, PageChunks, true)
 	f.Fuzz(func(t *testing.T, b []byte, want int, encrypted bool) {
 		var key *Key
 		if encrypted {
@@ -90,7 +97,7 @@ func FuzzDecodePage(f *testing.F) {
 
 func FuzzDecodeManifest(f *testing.F) {
 	m := &Manifest{Format: manifestFormat, Version: 1, Volume: "vol-a", ID: "0123456789abcdef0123456789abcdef", Snapshot: "s1",
-		Created: time.Unix(1700000000, 0).UTC(), Size: 3 << 20, ChunkSize: ChunkSize, PageChunks: PageChunks,
+		Created: time.Unix(1700000000, 0).UTC(), Size: 3 << 20, ChunkSize: ChunkSize, PageChunks: 256, // the first writers' pages
 		Digest: "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
 		Pages:  []string{"aa112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", "bb112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"},
 		Tags:   map[string]string{"system": "s-1"}}
@@ -99,6 +106,13 @@ func FuzzDecodeManifest(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(b)
+	// Pages of PageChunks (1024) entries, as written now: one for 3 MiB.
+	m.PageChunks, m.Pages = PageChunks, m.Pages[:1]
+	b2, err := EncodeManifest(m)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b2)
 	f.Add([]byte(`{}`))
 	f.Add(append(bytes.Clone(b), []byte(` {}`)...))
 	f.Fuzz(func(t *testing.T, b []byte) {

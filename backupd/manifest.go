@@ -20,8 +20,9 @@ const (
 	// MaxVolumeSize bounds the volume size a manifest may declare (16 TiB:
 	// a manifest then lists at most 8 Mi pages).
 	MaxVolumeSize = 1 << 44
-	// maxManifestSize bounds a manifest object.
-	maxManifestSize = 1<<20 + (MaxVolumeSize/(ChunkSize*PageChunks))*67
+	// maxManifestSize bounds a manifest object: pages of 256 chunks, the
+	// smallest any writer used.
+	maxManifestSize = 1<<20 + (MaxVolumeSize/(ChunkSize*256))*67
 	maxTags         = 64
 	maxTagLen       = 256
 )

@@ -82,9 +82,10 @@ type restoreState struct {
 	PagesDone int    `json:"pages_done"`
 }
 
-// restoreWindow is the number of map pages fetched together (32 MiB of
-// volume), so chunks of one pack are read with few large Gets.
-const restoreWindow = 16
+// restoreWindowChunks is the number of chunks whose map pages are fetched
+// together (32 MiB of volume: 16 pages of 256 chunks, 4 of 1024), so
+// chunks of one pack are read with few large Gets.
+const restoreWindowChunks = 4096
 
 // Restore writes backup manifestKey to dst, verifying every chunk (xxhash
 // and id) and the whole-volume digest. dst must be at least the backup's
@@ -127,7 +128,8 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	pages := r.pageStream(ctx, m, k, 0, 2*restoreWindow+2)
+	window := max(1, restoreWindowChunks/m.PageChunks) // pages
+	pages := r.pageStream(ctx, m, k, 0, 2*window+2)
 	dg := newDigest(m.Size, m.ChunkSize)
 	var damaged []DamagedRange
 	var dmu sync.Mutex
@@ -170,9 +172,9 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		report(PhaseRestore)
 		return nil
 	}
-	for w := 0; w < len(m.Pages); w += restoreWindow {
+	for w := 0; w < len(m.Pages); w += window {
 		var win []pageResult
-		for range min(restoreWindow, len(m.Pages)-w) {
+		for range min(window, len(m.Pages)-w) {
 			pr, ok := <-pages
 			if !ok {
 				return nil, fmt.Errorf("%s: %w", where, context.Cause(ctx))
