@@ -20,9 +20,13 @@
 // options NBD_REP_ERR_UNSUP. Extended headers are not offered.
 //
 // Transmission: one goroutine per connection decodes requests (reading a
-// write's payload into a pooled buffer) and a bounded pool of workers
-// executes them; replies are written whole under a lock, in completion
-// order. READ (structured replies with OFFSET_HOLE chunks for holes and
+// write's payload into a pooled buffer). It executes READs and WRITEs of
+// up to 1 MiB itself, sending the replies of the requests one read(2)
+// took in together in one writev(2), and hands the other requests to a
+// bounded pool of workers; a device call that keeps the reader more than
+// 50 µs makes another goroutine take over reading, so a slow request
+// never holds up the rest. Replies are written whole under a lock, in
+// completion order. READ (structured replies with OFFSET_HOLE chunks for holes and
 // zero extents in reads of 64 KiB or more, unless DF), WRITE with FUA,
 // FLUSH, TRIM, WRITE_ZEROES (NO_HOLE zeroes, otherwise the range may be
 // trimmed; FAST_ZERO is always honoured because Strata zeroes in

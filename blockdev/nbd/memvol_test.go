@@ -39,6 +39,14 @@ func (m *memVolume) Name() string   { return m.name }
 func (m *memVolume) Size() int64    { return int64(len(m.data)) }
 func (m *memVolume) ReadOnly() bool { return m.ro }
 
+// setFail sets the error injector (nil: none). The device reads it under
+// m.mu, so a test changes it through here.
+func (m *memVolume) setFail(f func(op string, off, n int64) error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fail = f
+}
+
 func (m *memVolume) inject(op string, off, n int64) error {
 	if m.fail != nil {
 		return m.fail(op, off, n)

@@ -55,13 +55,22 @@ type serverConn struct {
 	size    int64
 	tflags  uint16
 
-	// Transmission phase.
+	// Transmission phase (transmit.go).
 	reqs   chan *request
 	wg     sync.WaitGroup
 	budget budget
 	wmu    sync.Mutex
 	werr   error       // sticky: the first failed reply write
 	dirty  atomic.Bool // a write-type request succeeded since the last flush
+
+	// The reader role: see transmit.go.
+	readState  atomic.Uint64
+	taken      atomic.Int32 // readers taken over and still in the device
+	takeover   *time.Timer
+	readEnd    chan error // the final reader's result, after a takeover
+	batch      []*request // inline requests whose replies wait to be sent
+	batchIOV   net.Buffers
+	batchBytes int
 }
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {

@@ -315,7 +315,7 @@ func TestRequestErrors(t *testing.T) {
 				if tt.typ == cmdWrite {
 					payload = make([]byte, tt.length)
 				}
-				rw.fail = tt.fail
+				rw.setFail(tt.fail)
 				r := tc.do(tt.typ, tt.flags, tt.off, tt.length, payload)
 				if r.errno != tt.want {
 					t.Fatalf("errno %s (%q), want %s", errnoName(r.errno), r.msg, errnoName(tt.want))
@@ -323,7 +323,7 @@ func TestRequestErrors(t *testing.T) {
 				if structured && r.msg == "" {
 					t.Errorf("structured error without a message")
 				}
-				rw.fail = nil
+				rw.setFail(nil)
 				// The connection stays up.
 				if r := tc.do(cmdRead, 0, 0, 4096, nil); r.errno != 0 || len(r.data) != 4096 {
 					t.Fatalf("read after error: errno %d, %d bytes", r.errno, len(r.data))
@@ -453,8 +453,18 @@ func TestInFlightCap(t *testing.T) {
 	for in := int64(0); in < 32<<20; {
 		in = <-g.inWriteC
 	}
+	// Drain the rest until the replies are in. Closing inWriteC instead
+	// would race, for the race detector, with the sends of the device
+	// calls, whose order before the replies goes through the socket.
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
-		for range g.inWriteC {
+		for {
+			select {
+			case <-g.inWriteC:
+			case <-done:
+				return
+			}
 		}
 	}()
 	close(g.release)
@@ -463,7 +473,6 @@ func TestInFlightCap(t *testing.T) {
 			t.Fatalf("write: errno %d", r.errno)
 		}
 	}
-	close(g.inWriteC)
 	g.mu.Lock()
 	peak := g.peak
 	g.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/pojntfx/go-nbd/pkg/protocol"
 	"github.com/strata-block/strata/blockdev"
@@ -37,12 +38,15 @@ type request struct {
 	charge  int64   // bytes charged to the connection's budget
 	scratch []byte  // reply headers
 	iov     net.Buffers
+	// reply is the request's reply, which handle builds: pieces of
+	// scratch and buf.
+	reply net.Buffers
 }
 
 var requestPool = sync.Pool{New: func() any { return &request{scratch: make([]byte, 0, 64)} }}
 
 // budget caps the payload bytes of the requests in flight. Only the
-// request reader acquires; workers release.
+// request reader acquires; whoever sends a reply releases.
 type budget struct {
 	mu   sync.Mutex
 	cond sync.Cond
@@ -59,6 +63,17 @@ func (b *budget) acquire(n int64) {
 	b.mu.Unlock()
 }
 
+// tryAcquire acquires n if it can do so without waiting.
+func (b *budget) tryAcquire(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used > 0 && b.used+n > b.max {
+		return false
+	}
+	b.used += n
+	return true
+}
+
 func (b *budget) release(n int64) {
 	if n == 0 {
 		return
@@ -69,89 +84,223 @@ func (b *budget) release(n int64) {
 	b.cond.Signal()
 }
 
-// transmit runs the transmission phase: this goroutine decodes requests
-// and a pool of workers executes them, replying out of order. It returns
-// when the client disconnects (NBD_CMD_DISC or a closed connection), the
-// stream breaks the protocol, or the server stops reading; requests
-// already read are executed and answered before it returns.
+const (
+	// inlineMax is the largest READ or WRITE the request reader executes
+	// itself rather than handing it to a worker.
+	inlineMax = 1 << 20
+	// takeoverAfter is how long an inline request may keep the reader
+	// before another goroutine takes over reading (see reader).
+	takeoverAfter = 50 * time.Microsecond
+	// maxBatch and maxBatchBytes bound the replies of inline requests
+	// the reader holds to send in one write.
+	maxBatch      = 64
+	maxBatchBytes = 256 << 10
+)
+
+// Transmission runs in two kinds of goroutines. The reader decodes
+// requests. It executes READs and WRITEs (up to inlineMax, without FUA)
+// itself, collecting their replies to send together in one write when it
+// is about to wait for the client, and hands every other request to a
+// pool of workers, which reply one at a time. A device call that keeps
+// the reader longer than takeoverAfter makes a timer start a new reader
+// (at most Workers at a time), so a slow request never holds up the
+// others: the old reader then sends its own reply and ends. On a page
+// cache hit a request thus costs no goroutine switch, and a batch of
+// requests taken in by one read(2) is answered by one writev(2).
+//
+// readState holds the reader role: bit 0 is set while the reader is in
+// a device call, and the rest counts takeovers. Whoever moves it from
+// busy to idle (the reader when its call returns, or the takeover timer)
+// owns the reader state: br, batch, batchIOV and batchBytes.
+
+// transmit runs the transmission phase. It returns when the client
+// disconnects (NBD_CMD_DISC or a closed connection), the stream breaks
+// the protocol, or the server stops reading; requests already read are
+// executed and answered before it returns.
 func (c *serverConn) transmit(ctx context.Context) error {
 	c.budget.max = c.s.opts.MaxInFlightBytes
 	c.budget.cond.L = &c.budget.mu
 	workers := c.s.opts.Workers
 	c.reqs = make(chan *request, workers)
+	c.readEnd = make(chan error, 1)
+	c.takeover = time.AfterFunc(time.Hour, func() { c.takeOver(ctx) })
+	c.takeover.Stop()
 	for range workers {
 		c.wg.Add(1)
 		go c.worker(ctx)
 	}
-	err := c.readRequests()
+	err, final := c.reader(ctx)
+	if !final {
+		err = <-c.readEnd
+	}
+	c.takeover.Stop()
 	close(c.reqs)
 	c.wg.Wait()
 	return err
+}
+
+// takeOver runs on the timer when an inline request keeps the reader:
+// if that request is still in the device, this goroutine becomes the
+// reader.
+func (c *serverConn) takeOver(ctx context.Context) {
+	s := c.readState.Load()
+	if s&1 == 0 || c.taken.Load() >= int32(c.s.opts.Workers) || !c.readState.CompareAndSwap(s, s+1) {
+		return
+	}
+	c.taken.Add(1)
+	c.wg.Add(1)
+	defer c.wg.Done()
+	if err, final := c.reader(ctx); final {
+		c.readEnd <- err
+	}
 }
 
 func (c *serverConn) worker(ctx context.Context) {
 	defer c.wg.Done()
 	for r := range c.reqs {
 		c.handle(ctx, r)
-		c.budget.release(r.charge)
-		putBuf(r.buf)
-		r.buf, r.charge, r.iov = nil, 0, r.iov[:0]
-		requestPool.Put(r)
+		c.send(r)
 	}
 }
 
-// readRequests decodes requests and hands them to the workers until the
-// client disconnects or the stream fails.
-func (c *serverConn) readRequests() error {
+// send writes one request's reply and frees the request.
+func (c *serverConn) send(r *request) {
+	iov := append(r.iov[:0], r.reply...)
+	c.writev(&iov)
+	r.iov = iov[:0]
+	c.free(r)
+}
+
+// free releases a request whose reply was sent.
+func (c *serverConn) free(r *request) {
+	c.budget.release(r.charge)
+	putBuf(r.buf)
+	r.buf, r.charge, r.reply = nil, 0, r.reply[:0]
+	requestPool.Put(r)
+}
+
+// flushBatch sends the replies of the inline requests collected so far
+// in one write.
+func (c *serverConn) flushBatch() {
+	if len(c.batch) == 0 {
+		return
+	}
+	iov := c.batchIOV[:0]
+	for _, r := range c.batch {
+		iov = append(iov, r.reply...)
+	}
+	c.batchIOV = iov
+	c.writev(&iov)
+	clear(c.batchIOV)
+	for i, r := range c.batch {
+		c.free(r)
+		c.batch[i] = nil
+	}
+	c.batch, c.batchBytes = c.batch[:0], 0
+}
+
+// inline reports whether the reader executes r itself.
+func inline(r *request) bool {
+	return (r.Type == cmdRead || r.Type == cmdWrite) && r.Length <= inlineMax && r.CommandFlags&cmdFlagFUA == 0
+}
+
+// reader decodes requests, executes the inline ones and hands the rest to
+// the workers, until the client disconnects or the stream fails (final
+// true, with the error), or until a takeover while it was in a device
+// call (final false; it has then sent that request's reply).
+func (c *serverConn) reader(ctx context.Context) (err error, final bool) {
+	defer func() {
+		if final {
+			c.flushBatch()
+		}
+	}()
 	var hb [requestHeaderSize]byte
 	for {
+		if c.br.Buffered() < requestHeaderSize {
+			c.flushBatch()
+		}
 		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
-			return err
+			return err, true
 		}
 		h, err := decodeRequest(hb[:])
 		if err != nil {
-			return err
+			return err, true
 		}
 		r := requestPool.Get().(*request)
 		r.TransmissionRequestHeader = h
 		switch h.Type {
 		case cmdDisc:
 			requestPool.Put(r)
-			return nil
+			return nil, true
 		case cmdWrite:
 			if h.Length > MaxPayload {
 				requestPool.Put(r)
 				if h.Length > maxSkipPayload {
-					return fmt.Errorf("write of %d bytes, beyond %d: %w", h.Length, maxSkipPayload, ErrProtocol)
+					return fmt.Errorf("write of %d bytes, beyond %d: %w", h.Length, maxSkipPayload, ErrProtocol), true
 				}
+				c.flushBatch()
 				if _, err := io.CopyN(io.Discard, c.br, int64(h.Length)); err != nil {
-					return err
+					return err, true
 				}
-				c.replyErr(&request{TransmissionRequestHeader: h}, errInval, "write larger than the maximum block size")
+				r := &request{TransmissionRequestHeader: h, scratch: make([]byte, 0, 64)}
+				c.replyErr(r, errInval, "write larger than the maximum block size")
+				c.writev(&r.reply)
 				continue
 			}
-			r.charge = int64(h.Length)
-			c.budget.acquire(r.charge)
+			c.charge(r, int64(h.Length))
 			r.buf = getBuf(int(h.Length))
+			if c.br.Buffered() < int(h.Length) {
+				c.flushBatch()
+			}
 			if _, err := io.ReadFull(c.br, *r.buf); err != nil {
-				c.budget.release(r.charge)
-				putBuf(r.buf)
-				r.buf, r.charge = nil, 0
-				requestPool.Put(r)
-				return err
+				c.free(r)
+				return err, true
 			}
 		case cmdRead:
 			if h.Length <= MaxPayload {
-				r.charge = int64(h.Length)
-				c.budget.acquire(r.charge)
+				c.charge(r, int64(h.Length))
 			}
 		}
-		c.reqs <- r
+		if !inline(r) {
+			select {
+			case c.reqs <- r:
+			default:
+				c.flushBatch()
+				c.reqs <- r
+			}
+			continue
+		}
+		s := c.readState.Load() | 1
+		c.readState.Store(s)
+		c.takeover.Reset(takeoverAfter)
+		c.handle(ctx, r)
+		if !c.readState.CompareAndSwap(s, s&^1) {
+			// Another goroutine is the reader now.
+			c.send(r)
+			c.taken.Add(-1)
+			return nil, false
+		}
+		c.takeover.Stop()
+		c.batch = append(c.batch, r)
+		c.batchBytes += int(r.Length)
+		if len(c.batch) >= maxBatch || c.batchBytes >= maxBatchBytes {
+			c.flushBatch()
+		}
 	}
 }
 
-// handle executes one request and sends its reply. A panic is answered
-// as EIO and logged; the connection stays up.
+// charge acquires n bytes of the budget for r, first sending the
+// collected replies if the budget is full (their bytes count).
+func (c *serverConn) charge(r *request, n int64) {
+	r.charge = n
+	if !c.budget.tryAcquire(n) {
+		c.flushBatch()
+		c.budget.acquire(n)
+	}
+}
+
+// handle executes one request and builds its reply in r.reply. A panic
+// is answered as EIO and logged; the connection stays up.
 func (c *serverConn) handle(ctx context.Context, r *request) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -274,7 +423,7 @@ func (c *serverConn) replyResult(r *request, err error) {
 	}
 	b := r.scratch[:simpleReplyHeaderSize]
 	putSimpleReply(b, 0, r.Handle)
-	c.write(b)
+	r.reply = append(r.reply[:0], b)
 }
 
 // failed logs a device error and answers it.
@@ -291,33 +440,26 @@ func (c *serverConn) failed(r *request, errno uint32, err error) {
 // msg when structured replies are on, else a simple reply.
 func (c *serverConn) replyErr(r *request, errno uint32, msg string) {
 	if !c.structured {
-		b := make([]byte, simpleReplyHeaderSize)
+		b := r.scratch[:simpleReplyHeaderSize]
 		putSimpleReply(b, errno, r.Handle)
-		c.write(b)
+		r.reply = append(r.reply[:0], b)
 		return
 	}
 	msg = msg[:min(len(msg), maxNameLen)]
-	b := make([]byte, chunkHeaderSize+6+len(msg))
+	n := chunkHeaderSize + 6 + len(msg)
+	if cap(r.scratch) < n {
+		r.scratch = make([]byte, n)
+	}
+	b := r.scratch[:n]
 	putChunkHeader(b, replyFlagDone, replyTypeError, r.Handle, uint32(6+len(msg)))
 	binary.BigEndian.PutUint32(b[20:24], errno)
 	binary.BigEndian.PutUint16(b[24:26], uint16(len(msg)))
 	copy(b[26:], msg)
-	c.write(b)
+	r.reply = append(r.reply[:0], b)
 }
 
-// write sends one reply under the write lock. After a failed write the
-// connection is closed, which also stops the request reader.
-func (c *serverConn) write(b []byte) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.werr != nil {
-		return
-	}
-	if _, err := c.nc.Write(b); err != nil {
-		c.writeFailed(err)
-	}
-}
-
+// writev sends whole replies under the write lock. After a failed write
+// the connection is closed, which also stops the request reader.
 func (c *serverConn) writev(iov *net.Buffers) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -359,16 +501,16 @@ func (c *serverConn) read(ctx context.Context, r *request) {
 	switch {
 	case !c.structured:
 		putSimpleReply(b[replyHeadroom-simpleReplyHeaderSize:], 0, r.Handle)
-		c.write(b[replyHeadroom-simpleReplyHeaderSize:])
+		r.reply = append(r.reply[:0], b[replyHeadroom-simpleReplyHeaderSize:])
 	case n == 0:
 		h := r.scratch[:chunkHeaderSize]
 		putChunkHeader(h, replyFlagDone, replyTypeNone, r.Handle, 0)
-		c.write(h)
+		r.reply = append(r.reply[:0], h)
 	default:
 		h := b[replyHeadroom-chunkHeaderSize-8 : replyHeadroom]
 		putChunkHeader(h, replyFlagDone, replyTypeOffsetData, r.Handle, uint32(8+n))
 		binary.BigEndian.PutUint64(h[chunkHeaderSize:], r.Offset)
-		c.write(b[replyHeadroom-chunkHeaderSize-8:])
+		r.reply = append(r.reply[:0], b[replyHeadroom-chunkHeaderSize-8:])
 	}
 }
 
@@ -440,7 +582,7 @@ func (c *serverConn) readSparse(ctx context.Context, r *request, data []byte, ex
 		r.scratch = make([]byte, need)
 	}
 	hdrs := r.scratch[:need]
-	r.iov = r.iov[:0]
+	r.reply = r.reply[:0]
 	for i, s := range spans[:ns] {
 		var flags uint16
 		if i == ns-1 {
@@ -452,17 +594,15 @@ func (c *serverConn) readSparse(ctx context.Context, r *request, data []byte, ex
 			putChunkHeader(h, flags, replyTypeOffsetHole, r.Handle, 12)
 			binary.BigEndian.PutUint64(h[20:28], uint64(start+s.off))
 			binary.BigEndian.PutUint32(h[28:32], uint32(s.n))
-			r.iov = append(r.iov, h)
+			r.reply = append(r.reply, h)
 			continue
 		}
 		h := hdrs[:dataHdr]
 		hdrs = hdrs[dataHdr:]
 		putChunkHeader(h, flags, replyTypeOffsetData, r.Handle, uint32(8+s.n))
 		binary.BigEndian.PutUint64(h[20:28], uint64(start+s.off))
-		r.iov = append(r.iov, h, data[s.off:s.off+s.n])
+		r.reply = append(r.reply, h, data[s.off:s.off+s.n])
 	}
-	iov := r.iov
-	c.writev(&iov)
 	return true
 }
 
@@ -507,7 +647,7 @@ func (c *serverConn) blockStatus(ctx context.Context, r *request) {
 		b = binary.BigEndian.AppendUint32(b, 0)
 	}
 	putChunkHeader(b, replyFlagDone, replyTypeBlockStatus, r.Handle, uint32(len(b)-chunkHeaderSize))
-	c.write(b)
+	r.reply = append(r.reply[:0], b)
 }
 
 // allocationState maps an extent kind to base:allocation status flags.
