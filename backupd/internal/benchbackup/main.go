@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 	"time"
 
@@ -55,6 +56,7 @@ func main() {
 	restic := flag.String("restic", "restic", `restic binary ("none": measure Strata only)`)
 	round := flag.Int("round", 0, "round number: even runs Strata first, odd restic first")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of Strata's part of -profile-step to this file")
+	flag.StringVar(&traceFile, "trace", "", "write an execution trace of Strata's part of -profile-step to this file (go tool trace; -pprof=syscall or sync shows where it waits)")
 	flag.BoolVar(&phases, "phases", false, "print the time each of Strata's phases starts, per step, to stderr")
 	flag.StringVar(&profileStep, "profile-step", "full", "step to profile: full, incremental-10MiB-contiguous, incremental-1pct-scattered-4KiB, restore")
 	flag.Parse()
@@ -65,8 +67,8 @@ func main() {
 }
 
 var (
-	cpuProfile, profileStep string
-	phases                  bool
+	cpuProfile, profileStep, traceFile string
+	phases                             bool
 )
 
 // phaseLog returns a progress function printing phase changes with the
@@ -91,21 +93,33 @@ func phaseLog(step string, t0 time.Time) backupd.ProgressFunc {
 // profiled runs fn under the CPU profiler when step is the one -cpuprofile
 // asks for.
 func profiled(step string, fn func() error) func() error {
-	if cpuProfile == "" || step != profileStep {
+	if (cpuProfile == "" && traceFile == "") || step != profileStep {
 		return fn
 	}
 	return func() error {
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
+		if cpuProfile != "" {
+			f, err := os.Create(cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
+		if traceFile != "" {
+			f, err := os.Create(traceFile)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := trace.Start(f); err != nil {
+				return err
+			}
+			defer trace.Stop()
 		}
-		err = fn()
-		pprof.StopCPUProfile()
-		return err
+		return fn()
 	}
 }
 
