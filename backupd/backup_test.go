@@ -73,17 +73,6 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("Restore into a dirty destination: %v", err)
 			}
 			MustEqual(t, "restored over garbage", d.data, tc.data)
-			// Into an image file of garbage, through O_DIRECT where it works.
-			img := filepath.Join(t.TempDir(), "img")
-			if err := os.WriteFile(img, bytes.Repeat([]byte{0xee}, len(tc.data)), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			restoreToFile(t, r, res.ManifestKey, img, int64(len(tc.data)))
-			if got, err := os.ReadFile(img); err != nil {
-				t.Fatal(err)
-			} else {
-				MustEqual(t, "restored into a file", got, tc.data)
-			}
 			if rep, err := r.Verify(t.Context(), nil, VerifyOptions{ReadData: true}); err != nil || !rep.OK() {
 				t.Fatalf("Verify: %v %+v", err, rep)
 			}
@@ -100,74 +89,6 @@ func TestRoundTrip(t *testing.T) {
 			}
 		})
 	}
-}
-
-// restoreToFile restores key into the file img of size bytes with a
-// FileDestination, writing through O_DIRECT where it works.
-func restoreToFile(t *testing.T, r *Repository, key, img string, size int64) {
-	t.Helper()
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	dst := FileDestination{F: f, N: size}
-	if d, err := OpenDirect(img); err == nil {
-		defer d.Close()
-		dst.Direct = d
-	} else {
-		t.Logf("writing through the page cache: %v", err)
-	}
-	if _, err := r.Restore(t.Context(), key, dst, RestoreOptions{}); err != nil {
-		t.Fatalf("Restore into a file: %v", err)
-	}
-}
-
-// TestFileDestinationUnaligned checks that writes O_DIRECT cannot take
-// go through the page cache instead.
-func TestFileDestinationUnaligned(t *testing.T) {
-	t.Parallel()
-	img := filepath.Join(t.TempDir(), "img")
-	if err := os.WriteFile(img, make([]byte, 3*directAlign), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	d, err := OpenDirect(img)
-	if err != nil {
-		t.Skipf("no O_DIRECT here: %v", err)
-	}
-	defer d.Close()
-	dst := FileDestination{F: f, N: 3 * directAlign, Direct: d}
-	want := make([]byte, 3*directAlign)
-	buf := make([]byte, 2*directAlign+1) // large: page-aligned by the Go allocator
-	for i := range buf {
-		buf[i] = byte(i%251) + 1
-	}
-	for _, w := range []struct {
-		p   []byte
-		off int64
-	}{
-		{p: buf[:directAlign], off: 0},                // aligned: O_DIRECT
-		{p: buf[1 : directAlign+1], off: directAlign}, // unaligned memory
-		{p: buf[:100], off: 2*directAlign + 7},        // unaligned offset and length
-	} {
-		if _, err := dst.WriteAt(t.Context(), w.p, w.off); err != nil {
-			t.Fatalf("WriteAt %d+%d: %v", w.off, len(w.p), err)
-		}
-		copy(want[w.off:], w.p)
-	}
-	if err := dst.Flush(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	MustEqual(t, "file", got, want)
 }
 
 func TestRestoreWrongKey(t *testing.T) {

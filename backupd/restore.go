@@ -13,7 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/strata-block/strata/plugins"
 
@@ -555,20 +554,7 @@ func writeRestoreState(path string, st restoreState) error {
 type FileDestination struct {
 	F *os.File
 	N int64
-	// Direct, if not nil, is the same file opened again with O_DIRECT
-	// (OpenDirect; the caller closes it). Writes whose offset, length and
-	// memory are aligned to directAlign go through it and bypass the page
-	// cache: a restore writes each byte once and does not read it back, so
-	// caching it only costs a copy and page-cache memory that must first
-	// be allocated (and evicts what other programs cache). Restore's
-	// writes are aligned (whole chunks, from page-aligned buffers); any
-	// other write goes through F. Flush (fsync of F) covers both.
-	Direct *os.File
 }
-
-// directAlign is the alignment O_DIRECT needs on the filesystems and
-// devices restore writes to (their logical block size is at most 4096).
-const directAlign = 4096
 
 // Size returns N.
 func (d FileDestination) Size() int64 { return d.N }
@@ -577,10 +563,6 @@ func (d FileDestination) Size() int64 { return d.N }
 func (d FileDestination) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
-	}
-	if d.Direct != nil && len(p) > 0 && off%directAlign == 0 && len(p)%directAlign == 0 &&
-		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%directAlign == 0 {
-		return d.Direct.WriteAt(p, off)
 	}
 	return d.F.WriteAt(p, off)
 }

@@ -1,11 +1,6 @@
 package backupd
 
-import (
-	"fmt"
-	"os"
-
-	"golang.org/x/sys/unix"
-)
+import "golang.org/x/sys/unix"
 
 // startWriteback asks the kernel to start writing [off, off+n) of the file
 // back now (sync_file_range SYNC_FILE_RANGE_WRITE: asynchronous, no
@@ -19,14 +14,4 @@ func (d FileDestination) startWriteback(off, n int64) {
 	_ = rc.Control(func(fd uintptr) {
 		_ = unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
 	})
-}
-
-// OpenDirect opens path (an existing file) for writing with O_DIRECT, for
-// FileDestination.Direct.
-func OpenDirect(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s with O_DIRECT: %w", path, err)
-	}
-	return f, nil
 }

@@ -291,14 +291,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 			return err
 		}
 		t0, c0 := time.Now(), cpuSeconds()
-		// Restore's writes bypass the page cache where O_DIRECT works (as
-		// a restore to an image file does: backupd.FileDestination).
-		dst := backupd.FileDestination{F: f, N: size}
-		if d, err := backupd.OpenDirect(f.Name()); err == nil {
-			defer d.Close()
-			dst.Direct = d
-		}
-		if _, err := repo.Restore(ctx, lastManifest, dst, backupd.RestoreOptions{DestZeroed: true, Progress: phaseLog("restore", t0)}); err != nil {
+		if _, err := repo.Restore(ctx, lastManifest, backupd.FileDestination{F: f, N: size}, backupd.RestoreOptions{DestZeroed: true, Progress: phaseLog("restore", t0)}); err != nil {
 			return err
 		}
 		st.StrataSeconds, st.StrataCPU = time.Since(t0).Seconds(), cpuSeconds()-c0
