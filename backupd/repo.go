@@ -218,6 +218,11 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 		return nil, err
 	}
 	r.pruneIndexCache(packs)
+	n := 0
+	for _, es := range entries {
+		n += len(es)
+	}
+	x.chunks = make(map[ChunkID]chunkLoc, n) // no rehashing as it fills
 	for i, es := range entries {
 		for _, e := range es {
 			loc := chunkLoc{pack: int32(i), offset: e.Offset, length: e.Length}

@@ -86,6 +86,11 @@ type restoreState struct {
 // chunks of one pack are read with few large Gets.
 const restoreWindowChunks = 4096
 
+// restoreWindows is the number of windows restored at once, so that the
+// last ranges of one (a range is read, checked and written by one
+// goroutine) do not leave a core idle.
+const restoreWindows = 4
+
 // Restore writes backup manifestKey to dst, verifying every chunk (xxhash
 // and id) and the whole-volume digest. dst must be at least the backup's
 // size; bytes past it are not touched.
@@ -128,12 +133,13 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	window := max(1, restoreWindowChunks/m.PageChunks) // pages
-	pages := r.pageStream(ctx, m, k, 0, 2*window+2)
+	pages := r.pageStream(ctx, m, k, 0, restoreWindows*window+2)
 	dg := newDigest(m.Size, m.ChunkSize)
 	var damaged []DamagedRange
 	var dmu sync.Mutex
-	// Two windows run at once, so that one's last range does not leave the
-	// Gets and the CPU idle; sem bounds the Gets of both to opts.Parallel.
+	// restoreWindows windows run at once, so that one's last range does not
+	// leave the Gets and the CPU idle; sem bounds the Gets of all to
+	// opts.Parallel.
 	// A window is finished (flushed, recorded in the state file) only
 	// after every window before it.
 	sem := make(chan struct{}, opts.Parallel)
@@ -214,7 +220,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 				cancel(wr.err)
 			}
 		}()
-		if len(running) > 1 {
+		if len(running) >= restoreWindows {
 			if err := finish(); err != nil {
 				return nil, err
 			}
