@@ -95,6 +95,9 @@ const (
 	// the reader holds to send in one write.
 	maxBatch      = 64
 	maxBatchBytes = 256 << 10
+	// sendBufSize is the socket send buffer asked for (the kernel caps
+	// it at net.core.wmem_max).
+	sendBufSize = 4 << 20
 )
 
 // Transmission runs in two kinds of goroutines. The reader decodes
@@ -120,6 +123,11 @@ const (
 func (c *serverConn) transmit(ctx context.Context) error {
 	c.budget.max = c.s.opts.MaxInFlightBytes
 	c.budget.cond.L = &c.budget.mu
+	if sb, ok := c.raw.(interface{ SetWriteBuffer(int) error }); ok {
+		// A large read reply then goes into the socket in one write
+		// instead of waiting on the poller for room several times.
+		_ = sb.SetWriteBuffer(sendBufSize)
+	}
 	workers := c.s.opts.Workers
 	c.reqs = make(chan *request, workers)
 	c.readEnd = make(chan error, 1)
