@@ -30,8 +30,11 @@ type Options struct {
 	// DefaultExport is the export served for the empty name ("" means the
 	// empty name is unknown).
 	DefaultExport string
-	// Workers is the number of requests one connection runs at once
-	// (default 16).
+	// Workers is the number of worker goroutines per connection, which
+	// run the requests the reader does not run itself (default 16). It
+	// also bounds the readers a slow device call holds (see transmit.go),
+	// so at most 2×Workers+1 requests of one connection are in the
+	// device at once.
 	Workers int
 	// MaxInFlightBytes caps the payload bytes (write data read and read
 	// data to send) held by one connection's requests in flight; the
