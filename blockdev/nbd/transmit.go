@@ -37,10 +37,11 @@ type request struct {
 	buf     *[]byte // write payload, or read data after replyHeadroom
 	charge  int64   // bytes charged to the connection's budget
 	scratch []byte  // reply headers
-	iov     net.Buffers
 	// reply is the request's reply, which handle builds: pieces of
-	// scratch and buf.
+	// scratch and buf. send copies it to iov, which the write consumes
+	// (a field, so that passing it to the write does not allocate).
 	reply net.Buffers
+	iov   net.Buffers
 }
 
 var requestPool = sync.Pool{New: func() any { return &request{scratch: make([]byte, 0, 64)} }}
@@ -174,7 +175,9 @@ func (c *serverConn) worker(ctx context.Context) {
 // send writes one request's reply and frees the request.
 func (c *serverConn) send(r *request) {
 	iov := append(r.iov[:0], r.reply...)
-	c.writev(&iov)
+	r.iov = iov
+	c.writev(&r.iov)
+	clear(iov)
 	r.iov = iov[:0]
 	c.free(r)
 }
@@ -198,8 +201,9 @@ func (c *serverConn) flushBatch() {
 		iov = append(iov, r.reply...)
 	}
 	c.batchIOV = iov
-	c.writev(&iov)
-	clear(c.batchIOV)
+	c.writev(&c.batchIOV)
+	clear(iov)
+	c.batchIOV = iov[:0]
 	for i, r := range c.batch {
 		c.free(r)
 		c.batch[i] = nil
