@@ -25,7 +25,7 @@ func NewInProcess(t testing.TB, open OpenFunc, url string) Target {
 	if !ok {
 		t.Fatalf("dispensed %T", raw)
 	}
-	if err := tc.configure(t.Context(), url, Credentials{}); err != nil {
+	if err := tc.configure(t.Context(), url, Credentials{}, nil); err != nil {
 		t.Fatalf("configure: %v", err)
 	}
 	return tc
