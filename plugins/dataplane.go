@@ -117,6 +117,14 @@ func (h *hostPlane) send(tok token, f *os.File) error {
 	return nil
 }
 
+// forget tells the plugin that the call tok was for has failed on the
+// host's side: a token without a descriptor. The plugin closes the pipe if
+// no call claimed it, instead of keeping it until unclaimedTTL. Best
+// effort: a failure here means the plugin is gone, pipe and all.
+func (h *hostPlane) forget(tok token) {
+	_, _, _ = h.conn.WriteMsgUnix(tok[:], nil, nil)
+}
+
 func (h *hostPlane) close() error { return h.conn.Close() }
 
 // pluginPlane is a plugin's end of the data-plane socket: it receives pipe
@@ -128,6 +136,10 @@ type pluginPlane struct {
 	conn   *net.UnixConn
 	logger *slog.Logger
 
+	// ttl bounds how long an unclaimed pipe is kept, wait how long a
+	// call waits for its pipe.
+	ttl, wait time.Duration
+
 	mu      sync.Mutex
 	ready   map[token]*os.File
 	waiting map[token]chan *os.File
@@ -135,8 +147,11 @@ type pluginPlane struct {
 	done    chan struct{}
 }
 
-// Timeouts of the plugin's data plane; variables for tests.
-var (
+// Timeouts of the plugin's data plane. A pipe reaches the plugin a few
+// microseconds before the call naming it, or after it by as much as the
+// plugin's scheduling lags; these bounds only clean up after a host that
+// failed between the two.
+const (
 	unclaimedTTL = time.Minute
 	claimWait    = 30 * time.Second
 )
@@ -170,15 +185,17 @@ func pluginPlaneFromEnv(logger *slog.Logger) (*pluginPlane, error) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("data plane: socket is a %T: %w", conn, ErrPermanent)
 	}
-	return newPluginPlane(uc, logger), nil
+	return newPluginPlane(uc, logger, unclaimedTTL, claimWait), nil
 }
 
 // newPluginPlane serves conn until it is closed or the host's end goes
 // away.
-func newPluginPlane(conn *net.UnixConn, logger *slog.Logger) *pluginPlane {
+func newPluginPlane(conn *net.UnixConn, logger *slog.Logger, ttl, wait time.Duration) *pluginPlane {
 	p := &pluginPlane{
 		conn:    conn,
 		logger:  logger,
+		ttl:     ttl,
+		wait:    wait,
 		ready:   make(map[token]*os.File),
 		waiting: make(map[token]chan *os.File),
 		done:    make(chan struct{}),
@@ -188,8 +205,8 @@ func newPluginPlane(conn *net.UnixConn, logger *slog.Logger) *pluginPlane {
 }
 
 // receive reads messages until the socket fails: each should be a token
-// with exactly one descriptor, a pipe end. Anything else is logged and its
-// descriptors closed.
+// with one descriptor, a pipe end, or a token alone (forget). Anything
+// else is logged and its descriptors closed.
 func (p *pluginPlane) receive() {
 	buf := make([]byte, tokenSize+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
@@ -208,12 +225,16 @@ func (p *pluginPlane) receive() {
 			perr = errors.New("truncated message")
 		case perr == nil && n != tokenSize:
 			perr = fmt.Errorf("a %d-byte token", n)
-		case perr == nil && len(files) != 1:
+		case perr == nil && len(files) > 1:
 			perr = fmt.Errorf("%d descriptors with one token", len(files))
 		}
 		if perr != nil {
 			p.logger.Warn("data plane: dropping a bad message", "err", perr)
 			closeAll(files)
+			continue
+		}
+		if len(files) == 0 {
+			p.forget(token(buf[:tokenSize]))
 			continue
 		}
 		p.deliver(token(buf[:tokenSize]), files[0])
@@ -263,7 +284,7 @@ func (p *pluginPlane) deliver(tok token, f *os.File) {
 		return
 	}
 	p.ready[tok] = f
-	time.AfterFunc(unclaimedTTL, func() {
+	time.AfterFunc(p.ttl, func() {
 		p.mu.Lock()
 		g, ok := p.ready[tok]
 		if ok && g == f {
@@ -271,10 +292,22 @@ func (p *pluginPlane) deliver(tok token, f *os.File) {
 		}
 		p.mu.Unlock()
 		if ok && g == f {
-			p.logger.Warn("data plane: closing a pipe no call claimed", "after", unclaimedTTL)
+			p.logger.Warn("data plane: closing a pipe no call claimed", "after", p.ttl)
 			_ = f.Close()
 		}
 	})
+}
+
+// forget closes the pipe sent under tok if no call claimed it: the host
+// gave up on the call, which may never reach the plugin.
+func (p *pluginPlane) forget(tok token) {
+	p.mu.Lock()
+	f, ok := p.ready[tok]
+	delete(p.ready, tok)
+	p.mu.Unlock()
+	if ok {
+		_ = f.Close()
+	}
 }
 
 // claim returns the pipe sent under tok, waiting for it until ctx ends,
@@ -298,7 +331,7 @@ func (p *pluginPlane) claim(ctx context.Context, tok token) (*os.File, error) {
 	ch := make(chan *os.File, 1)
 	p.waiting[tok] = ch
 	p.mu.Unlock()
-	timer := time.NewTimer(claimWait)
+	timer := time.NewTimer(p.wait)
 	defer timer.Stop()
 	var err error
 	select {
@@ -307,7 +340,7 @@ func (p *pluginPlane) claim(ctx context.Context, tok token) (*os.File, error) {
 	case <-ctx.Done():
 		err = fmt.Errorf("data plane: waiting for the call's pipe: %w", context.Cause(ctx))
 	case <-timer.C:
-		err = fmt.Errorf("data plane: no pipe arrived for the call's token within %v: %w", claimWait, ErrTransient)
+		err = fmt.Errorf("data plane: no pipe arrived for the call's token within %v: %w", p.wait, ErrTransient)
 	case <-p.done:
 		err = p.shutErr()
 	}

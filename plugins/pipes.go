@@ -34,7 +34,7 @@ func onDone(ctx context.Context, f *os.File) (stop func() bool) {
 // it went in does the commit follow, so a plugin that got fewer or more
 // bytes, or none, stores nothing. sctx is the stream's context, ctx the
 // caller's.
-func (c *client) putPipe(sctx, ctx context.Context, op, key string, r io.Reader, size int64, stream putClient, sendErr func(error) error) error {
+func (c *client) putPipe(sctx, ctx context.Context, op, key string, r io.Reader, size int64, stream putClient, sendErr func(error) error) (err error) {
 	pr, pw, err := newPipe()
 	if err != nil {
 		return err
@@ -46,6 +46,11 @@ func (c *client) putPipe(sctx, ctx context.Context, op, key string, r io.Reader,
 		_ = pw.Close()
 		return fmt.Errorf("%s %q: %w", op, key, err)
 	}
+	defer func() {
+		if err != nil {
+			c.plane.forget(tok)
+		}
+	}()
 	if err := stream.Send(&targetv1.PutRequest{Msg: &targetv1.PutRequest_Header{Header: &targetv1.PutHeader{Key: key, Size: size, PipeToken: tok[:]}}}); err != nil {
 		_ = pw.Close()
 		return sendErr(err)
@@ -138,6 +143,7 @@ func (c *client) getPipe(ctx context.Context, key string, offset, length int64) 
 	fail := func(err error) (io.ReadCloser, int64, error) {
 		cancel()
 		_ = pr.Close()
+		c.plane.forget(tok)
 		return nil, 0, err
 	}
 	stream, err := c.rpc.Get(sctx, &targetv1.GetRequest{Key: key, Offset: offset, Length: length, PipeToken: tok[:]}, grpc.ForceCodecV2(codec{}))
@@ -152,7 +158,7 @@ func (c *client) getPipe(ctx context.Context, key string, offset, length int64) 
 	if h == nil || h.GetLength() < 0 || length >= 0 && h.GetLength() > length {
 		return fail(fmt.Errorf("plugin get %q: bad reply header: %w", key, ErrPermanent))
 	}
-	g := &pipeGetReader{ctx: ctx, key: key, pipe: pr, stream: stream, cancel: cancel, remaining: h.GetLength()}
+	g := &pipeGetReader{pipeIn: pipeIn{pipe: pr, remaining: h.GetLength()}, ctx: ctx, key: key, stream: stream, cancel: cancel}
 	g.stop = onDone(sctx, pr)
 	return g, h.GetLength(), nil
 }
@@ -160,35 +166,17 @@ func (c *client) getPipe(ctx context.Context, key string, offset, length int64) 
 // pipeGetReader reads a Get's range from its pipe, then checks that the
 // pipe ends there and the plugin ended the call without an error.
 type pipeGetReader struct {
-	ctx       context.Context
-	key       string
-	pipe      *os.File
-	stream    targetv1.Target_GetClient
-	cancel    context.CancelFunc
-	stop      func() bool
-	remaining int64
-	err       error
+	pipeIn
+	ctx    context.Context
+	key    string
+	stream targetv1.Target_GetClient
+	cancel context.CancelFunc
+	stop   func() bool
 }
 
 func (g *pipeGetReader) Read(p []byte) (int, error) {
-	if g.err != nil {
-		return 0, g.err
-	}
-	if g.remaining == 0 {
-		g.err = g.finish()
-		return 0, g.err
-	}
-	if int64(len(p)) > g.remaining {
-		p = p[:g.remaining]
-	}
-	n, err := g.pipe.Read(p)
-	g.remaining -= int64(n)
-	if err != nil {
-		// The plugin stopped short: its status says why.
-		g.err = g.cause(err)
-		return n, g.err
-	}
-	return n, nil
+	// A pipe that stops short: the plugin's status says why.
+	return g.read(p, g.finish, g.cause)
 }
 
 // cause explains a pipe that failed or ended early by the call's status.
@@ -217,12 +205,10 @@ func (g *pipeGetReader) finish() error {
 	case !errors.Is(err, io.EOF):
 		return fromStatus(g.ctx, "get", err)
 	}
-	var one [1]byte
-	n, err := g.pipe.Read(one[:])
-	switch {
-	case n > 0:
+	switch extra, err := g.atEnd(); {
+	case extra:
 		return fmt.Errorf("plugin get %q: more data than announced: %w", g.key, ErrPermanent)
-	case !errors.Is(err, io.EOF):
+	case err != nil:
 		return Transient(fmt.Errorf("plugin get %q: pipe: %w", g.key, err))
 	}
 	return io.EOF
@@ -264,34 +250,61 @@ type FileRangeReader interface {
 // pipe. Like putStreamReader, it returns io.EOF only when size bytes
 // came, the pipe ended there and the host committed.
 type pipePutReader struct {
-	pipe      *os.File
+	pipeIn
 	stream    putStream
 	size      int64
-	remaining int64
 	committed bool
-	err       error
 }
 
 var _ SpliceSource = (*pipePutReader)(nil)
 
 func (r *pipePutReader) Read(p []byte) (int, error) {
-	if r.err != nil {
-		return 0, r.err
+	return r.read(p, r.finish, r.short)
+}
+
+// pipeIn reads a transfer's remaining bytes from a pipe; the readers of
+// both directions embed it.
+type pipeIn struct {
+	pipe      *os.File
+	remaining int64
+	err       error // sticky
+}
+
+// read reads into p, at most the remaining bytes; once they are all read
+// it returns finish's verdict (io.EOF if all is well), and if the pipe
+// fails or ends early, short's explanation.
+func (in *pipeIn) read(p []byte, finish func() error, short func(error) error) (int, error) {
+	if in.err != nil {
+		return 0, in.err
 	}
-	if r.remaining == 0 {
-		r.err = r.finish()
-		return 0, r.err
+	if in.remaining == 0 {
+		in.err = finish()
+		return 0, in.err
 	}
-	if int64(len(p)) > r.remaining {
-		p = p[:r.remaining]
+	if int64(len(p)) > in.remaining {
+		p = p[:in.remaining]
 	}
-	n, err := r.pipe.Read(p)
-	r.remaining -= int64(n)
+	n, err := in.pipe.Read(p)
+	in.remaining -= int64(n)
 	if err != nil {
-		r.err = r.short(err)
-		return n, r.err
+		in.err = short(err)
+		return n, in.err
 	}
 	return n, nil
+}
+
+// atEnd checks that the pipe's writer closed it after the data: a read
+// finds its end, not one more byte.
+func (in *pipeIn) atEnd() (extra bool, err error) {
+	var one [1]byte
+	n, err := in.pipe.Read(one[:])
+	if n > 0 {
+		return true, nil
+	}
+	if errors.Is(err, io.EOF) {
+		return false, nil
+	}
+	return false, err
 }
 
 func (r *pipePutReader) short(err error) error {
@@ -304,12 +317,10 @@ func (r *pipePutReader) short(err error) error {
 // finish checks that the pipe ends after the data and waits for the
 // host's commit.
 func (r *pipePutReader) finish() error {
-	var one [1]byte
-	n, err := r.pipe.Read(one[:])
-	switch {
-	case n > 0:
+	switch extra, err := r.atEnd(); {
+	case extra:
 		return fmt.Errorf("put data is longer than its size %d: %w", r.size, ErrPermanent)
-	case !errors.Is(err, io.EOF):
+	case err != nil:
 		return Transient(fmt.Errorf("put pipe: %w", err))
 	}
 	if err := recvCommit(r.stream); err != nil {

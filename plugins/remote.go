@@ -78,6 +78,15 @@ func (r *Remote) PluginPID() int {
 	return r.proc.pid
 }
 
+// UsesDataPlane reports whether the running plugin takes payloads over
+// the local data plane (false if none is running). For diagnostics and
+// tests.
+func (r *Remote) UsesDataPlane() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.proc != nil && r.proc.plane != nil
+}
+
 // acquire returns the running plugin, starting one if there is none.
 func (r *Remote) acquire(ctx context.Context) (*process, error) {
 	select {

@@ -129,7 +129,7 @@ func (s *server) put(stream putStream, ifAbsent bool) error {
 		// Closed on every return: a host still writing gets EPIPE.
 		defer pipe.Close()
 		defer onDone(ctx, pipe)()
-		pr := &pipePutReader{pipe: pipe, stream: stream, size: h.GetSize(), remaining: h.GetSize()}
+		pr := &pipePutReader{pipeIn: pipeIn{pipe: pipe, remaining: h.GetSize()}, stream: stream, size: h.GetSize()}
 		r, committed = pr, func() bool { return pr.committed }
 	} else {
 		sr := &putStreamReader{stream: stream}
