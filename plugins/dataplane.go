@@ -100,29 +100,72 @@ func newHostPlane() (*hostPlane, *os.File, error) {
 
 // send passes the pipe end f to the plugin under tok. One message per
 // descriptor: SOCK_SEQPACKET keeps concurrent senders' messages whole.
-// The caller still owns (and closes) its copy of f.
-func (h *hostPlane) send(tok token, f *os.File) error {
+// The caller still owns (and closes) its copy of f. If the socket is full
+// (a plugin that stopped reading it, e.g. a stopped process), send waits
+// for room only as long as ctx lasts.
+func (h *hostPlane) send(ctx context.Context, tok token, f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("data plane: %w", Transient(err))
 	}
 	var serr error
-	cerr := rc.Control(func(fd uintptr) {
-		_, _, serr = h.conn.WriteMsgUnix(tok[:], unix.UnixRights(int(fd)), nil)
-	})
-	if err := errors.Join(cerr, serr); err != nil {
+	if cerr := rc.Control(func(fd uintptr) {
+		serr = h.sendmsg(ctx, tok[:], unix.UnixRights(int(fd)))
+	}); cerr != nil {
+		serr = cerr
+	}
+	if serr != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("data plane: sending a pipe: %w", context.Cause(ctx))
+		}
 		// The plugin died or closed its end: a restart brings a new socket.
-		return fmt.Errorf("data plane: sending a pipe: %w", Transient(err))
+		return fmt.Errorf("data plane: sending a pipe: %w", Transient(serr))
 	}
 	return nil
+}
+
+// sendRetry is how often send tries again while the socket is full.
+const sendRetry = time.Millisecond
+
+// sendmsg sends one message without blocking, trying again every
+// sendRetry while the socket is full, until ctx ends.
+func (h *hostPlane) sendmsg(ctx context.Context, msg, oob []byte) error {
+	rc, err := h.conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			for {
+				serr = unix.Sendmsg(int(fd), msg, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+				if !errors.Is(serr, unix.EINTR) {
+					return
+				}
+			}
+		}); err != nil {
+			return err
+		}
+		if !errors.Is(serr, unix.EAGAIN) {
+			return serr
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(sendRetry):
+		}
+	}
 }
 
 // forget tells the plugin that the call tok was for has failed on the
 // host's side: a token without a descriptor. The plugin closes the pipe if
 // no call claimed it, instead of keeping it until unclaimedTTL. Best
-// effort: a failure here means the plugin is gone, pipe and all.
+// effort, never waiting: if it is lost (the plugin is gone, pipe and all,
+// or its socket is full) the TTL still applies.
 func (h *hostPlane) forget(tok token) {
-	_, _, _ = h.conn.WriteMsgUnix(tok[:], nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = h.sendmsg(ctx, tok[:], nil)
 }
 
 func (h *hostPlane) close() error { return h.conn.Close() }

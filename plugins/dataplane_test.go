@@ -119,3 +119,15 @@ func checkPlaneWorks(t *testing.T, tg plugins.Target) {
 		t.Fatalf("Get after: %d bytes (announced %d), %v", got.Len(), n, err)
 	}
 }
+
+// A plugin that stops reading its socket (a stopped process) fills it; the
+// host's send then waits only as long as the call's context.
+func TestDataPlaneSendFullSocket(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	n, err := plugins.FillDataPlane(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || n == 0 {
+		t.Fatalf("after %d pipes: %v, want the context's deadline", n, err)
+	}
+}

@@ -60,7 +60,9 @@
 //     takes its pipe ends with it: the host's write fails with EPIPE or
 //     its read ends early, the call fails transiently and is retried on
 //     the restarted plugin, which gets a new socketpair; the old one is
-//     closed with the process.
+//     closed with the process. A plugin that stops reading its socket (a
+//     stopped process) fills it; the host then waits for room only as long
+//     as the call's context, as it would for the gRPC call.
 //
 // Linux only (splice, F_SETPIPE_SZ, SCM_RIGHTS semantics), as the package
 // already is (Pdeathsig).

@@ -104,7 +104,7 @@ func (p *InProcessPlane) SendOrphanPipe(forget bool) (*os.File, error) {
 	}
 	defer pr.Close()
 	tok := newToken()
-	if err := p.host.send(tok, pr); err != nil {
+	if err := p.host.send(context.Background(), tok, pr); err != nil {
 		_ = pw.Close()
 		return nil, err
 	}
@@ -132,4 +132,27 @@ func (p *InProcessPlane) SendRaw(msg []byte, f *os.File) error {
 		return err
 	}
 	return werr
+}
+
+// FillDataPlane sends pipes on a data plane nobody reads until a send
+// fails, returning that error and how many went out: a host whose plugin
+// stopped reading must not wait past ctx.
+func FillDataPlane(ctx context.Context) (int, error) {
+	hp, child, err := newHostPlane()
+	if err != nil {
+		return 0, err
+	}
+	defer child.Close()
+	defer hp.close()
+	pr, pw, err := newPipe()
+	if err != nil {
+		return 0, err
+	}
+	defer pr.Close()
+	defer pw.Close()
+	for n := 0; ; n++ {
+		if err := hp.send(ctx, newToken(), pr); err != nil {
+			return n, err
+		}
+	}
 }

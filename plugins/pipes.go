@@ -40,7 +40,7 @@ func (c *client) putPipe(sctx, ctx context.Context, op, key string, r io.Reader,
 		return err
 	}
 	tok := newToken()
-	err = c.plane.send(tok, pr)
+	err = c.plane.send(sctx, tok, pr)
 	_ = pr.Close() // the plugin has its own copy now
 	if err != nil {
 		_ = pw.Close()
@@ -133,7 +133,7 @@ func (c *client) getPipe(ctx context.Context, key string, offset, length int64) 
 		return nil, 0, err
 	}
 	tok := newToken()
-	err = c.plane.send(tok, pw)
+	err = c.plane.send(ctx, tok, pw)
 	_ = pw.Close()
 	if err != nil {
 		_ = pr.Close()
