@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"strings"
 	"syscall"
@@ -129,5 +131,32 @@ func TestDataPlaneSendFullSocket(t *testing.T) {
 	n, err := plugins.FillDataPlane(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) || n == 0 {
 		t.Fatalf("after %d pipes: %v, want the context's deadline", n, err)
+	}
+}
+
+// refusingTarget fails every Put at once, without reading its data.
+type refusingTarget struct{ plugins.Target }
+
+var errRefused = errors.New("refused before reading")
+
+func (refusingTarget) Put(context.Context, string, io.Reader, int64) error {
+	return fmt.Errorf("put: %w (%w)", errRefused, plugins.ErrPermanent)
+}
+
+// A target that fails a Put without reading its pipe: the host, blocked
+// writing into the pipe, gets EPIPE at once and returns the target's error.
+func TestDataPlanePutRefusedUnread(t *testing.T) {
+	t.Parallel()
+	open := func(ctx context.Context, url string, creds plugins.Credentials) (plugins.Target, error) {
+		tg, err := targettest.OpenMemory(ctx, url, creds)
+		return refusingTarget{tg}, err
+	}
+	p := plugins.NewInProcessDataPlane(t, open, "mem:", time.Minute, 30*time.Second)
+	data := targettest.Data(9, 16<<20)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err := p.Target.Put(ctx, "k", bytes.NewReader(data), int64(len(data)))
+	if !errors.Is(err, plugins.ErrPermanent) || !strings.Contains(err.Error(), errRefused.Error()) {
+		t.Fatalf("Put: %v, want the target's permanent error", err)
 	}
 }

@@ -100,10 +100,6 @@ type putStream interface {
 }
 
 func (s *server) put(stream putStream, ifAbsent bool) error {
-	t, err := s.current()
-	if err != nil {
-		return toStatus(err)
-	}
 	first, err := stream.Recv()
 	if err != nil {
 		return toStatus(Transient(fmt.Errorf("put: receiving header: %w", err)))
@@ -112,23 +108,30 @@ func (s *server) put(stream putStream, ifAbsent bool) error {
 	if h == nil {
 		return toStatus(fmt.Errorf("put: first message is not a header: %w", ErrPermanent))
 	}
+	ctx := stream.Context()
+	var pipe *os.File
+	if tok := h.GetPipeToken(); tok != nil {
+		// First, so that every failure below closes it: a host writing
+		// into it learns at once (EPIPE), and then reads our status.
+		if pipe, err = s.claimPipe(ctx, tok); err != nil {
+			return toStatus(fmt.Errorf("put %q: %w", h.GetKey(), err))
+		}
+		defer pipe.Close()
+		defer onDone(ctx, pipe)()
+	}
+	t, err := s.current()
+	if err != nil {
+		return toStatus(err)
+	}
 	if err := ValidateKey(h.GetKey()); err != nil {
 		return toStatus(err)
 	}
 	if h.GetSize() < 0 {
 		return toStatus(fmt.Errorf("put %q: negative size %d: %w", h.GetKey(), h.GetSize(), ErrPermanent))
 	}
-	ctx := stream.Context()
 	var r io.Reader
 	var committed func() bool
-	if tok := h.GetPipeToken(); tok != nil {
-		pipe, err := s.claimPipe(ctx, tok)
-		if err != nil {
-			return toStatus(fmt.Errorf("put %q: %w", h.GetKey(), err))
-		}
-		// Closed on every return: a host still writing gets EPIPE.
-		defer pipe.Close()
-		defer onDone(ctx, pipe)()
+	if pipe != nil {
 		pr := &pipePutReader{pipeIn: pipeIn{pipe: pipe, remaining: h.GetSize()}, stream: stream, size: h.GetSize()}
 		r, committed = pr, func() bool { return pr.committed }
 	} else {
@@ -214,20 +217,23 @@ func recvCommit(stream putStream) error {
 }
 
 func (s *server) Get(req *targetv1.GetRequest, stream targetv1.Target_GetServer) error {
+	ctx := stream.Context()
+	var pipe *os.File
+	if tok := req.GetPipeToken(); tok != nil {
+		// First, so that it is closed on every path; after the data,
+		// getPipe closes it.
+		var err error
+		if pipe, err = s.claimPipe(ctx, tok); err != nil {
+			return toStatus(fmt.Errorf("get %q: %w", req.GetKey(), err))
+		}
+		defer pipe.Close()
+	}
 	t, err := s.current()
 	if err != nil {
 		return toStatus(err)
 	}
 	if err := ValidateKey(req.GetKey()); err != nil {
 		return toStatus(err)
-	}
-	ctx := stream.Context()
-	var pipe *os.File
-	if tok := req.GetPipeToken(); tok != nil {
-		if pipe, err = s.claimPipe(ctx, tok); err != nil {
-			return toStatus(fmt.Errorf("get %q: %w", req.GetKey(), err))
-		}
-		defer pipe.Close() // on every path; getPipe closes it after the data
 	}
 	rc, n, err := t.Get(ctx, req.GetKey(), req.GetOffset(), req.GetLength())
 	if err != nil {
