@@ -19,17 +19,31 @@ import (
 type client struct {
 	rpc    targetv1.TargetClient
 	closed atomic.Bool
+	// plane, if the plugin serves it, carries Put and Get payloads
+	// (dataplane.go); nil means data messages.
+	plane *hostPlane
 }
 
 var _ Target = (*client)(nil)
 
 func newClient(rpc targetv1.TargetClient) *client { return &client{rpc: rpc} }
 
-// configure opens the target in the plugin.
-func (c *client) configure(ctx context.Context, url string, creds Credentials) error {
-	_, err := c.rpc.Configure(ctx, &targetv1.ConfigureRequest{Url: url, Credentials: creds.toMap()})
-	return fromStatus(ctx, "configure", err)
+// configure opens the target in the plugin. plane is the host's end of
+// the plugin's data plane, or nil; the client uses it only if the plugin
+// says it serves it.
+func (c *client) configure(ctx context.Context, url string, creds Credentials, plane *hostPlane) error {
+	r, err := c.rpc.Configure(ctx, &targetv1.ConfigureRequest{Url: url, Credentials: creds.toMap()})
+	if err != nil {
+		return fromStatus(ctx, "configure", err)
+	}
+	if plane != nil && r.GetPipeDataPlane() {
+		c.plane = plane
+	}
+	return nil
 }
+
+// usesDataPlane reports whether payloads go through pipes.
+func (c *client) usesDataPlane() bool { return c.plane != nil }
 
 func (c *client) check() error {
 	if c.closed.Load() {
@@ -95,6 +109,9 @@ func (c *client) put(ctx context.Context, op, key string, r io.Reader, size int6
 		}
 		return fromStatus(ctx, op, err)
 	}
+	if c.plane != nil {
+		return c.putPipe(sctx, ctx, op, key, r, size, stream, sendErr)
+	}
 	if err := stream.Send(&targetv1.PutRequest{Msg: &targetv1.PutRequest_Header{Header: &targetv1.PutHeader{Key: key, Size: size}}}); err != nil {
 		return sendErr(err)
 	}
@@ -132,6 +149,9 @@ func (c *client) Get(ctx context.Context, key string, offset, length int64) (io.
 	}
 	if err := ValidateKey(key); err != nil {
 		return nil, 0, err
+	}
+	if c.plane != nil {
+		return c.getPipe(ctx, key, offset, length)
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	stream, err := c.rpc.Get(sctx, &targetv1.GetRequest{Key: key, Offset: offset, Length: length}, grpc.ForceCodecV2(codec{}))

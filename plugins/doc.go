@@ -13,6 +13,60 @@
 // logger. Credentials (credentials.go) never appear in logs or errors.
 // RoundTrip is what `strata target test` runs.
 //
+// # The local data plane (dataplane.go, pipes.go)
+//
+// Through gRPC a 4 MiB payload is encrypted, framed, copied and decrypted
+// (AutoMTLS): 8–11 ms of CPU against 3.4–3.9 ms for the whole Put
+// in-process, and a Get of 0.48 ms became 8.5–9.7 ms (benchmarks/NOTES.md,
+// "Backup-target plugins"). So payloads may leave the stream for pipes,
+// an optional fast path for plugins on the same host; the data messages
+// stay the portable path, and the one every plugin that does not
+// advertise the data plane keeps.
+//
+//   - Channel. At start the host makes a SOCK_SEQPACKET socketpair, both
+//     ends close-on-exec, and the plugin inherits one end as descriptor 3
+//     (exec.Cmd.ExtraFiles), named by DataPlaneEnv. Nothing listens, so
+//     no other process can connect; only the host and that plugin hold the
+//     socket, which makes it as private as the mTLS connection: whoever
+//     could read a pipe of theirs could also ptrace the plugin. The plugin
+//     checks the descriptor is such a socket, unsets the variable and
+//     says in ConfigureResponse.pipe_data_plane that it serves it; only
+//     then does the host use it (ManagerConfig.DisableDataPlane and
+//     ServeConfig.DisableDataPlane turn it off).
+//   - Put. The host makes a pipe (F_SETPIPE_SZ 1 MiB where allowed),
+//     sends its read end with SCM_RIGHTS together with a random 128-bit
+//     token, sends the PutHeader naming the token and the size, writes
+//     the payload into the pipe (from the calling goroutine: the plugin
+//     drains it concurrently, and no goroutine is left behind), closes it
+//     and only then sends the commit. The plugin matches the token to the
+//     pipe (either may come first; a call waits with its context, at most
+//     claimWait), reads exactly size bytes and the pipe's end, then the
+//     commit: fewer or more bytes, a missing commit, a pipe that never
+//     came or a dead peer fail the Put, and the target, which commits only
+//     after io.EOF, stores nothing. fs splices the pipe into its temporary
+//     file (SpliceSource); other targets read it.
+//   - Get. The mirror: the host sends the write end of a pipe with a
+//     token named in GetRequest; the plugin sends the header (the length),
+//     writes the range into the pipe — fs splices it from the file, page
+//     references and no copy (FileRangeReader) — closes it and ends the
+//     call. The host reads exactly the length, then checks that the call
+//     ended without error and the pipe holds nothing more; a pipe ending
+//     early is explained by the call's status (transient if the plugin
+//     died, so Remote resumes the range as before).
+//   - Concurrency and failures. Every call has its own pipe and token;
+//     they share the socket, whose messages stay whole (SEQPACKET). A
+//     pipe no call claims is closed when the host reports the call failed
+//     (a token without a descriptor) or after unclaimedTTL. A dead plugin
+//     takes its pipe ends with it: the host's write fails with EPIPE or
+//     its read ends early, the call fails transiently and is retried on
+//     the restarted plugin, which gets a new socketpair; the old one is
+//     closed with the process. A plugin that stops reading its socket (a
+//     stopped process) fills it; the host then waits for room only as long
+//     as the call's context, as it would for the gRPC call.
+//
+// Linux only (splice, F_SETPIPE_SZ, SCM_RIGHTS semantics), as the package
+// already is (Pdeathsig).
+//
 // It must not import any other Strata package outside plugins/ — in
 // particular not snapshot, blockdev or backupd — and never the built-in
 // targets (plugins/fs, plugins/s3), which depend on it.

@@ -48,6 +48,10 @@ type ManagerConfig struct {
 	Retry RetryPolicy
 	// StartTimeout bounds a plugin's start and handshake; 0 means 30s.
 	StartTimeout time.Duration
+	// DisableDataPlane keeps Put and Get payloads in the gRPC stream (data
+	// messages) even for plugins that serve the local data plane
+	// (dataplane.go): no socket is passed to the plugins.
+	DisableDataPlane bool
 }
 
 // RetryPolicy bounds retries: at most Attempts tries in all, waiting
@@ -309,7 +313,17 @@ func (m *Manager) forget(r *Remote) {
 type process struct {
 	client *plugin.Client
 	target *client
+	plane  *hostPlane // nil without a data plane
 	pid    int
+}
+
+// kill stops the process and closes its data plane: calls still using
+// them fail (transiently) and are retried on the next process.
+func (p *process) kill() {
+	p.client.Kill()
+	if p.plane != nil {
+		_ = p.plane.close()
+	}
 }
 
 // startProcess starts the plugin, completes the handshake and configures
@@ -321,6 +335,23 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 	// A plugin dies with its host: an orphan would hold the target and
 	// whatever the host had open when it was killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// The data plane's socket: the plugin inherits its end as descriptor
+	// 3 (the first ExtraFiles) and learns the number from the
+	// environment; go-plugin appends the host's environment and its own
+	// to cmd.Env.
+	var plane *hostPlane
+	if !r.m.cfg.DisableDataPlane {
+		var child *os.File
+		var err error
+		plane, child, err = newHostPlane()
+		if err != nil {
+			return nil, err
+		}
+		// Once the plugin started (or failed to), only it holds child.
+		defer child.Close()
+		cmd.ExtraFiles = []*os.File{child}
+		cmd.Env = []string{fmt.Sprintf("%s=%d", DataPlaneEnv, dataPlaneFD)}
+	}
 	hl := newHCLog(r.logger, "")
 	c := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -338,6 +369,9 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 	})
 	fail := func(err error) (*process, error) {
 		c.Kill()
+		if plane != nil {
+			_ = plane.close()
+		}
 		return nil, err
 	}
 	rpc, err := c.Client()
@@ -352,13 +386,18 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 	if !ok {
 		return fail(fmt.Errorf("plugin %s dispensed a %T, not a target: %w", r.path, raw, ErrPermanent))
 	}
-	if err := tc.configure(ctx, r.cfg.URL, r.cfg.Credentials); err != nil {
+	if err := tc.configure(ctx, r.cfg.URL, r.cfg.Credentials, plane); err != nil {
 		return fail(err)
 	}
-	p := &process{client: c, target: tc}
+	if !tc.usesDataPlane() && plane != nil {
+		// The plugin does not serve it: payloads take the gRPC stream.
+		_ = plane.close()
+		plane = nil
+	}
+	p := &process{client: c, target: tc, plane: plane}
 	if rc := c.ReattachConfig(); rc != nil {
 		p.pid = rc.Pid
 	}
-	r.logger.Info("plugin started", "pid", p.pid, "protocol", c.NegotiatedVersion())
+	r.logger.Info("plugin started", "pid", p.pid, "protocol", c.NegotiatedVersion(), "data_plane", plane != nil)
 	return p, nil
 }

@@ -21,7 +21,9 @@ import (
 // History:
 //
 //	1  Configure, Info, Put, PutIfAbsent, Get, Has, List, Delete
-//	   (plugins/proto/v1, issue 6).
+//	   (plugins/proto/v1, issue 6). Later, compatibly (optional fields
+//	   an older peer ignores): the local data plane, advertised in
+//	   ConfigureResponse.pipe_data_plane (dataplane.go).
 const ProtocolVersion = 1
 
 // PluginName is the name the target is dispensed under in the plugin set.
@@ -73,6 +75,9 @@ type ServeConfig struct {
 	// process's standard error at Info, which the host turns back into
 	// its own log records.
 	Logger *slog.Logger
+	// DisableDataPlane serves payloads in data messages only, as a plugin
+	// without the data plane does, even if the host passed a socket.
+	DisableDataPlane bool
 }
 
 // Serve runs the calling process as a target plugin until the host stops
@@ -86,6 +91,15 @@ func Serve(cfg ServeConfig) {
 	}
 	srv := newServer(cfg.Open, logger)
 	srv.chunks = true // serverOptions installs codec
+	if !cfg.DisableDataPlane {
+		plane, err := pluginPlaneFromEnv(logger)
+		if err != nil {
+			// Payloads then take the gRPC stream; the host sees no data
+			// plane advertised.
+			logger.Warn("not serving the data plane", "err", err)
+		}
+		srv.plane = plane
+	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: pluginSets(srv),
@@ -96,6 +110,9 @@ func Serve(cfg ServeConfig) {
 	})
 	if err := srv.close(); err != nil {
 		logger.Warn("closing the target", "err", err)
+	}
+	if srv.plane != nil {
+		_ = srv.plane.close()
 	}
 }
 

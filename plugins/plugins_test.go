@@ -49,18 +49,27 @@ func memPluginDirB(t testing.TB) string {
 
 // The whole path: an external plugin found in the plugin directory,
 // started by the manager, handshake, AutoMTLS, the shims.
+// Payloads over the data plane, and with it turned off in the host.
 func TestConformanceExternalPlugin(t *testing.T) {
 	t.Parallel()
 	dir := memPluginDir(t)
-	targettest.Run(t, func(t *testing.T) plugins.Target {
-		m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t), PluginDir: dir})
-		t.Cleanup(func() { _ = m.Close() })
-		r, err := m.Open(t.Context(), plugins.TargetConfig{Name: "mem", URL: "mem:"})
-		if err != nil {
-			t.Fatalf("Open: %v", err)
-		}
-		return r
-	})
+	for _, dataPlane := range []bool{true, false} {
+		t.Run(map[bool]string{true: "DataPlane", false: "GRPCPayloads"}[dataPlane], func(t *testing.T) {
+			t.Parallel()
+			targettest.Run(t, func(t *testing.T) plugins.Target {
+				m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t), PluginDir: dir, DisableDataPlane: !dataPlane})
+				t.Cleanup(func() { _ = m.Close() })
+				r, err := m.Open(t.Context(), plugins.TargetConfig{Name: "mem", URL: "mem:"})
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				if r.UsesDataPlane() != dataPlane {
+					t.Fatalf("UsesDataPlane() = %v, want %v", r.UsesDataPlane(), dataPlane)
+				}
+				return r
+			})
+		})
+	}
 }
 
 func TestManagerPlugins(t *testing.T) {

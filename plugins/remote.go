@@ -78,6 +78,15 @@ func (r *Remote) PluginPID() int {
 	return r.proc.pid
 }
 
+// UsesDataPlane reports whether the running plugin takes payloads over
+// the local data plane (false if none is running). For diagnostics and
+// tests.
+func (r *Remote) UsesDataPlane() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.proc != nil && r.proc.plane != nil
+}
+
 // acquire returns the running plugin, starting one if there is none.
 func (r *Remote) acquire(ctx context.Context) (*process, error) {
 	select {
@@ -102,7 +111,7 @@ func (r *Remote) acquire(ctx context.Context) (*process, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		p.client.Kill()
+		p.kill()
 		return nil, ErrClosed
 	}
 	r.proc = p
@@ -140,7 +149,7 @@ func (r *Remote) checkHealth(p *process, cause error) {
 	r.proc = nil
 	r.mu.Unlock()
 	r.logger.Warn("plugin is gone; it will be restarted", "pid", p.pid, "err", cause)
-	p.client.Kill()
+	p.kill()
 }
 
 // retry runs fn on the running plugin until it succeeds, fails with a
@@ -408,7 +417,7 @@ func (r *Remote) Close() error {
 	r.m.forget(r)
 	if p != nil {
 		_ = p.target.Close()
-		p.client.Kill()
+		p.kill()
 	}
 	return nil
 }

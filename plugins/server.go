@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 
 	targetv1 "github.com/strata-block/strata/plugins/proto/v1"
@@ -24,6 +25,8 @@ type server struct {
 	logger *slog.Logger
 	// chunks says the gRPC server runs codec, so Get may send chunks.
 	chunks bool
+	// plane is the data plane the host passed, or nil (dataplane.go).
+	plane *pluginPlane
 
 	mu     sync.Mutex
 	target Target
@@ -65,8 +68,8 @@ func (s *server) Configure(ctx context.Context, req *targetv1.ConfigureRequest) 
 		return nil, toStatus(fmt.Errorf("open target: %w", err))
 	}
 	s.target = t
-	s.logger.Debug("target configured")
-	return &targetv1.ConfigureResponse{}, nil
+	s.logger.Debug("target configured", "data_plane", s.plane != nil)
+	return &targetv1.ConfigureResponse{PipeDataPlane: s.plane != nil}, nil
 }
 
 func (s *server) Info(ctx context.Context, _ *targetv1.InfoRequest) (*targetv1.InfoResponse, error) {
@@ -97,10 +100,6 @@ type putStream interface {
 }
 
 func (s *server) put(stream putStream, ifAbsent bool) error {
-	t, err := s.current()
-	if err != nil {
-		return toStatus(err)
-	}
 	first, err := stream.Recv()
 	if err != nil {
 		return toStatus(Transient(fmt.Errorf("put: receiving header: %w", err)))
@@ -109,14 +108,36 @@ func (s *server) put(stream putStream, ifAbsent bool) error {
 	if h == nil {
 		return toStatus(fmt.Errorf("put: first message is not a header: %w", ErrPermanent))
 	}
+	ctx := stream.Context()
+	var pipe *os.File
+	if tok := h.GetPipeToken(); tok != nil {
+		// First, so that every failure below closes it: a host writing
+		// into it learns at once (EPIPE), and then reads our status.
+		if pipe, err = s.claimPipe(ctx, tok); err != nil {
+			return toStatus(fmt.Errorf("put %q: %w", h.GetKey(), err))
+		}
+		defer pipe.Close()
+		defer onDone(ctx, pipe)()
+	}
+	t, err := s.current()
+	if err != nil {
+		return toStatus(err)
+	}
 	if err := ValidateKey(h.GetKey()); err != nil {
 		return toStatus(err)
 	}
 	if h.GetSize() < 0 {
 		return toStatus(fmt.Errorf("put %q: negative size %d: %w", h.GetKey(), h.GetSize(), ErrPermanent))
 	}
-	r := &putStreamReader{stream: stream}
-	ctx := stream.Context()
+	var r io.Reader
+	var committed func() bool
+	if pipe != nil {
+		pr := &pipePutReader{pipeIn: pipeIn{pipe: pipe, remaining: h.GetSize()}, stream: stream, size: h.GetSize()}
+		r, committed = pr, func() bool { return pr.committed }
+	} else {
+		sr := &putStreamReader{stream: stream}
+		r, committed = sr, func() bool { return sr.committed }
+	}
 	if ifAbsent {
 		err = t.PutIfAbsent(ctx, h.GetKey(), r, h.GetSize())
 	} else {
@@ -125,7 +146,7 @@ func (s *server) put(stream putStream, ifAbsent bool) error {
 	if err != nil {
 		return toStatus(err)
 	}
-	if !r.committed {
+	if !committed() {
 		// A target that returned before reading to io.EOF broke the
 		// contract; the object may be visible without the host's commit.
 		s.logger.Error("target stored an object before the put was committed", "key", h.GetKey())
@@ -152,17 +173,13 @@ func (r *putStreamReader) Read(p []byte) (int, error) {
 		if r.err != nil {
 			return 0, r.err
 		}
-		msg, err := r.stream.Recv()
+		msg, err := recvPut(r.stream)
 		switch {
-		case errors.Is(err, io.EOF):
-			r.err = Transient(fmt.Errorf("put stream ended without a commit: %w", io.ErrUnexpectedEOF))
 		case err != nil:
-			r.err = Transient(fmt.Errorf("put stream: %w", err))
+			r.err = err
 		case msg.GetCommit() != nil:
 			r.committed = true
 			r.err = io.EOF
-		case msg.GetHeader() != nil:
-			r.err = fmt.Errorf("put stream: a second header: %w", ErrPermanent)
 		default:
 			r.msg = msg.GetData()
 			r.buf = r.msg
@@ -173,7 +190,44 @@ func (r *putStreamReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// recvPut receives the next message of a Put stream: data or the commit.
+func recvPut(stream putStream) (*targetv1.PutRequest, error) {
+	msg, err := stream.Recv()
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil, Transient(fmt.Errorf("put stream ended without a commit: %w", io.ErrUnexpectedEOF))
+	case err != nil:
+		return nil, Transient(fmt.Errorf("put stream: %w", err))
+	case msg.GetHeader() != nil:
+		return nil, fmt.Errorf("put stream: a second header: %w", ErrPermanent)
+	}
+	return msg, nil
+}
+
+// recvCommit receives the commit of a Put whose data came through a pipe.
+func recvCommit(stream putStream) error {
+	msg, err := recvPut(stream)
+	if err != nil {
+		return err
+	}
+	if msg.GetCommit() == nil {
+		return fmt.Errorf("put stream: data messages with a pipe: %w", ErrPermanent)
+	}
+	return nil
+}
+
 func (s *server) Get(req *targetv1.GetRequest, stream targetv1.Target_GetServer) error {
+	ctx := stream.Context()
+	var pipe *os.File
+	if tok := req.GetPipeToken(); tok != nil {
+		// First, so that it is closed on every path; after the data,
+		// getPipe closes it.
+		var err error
+		if pipe, err = s.claimPipe(ctx, tok); err != nil {
+			return toStatus(fmt.Errorf("get %q: %w", req.GetKey(), err))
+		}
+		defer pipe.Close()
+	}
 	t, err := s.current()
 	if err != nil {
 		return toStatus(err)
@@ -181,13 +235,16 @@ func (s *server) Get(req *targetv1.GetRequest, stream targetv1.Target_GetServer)
 	if err := ValidateKey(req.GetKey()); err != nil {
 		return toStatus(err)
 	}
-	rc, n, err := t.Get(stream.Context(), req.GetKey(), req.GetOffset(), req.GetLength())
+	rc, n, err := t.Get(ctx, req.GetKey(), req.GetOffset(), req.GetLength())
 	if err != nil {
 		return toStatus(err)
 	}
 	defer rc.Close()
 	if err := stream.Send(&targetv1.GetResponse{Msg: &targetv1.GetResponse_Header{Header: &targetv1.GetHeader{Length: n}}}); err != nil {
 		return err
+	}
+	if pipe != nil {
+		return toStatus(getPipe(ctx, req.GetKey(), rc, n, pipe))
 	}
 	var sent int64
 	for sent < n {

@@ -180,11 +180,18 @@ func (t *Target) put(ctx context.Context, key string, r io.Reader, size int64, i
 			err = fmt.Errorf("%s %q: removing the temporary file: %w", op, key, classify(rerr))
 		}
 	}()
-	bp := copyPool.Get().(*[]byte)
-	// Through a writer of our own: *os.File's ReadFrom would copy in
-	// 32 KiB pieces (genericReadFrom), ignoring the buffer.
-	_, err = io.CopyBuffer(&writebackWriter{f: f}, plugins.SizedReader(ctxReader{ctx, r}, size), *bp)
-	copyPool.Put(bp)
+	wb := &writebackWriter{f: f}
+	if src, ok := r.(plugins.SpliceSource); ok {
+		// In a plugin, data from the host's pipe: splice(2) moves it into
+		// the file without a copy through our memory, and checks its size.
+		_, err = src.SpliceTo(ctx, f, wb.wrote)
+	} else {
+		bp := copyPool.Get().(*[]byte)
+		// Through a writer of our own: *os.File's ReadFrom would copy in
+		// 32 KiB pieces (genericReadFrom), ignoring the buffer.
+		_, err = io.CopyBuffer(wb, plugins.SizedReader(ctxReader{ctx, r}, size), *bp)
+		copyPool.Put(bp)
+	}
 	if err != nil {
 		return fmt.Errorf("%s %q: writing: %w", op, key, err)
 	}
@@ -293,17 +300,24 @@ type writebackWriter struct {
 
 func (w *writebackWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
-	w.off += int64(n)
 	if err != nil {
+		w.off += int64(n)
 		return n, classify(err)
 	}
+	return n, w.wrote(w.off + int64(n))
+}
+
+// wrote records that the file now holds off bytes, starting writeback of
+// each whole writebackChunk since the last start.
+func (w *writebackWriter) wrote(off int64) error {
+	w.off = off
 	if w.off-w.started >= writebackChunk {
 		if err := startWriteback(w.f.Fd(), w.started, w.off-w.started); err != nil {
-			return n, fmt.Errorf("starting writeback: %w", classify(err))
+			return fmt.Errorf("starting writeback: %w", classify(err))
 		}
 		w.started = w.off
 	}
-	return n, nil
+	return nil
 }
 
 // ctxReader stops a copy when its context ends.
@@ -357,21 +371,29 @@ func (t *Target) Get(_ context.Context, key string, offset, length int64) (io.Re
 	if length >= 0 {
 		n = min(n, length)
 	}
-	return &fileRange{r: io.NewSectionReader(f, offset, n), f: f, key: key, remaining: n}, n, nil
+	return &fileRange{r: io.NewSectionReader(f, offset, n), f: f, key: key, off: offset, remaining: n}, n, nil
 }
 
 // fileRange reads a range of an object's file, failing rather than ending
 // early if the file is shorter than it was (it never should be: objects
-// are replaced by rename, not rewritten).
+// are replaced by rename, not rewritten). In a plugin, the server shim
+// splices the range into the host's pipe instead (FileRange).
 type fileRange struct {
 	r         io.Reader
 	f         *os.File
 	key       string
+	off       int64 // of the next byte
 	remaining int64
 }
 
+var _ plugins.FileRangeReader = (*fileRange)(nil)
+
+// FileRange returns the file and the part of the range not read yet.
+func (fr *fileRange) FileRange() (*os.File, int64, int64) { return fr.f, fr.off, fr.remaining }
+
 func (fr *fileRange) Read(p []byte) (int, error) {
 	n, err := fr.r.Read(p)
+	fr.off += int64(n)
 	fr.remaining -= int64(n)
 	if errors.Is(err, io.EOF) && fr.remaining > 0 {
 		return n, fmt.Errorf("get %q: file ended %d bytes early: %w", fr.key, fr.remaining, plugins.Transient(io.ErrUnexpectedEOF))

@@ -27,17 +27,24 @@ func newTarget(t *testing.T, dir string) *fs.Target {
 	return tg
 }
 
-// openPlugin opens the fs target on dir through a plugin process.
-func openPlugin(t *testing.T, dir string) *plugins.Remote {
+// openPlugin opens the fs target on dir through a plugin process, its
+// payloads over the data plane or in the gRPC stream.
+func openPlugin(t *testing.T, dir string, dataPlane bool) *plugins.Remote {
 	t.Helper()
-	m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t)})
+	m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t), DisableDataPlane: !dataPlane})
 	t.Cleanup(func() { _ = m.Close() })
 	r, err := m.Open(t.Context(), plugins.TargetConfig{Name: "fs-test", URL: "file://" + dir})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
+	if r.UsesDataPlane() != dataPlane {
+		t.Fatalf("UsesDataPlane() = %v, want %v", r.UsesDataPlane(), dataPlane)
+	}
 	return r
 }
+
+// payloadPaths names the two ways payloads reach a plugin.
+var payloadPaths = map[string]bool{"DataPlane": true, "GRPCPayloads": false}
 
 func TestConformance(t *testing.T) {
 	t.Parallel()
@@ -46,15 +53,25 @@ func TestConformance(t *testing.T) {
 
 func TestConformancePlugin(t *testing.T) {
 	t.Parallel()
-	targettest.Run(t, func(t *testing.T) plugins.Target { return openPlugin(t, t.TempDir()) })
+	for name, dataPlane := range payloadPaths {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			targettest.Run(t, func(t *testing.T) plugins.Target { return openPlugin(t, t.TempDir(), dataPlane) })
+		})
+	}
 }
 
 func TestCrash(t *testing.T) {
 	t.Parallel()
-	targettest.RunCrash(t, func(t *testing.T) (targettest.PluginTarget, plugins.Target) {
-		dir := t.TempDir()
-		return openPlugin(t, dir), newTarget(t, dir)
-	})
+	for name, dataPlane := range payloadPaths {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			targettest.RunCrash(t, func(t *testing.T) (targettest.PluginTarget, plugins.Target) {
+				dir := t.TempDir()
+				return openPlugin(t, dir, dataPlane), newTarget(t, dir)
+			})
+		})
+	}
 }
 
 func TestParseURL(t *testing.T) {

@@ -1,0 +1,430 @@
+package plugins
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The local data plane: object payloads through pipes whose ends are
+// passed over a private unix socket, next to the gRPC connection that
+// carries everything else (doc.go explains why and what it guarantees).
+// Linux only, like the rest of the package (the manager's Pdeathsig).
+
+// DataPlaneEnv is the environment variable through which the host tells a
+// plugin the number of its inherited data-plane socket. A plugin that
+// serves the data plane says so in its ConfigureResponse; one that does
+// not (an external plugin written against the portable protocol) ignores
+// the variable and the descriptor, and its payloads travel in data
+// messages.
+const DataPlaneEnv = "STRATA_TARGET_DATA_PLANE_FD"
+
+// dataPlaneFD is the descriptor number of the socket in the plugin: the
+// first of exec.Cmd.ExtraFiles.
+const dataPlaneFD = 3
+
+// tokenSize is the length of a pipe token: 128 random bits, so a token
+// names one transfer and nothing else.
+const tokenSize = 16
+
+// pipeSize is the capacity asked for each pipe (F_SETPIPE_SZ), one
+// protocol chunk: the writer moves a whole megabyte per wake-up. Where the
+// kernel refuses (pipe-max-size, a user's pipe quota), the default 64 KiB
+// stays and only costs more wake-ups.
+const pipeSize = 1 << 20
+
+type token [tokenSize]byte
+
+func newToken() token {
+	var t token
+	_, _ = rand.Read(t[:]) // never fails (crypto/rand)
+	return t
+}
+
+// newPipe returns a pipe, both ends close-on-exec and non-blocking
+// (os.Pipe), enlarged to pipeSize where allowed.
+func newPipe() (r, w *os.File, err error) {
+	r, w, err = os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("data plane: pipe: %w", Transient(err))
+	}
+	if rc, err := w.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize)
+		})
+	}
+	return r, w, nil
+}
+
+// hostPlane is the host's end of a plugin's data-plane socket.
+type hostPlane struct {
+	conn *net.UnixConn
+}
+
+// newHostPlane returns a connected pair of SOCK_SEQPACKET unix sockets:
+// the host's end and the end the plugin inherits (child, to go into
+// exec.Cmd.ExtraFiles and be closed by the host once the plugin started).
+// Both are close-on-exec: only the one plugin it is meant for inherits
+// child, as descriptor 3. Nothing listens, so no other process can
+// connect.
+func newHostPlane() (*hostPlane, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("data plane: socketpair: %w", Transient(err))
+	}
+	host := os.NewFile(uintptr(fds[0]), "data-plane")
+	child := os.NewFile(uintptr(fds[1]), "data-plane-plugin")
+	conn, err := net.FileConn(host) // dups the descriptor
+	_ = host.Close()
+	if err != nil {
+		_ = child.Close()
+		return nil, nil, fmt.Errorf("data plane: %w", Transient(err))
+	}
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		_ = conn.Close()
+		_ = child.Close()
+		return nil, nil, fmt.Errorf("data plane: socket is a %T: %w", conn, ErrPermanent)
+	}
+	return &hostPlane{conn: uc}, child, nil
+}
+
+// send passes the pipe end f to the plugin under tok. One message per
+// descriptor: SOCK_SEQPACKET keeps concurrent senders' messages whole.
+// The caller still owns (and closes) its copy of f. If the socket is full
+// (a plugin that stopped reading it, e.g. a stopped process), send waits
+// for room only as long as ctx lasts.
+func (h *hostPlane) send(ctx context.Context, tok token, f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("data plane: %w", Transient(err))
+	}
+	var serr error
+	if cerr := rc.Control(func(fd uintptr) {
+		serr = h.sendmsg(ctx, tok[:], unix.UnixRights(int(fd)))
+	}); cerr != nil {
+		serr = cerr
+	}
+	if serr != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("data plane: sending a pipe: %w", context.Cause(ctx))
+		}
+		// The plugin died or closed its end: a restart brings a new socket.
+		return fmt.Errorf("data plane: sending a pipe: %w", Transient(serr))
+	}
+	return nil
+}
+
+// sendRetry is how often send tries again while the socket is full.
+const sendRetry = time.Millisecond
+
+// sendmsg sends one message without blocking, trying again every
+// sendRetry while the socket is full, until ctx ends.
+func (h *hostPlane) sendmsg(ctx context.Context, msg, oob []byte) error {
+	rc, err := h.conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			for {
+				serr = unix.Sendmsg(int(fd), msg, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+				if !errors.Is(serr, unix.EINTR) {
+					return
+				}
+			}
+		}); err != nil {
+			return err
+		}
+		if !errors.Is(serr, unix.EAGAIN) {
+			return serr
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(sendRetry):
+		}
+	}
+}
+
+// forget tells the plugin that the call tok was for has failed on the
+// host's side: a token without a descriptor. The plugin closes the pipe if
+// no call claimed it, instead of keeping it until unclaimedTTL. Best
+// effort, never waiting: if it is lost (the plugin is gone, pipe and all,
+// or its socket is full) the TTL still applies.
+func (h *hostPlane) forget(tok token) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = h.sendmsg(ctx, tok[:], nil)
+}
+
+func (h *hostPlane) close() error { return h.conn.Close() }
+
+// pluginPlane is a plugin's end of the data-plane socket: it receives pipe
+// ends under their tokens and hands each to the call that names its
+// token. A pipe nobody claims within unclaimedTTL is closed (the host's
+// call failed before it reached the plugin); a call whose pipe does not
+// come within claimWait, or before its context ends, fails.
+type pluginPlane struct {
+	conn   *net.UnixConn
+	logger *slog.Logger
+
+	// ttl bounds how long an unclaimed pipe is kept, wait how long a
+	// call waits for its pipe.
+	ttl, wait time.Duration
+
+	mu      sync.Mutex
+	ready   map[token]*os.File
+	waiting map[token]chan *os.File
+	err     error // set once the socket is gone
+	done    chan struct{}
+}
+
+// Timeouts of the plugin's data plane. A pipe reaches the plugin a few
+// microseconds before the call naming it, or after it by as much as the
+// plugin's scheduling lags; these bounds only clean up after a host that
+// failed between the two.
+const (
+	unclaimedTTL = time.Minute
+	claimWait    = 30 * time.Second
+)
+
+// pluginPlaneFromEnv takes the data-plane socket the host passed, if any:
+// (nil, nil) when the environment names none. It unsets the variable so
+// the plugin's own children never see it, and checks that the descriptor
+// is a unix SOCK_SEQPACKET socket before trusting it.
+func pluginPlaneFromEnv(logger *slog.Logger) (*pluginPlane, error) {
+	v, ok := os.LookupEnv(DataPlaneEnv)
+	if !ok {
+		return nil, nil
+	}
+	_ = os.Unsetenv(DataPlaneEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("data plane: %s=%q is not a descriptor number: %w", DataPlaneEnv, v, ErrPermanent)
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || typ != unix.SOCK_SEQPACKET {
+		return nil, fmt.Errorf("data plane: descriptor %d is not a SOCK_SEQPACKET socket (type %d, %v): %w", fd, typ, err, ErrPermanent)
+	}
+	f := os.NewFile(uintptr(fd), "data-plane")
+	conn, err := net.FileConn(f) // dups it close-on-exec
+	_ = f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("data plane: %w", Permanent(err))
+	}
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		_ = conn.Close()
+		return nil, fmt.Errorf("data plane: socket is a %T: %w", conn, ErrPermanent)
+	}
+	return newPluginPlane(uc, logger, unclaimedTTL, claimWait), nil
+}
+
+// newPluginPlane serves conn until it is closed or the host's end goes
+// away.
+func newPluginPlane(conn *net.UnixConn, logger *slog.Logger, ttl, wait time.Duration) *pluginPlane {
+	p := &pluginPlane{
+		conn:    conn,
+		logger:  logger,
+		ttl:     ttl,
+		wait:    wait,
+		ready:   make(map[token]*os.File),
+		waiting: make(map[token]chan *os.File),
+		done:    make(chan struct{}),
+	}
+	go p.receive()
+	return p
+}
+
+// receive reads messages until the socket fails: each should be a token
+// with one descriptor, a pipe end, or a token alone (forget). Anything
+// else is logged and its descriptors closed.
+func (p *pluginPlane) receive() {
+	buf := make([]byte, tokenSize+1)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	for {
+		n, oobn, flags, _, err := p.conn.ReadMsgUnix(buf, oob)
+		if err == nil && n == 0 && oobn == 0 {
+			err = errors.New("the host closed it")
+		}
+		if err != nil {
+			p.shut(fmt.Errorf("data plane: %w", Transient(err)))
+			return
+		}
+		files, perr := parseRights(oob[:oobn])
+		switch {
+		case perr == nil && flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
+			perr = errors.New("truncated message")
+		case perr == nil && n != tokenSize:
+			perr = fmt.Errorf("a %d-byte token", n)
+		case perr == nil && len(files) > 1:
+			perr = fmt.Errorf("%d descriptors with one token", len(files))
+		}
+		if perr != nil {
+			p.logger.Warn("data plane: dropping a bad message", "err", perr)
+			closeAll(files)
+			continue
+		}
+		if len(files) == 0 {
+			p.forget(token(buf[:tokenSize]))
+			continue
+		}
+		p.deliver(token(buf[:tokenSize]), files[0])
+	}
+}
+
+// parseRights returns the descriptors of SCM_RIGHTS messages in oob, as
+// close-on-exec files.
+func parseRights(oob []byte) ([]*os.File, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			files = append(files, os.NewFile(uintptr(fd), "pipe"))
+		}
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		_ = f.Close()
+	}
+}
+
+// deliver hands f to the call waiting for tok, or keeps it for the call
+// to come, closing it if none claims it within unclaimedTTL.
+func (p *pluginPlane) deliver(tok token, f *os.File) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ch, ok := p.waiting[tok]; ok {
+		delete(p.waiting, tok)
+		ch <- f // buffered, and only ever one send
+		return
+	}
+	if _, dup := p.ready[tok]; dup || p.err != nil {
+		p.logger.Warn("data plane: dropping a pipe whose token is in use or after shutdown")
+		_ = f.Close()
+		return
+	}
+	p.ready[tok] = f
+	time.AfterFunc(p.ttl, func() {
+		p.mu.Lock()
+		g, ok := p.ready[tok]
+		if ok && g == f {
+			delete(p.ready, tok)
+		}
+		p.mu.Unlock()
+		if ok && g == f {
+			p.logger.Warn("data plane: closing a pipe no call claimed", "after", p.ttl)
+			_ = f.Close()
+		}
+	})
+}
+
+// forget closes the pipe sent under tok if no call claimed it: the host
+// gave up on the call, which may never reach the plugin.
+func (p *pluginPlane) forget(tok token) {
+	p.mu.Lock()
+	f, ok := p.ready[tok]
+	delete(p.ready, tok)
+	p.mu.Unlock()
+	if ok {
+		_ = f.Close()
+	}
+}
+
+// claim returns the pipe sent under tok, waiting for it until ctx ends,
+// claimWait passes or the socket is gone. The caller owns the pipe.
+func (p *pluginPlane) claim(ctx context.Context, tok token) (*os.File, error) {
+	p.mu.Lock()
+	if f, ok := p.ready[tok]; ok {
+		delete(p.ready, tok)
+		p.mu.Unlock()
+		return f, nil
+	}
+	if p.err != nil {
+		err := p.err
+		p.mu.Unlock()
+		return nil, err
+	}
+	if _, dup := p.waiting[tok]; dup {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("data plane: two calls name one pipe token: %w", ErrPermanent)
+	}
+	ch := make(chan *os.File, 1)
+	p.waiting[tok] = ch
+	p.mu.Unlock()
+	timer := time.NewTimer(p.wait)
+	defer timer.Stop()
+	var err error
+	select {
+	case f := <-ch:
+		return f, nil
+	case <-ctx.Done():
+		err = fmt.Errorf("data plane: waiting for the call's pipe: %w", context.Cause(ctx))
+	case <-timer.C:
+		err = fmt.Errorf("data plane: no pipe arrived for the call's token within %v: %w", p.wait, ErrTransient)
+	case <-p.done:
+		err = p.shutErr()
+	}
+	p.mu.Lock()
+	_, still := p.waiting[tok]
+	delete(p.waiting, tok)
+	p.mu.Unlock()
+	if !still {
+		// Delivered while we gave up: ours to close.
+		_ = (<-ch).Close()
+	}
+	return nil, err
+}
+
+func (p *pluginPlane) shutErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// shut records why the plane stopped, closes every pipe not yet claimed
+// and wakes the waiting calls.
+func (p *pluginPlane) shut(err error) {
+	p.mu.Lock()
+	if p.err != nil {
+		p.mu.Unlock()
+		return
+	}
+	p.err = err
+	ready := p.ready
+	p.ready = make(map[token]*os.File)
+	p.mu.Unlock()
+	for _, f := range ready {
+		_ = f.Close()
+	}
+	close(p.done)
+}
+
+// close stops the plane; the receive loop then ends.
+func (p *pluginPlane) close() error {
+	err := p.conn.Close()
+	p.shut(fmt.Errorf("data plane: %w", ErrClosed))
+	return err
+}
