@@ -167,6 +167,12 @@ func NewManager(cfg ManagerConfig) *Manager {
 		cfg.StartTimeout = 30 * time.Second
 	}
 	cfg.Retry = cfg.Retry.withDefaults()
+	// go-plugin appends the host's own environment after the variables
+	// startProcess sets, and the last value wins: a host started with
+	// DataPlaneEnv set would hand its plugins a wrong descriptor number
+	// (or one where there is none, with the data plane disabled). The
+	// host never serves a data plane itself, so the variable goes.
+	_ = os.Unsetenv(DataPlaneEnv)
 	return &Manager{cfg: cfg, logger: cfg.Logger, remotes: make(map[*Remote]struct{})}
 }
 

@@ -151,3 +151,24 @@ func targettestList(t *testing.T, tg plugins.Target) int {
 	}
 	return n
 }
+
+// A host that itself runs with the data plane's variable set (say, an
+// agent started from a plugin's environment) still hands its plugins the
+// right descriptor: go-plugin appends the host's environment after the
+// variables the manager sets, and the last value would win.
+func TestManagerHostDataPlaneEnv(t *testing.T) {
+	// Not parallel: it sets the process environment.
+	t.Setenv(plugins.DataPlaneEnv, "57")
+	m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t), PluginDir: memPluginDir(t)})
+	t.Cleanup(func() { _ = m.Close() })
+	r, err := m.Open(t.Context(), plugins.TargetConfig{Name: "mem", URL: "mem:"})
+	if err != nil {
+		t.Fatalf("Open with %s set in the host: %v", plugins.DataPlaneEnv, err)
+	}
+	if !r.UsesDataPlane() {
+		t.Fatal("the plugin does not use the data plane")
+	}
+	if err := r.Put(t.Context(), "k", strings.NewReader("v"), 1); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+}
