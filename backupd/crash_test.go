@@ -18,7 +18,11 @@ import (
 // The crash tests re-execute this test binary as TestCrashChild, which
 // runs one backup or restore of a real volume to an fs target and prints a
 // line per progress event; the parent SIGKILLs it after a chosen number of
-// lines and checks what is left.
+// lines and checks what is left. After each line the child waits for the
+// parent's go-ahead on stdin, so the kill lands while the child is inside
+// the event it was meant to land in: without it, a loaded parent read the
+// line late and a small restore had finished (and removed its state file)
+// before the kill.
 const (
 	crashEnvMode   = "STRATA_BACKUP_CRASH_MODE" // "backup" or "restore"
 	crashEnvStore  = "STRATA_BACKUP_CRASH_STORE"
@@ -40,6 +44,9 @@ func TestCrashChild(t *testing.T) {
 	progress := func(p backupd.Progress) {
 		// One write(2) per line, so the parent counts whole events.
 		fmt.Fprintf(os.Stdout, "P %s %d %d\n", p.Phase, p.BytesScanned, p.BytesWritten)
+		// Wait for the go-ahead (or the kill).
+		var b [1]byte
+		_, _ = os.Stdin.Read(b[:])
 	}
 	var err error
 	switch mode {
@@ -71,6 +78,11 @@ func runAndKill(t *testing.T, env []string, lines int) {
 		t.Fatal(err)
 	}
 	cmd.Stderr = os.Stderr
+	goAhead, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer goAhead.Close()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +98,9 @@ func runAndKill(t *testing.T, env []string, lines int) {
 			seen++
 			if seen == lines {
 				break
+			}
+			if _, err := goAhead.Write([]byte{'\n'}); err != nil {
+				t.Fatalf("go-ahead to the child: %v", err)
 			}
 		}
 	}

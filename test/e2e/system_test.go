@@ -838,8 +838,16 @@ func TestSystemBackupAgentKills(t *testing.T) {
 	var plugins []int // b's plugin processes when it was killed
 	go func() {
 		defer close(done)
-		time.Sleep(700 * time.Millisecond)
-		plugins = childPIDs(b.cmd.Process.Pid)
+		// Kill b as soon as it has started a plugin process: the system
+		// backup has reached it (the coordinator registers the target on
+		// b, then b backs vol-b up through that target's plugin). A fixed
+		// sleep raced the backup, which the plugins' data plane made
+		// faster than the sleep.
+		deadline := time.Now().Add(30 * time.Second)
+		for len(plugins) == 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+			plugins = childPIDs(b.cmd.Process.Pid)
+		}
 		_ = b.cmd.Process.Kill()
 	}()
 	ev, err := a.systemBackup()
