@@ -22,6 +22,10 @@ type client struct {
 	// plane, if the plugin serves it, carries Put and Get payloads
 	// (dataplane.go); nil means data messages.
 	plane *hostPlane
+	// fileGet: the plugin answers open requests on the plane, so a Get
+	// reads the object's file through a descriptor it passes
+	// (fileplane.go).
+	fileGet bool
 }
 
 var _ Target = (*client)(nil)
@@ -38,6 +42,7 @@ func (c *client) configure(ctx context.Context, url string, creds Credentials, p
 	}
 	if plane != nil && r.GetPipeDataPlane() {
 		c.plane = plane
+		c.fileGet = r.GetFileGet()
 	}
 	return nil
 }
@@ -149,6 +154,12 @@ func (c *client) Get(ctx context.Context, key string, offset, length int64) (io.
 	}
 	if err := ValidateKey(key); err != nil {
 		return nil, 0, err
+	}
+	if c.fileGet {
+		rc, n, err := c.getFile(ctx, key, offset, length)
+		if !errors.Is(err, errNotFile) {
+			return rc, n, err
+		}
 	}
 	if c.plane != nil {
 		return c.getPipe(ctx, key, offset, length)

@@ -174,20 +174,33 @@ func (h *hostPlane) close() error { return h.conn.Close() }
 // ends under their tokens and hands each to the call that names its
 // token. A pipe nobody claims within unclaimedTTL is closed (the host's
 // call failed before it reached the plugin); a call whose pipe does not
-// come within claimWait, or before its context ends, fails.
+// come within claimWait, or before its context ends, fails. It also
+// answers open requests (fileplane.go).
+//
+// The socket is read with blocking recvmsg(2) on a goroutine of its own,
+// not through the runtime's poller: the kernel then wakes that thread
+// directly when the host sends, which on this project's 2-core VMs took
+// about 25 µs off each open request's round trip (fileplane.go).
 type pluginPlane struct {
-	conn   *net.UnixConn
+	sock   *os.File // in blocking mode; closed by receive when it ends
+	fd     int      // sock's descriptor
 	logger *slog.Logger
 
 	// ttl bounds how long an unclaimed pipe is kept, wait how long a
 	// call waits for its pipe.
 	ttl, wait time.Duration
 
-	mu      sync.Mutex
-	ready   map[token]*os.File
-	waiting map[token]chan *os.File
-	err     error // set once the socket is gone
-	done    chan struct{}
+	mu         sync.Mutex
+	ready      map[token]*os.File
+	waiting    map[token]chan *os.File
+	get        getFunc // answers open requests once set (serveFiles)
+	err        error   // set once the socket is gone
+	sockClosed bool    // receive closed sock: fd may name another file
+	done       chan struct{}
+
+	// ctx ends when the plane shuts: open requests in progress stop.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // Timeouts of the plugin's data plane. A pipe reaches the plugin a few
@@ -217,25 +230,17 @@ func pluginPlaneFromEnv(logger *slog.Logger) (*pluginPlane, error) {
 	if err != nil || typ != unix.SOCK_SEQPACKET {
 		return nil, fmt.Errorf("data plane: descriptor %d is not a SOCK_SEQPACKET socket (type %d, %v): %w", fd, typ, err, ErrPermanent)
 	}
-	f := os.NewFile(uintptr(fd), "data-plane")
-	conn, err := net.FileConn(f) // dups it close-on-exec
-	_ = f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("data plane: %w", Permanent(err))
-	}
-	uc, ok := conn.(*net.UnixConn)
-	if !ok {
-		_ = conn.Close()
-		return nil, fmt.Errorf("data plane: socket is a %T: %w", conn, ErrPermanent)
-	}
-	return newPluginPlane(uc, logger, unclaimedTTL, claimWait), nil
+	unix.CloseOnExec(fd)
+	return newPluginPlane(os.NewFile(uintptr(fd), "data-plane"), logger, unclaimedTTL, claimWait), nil
 }
 
-// newPluginPlane serves conn until it is closed or the host's end goes
-// away.
-func newPluginPlane(conn *net.UnixConn, logger *slog.Logger, ttl, wait time.Duration) *pluginPlane {
+// newPluginPlane serves the socket sock, which it takes over and puts in
+// blocking mode, until it is closed or the host's end goes away.
+func newPluginPlane(sock *os.File, logger *slog.Logger, ttl, wait time.Duration) *pluginPlane {
 	p := &pluginPlane{
-		conn:    conn,
+		sock: sock,
+		fd:   int(sock.Fd()), // blocking mode
+
 		logger:  logger,
 		ttl:     ttl,
 		wait:    wait,
@@ -243,18 +248,26 @@ func newPluginPlane(conn *net.UnixConn, logger *slog.Logger, ttl, wait time.Dura
 		waiting: make(map[token]chan *os.File),
 		done:    make(chan struct{}),
 	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	go p.receive()
 	return p
 }
 
 // receive reads messages until the socket fails: each should be a token
-// with one descriptor, a pipe end, or a token alone (forget). Anything
-// else is logged and its descriptors closed.
+// with one descriptor, a pipe end, a token alone (forget), or an open
+// request with its reply socket (fileplane.go), which it answers itself.
+// Anything else is logged and its descriptors closed.
 func (p *pluginPlane) receive() {
-	buf := make([]byte, tokenSize+1)
+	defer func() {
+		p.mu.Lock()
+		p.sockClosed = true
+		_ = p.sock.Close()
+		p.mu.Unlock()
+	}()
+	buf := make([]byte, openRequestSize+MaxKeyLength+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	for {
-		n, oobn, flags, _, err := p.conn.ReadMsgUnix(buf, oob)
+		n, oobn, flags, err := p.recvmsg(buf, oob)
 		if err == nil && n == 0 && oobn == 0 {
 			err = errors.New("the host closed it")
 		}
@@ -266,6 +279,11 @@ func (p *pluginPlane) receive() {
 		switch {
 		case perr == nil && flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
 			perr = errors.New("truncated message")
+		case perr == nil && n > tokenSize && len(files) == 1:
+			if perr = p.serveOpen(buf[:n], files[0]); perr == nil {
+				continue
+			}
+			files = nil // serveOpen closed it
 		case perr == nil && n != tokenSize:
 			perr = fmt.Errorf("a %d-byte token", n)
 		case perr == nil && len(files) > 1:
@@ -281,6 +299,17 @@ func (p *pluginPlane) receive() {
 			continue
 		}
 		p.deliver(token(buf[:tokenSize]), files[0])
+	}
+}
+
+// recvmsg receives one message, blocking until it comes; descriptors
+// arrive close-on-exec.
+func (p *pluginPlane) recvmsg(buf, oob []byte) (n, oobn, flags int, err error) {
+	for {
+		n, oobn, flags, _, err = unix.Recvmsg(p.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if !errors.Is(err, unix.EINTR) {
+			return n, oobn, flags, err
+		}
 	}
 }
 
@@ -416,15 +445,22 @@ func (p *pluginPlane) shut(err error) {
 	ready := p.ready
 	p.ready = make(map[token]*os.File)
 	p.mu.Unlock()
+	p.cancel()
 	for _, f := range ready {
 		_ = f.Close()
 	}
 	close(p.done)
 }
 
-// close stops the plane; the receive loop then ends.
+// close stops the plane: shutting the socket down wakes the receive
+// loop, which ends and closes it.
 func (p *pluginPlane) close() error {
-	err := p.conn.Close()
+	var err error
+	p.mu.Lock()
+	if !p.sockClosed {
+		err = unix.Shutdown(p.fd, unix.SHUT_RDWR)
+	}
+	p.mu.Unlock()
 	p.shut(fmt.Errorf("data plane: %w", ErrClosed))
 	return err
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/strata-block/strata/plugins"
+	"github.com/strata-block/strata/plugins/fs"
 	"github.com/strata-block/strata/plugins/targettest"
 )
 
@@ -23,6 +24,27 @@ func TestConformanceGRPCDataPlane(t *testing.T) {
 	targettest.Run(t, func(t *testing.T) plugins.Target {
 		return plugins.NewInProcessDataPlane(t, targettest.OpenMemory, "mem:", time.Minute, 30*time.Second).Target
 	})
+}
+
+// The shims with the fs target: its Gets pass descriptors (fileplane.go),
+// or, for a host that does not ask for them, splice the file into pipes.
+func TestConformanceGRPCDataPlaneFiles(t *testing.T) {
+	t.Parallel()
+	for _, files := range []bool{true, false} {
+		t.Run(fmt.Sprintf("file_get=%v", files), func(t *testing.T) {
+			t.Parallel()
+			targettest.Run(t, func(t *testing.T) plugins.Target {
+				p := plugins.NewInProcessDataPlane(t, fs.Open, "file://"+t.TempDir(), time.Minute, 30*time.Second)
+				if !p.FileGet() {
+					t.Fatal("the fs target's server shim does not offer descriptors")
+				}
+				if !files {
+					p.DisableFileGet()
+				}
+				return p.Target
+			})
+		})
+	}
 }
 
 // A call naming a token whose pipe never comes fails once the plugin

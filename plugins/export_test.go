@@ -2,7 +2,6 @@ package plugins
 
 import (
 	"context"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -62,12 +61,7 @@ func NewInProcessDataPlane(t testing.TB, open OpenFunc, url string, ttl, wait ti
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := net.FileConn(child)
-	_ = child.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pp := newPluginPlane(conn.(*net.UnixConn), testLogger(t), ttl, wait)
+	pp := newPluginPlane(child, testLogger(t), ttl, wait)
 	t.Cleanup(func() {
 		_ = hp.close()
 		_ = pp.close()
@@ -156,3 +150,10 @@ func FillDataPlane(ctx context.Context) (int, error) {
 		}
 	}
 }
+
+// FileGet reports whether Gets pass descriptors (fileplane.go).
+func (p *InProcessPlane) FileGet() bool { return p.c.fileGet }
+
+// DisableFileGet makes Gets use pipes even if the plugin passes
+// descriptors, as a host that does not know file_get would.
+func (p *InProcessPlane) DisableFileGet() { p.c.fileGet = false }

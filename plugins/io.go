@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // SizedReader returns a reader that yields exactly what r yields while
@@ -66,3 +67,49 @@ func (s *sizedReader) Read(p []byte) (int, error) {
 type eofReader struct{}
 
 func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// FileSection reads n bytes of a file from an offset, failing rather than
+// ending early if the file is shorter than that (an object's file never
+// should be: objects are replaced by rename, not rewritten). It is the Get
+// reader of a target whose objects are local files (fs), and the host's
+// reader of a descriptor such a target's plugin passed (fileplane.go): the
+// same reads either way. It is a FileRangeReader.
+type FileSection struct {
+	f         *os.File
+	key       string
+	off       int64 // of the next byte
+	remaining int64
+}
+
+var _ FileRangeReader = (*FileSection)(nil)
+
+// NewFileSection returns a reader of f's n bytes from off, for the object
+// key (named in errors); closing it closes f.
+func NewFileSection(f *os.File, key string, off, n int64) *FileSection {
+	return &FileSection{f: f, key: key, off: off, remaining: n}
+}
+
+// FileRange returns the file and the part of the range not read yet.
+func (s *FileSection) FileRange() (*os.File, int64, int64) { return s.f, s.off, s.remaining }
+
+func (s *FileSection) Read(p []byte) (int, error) {
+	if s.remaining == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > s.remaining {
+		p = p[:s.remaining]
+	}
+	n, err := s.f.ReadAt(p, s.off)
+	s.off += int64(n)
+	s.remaining -= int64(n)
+	switch {
+	case errors.Is(err, io.EOF) && s.remaining > 0:
+		return n, fmt.Errorf("get %q: file ended %d bytes early: %w", s.key, s.remaining, Transient(io.ErrUnexpectedEOF))
+	case errors.Is(err, io.EOF), err == nil:
+		return n, nil
+	}
+	return n, fmt.Errorf("get %q: %w", s.key, err)
+}
+
+// Close closes the file.
+func (s *FileSection) Close() error { return s.f.Close() }

@@ -68,8 +68,12 @@ func (s *server) Configure(ctx context.Context, req *targetv1.ConfigureRequest) 
 		return nil, toStatus(fmt.Errorf("open target: %w", err))
 	}
 	s.target = t
-	s.logger.Debug("target configured", "data_plane", s.plane != nil)
-	return &targetv1.ConfigureResponse{PipeDataPlane: s.plane != nil}, nil
+	fileGet := s.plane != nil && servesFiles(t)
+	if fileGet {
+		s.plane.serveFiles(s.getFile)
+	}
+	s.logger.Debug("target configured", "data_plane", s.plane != nil, "file_get", fileGet)
+	return &targetv1.ConfigureResponse{PipeDataPlane: s.plane != nil, FileGet: fileGet}, nil
 }
 
 func (s *server) Info(ctx context.Context, _ *targetv1.InfoRequest) (*targetv1.InfoResponse, error) {
@@ -214,6 +218,18 @@ func recvCommit(stream putStream) error {
 		return fmt.Errorf("put stream: data messages with a pipe: %w", ErrPermanent)
 	}
 	return nil
+}
+
+// getFile is Get for an open request on the data plane (fileplane.go).
+func (s *server) getFile(ctx context.Context, key string, offset, length int64) (io.ReadCloser, int64, error) {
+	t, err := s.current()
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := ValidateKey(key); err != nil {
+		return nil, 0, err
+	}
+	return t.Get(ctx, key, offset, length)
 }
 
 func (s *server) Get(req *targetv1.GetRequest, stream targetv1.Target_GetServer) error {

@@ -47,7 +47,7 @@ type Target struct {
 	closed atomic.Bool
 }
 
-var _ plugins.Target = (*Target)(nil)
+var _ plugins.FileTarget = (*Target)(nil)
 
 // Open is the plugins.OpenFunc of the fs target: it parses a file URL
 // (ParseURL) and opens New on its directory. The fs target takes no
@@ -371,37 +371,13 @@ func (t *Target) Get(_ context.Context, key string, offset, length int64) (io.Re
 	if length >= 0 {
 		n = min(n, length)
 	}
-	return &fileRange{r: io.NewSectionReader(f, offset, n), f: f, key: key, off: offset, remaining: n}, n, nil
+	return plugins.NewFileSection(f, key, offset, n), n, nil
 }
 
-// fileRange reads a range of an object's file, failing rather than ending
-// early if the file is shorter than it was (it never should be: objects
-// are replaced by rename, not rewritten). In a plugin, the server shim
-// splices the range into the host's pipe instead (FileRange).
-type fileRange struct {
-	r         io.Reader
-	f         *os.File
-	key       string
-	off       int64 // of the next byte
-	remaining int64
-}
-
-var _ plugins.FileRangeReader = (*fileRange)(nil)
-
-// FileRange returns the file and the part of the range not read yet.
-func (fr *fileRange) FileRange() (*os.File, int64, int64) { return fr.f, fr.off, fr.remaining }
-
-func (fr *fileRange) Read(p []byte) (int, error) {
-	n, err := fr.r.Read(p)
-	fr.off += int64(n)
-	fr.remaining -= int64(n)
-	if errors.Is(err, io.EOF) && fr.remaining > 0 {
-		return n, fmt.Errorf("get %q: file ended %d bytes early: %w", fr.key, fr.remaining, plugins.Transient(io.ErrUnexpectedEOF))
-	}
-	return n, err
-}
-
-func (fr *fileRange) Close() error { return fr.f.Close() }
+// ServesFiles reports that every Get reads a local file
+// (plugins.FileTarget): in a plugin, the host reads it through the
+// descriptor the plugin passes.
+func (t *Target) ServesFiles() bool { return true }
 
 // Has stats each key.
 func (t *Target) Has(ctx context.Context, keys []string) ([]bool, error) {

@@ -18,7 +18,16 @@
 // PutHeader.pipe_token or GetRequest.pipe_token: the payload then travels
 // through that pipe instead of data messages. A plugin that does not
 // advertise it never sees a token, and the data messages below stay the
-// portable path every plugin speaks. plugins/doc.go has the details.
+// portable path every plugin speaks.
+//
+// A plugin whose objects are local files may also say
+// ConfigureResponse.file_get; the host may then ask for an object's range
+// on the socket itself (an open request: token, 'O', offset, length, key)
+// and the plugin answers with a read-only descriptor of the file holding
+// it (an open reply: token, status code, offset, length, error text), so
+// the host reads the range as the target would in-process. Only Get works
+// this way; every other call stays on gRPC. plugins/doc.go has the
+// details and the byte layout.
 //
 // Generated code is committed; regenerate with `make proto`.
 
@@ -154,6 +163,9 @@ type ConfigureResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The plugin serves the local data plane (see the top of this file).
 	PipeDataPlane bool `protobuf:"varint,1,opt,name=pipe_data_plane,json=pipeDataPlane,proto3" json:"pipe_data_plane,omitempty"`
+	// The plugin answers open requests on the data plane (see the top of
+	// this file). Only together with pipe_data_plane.
+	FileGet       bool `protobuf:"varint,2,opt,name=file_get,json=fileGet,proto3" json:"file_get,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -191,6 +203,13 @@ func (*ConfigureResponse) Descriptor() ([]byte, []int) {
 func (x *ConfigureResponse) GetPipeDataPlane() bool {
 	if x != nil {
 		return x.PipeDataPlane
+	}
+	return false
+}
+
+func (x *ConfigureResponse) GetFileGet() bool {
+	if x != nil {
+		return x.FileGet
 	}
 	return false
 }
@@ -1057,9 +1076,10 @@ const file_target_proto_rawDesc = "" +
 	"\vcredentials\x18\x02 \x03(\v2;.strata.plugins.target.v1.ConfigureRequest.CredentialsEntryR\vcredentials\x1a>\n" +
 	"\x10CredentialsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"V\n" +
 	"\x11ConfigureResponse\x12&\n" +
-	"\x0fpipe_data_plane\x18\x01 \x01(\bR\rpipeDataPlane\"\r\n" +
+	"\x0fpipe_data_plane\x18\x01 \x01(\bR\rpipeDataPlane\x12\x19\n" +
+	"\bfile_get\x18\x02 \x01(\bR\afileGet\"\r\n" +
 	"\vInfoRequest\"\xc3\x01\n" +
 	"\fInfoResponse\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12Z\n" +

@@ -18,7 +18,16 @@
 // PutHeader.pipe_token or GetRequest.pipe_token: the payload then travels
 // through that pipe instead of data messages. A plugin that does not
 // advertise it never sees a token, and the data messages below stay the
-// portable path every plugin speaks. plugins/doc.go has the details.
+// portable path every plugin speaks.
+//
+// A plugin whose objects are local files may also say
+// ConfigureResponse.file_get; the host may then ask for an object's range
+// on the socket itself (an open request: token, 'O', offset, length, key)
+// and the plugin answers with a read-only descriptor of the file holding
+// it (an open reply: token, status code, offset, length, error text), so
+// the host reads the range as the target would in-process. Only Get works
+// this way; every other call stays on gRPC. plugins/doc.go has the
+// details and the byte layout.
 //
 // Generated code is committed; regenerate with `make proto`.
 

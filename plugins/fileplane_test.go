@@ -1,0 +1,273 @@
+package plugins
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+)
+
+// fakePlugin is the plugin's end of a data plane whose open requests a
+// test answers by hand: next returns the reply socket of the next one.
+type fakePlugin struct {
+	t    *testing.T
+	host *hostPlane
+	sock *os.File
+}
+
+func newFakePlugin(t *testing.T) *fakePlugin {
+	t.Helper()
+	hp, child, err := newHostPlane()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = hp.close()
+		_ = child.Close()
+	})
+	return &fakePlugin{t: t, host: hp, sock: child}
+}
+
+// next receives an open request and returns its key and reply socket.
+func (p *fakePlugin) next() (string, *os.File) {
+	p.t.Helper()
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := unix.Recvmsg(int(p.sock.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		p.t.Errorf("fake plugin: recvmsg: %v", err)
+		return "", nil
+	}
+	files, err := parseRights(oob[:oobn])
+	if err != nil || len(files) != 1 {
+		p.t.Errorf("fake plugin: %d descriptors, %v", len(files), err)
+		return "", nil
+	}
+	key, _, _, err := parseOpenRequest(buf[:n])
+	if err != nil {
+		p.t.Errorf("fake plugin: %v", err)
+	}
+	return key, files[0]
+}
+
+// reply sends an open reply on the reply socket r, with f attached if
+// not nil, and closes r.
+func reply(t *testing.T, r *os.File, code uint32, off, n int64, text string, f *os.File) {
+	t.Helper()
+	defer r.Close()
+	msg := make([]byte, openReplySize, openReplySize+len(text))
+	binary.BigEndian.PutUint32(msg, code)
+	binary.BigEndian.PutUint64(msg[4:], uint64(off))
+	binary.BigEndian.PutUint64(msg[12:], uint64(n))
+	msg = append(msg, text...)
+	var oob []byte
+	if f != nil {
+		oob = unix.UnixRights(int(f.Fd()))
+	}
+	if err := unix.Sendmsg(int(r.Fd()), msg, oob, nil, 0); err != nil {
+		t.Errorf("fake plugin: sendmsg: %v", err)
+	}
+}
+
+func tempFile(t *testing.T, data []byte) *os.File {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "obj")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	return f
+}
+
+// The host checks every open reply before it reads: a descriptor that is
+// not a regular file, a range the file does not hold, more bytes than
+// asked for, descriptors where none belong, and malformed messages fail
+// the Get with a permanent error naming what is wrong; error replies keep
+// their class; codeNotFile is errNotFile.
+func TestGetFileReplies(t *testing.T) {
+	t.Parallel()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64) // 1 KiB
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pr.Close(); _ = pw.Close() })
+	tests := []struct {
+		name   string
+		length int64
+		send   func(t *testing.T, r *os.File)
+		want   []byte // on success
+		class  error  // on failure
+		text   string // in the error
+	}{
+		{name: "whole", length: -1, want: data[100:], send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 100, int64(len(data)-100), "", tempFile(t, data))
+		}},
+		{name: "range", length: 10, want: data[5:15], send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 5, 10, "", tempFile(t, data))
+		}},
+		{name: "not found", length: -1, class: ErrNotFound, text: "no such object", send: func(t *testing.T, r *os.File) {
+			reply(t, r, uint32(codes.NotFound), 0, 0, "no such object", nil)
+		}},
+		{name: "transient", length: -1, class: ErrTransient, text: "busy", send: func(t *testing.T, r *os.File) {
+			reply(t, r, uint32(codes.Unavailable), 0, 0, "busy", nil)
+		}},
+		{name: "not a file", length: -1, class: errNotFile, send: func(t *testing.T, r *os.File) {
+			reply(t, r, codeNotFile, 0, 0, "", nil)
+		}},
+		{name: "pipe", length: -1, class: ErrPermanent, text: "not a regular file", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 0, 0, "", pr)
+		}},
+		{name: "past the end", length: -1, class: ErrPermanent, text: "range 1000+100 of a 1024-byte file", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 1000, 100, "", tempFile(t, data))
+		}},
+		{name: "negative", length: -1, class: ErrPermanent, text: "range -1+10", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, -1, 10, "", tempFile(t, data))
+		}},
+		{name: "more than asked", length: 10, class: ErrPermanent, text: "20 bytes for a 10-byte request", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 0, 20, "", tempFile(t, data))
+		}},
+		{name: "success without a descriptor", length: -1, class: ErrPermanent, text: "a success with 0 descriptors", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 0, 10, "", nil)
+		}},
+		{name: "error with a descriptor", length: -1, class: ErrPermanent, text: "with 1 descriptors", send: func(t *testing.T, r *os.File) {
+			reply(t, r, uint32(codes.NotFound), 0, 0, "", tempFile(t, data))
+		}},
+		{name: "short message", length: -1, class: ErrPermanent, text: "a 3-byte open reply", send: func(t *testing.T, r *os.File) {
+			defer r.Close()
+			if err := unix.Sendmsg(int(r.Fd()), []byte{1, 2, 3}, nil, nil, 0); err != nil {
+				t.Error(err)
+			}
+		}},
+		{name: "no answer", length: -1, class: ErrTransient, text: "without an answer", send: func(t *testing.T, r *os.File) {
+			_ = r.Close()
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p := newFakePlugin(t)
+			c := &client{plane: p.host, fileGet: true}
+			done := make(chan struct{})
+			defer func() { <-done }()
+			go func() {
+				defer close(done)
+				key, r := p.next()
+				if key != "k" {
+					t.Errorf("request for %q", key)
+				}
+				if r != nil {
+					tt.send(t, r)
+				}
+			}()
+			rc, n, err := c.getFile(t.Context(), "k", 0, tt.length)
+			if tt.want == nil {
+				if err == nil {
+					rc.Close()
+					t.Fatalf("succeeded with %d bytes", n)
+				}
+				if !errors.Is(err, tt.class) || !strings.Contains(err.Error(), tt.text) {
+					t.Fatalf("error %q, want %v containing %q", err, tt.class, tt.text)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			got, err := io.ReadAll(rc)
+			if err != nil || n != int64(len(tt.want)) || !bytes.Equal(got, tt.want) {
+				t.Fatalf("read %d bytes (announced %d), %v; want %d", len(got), n, err, len(tt.want))
+			}
+		})
+	}
+}
+
+// A plugin that never answers holds a Get only as long as its context;
+// a reply that comes later is dropped with its descriptor.
+func TestGetFileCancelled(t *testing.T) {
+	t.Parallel()
+	p := newFakePlugin(t)
+	c := &client{plane: p.host, fileGet: true}
+	got := make(chan *os.File, 1)
+	go func() {
+		_, r := p.next()
+		got <- r
+	}()
+	// got is always received below, so the goroutine ends with the test.
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, _, err := c.getFile(ctx, "k", 0, -1)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v, want the context's", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("returned after %v", d)
+	}
+	r := <-got
+	if r == nil {
+		t.FailNow()
+	}
+	// The host's end is gone: the late reply finds nobody.
+	msg := make([]byte, openReplySize)
+	err = unix.Sendmsg(int(r.Fd()), msg, nil, nil, unix.MSG_NOSIGNAL)
+	_ = r.Close()
+	if !errors.Is(err, unix.EPIPE) && !errors.Is(err, unix.ECONNREFUSED) && !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("late reply: %v, want the host's end closed", err)
+	}
+}
+
+// FuzzOpenMessages checks that the decoders of both open messages accept
+// or reject any bytes without panicking, and that what they accept
+// reads back as it was encoded.
+func FuzzOpenMessages(f *testing.F) {
+	f.Add([]byte{'O', 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 'k'})
+	f.Add(make([]byte, openReplySize))
+	f.Add([]byte("O"))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if key, off, length, err := parseOpenRequest(msg); err == nil {
+			if len(key) != len(msg)-openRequestSize || key == "" || off != int64(binary.BigEndian.Uint64(msg[1:])) || length != int64(binary.BigEndian.Uint64(msg[9:])) {
+				t.Fatalf("request %x decoded as %q %d %d", msg, key, off, length)
+			}
+		}
+		r, err := parseOpenReply(msg, nil)
+		if err != nil {
+			return
+		}
+		if r.code == 0 || r.f != nil || len(msg) < openReplySize || len(r.text) > maxReplyText {
+			t.Fatalf("reply %x without a descriptor decoded as %+v", msg, r)
+		}
+	})
+}
+
+func TestTruncateText(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"abc", 5, "abc"},
+		{"abcdef", 3, "abc"},
+		{"aé", 2, "a"}, // é is two bytes: not cut in half
+		{"éé", 3, "é"},
+	} {
+		if got := truncateText(tt.in, tt.n); got != tt.want {
+			t.Errorf("truncateText(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
+}
