@@ -17,6 +17,7 @@ import (
 	"github.com/strata-block/strata/plugins"
 
 	"github.com/strata-block/strata/internal/atomicfile"
+	"github.com/strata-block/strata/internal/writeback"
 )
 
 // Destination is what Restore writes: a volume (VolumeDestination
@@ -162,9 +163,11 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		if wr.err != nil {
 			return context.Cause(ctx) // the first window's error
 		}
-		if wb, ok := dst.(interface{ startWriteback(off, n int64) }); ok {
+		if fd, ok := dst.(FileDestination); ok {
+			// A hint: the fsync of Flush finds less to write. Its errors
+			// are the fsync's to report.
 			off := int64(wr.from) * int64(m.PageChunks) * int64(m.ChunkSize)
-			wb.startWriteback(off, min(int64(wr.end)*int64(m.PageChunks)*int64(m.ChunkSize), m.Size)-off)
+			_ = writeback.Start(fd.F, off, min(int64(wr.end)*int64(m.PageChunks)*int64(m.ChunkSize), m.Size)-off)
 		}
 		if opts.StatePath != "" {
 			if err := dst.Flush(ctx); err != nil {

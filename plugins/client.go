@@ -26,6 +26,9 @@ type client struct {
 	// reads the object's file through a descriptor it passes
 	// (fileplane.go).
 	fileGet bool
+	// filePut: the plugin answers create requests, so a Put writes the
+	// object's temporary file through a descriptor it passes.
+	filePut bool
 }
 
 var _ Target = (*client)(nil)
@@ -43,6 +46,7 @@ func (c *client) configure(ctx context.Context, url string, creds Credentials, p
 	if plane != nil && r.GetPipeDataPlane() {
 		c.plane = plane
 		c.fileGet = r.GetFileGet()
+		c.filePut = r.GetFilePut()
 	}
 	return nil
 }
@@ -92,6 +96,12 @@ func (c *client) put(ctx context.Context, op, key string, r io.Reader, size int6
 	}
 	if size < 0 {
 		return fmt.Errorf("%s %q: negative size %d: %w", op, key, size, ErrPermanent)
+	}
+	if c.filePut {
+		err := c.putFile(ctx, op, key, r, size)
+		if !errors.Is(err, errNotFile) {
+			return err
+		}
 	}
 	// Cancelling the stream without a commit is how a failed put aborts.
 	sctx, cancel := context.WithCancel(ctx)

@@ -193,9 +193,9 @@ type pluginPlane struct {
 	mu         sync.Mutex
 	ready      map[token]*os.File
 	waiting    map[token]chan *os.File
-	get        getFunc // answers open requests once set (serveFiles)
-	err        error   // set once the socket is gone
-	sockClosed bool    // receive closed sock: fd may name another file
+	files      fileServer // answers requests once set (serveFiles)
+	err        error      // set once the socket is gone
+	sockClosed bool       // receive closed sock: fd may name another file
 	done       chan struct{}
 
 	// ctx ends when the plane shuts: open requests in progress stop.
@@ -264,7 +264,7 @@ func (p *pluginPlane) receive() {
 		_ = p.sock.Close()
 		p.mu.Unlock()
 	}()
-	buf := make([]byte, openRequestSize+MaxKeyLength+1)
+	buf := make([]byte, max(openRequestSize, createRequestSize)+MaxKeyLength+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	for {
 		n, oobn, flags, err := p.recvmsg(buf, oob)
@@ -280,10 +280,10 @@ func (p *pluginPlane) receive() {
 		case perr == nil && flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
 			perr = errors.New("truncated message")
 		case perr == nil && n > tokenSize && len(files) == 1:
-			if perr = p.serveOpen(buf[:n], files[0]); perr == nil {
+			if perr = p.serveRequest(buf[:n], files[0]); perr == nil {
 				continue
 			}
-			files = nil // serveOpen closed it
+			files = nil // serveRequest closed it
 		case perr == nil && n != tokenSize:
 			perr = fmt.Errorf("a %d-byte token", n)
 		case perr == nil && len(files) > 1:

@@ -53,23 +53,33 @@
 //     ended without error and the pipe holds nothing more; a pipe ending
 //     early is explained by the call's status (transient if the plugin
 //     died, so Remote resumes the range as before).
-//   - Get of a local file (fileplane.go). A target whose objects are
+//   - Objects as local files (fileplane.go). A target whose objects are
 //     local files (FileTarget: fs) is offered as such in
-//     ConfigureResponse.file_get. The host then makes no gRPC call for a
-//     Get: it sends an open request on the socket (offset, length, key)
-//     with one end of a fresh socketpair attached, and the plugin's
-//     receive loop runs the target's Get and answers on that private
-//     socket with the file's descriptor, the range it holds, or the
-//     error's gRPC code and text. The host checks the descriptor (a
-//     regular file holding the whole range) and reads it with pread(2),
-//     as the target would in-process; the reads stop with the call's
-//     context. Objects are replaced by rename, never rewritten, so the
-//     descriptor keeps the object the Get found. A dead plugin closes the
-//     private socket (a transient error, retried); a host that gave up
-//     closes its end, and a late answer's descriptor goes with it. The
-//     round trip is about 70–100 µs here (two wake-ups of idle CPUs);
-//     through the gRPC stream and a pipe, a 4 MiB Get cost 0.4 ms more
-//     than in-process (benchmarks/NOTES.md).
+//     ConfigureResponse.file_get and file_put. The host then makes no
+//     gRPC call for a Get or a Put: it sends a request on the socket with
+//     one end of a fresh socketpair attached, and the plugin's receive
+//     loop answers on that private socket. For a Get (open request:
+//     offset, length, key) the answer is the object's file, read-only,
+//     and the range it holds; the host checks the descriptor (a regular
+//     file holding the whole range) and reads it with pread(2), as the
+//     target would in-process; the reads stop with the call's context.
+//     Objects are replaced by rename, never rewritten, so the descriptor
+//     keeps the object the Get found. For a Put or PutIfAbsent (create
+//     request: size, flags, key) the answer is the new object's empty
+//     temporary file, open for writing; the host writes exactly size
+//     bytes into it (starting writeback of each MiB, as fs does), closes
+//     it and sends a commit on the private socket; the plugin checks the
+//     file's size, fsyncs it, renames or links it into place, fsyncs the
+//     directory and answers with the outcome. Closing the socket without
+//     a commit — the host's data failed, its context ended, it died —
+//     aborts the Put and removes the file; a host that closes it during
+//     the commit cancels the commit's context. Errors carry their gRPC
+//     code and text. A dead plugin closes the private socket: a transient
+//     error, retried on the restarted plugin; its temporary file is left
+//     like any Put's cut short. The round trip is about 70–100 µs here
+//     (two wake-ups of idle CPUs), against about 250 µs for a gRPC call
+//     with its pipe, and the bytes are copied once, as in-process
+//     (benchmarks/NOTES.md).
 //   - Concurrency and failures. Every call has its own pipe and token;
 //     they share the socket, whose messages stay whole (SEQPACKET). A
 //     pipe no call claims is closed when the host reports the call failed

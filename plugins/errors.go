@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Error classes. Every error a Target returns wraps exactly one of
@@ -118,3 +119,18 @@ type classed struct {
 
 func (c classed) Error() string   { return c.err.Error() }
 func (c classed) Unwrap() []error { return []error{c.err, c.class} }
+
+// FileError gives an error of a local filesystem its class: interrupted
+// calls, timeouts and stale NFS handles may pass (transient); out of
+// space, quota, permission, a read-only filesystem and the rest are
+// permanent until someone acts. The fs target classes its errors so, and
+// so does the host writing an object's file through a descriptor
+// (fileplane.go).
+func FileError(err error) error {
+	switch {
+	case errors.Is(err, syscall.EINTR), errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ETIMEDOUT),
+		errors.Is(err, syscall.ESTALE):
+		return Transient(err)
+	}
+	return Permanent(err)
+}

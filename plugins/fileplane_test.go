@@ -143,10 +143,10 @@ func TestGetFileReplies(t *testing.T) {
 		{name: "success without a descriptor", length: -1, class: ErrPermanent, text: "a success with 0 descriptors", send: func(t *testing.T, r *os.File) {
 			reply(t, r, 0, 0, 10, "", nil)
 		}},
-		{name: "error with a descriptor", length: -1, class: ErrPermanent, text: "with 1 descriptors", send: func(t *testing.T, r *os.File) {
+		{name: "error with a descriptor", length: -1, class: ErrPermanent, text: "code 5 with 1 descriptors", send: func(t *testing.T, r *os.File) {
 			reply(t, r, uint32(codes.NotFound), 0, 0, "", tempFile(t, data))
 		}},
-		{name: "short message", length: -1, class: ErrPermanent, text: "a 3-byte open reply", send: func(t *testing.T, r *os.File) {
+		{name: "short message", length: -1, class: ErrPermanent, text: "a 3-byte reply", send: func(t *testing.T, r *os.File) {
 			defer r.Close()
 			if err := unix.Sendmsg(int(r.Fd()), []byte{1, 2, 3}, nil, nil, 0); err != nil {
 				t.Error(err)
@@ -231,20 +231,28 @@ func TestGetFileCancelled(t *testing.T) {
 	}
 }
 
-// FuzzOpenMessages checks that the decoders of both open messages accept
+// FuzzOpenMessages checks that the decoders of the requests and replies
+// on the data plane (fileplane.go) accept
 // or reject any bytes without panicking, and that what they accept
 // reads back as it was encoded.
 func FuzzOpenMessages(f *testing.F) {
 	f.Add([]byte{'O', 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 'k'})
 	f.Add(make([]byte, openReplySize))
 	f.Add([]byte("O"))
+	f.Add([]byte{'P', 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 'k'})
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		if key, off, length, err := parseOpenRequest(msg); err == nil {
 			if len(key) != len(msg)-openRequestSize || key == "" || off != int64(binary.BigEndian.Uint64(msg[1:])) || length != int64(binary.BigEndian.Uint64(msg[9:])) {
 				t.Fatalf("request %x decoded as %q %d %d", msg, key, off, length)
 			}
 		}
-		r, err := parseOpenReply(msg, nil)
+		if key, size, ifAbsent, err := parseCreateRequest(msg); err == nil {
+			flags := binary.BigEndian.Uint64(msg[9:])
+			if len(key) != len(msg)-createRequestSize || key == "" || size != int64(binary.BigEndian.Uint64(msg[1:])) || ifAbsent != (flags == 1) || flags > 1 {
+				t.Fatalf("create request %x decoded as %q %d %v", msg, key, size, ifAbsent)
+			}
+		}
+		r, err := parseOpenReply(msg, nil, true)
 		if err != nil {
 			return
 		}
@@ -269,5 +277,128 @@ func TestTruncateText(t *testing.T) {
 		if got := truncateText(tt.in, tt.n); got != tt.want {
 			t.Errorf("truncateText(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
 		}
+	}
+}
+
+// recPut is a FilePut that records what the plugin's plane did with it.
+type recPut struct {
+	f         *os.File
+	commitErr error
+	block     bool          // Commit waits for its context
+	done      chan string   // "commit", "abort" or the commit context's error
+	once      chan struct{} // closed at the first of Commit or Abort
+}
+
+func newRecPut(t *testing.T) *recPut {
+	f, err := os.Create(filepath.Join(t.TempDir(), "tmp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	return &recPut{f: f, done: make(chan string, 2), once: make(chan struct{})}
+}
+
+func (r *recPut) File() *os.File { return r.f }
+
+func (r *recPut) Commit(ctx context.Context) error {
+	if r.block {
+		<-ctx.Done()
+		r.done <- "commit context: " + ctx.Err().Error()
+		return ctx.Err()
+	}
+	r.done <- "commit"
+	return r.commitErr
+}
+
+func (r *recPut) Abort() {
+	select {
+	case <-r.once:
+	default:
+		close(r.once)
+		r.done <- "abort"
+	}
+}
+
+type fakeFiles struct{ put *recPut }
+
+func (fakeFiles) getFile(context.Context, string, int64, int64) (io.ReadCloser, int64, error) {
+	return nil, 0, ErrNotFound
+}
+
+func (f fakeFiles) putFile(context.Context, string, int64, bool) (FilePut, error) { return f.put, nil }
+
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, errors.New("injected") }
+
+// The plugin's side of a create request: a commit commits, and its error
+// keeps its class; a host whose data fails closes the socket and the Put
+// is aborted; a host whose context ends during the commit cancels the
+// commit's context.
+func TestPutFileSessions(t *testing.T) {
+	t.Parallel()
+	data := bytes.Repeat([]byte("x"), 3<<20+5)
+	tests := []struct {
+		name    string
+		r       io.Reader
+		timeout time.Duration
+		setup   func(*recPut)
+		class   error // nil: success
+		plugin  string
+	}{
+		{name: "commit", r: bytes.NewReader(data), plugin: "commit"},
+		{name: "commit fails", r: bytes.NewReader(data), setup: func(p *recPut) { p.commitErr = ErrAlreadyExists }, class: ErrAlreadyExists, plugin: "commit"},
+		{name: "reader fails", r: io.MultiReader(bytes.NewReader(data[:1<<20]), failingReader{}), class: errors.New("injected"), plugin: "abort"},
+		{name: "short", r: bytes.NewReader(data[:100]), class: io.ErrUnexpectedEOF, plugin: "abort"},
+		{name: "cancelled while committing", r: bytes.NewReader(data), timeout: 200 * time.Millisecond, setup: func(p *recPut) { p.block = true }, class: context.DeadlineExceeded, plugin: "commit context: context canceled"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			hp, child, err := newHostPlane()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pp := newPluginPlane(child, testLogger(t), time.Minute, 30*time.Second)
+			t.Cleanup(func() {
+				_ = hp.close()
+				_ = pp.close()
+			})
+			put := newRecPut(t)
+			if tt.setup != nil {
+				tt.setup(put)
+			}
+			pp.serveFiles(fakeFiles{put: put})
+			c := &client{plane: hp, filePut: true}
+			ctx := t.Context()
+			if tt.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.timeout)
+				defer cancel()
+			}
+			err = c.putFile(ctx, "put", "k", tt.r, int64(len(data)))
+			switch {
+			case tt.class == nil && err != nil:
+				t.Fatalf("putFile: %v", err)
+			case tt.class != nil && err == nil:
+				t.Fatal("putFile succeeded")
+			case tt.class != nil && !errors.Is(err, tt.class) && !strings.Contains(err.Error(), tt.class.Error()):
+				t.Fatalf("putFile: %v, want %v", err, tt.class)
+			}
+			select {
+			case got := <-put.done:
+				if got != tt.plugin {
+					t.Fatalf("plugin: %s, want %s", got, tt.plugin)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("plugin: nothing, want %s", tt.plugin)
+			}
+			if tt.name == "commit" {
+				got, err := os.ReadFile(put.f.Name())
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("file holds %d bytes, %v", len(got), err)
+				}
+			}
+		})
 	}
 }

@@ -1,6 +1,7 @@
 package plugins
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -113,3 +114,20 @@ func (s *FileSection) Read(p []byte) (int, error) {
 
 // Close closes the file.
 func (s *FileSection) Close() error { return s.f.Close() }
+
+// ContextReader returns a reader of r that fails with ctx's error once
+// ctx has ended, checked before each read: a copy from a reader that
+// never blocks for long (memory, a local file) then stops with its call.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

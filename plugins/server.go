@@ -70,10 +70,10 @@ func (s *server) Configure(ctx context.Context, req *targetv1.ConfigureRequest) 
 	s.target = t
 	fileGet := s.plane != nil && servesFiles(t)
 	if fileGet {
-		s.plane.serveFiles(s.getFile)
+		s.plane.serveFiles(s)
 	}
 	s.logger.Debug("target configured", "data_plane", s.plane != nil, "file_get", fileGet)
-	return &targetv1.ConfigureResponse{PipeDataPlane: s.plane != nil, FileGet: fileGet}, nil
+	return &targetv1.ConfigureResponse{PipeDataPlane: s.plane != nil, FileGet: fileGet, FilePut: fileGet}, nil
 }
 
 func (s *server) Info(ctx context.Context, _ *targetv1.InfoRequest) (*targetv1.InfoResponse, error) {
@@ -230,6 +230,23 @@ func (s *server) getFile(ctx context.Context, key string, offset, length int64) 
 		return nil, 0, err
 	}
 	return t.Get(ctx, key, offset, length)
+}
+
+// putFile is PutFile for a create request on the data plane
+// (fileplane.go).
+func (s *server) putFile(ctx context.Context, key string, size int64, ifAbsent bool) (FilePut, error) {
+	t, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidateKey(key); err != nil {
+		return nil, err
+	}
+	ft, ok := t.(FileTarget)
+	if !ok || !ft.ServesFiles() {
+		return nil, fmt.Errorf("put %q: the target keeps no local files: %w", key, ErrUnsupported)
+	}
+	return ft.PutFile(ctx, key, size, ifAbsent)
 }
 
 func (s *server) Get(req *targetv1.GetRequest, stream targetv1.Target_GetServer) error {

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/strata-block/strata/internal/writeback"
 	"github.com/strata-block/strata/plugins"
 )
 
@@ -97,17 +98,8 @@ func New(dir string) (*Target, error) {
 	return &Target{root: root, dir: dir}, nil
 }
 
-// classify gives a filesystem error its class: out of space, quota,
-// permission and read-only filesystem are permanent until someone acts;
-// interrupted calls, timeouts and stale NFS handles may pass.
-func classify(err error) error {
-	switch {
-	case errors.Is(err, syscall.EINTR), errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ETIMEDOUT),
-		errors.Is(err, syscall.ESTALE):
-		return plugins.Transient(err)
-	}
-	return plugins.Permanent(err)
-}
+// classify gives a filesystem error its class (plugins.FileError).
+func classify(err error) error { return plugins.FileError(err) }
 
 func (t *Target) check() error {
 	if t.closed.Load() {
@@ -147,73 +139,138 @@ var copyPool = sync.Pool{New: func() any {
 	return &b
 }}
 
-func (t *Target) put(ctx context.Context, key string, r io.Reader, size int64, ifAbsent bool) (err error) {
+func (t *Target) put(ctx context.Context, key string, r io.Reader, size int64, ifAbsent bool) error {
+	p, err := t.begin(key, size, ifAbsent)
+	if err != nil {
+		return err
+	}
+	// Writeback of each MiB starts as it is written, so storage writes
+	// overlap the rest of the transfer instead of all waiting for the
+	// final fsync.
+	wb := &writeback.Writer{F: p.f, Wrap: classify}
+	if src, ok := r.(plugins.SpliceSource); ok {
+		// In a plugin, data from the host's pipe: splice(2) moves it into
+		// the file without a copy through our memory, and checks its size.
+		_, err = src.SpliceTo(ctx, p.f, wb.Wrote)
+	} else {
+		bp := copyPool.Get().(*[]byte)
+		// Through a writer of our own: *os.File's ReadFrom would copy in
+		// 32 KiB pieces (genericReadFrom), ignoring the buffer.
+		_, err = io.CopyBuffer(wb, plugins.SizedReader(plugins.ContextReader(ctx, r), size), *bp)
+		copyPool.Put(bp)
+	}
+	if err != nil {
+		p.Abort()
+		return fmt.Errorf("%s %q: writing: %w", p.op, key, err)
+	}
+	return p.Commit(ctx)
+}
+
+// PutFile starts a Put (PutIfAbsent if ifAbsent) whose data the caller
+// writes into a temporary file (plugins.FileTarget). In a plugin, the
+// host writes into it through the descriptor the plugin passes.
+func (t *Target) PutFile(_ context.Context, key string, size int64, ifAbsent bool) (plugins.FilePut, error) {
+	return t.begin(key, size, ifAbsent)
+}
+
+// filePut is a Put in progress: its temporary file, not yet visible
+// under the key.
+type filePut struct {
+	t        *Target
+	op, key  string
+	dir, tmp string
+	f        *os.File // nil once the Put is over
+	size     int64
+	ifAbsent bool
+}
+
+// begin validates a Put and creates its temporary file in the key's
+// directory, creating the directories first.
+func (t *Target) begin(key string, size int64, ifAbsent bool) (*filePut, error) {
 	op := "put"
 	if ifAbsent {
 		op = "put-if-absent"
 	}
 	if err := plugins.ValidateKey(key); err != nil {
-		return err
+		return nil, err
 	}
 	if err := t.check(); err != nil {
-		return err
+		return nil, err
 	}
 	if size < 0 {
-		return fmt.Errorf("%s %q: negative size %d: %w", op, key, size, plugins.ErrPermanent)
+		return nil, fmt.Errorf("%s %q: negative size %d: %w", op, key, size, plugins.ErrPermanent)
 	}
 	dir := path.Dir(key)
 	if err := t.mkdirs(key, dir); err != nil {
-		return err
+		return nil, err
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	tmp := path.Join(dir, tmpPrefix+hex.EncodeToString(id[:]))
 	f, err := t.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return fmt.Errorf("%s %q: creating the temporary file: %w", op, key, classify(err))
+		return nil, fmt.Errorf("%s %q: creating the temporary file: %w", op, key, classify(err))
+	}
+	return &filePut{t: t, op: op, key: key, dir: dir, tmp: tmp, f: f, size: size, ifAbsent: ifAbsent}, nil
+}
+
+func (p *filePut) File() *os.File { return p.f }
+
+// Abort closes and removes the temporary file.
+func (p *filePut) Abort() { _ = p.end() }
+
+// end closes the temporary file if still open and removes its name,
+// returning an error only for a removal that failed.
+func (p *filePut) end() error {
+	if p.f != nil {
+		_ = p.f.Close()
+		p.f = nil
+	}
+	if err := p.t.root.Remove(p.tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s %q: removing the temporary file: %w", p.op, p.key, classify(err))
+	}
+	return nil
+}
+
+// Commit checks that the file holds exactly the Put's size, makes it
+// durable and gives it its key: renamed over any object there, or for
+// PutIfAbsent linked only if the key is free. Then the directory is made
+// durable. Whatever happens, the Put is over.
+func (p *filePut) Commit(ctx context.Context) (err error) {
+	if p.f == nil {
+		return fmt.Errorf("%s %q: committed after it ended: %w", p.op, p.key, plugins.ErrPermanent)
 	}
 	defer func() {
-		if f != nil {
-			_ = f.Close()
-		}
-		if rerr := t.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
-			err = fmt.Errorf("%s %q: removing the temporary file: %w", op, key, classify(rerr))
+		if rerr := p.end(); rerr != nil && err == nil {
+			err = rerr
 		}
 	}()
-	wb := &writebackWriter{f: f}
-	if src, ok := r.(plugins.SpliceSource); ok {
-		// In a plugin, data from the host's pipe: splice(2) moves it into
-		// the file without a copy through our memory, and checks its size.
-		_, err = src.SpliceTo(ctx, f, wb.wrote)
-	} else {
-		bp := copyPool.Get().(*[]byte)
-		// Through a writer of our own: *os.File's ReadFrom would copy in
-		// 32 KiB pieces (genericReadFrom), ignoring the buffer.
-		_, err = io.CopyBuffer(wb, plugins.SizedReader(ctxReader{ctx, r}, size), *bp)
-		copyPool.Put(bp)
-	}
+	fi, err := p.f.Stat()
 	if err != nil {
-		return fmt.Errorf("%s %q: writing: %w", op, key, err)
+		return fmt.Errorf("%s %q: %w", p.op, p.key, classify(err))
 	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("%s %q: fsync: %w", op, key, classify(err))
+	if fi.Size() != p.size {
+		return fmt.Errorf("%s %q: the file holds %d bytes, not the Put's %d: %w", p.op, p.key, fi.Size(), p.size, plugins.ErrPermanent)
+	}
+	if err := p.f.Sync(); err != nil {
+		return fmt.Errorf("%s %q: fsync: %w", p.op, p.key, classify(err))
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("%s %q: %w", op, key, err)
+		return fmt.Errorf("%s %q: %w", p.op, p.key, err)
 	}
-	if ifAbsent {
-		if err := t.link(f, tmp, key); err != nil {
+	if p.ifAbsent {
+		if err := p.t.link(p.f, p.tmp, p.key); err != nil {
 			return err
 		}
-	} else if err := t.root.Rename(tmp, key); err != nil {
-		return fmt.Errorf("%s %q: rename into place: %w", op, key, t.conflict(key, err))
+	} else if err := p.t.root.Rename(p.tmp, p.key); err != nil {
+		return fmt.Errorf("%s %q: rename into place: %w", p.op, p.key, p.t.conflict(p.key, err))
 	}
-	cerr := f.Close()
-	f = nil
+	cerr := p.f.Close()
+	p.f = nil
 	if cerr != nil {
-		return fmt.Errorf("%s %q: close: %w", op, key, classify(cerr))
+		return fmt.Errorf("%s %q: close: %w", p.op, p.key, classify(cerr))
 	}
-	return t.syncDir(dir)
+	return p.t.syncDir(p.dir)
 }
 
 // link creates key as a second name of the fsynced temporary file f.
@@ -282,55 +339,6 @@ func (t *Target) syncDir(dir string) error {
 		return fmt.Errorf("fsync directory %q: %w", dir, classify(err))
 	}
 	return nil
-}
-
-// writebackChunk is how much a Put writes before it starts writeback of
-// what it wrote.
-const writebackChunk = 1 << 20
-
-// writebackWriter writes to a temporary file, starting writeback of each
-// writebackChunk as it is written, so storage writes overlap the rest of
-// the transfer (the data arriving from a plugin's host, or the caller's
-// reader) instead of all waiting for the final fsync.
-type writebackWriter struct {
-	f       *os.File
-	off     int64 // bytes written
-	started int64 // bytes whose writeback has been started
-}
-
-func (w *writebackWriter) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	if err != nil {
-		w.off += int64(n)
-		return n, classify(err)
-	}
-	return n, w.wrote(w.off + int64(n))
-}
-
-// wrote records that the file now holds off bytes, starting writeback of
-// each whole writebackChunk since the last start.
-func (w *writebackWriter) wrote(off int64) error {
-	w.off = off
-	if w.off-w.started >= writebackChunk {
-		if err := startWriteback(w.f.Fd(), w.started, w.off-w.started); err != nil {
-			return fmt.Errorf("starting writeback: %w", classify(err))
-		}
-		w.started = w.off
-	}
-	return nil
-}
-
-// ctxReader stops a copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // missing reports whether err means "no such object".

@@ -208,3 +208,79 @@ func TestTempFilesInvisible(t *testing.T) {
 		t.Fatalf("List = %v, want [d/k]", keys)
 	}
 }
+
+// PutFile: the object appears only at a Commit of exactly the Put's size;
+// a Commit of a file of another size, or an Abort, stores nothing and
+// leaves no temporary file; PutIfAbsent's Commit keeps its condition.
+func TestPutFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tg, err := fs.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	ctx := t.Context()
+	start := func(key string, size int64, ifAbsent bool, data string) plugins.FilePut {
+		t.Helper()
+		p, err := tg.PutFile(ctx, key, size, ifAbsent)
+		if err != nil {
+			t.Fatalf("PutFile(%q): %v", key, err)
+		}
+		if _, err := p.File().WriteAt([]byte(data), 0); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	exists := func(key string) bool {
+		t.Helper()
+		has, err := tg.Has(ctx, []string{key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return has[0]
+	}
+
+	if err := start("a/short", 10, false, "12345").Commit(ctx); !errors.Is(err, plugins.ErrPermanent) || !strings.Contains(err.Error(), "holds 5 bytes, not the Put's 10") {
+		t.Fatalf("Commit of 5 bytes for 10: %v", err)
+	}
+	if err := start("a/long", 3, false, "12345").Commit(ctx); err == nil {
+		t.Fatal("Commit of 5 bytes for 3 succeeded")
+	}
+	start("a/aborted", 5, false, "12345").Abort()
+	for _, k := range []string{"a/short", "a/long", "a/aborted"} {
+		if exists(k) {
+			t.Fatalf("%s exists after a failed Put", k)
+		}
+	}
+	p := start("a/ok", 5, false, "12345")
+	if err := p.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Abort() // after Commit: nothing
+	if err := p.Commit(ctx); err == nil {
+		t.Fatal("a second Commit succeeded")
+	}
+	rc, n, err := tg.Get(ctx, "a/ok", 0, -1)
+	if err != nil || n != 5 {
+		t.Fatalf("Get: %d bytes, %v", n, err)
+	}
+	rc.Close()
+	if err := start("a/ok", 2, true, "xy").Commit(ctx); !errors.Is(err, plugins.ErrAlreadyExists) {
+		t.Fatalf("PutIfAbsent Commit onto an existing key: %v", err)
+	}
+	if _, err := tg.PutFile(ctx, "../x", 1, false); !errors.Is(err, plugins.ErrInvalidKey) {
+		t.Fatalf("PutFile of a hostile key: %v", err)
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "ok" {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("directory holds %v, want only ok", names)
+	}
+}

@@ -25,9 +25,12 @@
 // on the socket itself (an open request: token, 'O', offset, length, key)
 // and the plugin answers with a read-only descriptor of the file holding
 // it (an open reply: token, status code, offset, length, error text), so
-// the host reads the range as the target would in-process. Only Get works
-// this way; every other call stays on gRPC. plugins/doc.go has the
-// details and the byte layout.
+// the host reads the range as the target would in-process. With
+// ConfigureResponse.file_put, a Put or PutIfAbsent may likewise be a
+// create request answered with the descriptor of the object's temporary
+// file: the host writes the data into it and commits on the same private
+// socket. Every other call stays on gRPC. plugins/doc.go has the details
+// and the byte layout.
 //
 // Generated code is committed; regenerate with `make proto`.
 
@@ -165,7 +168,11 @@ type ConfigureResponse struct {
 	PipeDataPlane bool `protobuf:"varint,1,opt,name=pipe_data_plane,json=pipeDataPlane,proto3" json:"pipe_data_plane,omitempty"`
 	// The plugin answers open requests on the data plane (see the top of
 	// this file). Only together with pipe_data_plane.
-	FileGet       bool `protobuf:"varint,2,opt,name=file_get,json=fileGet,proto3" json:"file_get,omitempty"`
+	FileGet bool `protobuf:"varint,2,opt,name=file_get,json=fileGet,proto3" json:"file_get,omitempty"`
+	// The plugin answers create requests on the data plane: the host writes
+	// a Put's data into the object's temporary file itself, then commits
+	// (see the top of this file). Only together with pipe_data_plane.
+	FilePut       bool `protobuf:"varint,3,opt,name=file_put,json=filePut,proto3" json:"file_put,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -210,6 +217,13 @@ func (x *ConfigureResponse) GetPipeDataPlane() bool {
 func (x *ConfigureResponse) GetFileGet() bool {
 	if x != nil {
 		return x.FileGet
+	}
+	return false
+}
+
+func (x *ConfigureResponse) GetFilePut() bool {
+	if x != nil {
+		return x.FilePut
 	}
 	return false
 }
@@ -1076,10 +1090,11 @@ const file_target_proto_rawDesc = "" +
 	"\vcredentials\x18\x02 \x03(\v2;.strata.plugins.target.v1.ConfigureRequest.CredentialsEntryR\vcredentials\x1a>\n" +
 	"\x10CredentialsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"V\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +
 	"\x11ConfigureResponse\x12&\n" +
 	"\x0fpipe_data_plane\x18\x01 \x01(\bR\rpipeDataPlane\x12\x19\n" +
-	"\bfile_get\x18\x02 \x01(\bR\afileGet\"\r\n" +
+	"\bfile_get\x18\x02 \x01(\bR\afileGet\x12\x19\n" +
+	"\bfile_put\x18\x03 \x01(\bR\afilePut\"\r\n" +
 	"\vInfoRequest\"\xc3\x01\n" +
 	"\fInfoResponse\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12Z\n" +

@@ -25,9 +25,12 @@
 // on the socket itself (an open request: token, 'O', offset, length, key)
 // and the plugin answers with a read-only descriptor of the file holding
 // it (an open reply: token, status code, offset, length, error text), so
-// the host reads the range as the target would in-process. Only Get works
-// this way; every other call stays on gRPC. plugins/doc.go has the
-// details and the byte layout.
+// the host reads the range as the target would in-process. With
+// ConfigureResponse.file_put, a Put or PutIfAbsent may likewise be a
+// create request answered with the descriptor of the object's temporary
+// file: the host writes the data into it and commits on the same private
+// socket. Every other call stays on gRPC. plugins/doc.go has the details
+// and the byte layout.
 //
 // Generated code is committed; regenerate with `make proto`.
 
