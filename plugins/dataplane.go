@@ -198,9 +198,13 @@ type pluginPlane struct {
 	sockClosed bool       // receive closed sock: fd may name another file
 	done       chan struct{}
 
-	// ctx ends when the plane shuts: open requests in progress stop.
+	// ctx ends when the plane shuts: requests in progress stop.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// wg counts the goroutines serving create requests (servePut);
+	// received is closed when the receive loop has ended.
+	wg       sync.WaitGroup
+	received chan struct{}
 }
 
 // Timeouts of the plugin's data plane. A pipe reaches the plugin a few
@@ -249,6 +253,7 @@ func newPluginPlane(sock *os.File, logger *slog.Logger, ttl, wait time.Duration)
 		done:    make(chan struct{}),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.received = make(chan struct{})
 	go p.receive()
 	return p
 }
@@ -258,6 +263,7 @@ func newPluginPlane(sock *os.File, logger *slog.Logger, ttl, wait time.Duration)
 // request with its reply socket (fileplane.go), which it answers itself.
 // Anything else is logged and its descriptors closed.
 func (p *pluginPlane) receive() {
+	defer close(p.received)
 	defer func() {
 		p.mu.Lock()
 		p.sockClosed = true
@@ -453,7 +459,11 @@ func (p *pluginPlane) shut(err error) {
 }
 
 // close stops the plane: shutting the socket down wakes the receive
-// loop, which ends and closes it.
+// loop, which ends and closes it; the end of the plane's context aborts
+// the Puts waiting for their commits and cancels those committing. close
+// returns once the loop and every Put have finished, so that the target
+// can then be closed under none of them (the plugin closes the plane
+// before its target).
 func (p *pluginPlane) close() error {
 	var err error
 	p.mu.Lock()
@@ -462,5 +472,7 @@ func (p *pluginPlane) close() error {
 	}
 	p.mu.Unlock()
 	p.shut(fmt.Errorf("data plane: %w", ErrClosed))
+	<-p.received
+	p.wg.Wait()
 	return err
 }

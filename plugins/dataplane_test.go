@@ -26,20 +26,21 @@ func TestConformanceGRPCDataPlane(t *testing.T) {
 	})
 }
 
-// The shims with the fs target: its Gets pass descriptors (fileplane.go),
-// or, for a host that does not ask for them, splice the file into pipes.
+// The shims with the fs target: its Gets and Puts pass descriptors
+// (fileplane.go), or, for a host that does not ask for them, fs splices
+// pipes into and out of its files.
 func TestConformanceGRPCDataPlaneFiles(t *testing.T) {
 	t.Parallel()
 	for _, files := range []bool{true, false} {
-		t.Run(fmt.Sprintf("file_get=%v", files), func(t *testing.T) {
+		t.Run(fmt.Sprintf("files=%v", files), func(t *testing.T) {
 			t.Parallel()
 			targettest.Run(t, func(t *testing.T) plugins.Target {
 				p := plugins.NewInProcessDataPlane(t, fs.Open, "file://"+t.TempDir(), time.Minute, 30*time.Second)
-				if !p.FileGet() {
+				if !p.Files() {
 					t.Fatal("the fs target's server shim does not offer descriptors")
 				}
 				if !files {
-					p.DisableFileGet()
+					p.DisableFiles()
 				}
 				return p.Target
 			})

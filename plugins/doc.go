@@ -57,8 +57,12 @@
 //     local files (FileTarget: fs) is offered as such in
 //     ConfigureResponse.file_get and file_put. The host then makes no
 //     gRPC call for a Get or a Put: it sends a request on the socket with
-//     one end of a fresh socketpair attached, and the plugin's receive
-//     loop answers on that private socket. For a Get (open request:
+//     one end of a fresh socketpair attached, and the plugin answers on
+//     that private socket — an open request on its receive loop (a local
+//     open takes microseconds, and a hand-off cost a quarter of the round
+//     trip), a create request on a goroutine of its own (it may fsync new
+//     directories, then waits for the commit through the runtime's poller,
+//     so a Put held open costs no thread). For a Get (open request:
 //     offset, length, key) the answer is the object's file, read-only,
 //     and the range it holds; the host checks the descriptor (a regular
 //     file holding the whole range) and reads it with pread(2), as the
@@ -76,7 +80,11 @@
 //     the commit cancels the commit's context. Errors carry their gRPC
 //     code and text. A dead plugin closes the private socket: a transient
 //     error, retried on the restarted plugin; its temporary file is left
-//     like any Put's cut short. The round trip is about 70–100 µs here
+//     like any Put's cut short. The plugin closes its plane before its
+//     target, and the plane waits for the requests it is serving. Since
+//     the host then does the file I/O itself, a hung filesystem (NFS)
+//     blocks the host's reads and writes, not only the plugin's; the
+//     call's context ends the waits on the plugin, not a stuck pread. The round trip is about 70–100 µs here
 //     (two wake-ups of idle CPUs), against about 250 µs for a gRPC call
 //     with its pipe, and the bytes are copied once, as in-process
 //     (benchmarks/NOTES.md).

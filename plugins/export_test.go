@@ -151,9 +151,9 @@ func FillDataPlane(ctx context.Context) (int, error) {
 	}
 }
 
-// FileGet reports whether Gets pass descriptors (fileplane.go).
-func (p *InProcessPlane) FileGet() bool { return p.c.fileGet }
+// Files reports whether Gets and Puts pass descriptors (fileplane.go).
+func (p *InProcessPlane) Files() bool { return p.c.fileGet && p.c.filePut }
 
-// DisableFileGet makes Gets use pipes even if the plugin passes
-// descriptors, as a host that does not know file_get would.
-func (p *InProcessPlane) DisableFileGet() { p.c.fileGet = false }
+// DisableFiles makes Gets and Puts use pipes even if the plugin passes
+// descriptors, as a host that does not know file_get and file_put would.
+func (p *InProcessPlane) DisableFiles() { p.c.fileGet, p.c.filePut = false, false }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"unicode/utf8"
@@ -106,7 +107,8 @@ type FileTarget interface {
 	ServesFiles() bool
 	// PutFile starts a Put (PutIfAbsent if ifAbsent) of size bytes under
 	// key, whose data the caller writes into FilePut.File; it has Put's
-	// checks of key and size.
+	// checks of key and size. ctx bounds PutFile itself; the FilePut
+	// outlives it (Commit has its own).
 	PutFile(ctx context.Context, key string, size int64, ifAbsent bool) (FilePut, error)
 }
 
@@ -118,7 +120,9 @@ type FilePut interface {
 	File() *os.File
 	// Commit makes the object visible, durably and atomically as Put (or
 	// PutIfAbsent) would, if the file holds exactly the Put's size bytes;
-	// either way the Put is over, and a failed Commit stores nothing.
+	// either way the Put is over. As with Put, an error before the object
+	// took its key stores nothing; one after (making the directory
+	// durable) may leave it visible, and a retry makes the same state.
 	Commit(ctx context.Context) error
 	// Abort ends the Put storing nothing; after Commit it does nothing.
 	Abort()
@@ -452,23 +456,25 @@ func parseCreateRequest(msg []byte) (key string, size int64, ifAbsent bool, err 
 }
 
 // serveRequest answers the request msg (an open or a create request) on
-// its reply socket; it fails only for a message that is neither. It runs
-// on the receive loop: opening or creating a local file takes
-// microseconds, and handing the request to a goroutine of its own added
-// about 25 µs to the round trip. The price is that a target whose open
-// stalls (a hung NFS server) holds up the pipes behind it, for calls that
-// would wait on that same filesystem. A created object's commit is waited
-// for on a goroutine of its own (awaitCommit).
+// its reply socket; it fails only for a message that is neither, which it
+// answers with InvalidArgument. An open request is answered on the
+// receive loop: opening a local file takes microseconds, and handing it to
+// a goroutine of its own added about 25 µs to the round trip. The price is
+// that a target whose open stalls (a hung NFS server) holds up the pipes
+// behind it, for calls that would wait on that same filesystem. A create
+// request goes to a goroutine of its own (servePut): it may create and
+// fsync directories, and then waits for the host's commit.
 func (p *pluginPlane) serveRequest(msg []byte, reply *os.File) error {
-	ctx, cancel := context.WithTimeout(p.ctx, p.wait)
-	defer cancel()
 	switch msg[0] {
 	case opOpen:
 		defer reply.Close()
 		key, offset, length, err := parseOpenRequest(msg)
 		if err != nil {
+			p.reply(reply, "get", "", errorReply(fmt.Errorf("data plane: %w: %w", err, ErrInvalidKey)))
 			return err
 		}
+		ctx, cancel := context.WithTimeout(p.ctx, p.wait)
+		defer cancel()
 		r, release := p.openFile(ctx, key, offset, length)
 		if release != nil {
 			defer release.Close()
@@ -478,39 +484,46 @@ func (p *pluginPlane) serveRequest(msg []byte, reply *os.File) error {
 	case opPut:
 		key, size, ifAbsent, err := parseCreateRequest(msg)
 		if err != nil {
+			p.reply(reply, "put", "", errorReply(fmt.Errorf("data plane: %w: %w", err, ErrInvalidKey)))
 			_ = reply.Close()
 			return err
 		}
-		r, fp := p.createFile(ctx, key, size, ifAbsent)
-		if !p.reply(reply, "put", key, r) || fp == nil {
-			if fp != nil {
-				fp.Abort()
-			}
-			_ = reply.Close()
-			return nil
-		}
-		go p.awaitCommit(reply, key, fp)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.servePut(reply, key, size, ifAbsent)
+		}()
 		return nil
 	}
+	p.reply(reply, "request", "", errorReply(fmt.Errorf("data plane: a %d-byte message that is not a request: %w", len(msg), ErrInvalidKey)))
 	_ = reply.Close()
 	return fmt.Errorf("a %d-byte message with a descriptor that is not a request", len(msg))
+}
+
+// encodeReply lays r out for the wire (its descriptor goes apart).
+func encodeReply(r openReply) []byte {
+	out := make([]byte, openReplySize, openReplySize+min(len(r.text), maxReplyText))
+	binary.BigEndian.PutUint32(out, r.code)
+	binary.BigEndian.PutUint64(out[4:], uint64(r.off))
+	binary.BigEndian.PutUint64(out[12:], uint64(r.n))
+	return append(out, truncateText(r.text, maxReplyText)...)
 }
 
 // reply sends r on the reply socket, reporting whether it went out. One
 // message on a socket of its own never waits for room; a host that gave
 // up has closed its end (EPIPE), which is logged only at debug level.
 func (p *pluginPlane) reply(sock *os.File, op, key string, r openReply) bool {
-	out := make([]byte, openReplySize, openReplySize+min(len(r.text), maxReplyText))
-	binary.BigEndian.PutUint32(out, r.code)
-	binary.BigEndian.PutUint64(out[4:], uint64(r.off))
-	binary.BigEndian.PutUint64(out[12:], uint64(r.n))
-	out = append(out, truncateText(r.text, maxReplyText)...)
 	var oob []byte
 	if r.f != nil {
 		// The caller keeps the descriptor open until sendmsg has copied it.
 		oob = unix.UnixRights(int(r.f.Fd()))
 	}
-	err := unix.Sendmsg(int(sock.Fd()), out, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	err := unix.Sendmsg(int(sock.Fd()), encodeReply(r), oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	return p.sent(op, key, err)
+}
+
+// sent logs a reply that did not go out and reports whether it did.
+func (p *pluginPlane) sent(op, key string, err error) bool {
 	switch {
 	case err == nil:
 		return true
@@ -555,40 +568,47 @@ func (p *pluginPlane) openFile(ctx context.Context, key string, offset, length i
 	return openReply{off: off, n: l, f: f}, rc
 }
 
-// createFile starts the target's Put and returns the reply for it, and
-// the Put if it started.
-func (p *pluginPlane) createFile(ctx context.Context, key string, size int64, ifAbsent bool) (openReply, FilePut) {
+// servePut answers a create request: it starts the target's Put, sends
+// the temporary file's descriptor, waits for the host's commit and sends
+// the commit's outcome. Anything but a commit — the host closing the
+// socket (it failed, gave up or died), the plane shutting down, a stray
+// message — aborts the Put. While the Put commits, a host that closes its
+// end cancels the commit's context, as a cancelled gRPC call would. The
+// waits go through the runtime's poller (net.FileConn), not a blocked
+// thread each: a slow host holding many Puts open costs no threads.
+func (p *pluginPlane) servePut(reply *os.File, key string, size int64, ifAbsent bool) {
 	fs := p.fileServer()
 	if fs == nil {
-		return notFileReply, nil
+		p.reply(reply, "put", key, notFileReply)
+		_ = reply.Close()
+		return
 	}
-	fp, err := fs.putFile(ctx, key, size, ifAbsent)
+	fp, err := fs.putFile(p.ctx, key, size, ifAbsent)
 	if err != nil {
-		return errorReply(err), nil
+		p.reply(reply, "put", key, errorReply(err))
+		_ = reply.Close()
+		return
 	}
-	return openReply{n: size, f: fp.File()}, fp
-}
-
-// awaitCommit waits on a created object's reply socket for the host's
-// commit, commits the Put and sends the outcome. Anything but a commit —
-// the host closing the socket (it failed or gave up, or died), the plane
-// shutting down, a stray message — aborts it. While the Put commits, a
-// host that closes its end cancels the commit's context, as a cancelled
-// gRPC call would.
-func (p *pluginPlane) awaitCommit(sock *os.File, key string, fp FilePut) {
-	defer sock.Close()
-	fd := int(sock.Fd())
-	stop := shutdownOnDone(p.ctx, fd)
-	var buf [2]byte
-	var n int
-	var err error
-	for {
-		n, _, _, _, err = unix.Recvmsg(fd, buf[:], nil, 0)
-		if !errors.Is(err, unix.EINTR) {
-			break
+	ok := p.reply(reply, "put", key, openReply{n: size, f: fp.File()})
+	var conn *net.UnixConn
+	if ok {
+		c, cerr := net.FileConn(reply) // a duplicate, non-blocking
+		if uc, isUnix := c.(*net.UnixConn); cerr == nil && isUnix {
+			conn = uc
+		} else if cerr == nil {
+			_ = c.Close()
 		}
 	}
-	if stop() || err != nil || n != 1 || buf[0] != opCommit {
+	_ = reply.Close()
+	if conn == nil {
+		fp.Abort()
+		return
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(p.ctx, func() { _ = conn.SetReadDeadline(longAgo) })
+	var buf [2]byte
+	n, _, _, _, err := conn.ReadMsgUnix(buf[:], nil)
+	if !stop() || err != nil || n != 1 || buf[0] != opCommit {
 		fp.Abort()
 		if err == nil && n > 0 {
 			p.logger.Warn("data plane: a stray message instead of a commit; the put is aborted", "key", key, "bytes", n)
@@ -600,25 +620,21 @@ func (p *pluginPlane) awaitCommit(sock *os.File, key string, fp FilePut) {
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		// POLLRDHUP: the host shut its end down or closed it. Our own
-		// shutdown of the reading side below ends the wait as well.
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		for {
-			_, err := unix.Poll(fds, -1)
-			if !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
+		// Returns when the host shuts its end down or closes it (or sends
+		// anything more), or at the deadline set below.
+		var one [1]byte
+		_, _, _, _, _ = conn.ReadMsgUnix(one[:], nil)
 		cancel()
 	}()
 	cerr := fp.Commit(ctx)
-	_ = unix.Shutdown(fd, unix.SHUT_RD)
+	_ = conn.SetReadDeadline(longAgo)
 	<-watched
 	r := openReply{}
 	if cerr != nil {
 		r = errorReply(cerr)
 	}
-	p.reply(sock, "put", key, r)
+	_, _, err = conn.WriteMsgUnix(encodeReply(r), nil, nil)
+	p.sent("put", key, err)
 }
 
 // truncateText cuts s to at most n bytes at a rune boundary.

@@ -252,12 +252,17 @@ func FuzzOpenMessages(f *testing.F) {
 				t.Fatalf("create request %x decoded as %q %d %v", msg, key, size, ifAbsent)
 			}
 		}
-		r, err := parseOpenReply(msg, nil, true)
+		// Without a descriptor: a success only where none belongs (a
+		// commit's outcome), and then it reads back as encoded.
+		if r, err := parseOpenReply(msg, nil, true); err == nil && r.code == 0 {
+			t.Fatalf("reply %x without a descriptor accepted as a success with one", msg)
+		}
+		r, err := parseOpenReply(msg, nil, false)
 		if err != nil {
 			return
 		}
-		if r.code == 0 || r.f != nil || len(msg) < openReplySize || len(r.text) > maxReplyText {
-			t.Fatalf("reply %x without a descriptor decoded as %+v", msg, r)
+		if !bytes.Equal(encodeReply(r), msg) {
+			t.Fatalf("reply %x decoded as %+v, which encodes as %x", msg, r, encodeReply(r))
 		}
 	})
 }
@@ -285,6 +290,7 @@ type recPut struct {
 	f         *os.File
 	commitErr error
 	block     bool          // Commit waits for its context
+	started   chan struct{} // closed when a blocking Commit starts
 	done      chan string   // "commit", "abort" or the commit context's error
 	once      chan struct{} // closed at the first of Commit or Abort
 }
@@ -295,13 +301,14 @@ func newRecPut(t *testing.T) *recPut {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = f.Close() })
-	return &recPut{f: f, done: make(chan string, 2), once: make(chan struct{})}
+	return &recPut{f: f, done: make(chan string, 2), once: make(chan struct{}), started: make(chan struct{})}
 }
 
 func (r *recPut) File() *os.File { return r.f }
 
 func (r *recPut) Commit(ctx context.Context) error {
 	if r.block {
+		close(r.started)
 		<-ctx.Done()
 		r.done <- "commit context: " + ctx.Err().Error()
 		return ctx.Err()
@@ -339,18 +346,18 @@ func TestPutFileSessions(t *testing.T) {
 	t.Parallel()
 	data := bytes.Repeat([]byte("x"), 3<<20+5)
 	tests := []struct {
-		name    string
-		r       io.Reader
-		timeout time.Duration
-		setup   func(*recPut)
-		class   error // nil: success
-		plugin  string
+		name   string
+		r      io.Reader
+		cancel bool // once the plugin's Commit has started
+		setup  func(*recPut)
+		class  error // nil: success
+		plugin string
 	}{
 		{name: "commit", r: bytes.NewReader(data), plugin: "commit"},
 		{name: "commit fails", r: bytes.NewReader(data), setup: func(p *recPut) { p.commitErr = ErrAlreadyExists }, class: ErrAlreadyExists, plugin: "commit"},
 		{name: "reader fails", r: io.MultiReader(bytes.NewReader(data[:1<<20]), failingReader{}), class: errors.New("injected"), plugin: "abort"},
 		{name: "short", r: bytes.NewReader(data[:100]), class: io.ErrUnexpectedEOF, plugin: "abort"},
-		{name: "cancelled while committing", r: bytes.NewReader(data), timeout: 200 * time.Millisecond, setup: func(p *recPut) { p.block = true }, class: context.DeadlineExceeded, plugin: "commit context: context canceled"},
+		{name: "cancelled while committing", r: bytes.NewReader(data), cancel: true, setup: func(p *recPut) { p.block = true }, class: context.Canceled, plugin: "commit context: context canceled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -370,11 +377,13 @@ func TestPutFileSessions(t *testing.T) {
 			}
 			pp.serveFiles(fakeFiles{put: put})
 			c := &client{plane: hp, filePut: true}
-			ctx := t.Context()
-			if tt.timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, tt.timeout)
-				defer cancel()
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			if tt.cancel {
+				go func() {
+					<-put.started
+					cancel()
+				}()
 			}
 			err = c.putFile(ctx, "put", "k", tt.r, int64(len(data)))
 			switch {

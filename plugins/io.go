@@ -109,7 +109,7 @@ func (s *FileSection) Read(p []byte) (int, error) {
 	case errors.Is(err, io.EOF), err == nil:
 		return n, nil
 	}
-	return n, fmt.Errorf("get %q: %w", s.key, err)
+	return n, fmt.Errorf("get %q: %w", s.key, FileError(err))
 }
 
 // Close closes the file.

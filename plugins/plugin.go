@@ -108,11 +108,13 @@ func Serve(cfg ServeConfig) {
 		},
 		Logger: newHCLog(logger, ""),
 	})
-	if err := srv.close(); err != nil {
-		logger.Warn("closing the target", "err", err)
-	}
+	// The plane first: it waits for the requests it is serving, which use
+	// the target.
 	if srv.plane != nil {
 		_ = srv.plane.close()
+	}
+	if err := srv.close(); err != nil {
+		logger.Warn("closing the target", "err", err)
 	}
 }
 

@@ -45,6 +45,7 @@ const tmpPrefix = ".tmp-"
 type Target struct {
 	root   *os.Root
 	dir    string
+	local  bool // dir is on a local filesystem (ServesFiles)
 	closed atomic.Bool
 }
 
@@ -95,7 +96,7 @@ func New(dir string) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fs target %s: %w", dir, classify(err))
 	}
-	return &Target{root: root, dir: dir}, nil
+	return &Target{root: root, dir: dir, local: onLocalDisk(dir)}, nil
 }
 
 // classify gives a filesystem error its class (plugins.FileError).
@@ -382,10 +383,13 @@ func (t *Target) Get(_ context.Context, key string, offset, length int64) (io.Re
 	return plugins.NewFileSection(f, key, offset, n), n, nil
 }
 
-// ServesFiles reports that every Get reads a local file
-// (plugins.FileTarget): in a plugin, the host reads it through the
-// descriptor the plugin passes.
-func (t *Target) ServesFiles() bool { return true }
+// ServesFiles reports whether, in a plugin, the host should read and
+// write the objects' files itself through descriptors the plugin passes
+// (plugins.FileTarget): yes on a local filesystem. On a network or FUSE
+// filesystem, whose calls can hang for as long as its server is away, the
+// I/O stays in the plugin process (pipes), so a hung server stalls the
+// plugin, which the host can kill, not the host's own threads.
+func (t *Target) ServesFiles() bool { return t.local }
 
 // Has stats each key.
 func (t *Target) Has(ctx context.Context, keys []string) ([]bool, error) {

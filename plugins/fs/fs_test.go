@@ -284,3 +284,17 @@ func TestPutFile(t *testing.T) {
 		t.Fatalf("directory holds %v, want only ok", names)
 	}
 }
+
+// A target on a local filesystem offers its files to the host; the test's
+// temporary directory is on one (ext4 or tmpfs here).
+func TestServesFilesLocal(t *testing.T) {
+	t.Parallel()
+	tg, err := fs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	if !tg.ServesFiles() {
+		t.Fatal("a target in the test's temporary directory does not serve files")
+	}
+}

@@ -21,16 +21,20 @@
 // portable path every plugin speaks.
 //
 // A plugin whose objects are local files may also say
-// ConfigureResponse.file_get; the host may then ask for an object's range
-// on the socket itself (an open request: token, 'O', offset, length, key)
-// and the plugin answers with a read-only descriptor of the file holding
-// it (an open reply: token, status code, offset, length, error text), so
-// the host reads the range as the target would in-process. With
-// ConfigureResponse.file_put, a Put or PutIfAbsent may likewise be a
-// create request answered with the descriptor of the object's temporary
-// file: the host writes the data into it and commits on the same private
-// socket. Every other call stays on gRPC. plugins/doc.go has the details
-// and the byte layout.
+// ConfigureResponse.file_get and file_put. The host may then send on the
+// socket requests that carry, instead of a token and a pipe, one end of a
+// fresh socketpair on which the plugin replies (big-endian integers):
+//   open request:   'O' offset[8] length[8] key
+//   create request: 'P' size[8] flags[8] key   (flags bit 0: if absent)
+//   reply:          code[4] offset[8] length[8] error text
+// A reply with code 0 carries one descriptor: for an open request, a
+// regular file holding the object's length bytes from offset; for a
+// create request, the new object's empty temporary file, open for writing.
+// The host writes exactly size bytes into it, closes it and sends the
+// single byte 'K' (commit) on the same socket; a second reply gives the
+// outcome. Closing the socket instead aborts the Put. Any other code is a
+// gRPC code (or 65536: not a local file, use the stream) and the text its
+// error. plugins/doc.go has the details.
 //
 // Generated code is committed; regenerate with `make proto`.
 
