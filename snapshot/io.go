@@ -137,6 +137,9 @@ func (v *Volume) writeLocked(p []byte, off int64) error {
 	}
 	// Whole blocks.
 	if whole := int64(len(p)) / BlockSize * BlockSize; whole > 0 {
+		if whole >= regroupSize {
+			v.regroup(off, whole)
+		}
 		if err := v.head.writeAt(p[:whole], off); err != nil {
 			return err
 		}
@@ -148,6 +151,48 @@ func (v *Volume) writeLocked(p []byte, off int64) error {
 		return v.writePartial(p, off)
 	}
 	return nil
+}
+
+// regroupSize is the region of a head layer whose page cache a write
+// covering it whole may drop first (regroup): the largest write the
+// frontends pass on (NBD and FUSE requests of 1 MiB).
+const regroupSize = 1 << 20
+
+// regroup drops the page cache of each regroupSize region of the head
+// that [off, off+n) covers whole, once per region and layer, when small
+// writes brought blocks into the region (setHead marks it scattered) and
+// it has no write since the last flush (so its pages are clean and can
+// go). Why: the kernel caches a file in folios sized by the writes that
+// created them, so a new head that took small random writes after a
+// snapshot is cached in 4 KiB folios, and every later large write into it
+// walks hundreds of them — 1 MiB overwrites ran at 3.5 GB/s into such a
+// file against 10–12 GB/s into one written in large pieces; dropping a
+// region before its first whole-region write brings it back as large
+// folios (benchmarks/BOTTLENECKS.md, nbd/write1m). Dirty pages cannot be
+// dropped (fadvise only starts their writeback), so a region dirtied
+// since the flush is left for a later write. A region the head got in
+// large writes (a restored or copied image) keeps its cache: its folios
+// are already large. Callers hold v.mu shared and the stripes of the
+// range.
+func (v *Volume) regroup(off, n int64) {
+	first := (off + regroupSize - 1) &^ (regroupSize - 1)
+	for r := first; r+regroupSize <= off+n; r += regroupSize {
+		i := uint64(r) / regroupSize
+		if !v.head.wantsRegroup(i) {
+			continue
+		}
+		start, end := uint64(r)>>blockShift, uint64(r+regroupSize)>>blockShift
+		v.ci.mu.RLock()
+		dirty := false
+		v.dirty.ascend(start, end, func(run) bool {
+			dirty = true
+			return false
+		})
+		v.ci.mu.RUnlock()
+		if !dirty && v.head.claimRegroup(i) {
+			v.head.dropCache(r, regroupSize)
+		}
+	}
 }
 
 // writePartial writes less than a block: read the block as it reads now,
@@ -183,6 +228,10 @@ func (v *Volume) commitData(n, off int64) {
 func (v *Volume) setHead(start, n uint64, kind uint32) {
 	end := start + n
 	if val := slotVal(v.hslot, kind); !v.ci.idx.covers(start, end, val) {
+		if n*BlockSize < regroupSize {
+			// Possibly new blocks from a small write: small folios.
+			v.head.markScattered(start*BlockSize/regroupSize, (end-1)*BlockSize/regroupSize)
+		}
 		v.ci.idx.set(start, n, val)
 		v.head.mu.Lock()
 		v.head.m.set(start, n, kind)

@@ -32,6 +32,15 @@ type layer struct {
 	// dirSynced is set once the layer's directory entries are durable.
 	dirSynced bool
 
+	// regroupMu guards the bits, one per regroupSize region of the data
+	// file, that Volume.regroup keeps: scattered marks a region into
+	// which a small write brought blocks new to the layer (so its page
+	// cache holds small folios), regrouped one whose page cache a
+	// whole-region write has since dropped.
+	regroupMu sync.Mutex
+	scattered bitset
+	regrouped bitset
+
 	refs int // open handles; guarded by Store.mu
 }
 
@@ -279,6 +288,58 @@ func (l *layer) writeAt(p []byte, off int64) error {
 		return fmt.Errorf("layer %s: write at %d: %w", l.id, off, err)
 	}
 	return nil
+}
+
+// markScattered records that a small write brought blocks new to the
+// layer into regions first to last (of regroupSize bytes).
+func (l *layer) markScattered(first, last uint64) {
+	l.regroupMu.Lock()
+	for i := first; i <= last; i++ {
+		l.scattered.set(i)
+	}
+	l.regroupMu.Unlock()
+}
+
+// wantsRegroup reports whether region i is scattered and not regrouped.
+func (l *layer) wantsRegroup(i uint64) bool {
+	l.regroupMu.Lock()
+	defer l.regroupMu.Unlock()
+	return l.scattered.has(i) && !l.regrouped.has(i)
+}
+
+// claimRegroup reports whether region i is scattered and not regrouped
+// yet, marking it as regrouped.
+func (l *layer) claimRegroup(i uint64) bool {
+	l.regroupMu.Lock()
+	defer l.regroupMu.Unlock()
+	if !l.scattered.has(i) || l.regrouped.has(i) {
+		return false
+	}
+	l.regrouped.set(i)
+	return true
+}
+
+// bitset is a growable set of small integers.
+type bitset []uint64
+
+func (b bitset) has(i uint64) bool {
+	w := i / 64
+	return w < uint64(len(b)) && b[w]&(1<<(i%64)) != 0
+}
+
+func (b *bitset) set(i uint64) {
+	w := i / 64
+	if w >= uint64(len(*b)) {
+		*b = append(*b, make([]uint64, w+1-uint64(len(*b)))...)
+	}
+	(*b)[w] |= 1 << (i % 64)
+}
+
+// dropCache asks the kernel to drop the clean page cache of [off, off+n)
+// of the data file (posix_fadvise DONTNEED). Only a cache operation: the
+// data stays as written, and dirty pages stay (their writeback starts).
+func (l *layer) dropCache(off, n int64) {
+	_ = unix.Fadvise(int(l.data.Fd()), off, n, unix.FADV_DONTNEED)
 }
 
 // punch frees the storage of [off, off+n) in the data file. It is only
