@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Backup-target plugin overhead (issue 6): Put and Get of 4 MiB objects on
-# the fs target called in-process and through its plugin process (go-plugin,
-# gRPC over a unix socket with AutoMTLS), with the Go benchmark
+# the fs target called in-process and through its plugin process (go-plugin
+# with AutoMTLS; the bytes through descriptors of the object's files that the
+# plugin passes on its data plane, plugins/doc.go), with the Go benchmark
 # BenchmarkTarget of plugins/fs. Each round runs Put then Get, each on both
 # sides back to back; which side goes first alternates per round.
 #

@@ -189,8 +189,9 @@ var sections = []section{
 	{
 		Key: "plugin", Title: "Backup-target plugin overhead", Stage: "plugin",
 		Intro: "Put and Get of 4 MiB objects, one at a time, on the fs target (temp file, fsync, rename, fsync of the directory; " +
-			"Get from the page cache) called in-process and through its plugin process: go-plugin, gRPC over a unix socket " +
-			"with AutoMTLS for the calls, the payloads through pipes of the local data plane (plugins/doc.go); the Go " +
+			"Get from the page cache) called in-process and through its plugin process: go-plugin with AutoMTLS, and for a " +
+			"Put or Get one request on the local data plane answered with a descriptor of the object's file, which the host " +
+			"reads or writes itself (plugins/doc.go, \"Objects as local files\"); the Go " +
 			"benchmark `BenchmarkTarget` of plugins/fs, `go test -bench`. " +
 			"In each round both sides run back to back, the first alternating per round. The goal (issue 6) is a plugin " +
 			"at least 0.8× as fast as in-process at 4 MiB.",

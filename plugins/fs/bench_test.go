@@ -10,9 +10,10 @@ import (
 )
 
 // BenchmarkTarget compares Put and Get of 4 MiB objects on the fs target
-// called in-process and through its plugin process (gRPC over a unix
-// socket with mTLS, 1 MiB messages). The ratio of the two is the plugin
-// overhead recorded in benchmarks/RESULTS.md.
+// called in-process and through its plugin process (go-plugin with mTLS;
+// the host reads and writes the objects' files through descriptors the
+// plugin passes, plugins/doc.go "Objects as local files"). The ratio of
+// the two is the plugin overhead recorded in benchmarks/RESULTS.md.
 func BenchmarkTarget(b *testing.B) {
 	targettest.Bench(b, map[string]func(b *testing.B) plugins.Target{
 		"inprocess": func(b *testing.B) plugins.Target {
