@@ -273,7 +273,7 @@ func (p *pluginPlane) receive() {
 	buf := make([]byte, max(openRequestSize, createRequestSize)+MaxKeyLength+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	for {
-		n, oobn, flags, err := p.recvmsg(buf, oob)
+		n, oobn, flags, err := recvmsg(p.fd, buf, oob)
 		if err == nil && n == 0 && oobn == 0 {
 			err = errors.New("the host closed it")
 		}
@@ -308,19 +308,20 @@ func (p *pluginPlane) receive() {
 	}
 }
 
-// recvmsg receives one message, blocking until it comes; descriptors
-// arrive close-on-exec.
-func (p *pluginPlane) recvmsg(buf, oob []byte) (n, oobn, flags int, err error) {
+// recvmsg receives one message on the blocking socket fd, waiting until
+// it comes; descriptors arrive close-on-exec (MSG_CMSG_CLOEXEC), which is
+// what parseRights expects.
+func recvmsg(fd int, buf, oob []byte) (n, oobn, flags int, err error) {
 	for {
-		n, oobn, flags, _, err = unix.Recvmsg(p.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, flags, _, err = unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if !errors.Is(err, unix.EINTR) {
 			return n, oobn, flags, err
 		}
 	}
 }
 
-// parseRights returns the descriptors of SCM_RIGHTS messages in oob, as
-// close-on-exec files.
+// parseRights returns the descriptors of SCM_RIGHTS messages in oob as
+// files; they came close-on-exec (recvmsg).
 func parseRights(oob []byte) ([]*os.File, error) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
@@ -333,7 +334,6 @@ func parseRights(oob []byte) ([]*os.File, error) {
 			continue
 		}
 		for _, fd := range fds {
-			unix.CloseOnExec(fd)
 			files = append(files, os.NewFile(uintptr(fd), "pipe"))
 		}
 	}

@@ -220,7 +220,8 @@ func recvCommit(stream putStream) error {
 	return nil
 }
 
-// getFile is Get for an open request on the data plane (fileplane.go).
+// getFile is the configured target's Get, key checked: for a Get call,
+// and for an open request on the data plane (fileplane.go).
 func (s *server) getFile(ctx context.Context, key string, offset, length int64) (io.ReadCloser, int64, error) {
 	t, err := s.current()
 	if err != nil {
@@ -261,14 +262,7 @@ func (s *server) Get(req *targetv1.GetRequest, stream targetv1.Target_GetServer)
 		}
 		defer pipe.Close()
 	}
-	t, err := s.current()
-	if err != nil {
-		return toStatus(err)
-	}
-	if err := ValidateKey(req.GetKey()); err != nil {
-		return toStatus(err)
-	}
-	rc, n, err := t.Get(ctx, req.GetKey(), req.GetOffset(), req.GetLength())
+	rc, n, err := s.getFile(ctx, req.GetKey(), req.GetOffset(), req.GetLength())
 	if err != nil {
 		return toStatus(err)
 	}

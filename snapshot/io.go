@@ -203,7 +203,10 @@ func (v *Volume) regroup(off, n int64) bool {
 			return false
 		})
 		v.ci.mu.RUnlock()
-		if !dirty && v.head.claimRegroup(i) {
+		if !dirty {
+			// The stripes of the region are ours: no other write can
+			// regroup it meanwhile.
+			v.head.markRegrouped(i)
 			v.head.dropCache(r, regroupSize)
 			dropped = true
 		}

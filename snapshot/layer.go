@@ -307,16 +307,11 @@ func (l *layer) wantsRegroup(i uint64) bool {
 	return l.scattered.has(i) && !l.regrouped.has(i)
 }
 
-// claimRegroup reports whether region i is scattered and not regrouped
-// yet, marking it as regrouped.
-func (l *layer) claimRegroup(i uint64) bool {
+// markRegrouped records that region i's page cache has been dropped.
+func (l *layer) markRegrouped(i uint64) {
 	l.regroupMu.Lock()
-	defer l.regroupMu.Unlock()
-	if !l.scattered.has(i) || l.regrouped.has(i) {
-		return false
-	}
 	l.regrouped.set(i)
-	return true
+	l.regroupMu.Unlock()
 }
 
 // bitset is a growable set of small integers.
