@@ -78,7 +78,10 @@ func TestDataPlanePipeWithoutCall(t *testing.T) {
 		ttl    time.Duration
 		forget bool
 	}{
-		{name: "expired", ttl: 100 * time.Millisecond},
+		// The TTL applies to every pipe of the plane, the calls of
+		// checkPlaneWorks too: it must outlast a call's gRPC round trip on
+		// a loaded machine (100 ms did not, under make test's race runs).
+		{name: "expired", ttl: 2 * time.Second},
 		{name: "forgotten", ttl: time.Hour, forget: true},
 	}
 	for _, tt := range tests {
