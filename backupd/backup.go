@@ -132,6 +132,16 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: writing manifest %s: %w", opts.Volume, key, err)
 	}
+	// The deadline holds for the manifest being visible, not for starting
+	// its Put: a Put that took long may have let a GC sweep a pack this
+	// backup deduplicated against, so a late manifest is withdrawn.
+	if el := opts.Now().Sub(started); el > opts.MaxDuration {
+		if derr := r.t.Delete(ctx, []string{key}); derr != nil {
+			return nil, fmt.Errorf("backup of volume %q: manifest %s written %v after loading the index, more than %v; withdrawing it failed, so it may remain (verify checks it): %v: %w",
+				opts.Volume, key, el, opts.MaxDuration, derr, ErrTooSlow)
+		}
+		return nil, fmt.Errorf("backup of volume %q: manifest %s written %v after loading the index, more than %v; withdrawn: %w", opts.Volume, key, el, opts.MaxDuration, ErrTooSlow)
+	}
 	back, err := r.getAll(ctx, key, maxManifestSize)
 	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: reading back manifest %s: %w", opts.Volume, key, err)

@@ -167,6 +167,9 @@ type GCReport struct {
 	PagesUnmarked int   `json:"pages_unmarked"`
 	PagesDeleted  int   `json:"pages_deleted"`
 	BytesDeleted  int64 `json:"bytes_deleted"`
+	// IndexesDeleted counts pack indexes that outlived their pack (Put
+	// by a backup that overran its deadline after the pack was swept).
+	IndexesDeleted int `json:"indexes_deleted"`
 }
 
 type gcMark struct {
@@ -259,6 +262,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	// Packs: referenced if any chunk in their index is; a pack whose index
 	// does not decode is kept.
 	live := map[ChunkID]bool{}
+	var indexed []ChunkID
 	for o, err := range r.t.List(ctx, prefixIndex, "") {
 		if err != nil {
 			return nil, fmt.Errorf("gc: list %s: %w", prefixIndex, err)
@@ -267,6 +271,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		if err != nil {
 			continue
 		}
+		indexed = append(indexed, id)
 		b, err := r.getAll(ctx, o.Key, indexHeadSize+indexEntrySize*maxIndexCount+8)
 		if errors.Is(err, plugins.ErrNotFound) {
 			continue
@@ -364,7 +369,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			log.Info("deleted", "kind", o.kind, "id", o.id.String(), "marked", marked)
 		}
 	}
-	// Marks whose object is gone, and orphan indexes (pack gone).
+	// Marks whose object is gone.
 	if !opts.DryRun {
 		for mk := range marks {
 			if !seen[mk] {
@@ -374,6 +379,22 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			}
 		}
 	}
-	log.Info("gc done", "manifests", rep.Manifests, "packs_deleted", rep.PacksDeleted, "pages_deleted", rep.PagesDeleted, "bytes", rep.BytesDeleted)
+	// Indexes whose pack is gone. packs/ was listed after index/, and a
+	// pack's Put returns before its index's starts, so a pack missing from
+	// that listing was deleted; backups already ignore such an index.
+	for _, id := range indexed {
+		if seen[gcKey("packs", id)] {
+			continue
+		}
+		rep.IndexesDeleted++
+		log.Warn("pack index without its pack (Put after GC swept the pack); deleting it", "pack", id.String())
+		if !opts.DryRun {
+			if err := r.t.Delete(ctx, []string{indexKey(id)}); err != nil {
+				return rep, fmt.Errorf("gc: delete orphan index %s: %w", indexKey(id), err)
+			}
+		}
+	}
+	log.Info("gc done", "manifests", rep.Manifests, "packs_deleted", rep.PacksDeleted, "pages_deleted", rep.PagesDeleted,
+		"indexes_deleted", rep.IndexesDeleted, "bytes", rep.BytesDeleted)
 	return rep, nil
 }

@@ -3,6 +3,7 @@ package backupd
 import (
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -186,6 +187,30 @@ func TestGCConcurrentBackups(t *testing.T) {
 	}
 }
 
+// The deadline and grace of the deterministic GC protocol tests.
+const (
+	protocolMaxDuration = 3 * time.Second
+	protocolGrace       = 8 * time.Second
+)
+
+// gcClock returns a fake clock for r's backups and GC, a function that
+// moves it on, and one that runs GC with grace on it.
+func gcClock(t *testing.T, r *Repository, grace time.Duration) (clock func() time.Time, advance func(time.Duration), gc func() *GCReport) {
+	var ns atomic.Int64
+	ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	clock = func() time.Time { return time.Unix(0, ns.Load()) }
+	advance = func(d time.Duration) { ns.Add(int64(d)) }
+	gc = func() *GCReport {
+		t.Helper()
+		rep, err := r.GC(t.Context(), GCOptions{Grace: grace, Now: clock})
+		if err != nil {
+			t.Fatalf("GC: %v", err)
+		}
+		return rep
+	}
+	return clock, advance, gc
+}
+
 // gatedSource blocks its first ReadAt until release is closed, after
 // closing reached: the backup has loaded the chunk index by then.
 type gatedSource struct {
@@ -215,10 +240,7 @@ func (g *gatedSource) ReadAt(ctx context.Context, p []byte, off int64) (int, err
 //     ErrTooSlow and write no manifest rather than reference swept packs.
 func TestGCProtocol(t *testing.T) {
 	t.Parallel()
-	const (
-		maxDur = 3 * time.Second
-		grace  = 8 * time.Second
-	)
+	const maxDur, grace = protocolMaxDuration, protocolGrace
 	tests := []struct {
 		name string
 		// advance before the backup loads its index, between that and
@@ -236,17 +258,7 @@ func TestGCProtocol(t *testing.T) {
 			ctx := t.Context()
 			tg := NewFSTarget(t, t.TempDir())
 			r := Open(tg, &Options{PackSize: 64 << 10, Logger: testLogger(t)})
-			var clockNS atomic.Int64
-			clockNS.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-			clock := func() time.Time { return time.Unix(0, clockNS.Load()) }
-			advance := func(d time.Duration) { clockNS.Add(int64(d)) }
-			gc := func() *GCReport {
-				rep, err := r.GC(ctx, GCOptions{Grace: grace, Now: clock})
-				if err != nil {
-					t.Fatalf("GC: %v", err)
-				}
-				return rep
-			}
+			clock, advance, gc := gcClock(t, r, grace)
 			data := RandomData(rand.New(rand.NewPCG(41, 42)), 512<<10)
 			old, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s0", Source: &memSource{data: data}, Now: clock})
 			if err != nil {
@@ -419,5 +431,147 @@ func TestHeldBackups(t *testing.T) {
 	}
 	if len(left) != 1 || left[0].ID != ids[2] {
 		t.Fatalf("left %v, want only %s", left, ids[2])
+	}
+}
+
+// heldTarget holds, while armed, every Put and PutIfAbsent of a key under
+// prefix until release is closed (or the test ends), after closing
+// reached; the Put then runs.
+type heldTarget struct {
+	plugins.Target
+	prefix  string
+	armed   atomic.Bool
+	once    sync.Once
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (h *heldTarget) hold(ctx context.Context, key string) error {
+	if !h.armed.Load() || !strings.HasPrefix(key, h.prefix) {
+		return nil
+	}
+	h.once.Do(func() { close(h.reached) })
+	select {
+	case <-h.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (h *heldTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := h.hold(ctx, key); err != nil {
+		return err
+	}
+	return h.Target.Put(ctx, key, r, size)
+}
+
+func (h *heldTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := h.hold(ctx, key); err != nil {
+		return err
+	}
+	return h.Target.PutIfAbsent(ctx, key, r, size)
+}
+
+// TestGCLateWrites reproduces, deterministically, the writes of a backup
+// that overran its deadline landing after GC swept what they name (the
+// target held them while GC marked and swept):
+//
+//   - late-index: a pack's index is Put after GC swept the pack. The
+//     backup fails with ErrTooSlow, but the index remains: the next backup
+//     of the same data must not dedup against it (it must restore), and
+//     GC must delete the index.
+//   - late-manifest: a backup that deduplicated against a deleted
+//     backup's packs starts its manifest Put in time, but the Put returns
+//     after GC swept those packs. The backup must fail with ErrTooSlow and
+//     leave no manifest.
+func TestGCLateWrites(t *testing.T) {
+	t.Parallel()
+	const maxDur, grace = protocolMaxDuration, protocolGrace
+	tests := []struct {
+		name string
+		hold string // key prefix whose Puts are held
+		// old: a deleted backup of the same data exists first, so the
+		// held backup dedups against its packs.
+		old bool
+	}{
+		{name: "late-index", hold: prefixIndex},
+		{name: "late-manifest", hold: prefixBackups, old: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			tg := &heldTarget{Target: NewFSTarget(t, t.TempDir()), prefix: tc.hold, reached: make(chan struct{}), release: make(chan struct{})}
+			// One upload at a time and one pack's worth of data: exactly
+			// one pack and one index Put.
+			r := Open(tg, &Options{PackSize: 64 << 10, Uploads: 1, Logger: testLogger(t)})
+			clock, advance, gc := gcClock(t, r, grace)
+			data := RandomData(rand.New(rand.NewPCG(51, 52)), 32<<10)
+			backup := func(vol string) (*Result, error) {
+				return r.Backup(ctx, BackupOptions{Volume: vol, Snapshot: "s", Source: &memSource{data: data}, MaxDuration: maxDur, Now: clock})
+			}
+			if tc.old {
+				old, err := backup("vol-old")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := r.Delete(ctx, "vol-old", old.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tg.armed.Store(true)
+			errc := make(chan error, 1)
+			go func() {
+				_, err := backup("vol-a")
+				errc <- err
+			}()
+			<-tg.reached
+			advance(time.Second)
+			if rep := gc(); rep.PacksMarked == 0 {
+				t.Fatalf("GC marked nothing: %+v", rep)
+			}
+			advance(grace)
+			if rep := gc(); rep.PacksDeleted == 0 {
+				t.Fatalf("GC swept nothing: %+v", rep)
+			}
+			close(tg.release)
+			if err := <-errc; !errors.Is(err, ErrTooSlow) {
+				t.Fatalf("held backup = %v, want ErrTooSlow", err)
+			}
+			tg.armed.Store(false)
+			if keys := sortedKeys(t, tg, prefixBackups); len(keys) != 0 {
+				t.Fatalf("manifests %v exist after the late backup failed", keys)
+			}
+			if !tc.old {
+				idx, packs := sortedKeys(t, tg, prefixIndex), sortedKeys(t, tg, prefixPacks)
+				if len(idx) != 1 || len(packs) != 0 {
+					t.Fatalf("want one index without its pack, have indexes %v and packs %v", idx, packs)
+				}
+			}
+			res, err := backup("vol-b")
+			if err != nil {
+				t.Fatalf("backup after the late writes: %v", err)
+			}
+			if res.ChunksNew == 0 {
+				t.Errorf("backup uploaded no chunk: it deduplicated against swept packs")
+			}
+			got, _, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{})
+			if err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			MustEqual(t, "restored", got, data)
+			rep := gc()
+			if want := map[bool]int{true: 0, false: 1}[tc.old]; rep.IndexesDeleted != want {
+				t.Errorf("GC deleted %d orphan indexes, want %d", rep.IndexesDeleted, want)
+			}
+			idx, packs := sortedKeys(t, tg, prefixIndex), sortedKeys(t, tg, prefixPacks)
+			if len(idx) != len(packs) {
+				t.Errorf("after GC: indexes %v, packs %v", idx, packs)
+			}
+			if vr, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true}); err != nil || !vr.OK() {
+				t.Errorf("Verify: %v", err)
+			}
+		})
 	}
 }

@@ -101,6 +101,12 @@ type chunkIndex struct {
 	// Backup does not dedup against them.
 	candPacks map[ChunkID]bool
 	candPages map[ChunkID]bool
+	// gone are the packs whose index was listed but whose pack was not:
+	// a backup that overran its deadline Put the index after GC swept the
+	// pack (FORMAT.md, "Garbage collection"). Nothing dedups against
+	// them; restore and verify report their chunks missing unless another
+	// copy exists.
+	gone map[ChunkID]bool
 	// alts are the other copies of chunks stored more than once (a full
 	// re-upload that heals a damaged chunk, racing backups); restore and
 	// verify fall back to them.
@@ -109,11 +115,26 @@ type chunkIndex struct {
 	badIndexes []string
 }
 
-// live reports whether chunk id is stored in a pack that is not a GC
-// candidate.
+// live reports whether chunk id is stored in a pack that exists and is not
+// a GC candidate.
 func (x *chunkIndex) live(id ChunkID) bool {
 	l, ok := x.chunks[id]
-	return ok && !x.candPacks[x.packs[l.pack]]
+	return ok && x.usable(l.pack)
+}
+
+// usable reports whether backups may dedup against pack number p.
+func (x *chunkIndex) usable(p int32) bool { return x.rank(p) == 0 }
+
+// rank orders the copies of a chunk by preference: 0 in a pack backups may
+// use, 1 in a GC candidate (still readable), 2 in a pack that is gone.
+func (x *chunkIndex) rank(p int32) int {
+	switch id := x.packs[p]; {
+	case x.gone[id]:
+		return 2
+	case x.candPacks[id]:
+		return 1
+	}
+	return 0
 }
 
 // getAll reads a whole object of at most max bytes.
@@ -160,9 +181,10 @@ func (r *Repository) listIDs(ctx context.Context, prefix string) ([]ChunkID, err
 }
 
 // loadIndex lists index/ once and loads every pack index (8 at a time),
-// and lists gc/ for the GC candidates.
+// lists gc/ for the GC candidates, and packs/ for the packs that exist.
 func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
-	x := &chunkIndex{chunks: map[ChunkID]chunkLoc{}, candPacks: map[ChunkID]bool{}, candPages: map[ChunkID]bool{}, alts: map[ChunkID][]chunkLoc{}}
+	x := &chunkIndex{chunks: map[ChunkID]chunkLoc{}, candPacks: map[ChunkID]bool{}, candPages: map[ChunkID]bool{},
+		gone: map[ChunkID]bool{}, alts: map[ChunkID][]chunkLoc{}}
 	// gc/ first: a mark written after this listing is covered by the
 	// grace period (FORMAT.md, "Garbage collection").
 	for o, err := range r.t.List(ctx, prefixGC, "") {
@@ -186,6 +208,23 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 		return nil, err
 	}
 	x.packs = packs
+	// packs/ after index/: a pack's Put returns before its index's Put
+	// starts and pack ids are never reused, so an index listed whose pack
+	// is not listed now outlived its pack.
+	present, err := r.listIDs(ctx, prefixPacks)
+	if err != nil {
+		return nil, err
+	}
+	have := make(map[ChunkID]bool, len(present))
+	for _, p := range present {
+		have[p] = true
+	}
+	for _, p := range packs {
+		if !have[p] {
+			x.gone[p] = true
+			r.log.Warn("pack index without its pack; not deduplicating against it (GC removes it)", "pack", p.String())
+		}
+	}
 	entries := make([][]indexEntry, len(packs))
 	var badMu sync.Mutex
 	if err := forEach(ctx, len(packs), 8, func(ctx context.Context, i int) error {
@@ -230,7 +269,7 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 			switch {
 			case !dup:
 				x.chunks[e.ID] = loc
-			case x.candPacks[x.packs[old.pack]]:
+			case x.rank(int32(i)) < x.rank(old.pack):
 				x.chunks[e.ID] = loc
 				x.alts[e.ID] = append(x.alts[e.ID], old)
 			default:
