@@ -388,6 +388,9 @@ periodically, e.g. after prune; space comes back on the second run.`,
 					g := r.Report
 					fmt.Fprintf(w, "target %s: %d manifests, %d packs live; marked %d packs and %d pages; deleted %d packs and %d pages (%s)\n",
 						r.Target, g.Manifests, g.PacksLive, g.PacksMarked, g.PagesMarked, g.PacksDeleted, g.PagesDeleted, humanSize(g.BytesDeleted))
+					if g.IndexesDeleted > 0 {
+						fmt.Fprintf(w, "target %s: deleted %d pack indexes whose pack was gone (written by backups that overran their deadline)\n", r.Target, g.IndexesDeleted)
+					}
 				}
 				return nil
 			})
