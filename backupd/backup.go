@@ -65,8 +65,9 @@ type Result struct {
 
 // Backup backs up opts.Source and returns only once the backup is
 // acknowledged (FORMAT.md, "Commit order"). On error no manifest for it
-// exists, except when the error came after PutIfAbsent succeeded and the
-// read-back failed: then the manifest may exist and Verify decides.
+// exists: one whose Put failed, returned past the deadline or did not
+// read back is withdrawn (deleted), even if ctx was cancelled. Only if
+// that delete fails too may it remain; the error then says so.
 func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, error) {
 	if err := r.checkBackupOptions(&opts); err != nil {
 		return nil, err
@@ -103,7 +104,7 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 		return nil, fmt.Errorf("backup of volume %q snapshot %q: %w", opts.Volume, opts.Snapshot, err)
 	}
 	b.progress(PhaseManifest)
-	if el := opts.Now().Sub(started); el > opts.MaxDuration {
+	if el := elapsed(opts.Now(), started); el > opts.MaxDuration {
 		return nil, fmt.Errorf("backup of volume %q: %v since loading the index, more than %v: %w", opts.Volume, el, opts.MaxDuration, ErrTooSlow)
 	}
 	key := ManifestKey(m.Volume, m.ID)
@@ -129,32 +130,62 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 		// backup's manifest.
 		err = r.t.Put(ctx, key, bytes.NewReader(enc), int64(len(enc)))
 	}
-	if err != nil {
+	if errors.Is(err, plugins.ErrAlreadyExists) {
+		// Not ours (the id is random): leave it.
 		return nil, fmt.Errorf("backup of volume %q: writing manifest %s: %w", opts.Volume, key, err)
+	}
+	if err != nil {
+		// A Put that failed may still land (a lost reply).
+		return nil, r.withdraw(ctx, key, fmt.Errorf("backup of volume %q: writing manifest %s: %w", opts.Volume, key, err))
 	}
 	// The deadline holds for the manifest being visible, not for starting
 	// its Put: a Put that took long may have let a GC sweep a pack this
 	// backup deduplicated against, so a late manifest is withdrawn.
-	if el := opts.Now().Sub(started); el > opts.MaxDuration {
-		if derr := r.t.Delete(ctx, []string{key}); derr != nil {
-			return nil, fmt.Errorf("backup of volume %q: manifest %s written %v after loading the index, more than %v; withdrawing it failed, so it may remain (verify checks it): %v: %w",
-				opts.Volume, key, el, opts.MaxDuration, derr, ErrTooSlow)
-		}
-		return nil, fmt.Errorf("backup of volume %q: manifest %s written %v after loading the index, more than %v; withdrawn: %w", opts.Volume, key, el, opts.MaxDuration, ErrTooSlow)
+	if el := elapsed(opts.Now(), started); el > opts.MaxDuration {
+		return nil, r.withdraw(ctx, key, fmt.Errorf("backup of volume %q: manifest %s written %v after loading the index, more than %v: %w", opts.Volume, key, el, opts.MaxDuration, ErrTooSlow))
 	}
 	back, err := r.getAll(ctx, key, maxManifestSize)
+	if err == nil {
+		if _, err = DecodeManifest(back); err == nil && !bytes.Equal(back, enc) {
+			err = fmt.Errorf("it differs from the one written: %w", ErrMismatch)
+		}
+	}
 	if err != nil {
-		return nil, fmt.Errorf("backup of volume %q: reading back manifest %s: %w", opts.Volume, key, err)
-	}
-	if _, err := DecodeManifest(back); err != nil {
-		return nil, fmt.Errorf("backup of volume %q: manifest %s read back: %w", opts.Volume, key, err)
-	}
-	if !bytes.Equal(back, enc) {
-		return nil, fmt.Errorf("backup of volume %q: manifest %s read back differs from the one written: %w", opts.Volume, key, ErrMismatch)
+		return nil, r.withdraw(ctx, key, fmt.Errorf("backup of volume %q: reading back manifest %s: %w", opts.Volume, key, err))
 	}
 	b.progress(PhaseDone)
 	log.Info("backup acknowledged", "id", m.ID, "key", key, "scanned", m.Stats.BytesScanned, "uploaded", m.Stats.BytesUploaded, "parent", m.Parent)
 	return &Result{ID: m.ID, ManifestKey: key, Digest: m.Digest, Manifest: m, Stats: m.Stats}, nil
+}
+
+// elapsed is the time from started to now by the monotonic clock or by
+// the wall clock, whichever is longer: the monotonic clock stops while the
+// host is suspended, and GC, on another host, goes on.
+func elapsed(now, started time.Time) time.Duration {
+	return max(now.Sub(started), now.Round(0).Sub(started.Round(0)))
+}
+
+// withdraw deletes the manifest under key of a backup that will not be
+// acknowledged, and returns err saying whether that worked. It does not
+// use ctx's cancellation (the caller giving up is a common reason to be
+// here), but gives up after a minute.
+func (r *Repository) withdraw(ctx context.Context, key string, err error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	var derr error
+	for attempt := range 3 {
+		if attempt > 0 {
+			select {
+			case <-time.After(time.Duration(attempt) * time.Second):
+			case <-ctx.Done():
+			}
+		}
+		if derr = r.t.Delete(ctx, []string{key}); derr == nil {
+			return fmt.Errorf("%w (manifest withdrawn)", err)
+		}
+	}
+	r.log.Error("withdrawing the manifest of a failed backup", "key", key, "err", derr)
+	return fmt.Errorf("%w; withdrawing manifest %s failed, so it may remain though not acknowledged (delete it with backup rm): %v", err, key, derr)
 }
 
 func (r *Repository) checkBackupOptions(o *BackupOptions) error {

@@ -32,6 +32,9 @@ var (
 	// (its manifest carries TagSystem): only the coordinator removes it,
 	// with DeleteHeld, when no system manifest names it any more.
 	ErrHeld = errors.New("held by a system backup")
+	// ErrBusy is returned by GC when another GC runs on the repository
+	// (its lease is held), or when its own lease may no longer be.
+	ErrBusy = errors.New("another GC runs")
 )
 
 // Tags the coordinator records in the volume backups of a system backup.

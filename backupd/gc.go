@@ -149,6 +149,10 @@ type GCOptions struct {
 	// deleted; it must be longer than every backup's MaxDuration plus the
 	// time a Put takes (default 2×DefaultMaxDuration).
 	Grace time.Duration
+	// MaxDuration is the longest MaxDuration of the backups that write
+	// to the repository (default DefaultMaxDuration); GC refuses a Grace
+	// that is not longer.
+	MaxDuration time.Duration
 	// DryRun marks nothing and deletes nothing; the report says what a
 	// run would do.
 	DryRun bool
@@ -167,8 +171,11 @@ type GCReport struct {
 	PagesUnmarked int   `json:"pages_unmarked"`
 	PagesDeleted  int   `json:"pages_deleted"`
 	BytesDeleted  int64 `json:"bytes_deleted"`
-	// IndexesDeleted counts pack indexes that outlived their pack (Put
-	// by a backup that overran its deadline after the pack was swept).
+	// IndexesMarked and IndexesDeleted count pack indexes whose pack is
+	// not listed (Put by a backup that overran its deadline after the
+	// pack was swept): marked like a pack, deleted a Grace later if the
+	// pack is still missing.
+	IndexesMarked  int `json:"indexes_marked"`
 	IndexesDeleted int `json:"indexes_deleted"`
 }
 
@@ -187,18 +194,36 @@ func gcKey(kind string, id ChunkID) string { return prefixGC + kind + "/" + id.S
 // backup that could reference a deleted object must have listed gc/
 // before the mark, and so wrote its manifest before the run that deletes.
 //
-// GC refuses to run if any manifest or map page fails to load: it could
-// not tell what that backup references.
+// Only one GC runs on a repository at a time: a run takes a lease
+// (locks/) and fails with ErrBusy if another holds one. GC refuses to run
+// if any manifest or map page fails to load: it could not tell what that
+// backup references.
 func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 	if opts.Grace <= 0 {
 		opts.Grace = 2 * DefaultMaxDuration
 	}
+	if opts.MaxDuration <= 0 {
+		opts.MaxDuration = DefaultMaxDuration
+	}
+	if opts.Grace <= opts.MaxDuration {
+		return nil, fmt.Errorf("gc: grace %v is not longer than a backup may run (%v): a running backup's packs could be deleted: %w", opts.Grace, opts.MaxDuration, ErrInvalid)
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	start := opts.Now()
 	rep := &GCReport{}
 	log := r.log.With("op", "gc")
+	// The lease before the start time: marks older than start-Grace were
+	// then all written by earlier runs, which have ended.
+	lease := &gcLease{}
+	if !opts.DryRun {
+		var err error
+		if lease, err = r.takeGCLease(ctx, opts.Now); err != nil {
+			return nil, err
+		}
+		defer lease.release()
+	}
+	start := opts.Now()
 
 	// Marks first: every mark old enough now was written before this run.
 	marks := map[string]time.Time{}
@@ -213,10 +238,15 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		if err != nil {
 			return nil, fmt.Errorf("gc: %w", err)
 		}
-		var mk gcMark
-		if err := json.Unmarshal(b, &mk); err != nil || mk.Marked.IsZero() {
+		mk, ok := decodeMark(b)
+		if !ok {
 			log.Warn("unreadable gc mark; marking again", "key", o.Key)
 			mk.Marked = start
+			if !opts.DryRun {
+				if err := r.putBytes(ctx, o.Key, marshalJSON(mk)); err != nil {
+					return nil, fmt.Errorf("gc: mark %s again: %w", o.Key, err)
+				}
+			}
 		}
 		marks[o.Key] = mk.Marked
 	}
@@ -296,8 +326,12 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		kind string // "packs" or "maps"
 		id   ChunkID
 		size int64
+		// orphan: a pack index whose pack was not listed (after the
+		// index was).
+		orphan bool
 	}
 	var objs []object
+	listed := map[ChunkID]bool{}
 	for _, kind := range []string{"packs", "maps"} {
 		for o, err := range r.t.List(ctx, kind+"/", "") {
 			if err != nil {
@@ -308,13 +342,25 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				continue
 			}
 			objs = append(objs, object{kind: kind, id: id, size: o.Size})
+			if kind == "packs" {
+				listed[id] = true
+			}
+		}
+	}
+	// An index whose pack a listing made after it did not show: its pack
+	// was swept before the index's Put landed. Backups already ignore it;
+	// it goes through the same two phases as a pack, so that a listing
+	// that lags (NFS, an eventually consistent store) costs nothing.
+	for _, id := range indexed {
+		if !listed[id] {
+			objs = append(objs, object{kind: "packs", id: id, orphan: true})
 		}
 	}
 	seen := map[string]bool{}
 	for _, o := range objs {
 		mk := gcKey(o.kind, o.id)
 		seen[mk] = true
-		referenced := live[o.id]
+		referenced := live[o.id] && !o.orphan
 		if o.kind == "maps" {
 			referenced = pageRefs[o.id]
 		}
@@ -336,9 +382,12 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				rep.PacksLive++
 			}
 		case !isMarked:
-			if o.kind == "packs" {
+			switch {
+			case o.orphan:
+				rep.IndexesMarked++
+			case o.kind == "packs":
 				rep.PacksMarked++
-			} else {
+			default:
 				rep.PagesMarked++
 			}
 			if !opts.DryRun {
@@ -351,11 +400,25 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				}
 			}
 		case !marked.Add(opts.Grace).After(start):
-			del := []string{pageKey(o.id)}
-			if o.kind == "packs" {
+			if !opts.DryRun {
+				sweep, err := r.sweepable(ctx, lease, mk, marked, o.orphan, o.id)
+				if err != nil {
+					return rep, err
+				}
+				if !sweep {
+					continue
+				}
+			}
+			var del []string
+			switch {
+			case o.orphan:
+				del = []string{indexKey(o.id)}
+				rep.IndexesDeleted++
+			case o.kind == "packs":
 				del = []string{indexKey(o.id), packKey(o.id)} // index first: backups stop seeing it
 				rep.PacksDeleted++
-			} else {
+			default:
+				del = []string{pageKey(o.id)}
 				rep.PagesDeleted++
 			}
 			rep.BytesDeleted += o.size
@@ -366,7 +429,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 					}
 				}
 			}
-			log.Info("deleted", "kind", o.kind, "id", o.id.String(), "marked", marked)
+			log.Info("deleted", "kind", o.kind, "id", o.id.String(), "orphan_index", o.orphan, "marked", marked)
 		}
 	}
 	// Marks whose object is gone.
@@ -379,22 +442,49 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			}
 		}
 	}
-	// Indexes whose pack is gone. packs/ was listed after index/, and a
-	// pack's Put returns before its index's starts, so a pack missing from
-	// that listing was deleted; backups already ignore such an index.
-	for _, id := range indexed {
-		if seen[gcKey("packs", id)] {
-			continue
-		}
-		rep.IndexesDeleted++
-		log.Warn("pack index without its pack (Put after GC swept the pack); deleting it", "pack", id.String())
-		if !opts.DryRun {
-			if err := r.t.Delete(ctx, []string{indexKey(id)}); err != nil {
-				return rep, fmt.Errorf("gc: delete orphan index %s: %w", indexKey(id), err)
-			}
-		}
-	}
 	log.Info("gc done", "manifests", rep.Manifests, "packs_deleted", rep.PacksDeleted, "pages_deleted", rep.PagesDeleted,
 		"indexes_deleted", rep.IndexesDeleted, "bytes", rep.BytesDeleted)
 	return rep, nil
+}
+
+func decodeMark(b []byte) (gcMark, bool) {
+	var mk gcMark
+	if err := json.Unmarshal(b, &mk); err != nil || mk.Marked.IsZero() {
+		return gcMark{}, false
+	}
+	return mk, true
+}
+
+// sweepable checks, just before a deletion, what the decision to delete
+// rests on: GC still holds its lease, the mark mk still holds the time
+// read at the start (it was not removed and written again meanwhile), and
+// for an orphan index that its pack is still missing. It reports false,
+// logging why, for an object to keep.
+func (r *Repository) sweepable(ctx context.Context, lease *gcLease, mk string, marked time.Time, orphan bool, id ChunkID) (bool, error) {
+	if err := lease.check(); err != nil {
+		return false, err
+	}
+	b, err := r.getAll(ctx, mk, 4096)
+	if errors.Is(err, plugins.ErrNotFound) {
+		r.log.Info("mark removed since this GC started; keeping", "op", "gc", "mark", mk)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("gc: %w", err)
+	}
+	if now, ok := decodeMark(b); !ok || !now.Marked.Equal(marked) {
+		r.log.Info("mark changed since this GC started; keeping", "op", "gc", "mark", mk)
+		return false, nil
+	}
+	if orphan {
+		has, err := r.t.Has(ctx, []string{packKey(id)})
+		if err != nil {
+			return false, fmt.Errorf("gc: %w", err)
+		}
+		if has[0] {
+			r.log.Info("the pack of an index thought orphan exists (a listing lagged); keeping", "op", "gc", "pack", id.String())
+			return false, nil
+		}
+	}
+	return true, nil
 }

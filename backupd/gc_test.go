@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"iter"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -112,7 +113,7 @@ func TestGCConcurrentBackups(t *testing.T) {
 				t.Errorf("Prune: %v", err)
 				return false
 			}
-			rep, err := r.GC(ctx, GCOptions{Grace: grace, Now: clock})
+			rep, err := r.GC(ctx, GCOptions{Grace: grace, MaxDuration: maxDur, Now: clock})
 			if err != nil {
 				t.Errorf("GC: %v", err)
 				return false
@@ -202,7 +203,7 @@ func gcClock(t *testing.T, r *Repository, grace time.Duration) (clock func() tim
 	advance = func(d time.Duration) { ns.Add(int64(d)) }
 	gc = func() *GCReport {
 		t.Helper()
-		rep, err := r.GC(t.Context(), GCOptions{Grace: grace, Now: clock})
+		rep, err := r.GC(t.Context(), GCOptions{Grace: grace, MaxDuration: protocolMaxDuration, Now: clock})
 		if err != nil {
 			t.Fatalf("GC: %v", err)
 		}
@@ -434,43 +435,121 @@ func TestHeldBackups(t *testing.T) {
 	}
 }
 
-// heldTarget holds, while armed, every Put and PutIfAbsent of a key under
-// prefix until release is closed (or the test ends), after closing
-// reached; the Put then runs.
-type heldTarget struct {
-	plugins.Target
-	prefix  string
-	armed   atomic.Bool
+// gate holds an operation until release is closed (or its context ends),
+// after closing reached.
+type gate struct {
 	once    sync.Once
 	reached chan struct{}
 	release chan struct{}
 }
 
-func (h *heldTarget) hold(ctx context.Context, key string) error {
-	if !h.armed.Load() || !strings.HasPrefix(key, h.prefix) {
-		return nil
-	}
-	h.once.Do(func() { close(h.reached) })
+func newGate() *gate { return &gate{reached: make(chan struct{}), release: make(chan struct{})} }
+
+func (g *gate) wait(ctx context.Context) error {
+	g.once.Do(func() { close(g.reached) })
 	select {
-	case <-h.release:
+	case <-g.release:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-func (h *heldTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	if err := h.hold(ctx, key); err != nil {
-		return err
-	}
-	return h.Target.Put(ctx, key, r, size)
+// gateTarget injects the timing faults of a real target that a test cannot
+// provoke: it holds the first Put (or PutIfAbsent) of a key under a prefix,
+// or the first List of a prefix, at a gate; and it hides keys from List (a
+// listing that lags).
+type gateTarget struct {
+	plugins.Target
+	mu    sync.Mutex
+	puts  map[string]*gate // by key prefix, each used once
+	lists map[string]*gate // by List prefix, each used once
+	hide  func(key string) bool
 }
 
-func (h *heldTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
-	if err := h.hold(ctx, key); err != nil {
-		return err
+func newGateTarget(t *testing.T) *gateTarget {
+	return &gateTarget{Target: NewFSTarget(t, t.TempDir()), puts: map[string]*gate{}, lists: map[string]*gate{}}
+}
+
+// holdPut arms a gate for the next Put of a key under prefix.
+func (g *gateTarget) holdPut(prefix string) *gate { return g.arm(g.puts, prefix) }
+
+// holdList arms a gate for the next List of prefix.
+func (g *gateTarget) holdList(prefix string) *gate { return g.arm(g.lists, prefix) }
+
+func (g *gateTarget) arm(m map[string]*gate, prefix string) *gate {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gt := newGate()
+	m[prefix] = gt
+	return gt
+}
+
+func (g *gateTarget) setHide(f func(key string) bool) {
+	g.mu.Lock()
+	g.hide = f
+	g.mu.Unlock()
+}
+
+func (g *gateTarget) take(m map[string]*gate, key string, exact bool) *gate {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for p, gt := range m {
+		if key == p || (!exact && strings.HasPrefix(key, p)) {
+			delete(m, p)
+			return gt
+		}
 	}
-	return h.Target.PutIfAbsent(ctx, key, r, size)
+	return nil
+}
+
+func (g *gateTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if gt := g.take(g.puts, key, false); gt != nil {
+		if err := gt.wait(ctx); err != nil {
+			return err
+		}
+	}
+	return g.Target.Put(ctx, key, r, size)
+}
+
+func (g *gateTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	if gt := g.take(g.puts, key, false); gt != nil {
+		if err := gt.wait(ctx); err != nil {
+			return err
+		}
+	}
+	return g.Target.PutIfAbsent(ctx, key, r, size)
+}
+
+func (g *gateTarget) List(ctx context.Context, prefix, startAfter string) iter.Seq2[plugins.ObjectInfo, error] {
+	return func(yield func(plugins.ObjectInfo, error) bool) {
+		if gt := g.take(g.lists, prefix, true); gt != nil {
+			if err := gt.wait(ctx); err != nil {
+				yield(plugins.ObjectInfo{}, err)
+				return
+			}
+		}
+		for o, err := range g.Target.List(ctx, prefix, startAfter) {
+			g.mu.Lock()
+			hidden := err == nil && g.hide != nil && g.hide(o.Key)
+			g.mu.Unlock()
+			if hidden {
+				continue
+			}
+			if !yield(o, err) {
+				return
+			}
+		}
+	}
+}
+
+// onePackRepo returns a gate target, a repository on it, and random data
+// (from seed) that a backup stores with exactly one pack and one index
+// Put: one upload at a time, and one pack's worth of data.
+func onePackRepo(t *testing.T, seed uint64) (*gateTarget, *Repository, []byte) {
+	tg := newGateTarget(t)
+	r := Open(tg, &Options{PackSize: 64 << 10, Uploads: 1, Logger: testLogger(t)})
+	return tg, r, RandomData(rand.New(rand.NewPCG(seed, seed+1)), 32<<10)
 }
 
 // TestGCLateWrites reproduces, deterministically, the writes of a backup
@@ -502,12 +581,8 @@ func TestGCLateWrites(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
-			tg := &heldTarget{Target: NewFSTarget(t, t.TempDir()), prefix: tc.hold, reached: make(chan struct{}), release: make(chan struct{})}
-			// One upload at a time and one pack's worth of data: exactly
-			// one pack and one index Put.
-			r := Open(tg, &Options{PackSize: 64 << 10, Uploads: 1, Logger: testLogger(t)})
+			tg, r, data := onePackRepo(t, 51)
 			clock, advance, gc := gcClock(t, r, grace)
-			data := RandomData(rand.New(rand.NewPCG(51, 52)), 32<<10)
 			backup := func(vol string) (*Result, error) {
 				return r.Backup(ctx, BackupOptions{Volume: vol, Snapshot: "s", Source: &memSource{data: data}, MaxDuration: maxDur, Now: clock})
 			}
@@ -520,13 +595,13 @@ func TestGCLateWrites(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			tg.armed.Store(true)
+			held := tg.holdPut(tc.hold)
 			errc := make(chan error, 1)
 			go func() {
 				_, err := backup("vol-a")
 				errc <- err
 			}()
-			<-tg.reached
+			<-held.reached
 			advance(time.Second)
 			if rep := gc(); rep.PacksMarked == 0 {
 				t.Fatalf("GC marked nothing: %+v", rep)
@@ -535,11 +610,10 @@ func TestGCLateWrites(t *testing.T) {
 			if rep := gc(); rep.PacksDeleted == 0 {
 				t.Fatalf("GC swept nothing: %+v", rep)
 			}
-			close(tg.release)
+			close(held.release)
 			if err := <-errc; !errors.Is(err, ErrTooSlow) {
 				t.Fatalf("held backup = %v, want ErrTooSlow", err)
 			}
-			tg.armed.Store(false)
 			if keys := sortedKeys(t, tg, prefixBackups); len(keys) != 0 {
 				t.Fatalf("manifests %v exist after the late backup failed", keys)
 			}
@@ -561,9 +635,14 @@ func TestGCLateWrites(t *testing.T) {
 				t.Fatalf("restore: %v", err)
 			}
 			MustEqual(t, "restored", got, data)
-			rep := gc()
-			if want := map[bool]int{true: 0, false: 1}[tc.old]; rep.IndexesDeleted != want {
-				t.Errorf("GC deleted %d orphan indexes, want %d", rep.IndexesDeleted, want)
+			// The orphan index goes in two phases, like a pack.
+			orphans := map[bool]int{true: 0, false: 1}[tc.old]
+			if rep := gc(); rep.IndexesMarked != orphans || rep.IndexesDeleted != 0 {
+				t.Errorf("GC marked %d and deleted %d orphan indexes, want %d marked", rep.IndexesMarked, rep.IndexesDeleted, orphans)
+			}
+			advance(grace)
+			if rep := gc(); rep.IndexesDeleted != orphans {
+				t.Errorf("GC deleted %d orphan indexes a grace later, want %d", rep.IndexesDeleted, orphans)
 			}
 			idx, packs := sortedKeys(t, tg, prefixIndex), sortedKeys(t, tg, prefixPacks)
 			if len(idx) != len(packs) {
@@ -573,5 +652,129 @@ func TestGCLateWrites(t *testing.T) {
 				t.Errorf("Verify: %v", err)
 			}
 		})
+	}
+}
+
+// TestGCLease checks that GC runs alone: a GC held mid-run makes a second
+// one fail with ErrBusy (leaving no lease of its own), a lease another GC
+// renewed recently or that does not decode does too, an abandoned one is
+// removed, each GC removes its own lease when done; and a grace not longer
+// than the backups' deadline is refused.
+func TestGCLease(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	lease := func(renewed time.Time) []byte {
+		return marshalJSON(leaseBody{Host: "other", PID: 7, Taken: renewed, Renewed: renewed})
+	}
+	tests := []struct {
+		name    string
+		other   []byte // a lease in locks/ before GC runs; nil for none
+		opts    GCOptions
+		wantErr error
+		left    int // leases left after GC
+	}{
+		{name: "alone"},
+		{name: "fresh", other: lease(now.Add(-time.Minute)), wantErr: ErrBusy, left: 1},
+		{name: "abandoned", other: lease(now.Add(-leaseStale - time.Second))},
+		{name: "undecodable", other: []byte("{"), wantErr: ErrBusy, left: 1},
+		{name: "grace-not-longer", opts: GCOptions{Grace: time.Hour, MaxDuration: time.Hour}, wantErr: ErrInvalid},
+		{name: "dry-run-takes-none", other: lease(now), opts: GCOptions{DryRun: true}, left: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			tg := NewFSTarget(t, t.TempDir())
+			r := Open(tg, &Options{Logger: testLogger(t)})
+			if tc.other != nil {
+				if err := r.putBytes(ctx, prefixLocks+"gc-0123456789abcdef", tc.other); err != nil {
+					t.Fatal(err)
+				}
+			}
+			opts := tc.opts
+			opts.Now = func() time.Time { return now }
+			_, err := r.GC(ctx, opts)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Fatalf("GC = %v, want %v", err, tc.wantErr)
+			}
+			if left := sortedKeys(t, tg, prefixLocks); len(left) != tc.left {
+				t.Errorf("leases left: %v, want %d", left, tc.left)
+			}
+		})
+	}
+	t.Run("exclusive", func(t *testing.T) {
+		t.Parallel()
+		tg := newGateTarget(t)
+		r := Open(tg, &Options{Logger: testLogger(t)})
+		_, _, gc := gcClock(t, r, protocolGrace)
+		held := tg.holdList(prefixBackups) // GC lists manifests after taking its lease
+		errc := make(chan error, 1)
+		go func() {
+			_, err := r.GC(t.Context(), GCOptions{Grace: protocolGrace, MaxDuration: protocolMaxDuration})
+			errc <- err
+		}()
+		<-held.reached
+		if _, err := r.GC(t.Context(), GCOptions{Grace: protocolGrace, MaxDuration: protocolMaxDuration}); !errors.Is(err, ErrBusy) {
+			t.Errorf("second GC while the first runs = %v, want ErrBusy", err)
+		}
+		if left := sortedKeys(t, tg, prefixLocks); len(left) != 1 {
+			t.Errorf("leases while the first GC runs: %v, want its own only", left)
+		}
+		close(held.release)
+		if err := <-errc; err != nil {
+			t.Fatalf("first GC: %v", err)
+		}
+		if left := sortedKeys(t, tg, prefixLocks); len(left) != 0 {
+			t.Errorf("leases after GC: %v, want none", left)
+		}
+		gc() // runs again once the first is done
+	})
+}
+
+// TestGCLaggingPackListing: a packs/ listing that leaves out a pack (an NFS
+// directory cache, a lagging store) makes its index look orphaned. GC must
+// only mark it, and keep it while the pack exists, so that the backup that
+// references the pack, acknowledged meanwhile, still restores.
+func TestGCLaggingPackListing(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	tg, r, data := onePackRepo(t, 61)
+	clock, advance, gc := gcClock(t, r, protocolGrace)
+	held := tg.holdPut(prefixBackups)
+	type result struct {
+		res *Result
+		err error
+	}
+	out := make(chan result, 1)
+	go func() {
+		res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s", Source: &memSource{data: data}, MaxDuration: protocolMaxDuration, Now: clock})
+		out <- result{res, err}
+	}()
+	<-held.reached // the pack and its index are stored, the manifest not yet
+	tg.setHide(func(key string) bool { return strings.HasPrefix(key, prefixPacks) })
+	advance(time.Second)
+	if rep := gc(); rep.IndexesMarked != 1 || rep.IndexesDeleted != 0 {
+		t.Fatalf("GC with packs/ hidden: %+v, want one index marked", rep)
+	}
+	close(held.release)
+	got := <-out
+	if got.err != nil {
+		t.Fatalf("Backup: %v", got.err)
+	}
+	advance(protocolGrace)
+	if rep := gc(); rep.IndexesDeleted != 0 {
+		t.Fatalf("GC a grace later, packs/ still hidden: %+v, want the index kept (its pack exists)", rep)
+	}
+	tg.setHide(nil)
+	if rep := gc(); rep.PacksUnmarked != 1 {
+		t.Errorf("GC with packs/ listed: %+v, want the pack unmarked (referenced)", rep)
+	}
+	restored, _, err := restoreAll(t, r, got.res.ManifestKey, int64(len(data)), RestoreOptions{})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	MustEqual(t, "restored", restored, data)
+	if vr, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true}); err != nil || !vr.OK() {
+		t.Errorf("Verify: %v", err)
 	}
 }

@@ -44,6 +44,10 @@ type Config struct {
 	Key *backupd.Key
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
+	// MaxDuration bounds every volume backup (BackupOptions.MaxDuration;
+	// default backupd.DefaultMaxDuration); GC refuses a grace that is not
+	// longer.
+	MaxDuration time.Duration
 }
 
 // Service serves the backup routes. Create it with New.
@@ -301,7 +305,7 @@ func classify(err error) error {
 		class = blockdev.ErrNotFound
 	case errors.Is(err, backupd.ErrInvalid), errors.Is(err, backupd.ErrKey):
 		class = blockdev.ErrInvalidArgument
-	case errors.Is(err, backupd.ErrHeld):
+	case errors.Is(err, backupd.ErrHeld), errors.Is(err, backupd.ErrBusy):
 		class = blockdev.ErrInUse
 	case errors.Is(err, backupd.ErrCorrupt), errors.Is(err, backupd.ErrMissing), errors.Is(err, backupd.ErrMismatch):
 		class = blockdev.ErrCorrupt
@@ -708,7 +712,7 @@ func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Ba
 		return j.reused, nil
 	}
 	start := time.Now()
-	res, err := j.p.r.BackupVolume(ctx, j.s.cfg.Manager, j.volume, j.snap, backupd.BackupOptions{Full: j.full, Tags: j.tags, Progress: progress})
+	res, err := j.p.r.BackupVolume(ctx, j.s.cfg.Manager, j.volume, j.snap, backupd.BackupOptions{Full: j.full, Tags: j.tags, Progress: progress, MaxDuration: j.s.cfg.MaxDuration})
 	if err != nil {
 		j.s.log.Warn("backup failed", "volume", j.volume, "snapshot", j.snap, "target", j.p.name, "err", err)
 		return nil, fmt.Errorf("backup of volume %q snapshot %q to target %q: %w", j.volume, j.snap, j.p.name, err)
@@ -1021,7 +1025,7 @@ func jsonCall[Req, Res any](decode func(*http.Request, any) error, fail func(htt
 
 // gc runs the engine's two-phase garbage collection on one target or all.
 func (s *Service) gc(ctx context.Context, req GCRequest) ([]GCResult, error) {
-	var opts backupd.GCOptions
+	opts := backupd.GCOptions{MaxDuration: s.cfg.MaxDuration}
 	if req.Grace != "" {
 		g, err := ParseKeepWithin(req.Grace)
 		if err != nil {

@@ -398,7 +398,7 @@ periodically, e.g. after prune; space comes back on the second run.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Target, "target", "", "collect only this target (default: every target)")
-	f.StringVar(&req.Grace, "grace", "", "delete only what was marked at least this long ago (default 12h; longer than any backup's run)")
+	f.StringVar(&req.Grace, "grace", "", "delete only what was marked at least this long ago (default 12h; must be longer than the server's --backup-max-duration)")
 	f.BoolVar(&req.DryRun, "dry-run", false, "report what a run would do; mark and delete nothing")
 	return cmd
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -26,6 +27,8 @@ func newServerCmd(ver string) *cobra.Command {
 		backupKey  string
 		runCoord   bool
 		bootstrap  string
+		// backupMaxDur bounds every volume backup and GC's grace.
+		backupMaxDur time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -117,6 +120,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 				DataDir:      dataDir,
 				Key:          key,
 				Logger:       log.With("component", "backups"),
+				MaxDuration:  backupMaxDur,
 			}))
 			if co != nil {
 				a.Extend(co)
@@ -135,6 +139,8 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.BoolVar(&runCoord, "coordinator", true, "run the coordinator (system backups); --coordinator=false runs an agent only, driven by another host's coordinator")
 	f.StringVar(&bootstrap, "bootstrap-target", "", "when no backup target is registered, register this URL as the default target \"local\" (make run: file://DIR/backups)")
 	f.StringVar(&pluginDir, "plugin-dir", "", "directory of external target plugins (strata-target-<kind> executables)")
+	f.DurationVar(&backupMaxDur, "backup-max-duration", backupd.DefaultMaxDuration,
+		"a volume backup that runs longer fails (ErrTooSlow); backup gc refuses a --grace that is not longer")
 	return cmd
 }
 

@@ -5,14 +5,16 @@ import (
 	"io/fs"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // TestBackupGC: after `backup rm`, `backup gc` reclaims the deleted
-// backup's space on the target in two runs (mark, then delete), and the
-// backup that remains still restores bit-exact.
+// backup's space on the target in two runs (mark, then delete, a grace
+// later), and the backup that remains still restores bit-exact. A grace
+// not longer than the server's backup deadline is refused.
 func TestBackupGC(t *testing.T) {
 	needRoot(t)
-	s := startServer(t, t.TempDir())
+	s := startServer(t, t.TempDir(), "--backup-max-duration", "5s")
 	targetDir := t.TempDir()
 	s.must("target", "add", "local", "file://"+targetDir)
 	var v volumeJSON
@@ -42,13 +44,19 @@ func TestBackupGC(t *testing.T) {
 			PagesUnmarked int   `json:"pages_unmarked"`
 			PagesDeleted  int   `json:"pages_deleted"`
 			BytesDeleted  int64 `json:"bytes_deleted"`
+			// Pack indexes whose pack is gone (none here).
+			IndexesMarked  int `json:"indexes_marked"`
+			IndexesDeleted int `json:"indexes_deleted"`
 		} `json:"report"`
 	}
-	s.mustJSON(&res, "backup", "gc", "--grace", "1ms")
+	s.fails(t, "invalid", "backup", "gc", "--grace", "5s")
+	const grace = 6 * time.Second
+	s.mustJSON(&res, "backup", "gc", "--grace", grace.String())
 	if len(res) != 1 || res[0].Report.PacksMarked == 0 || res[0].Report.PacksDeleted != 0 {
 		t.Fatalf("first gc run: %+v, want packs marked and none deleted", res)
 	}
-	s.mustJSON(&res, "backup", "gc", "--grace", "1ms")
+	time.Sleep(grace)
+	s.mustJSON(&res, "backup", "gc", "--grace", grace.String())
 	if res[0].Report.PacksDeleted == 0 || res[0].Report.BytesDeleted == 0 {
 		t.Fatalf("second gc run: %+v, want the marked packs deleted", res)
 	}

@@ -1,0 +1,183 @@
+package backupd
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/strata-block/strata/plugins"
+)
+
+// prefixLocks holds GC's leases: one object per running GC.
+const prefixLocks = "locks/"
+
+// The GC lease's timing (FORMAT.md, "Garbage collection"). A running GC
+// renews its lease every leaseRenew; a lease not renewed for leaseStale
+// is abandoned (its GC died) and the next GC removes it. A GC stops
+// before deleting anything once its own last renewal is older than
+// leaseSafe, well before others may take its lease as abandoned.
+const (
+	leaseRenew = time.Minute
+	leaseSafe  = 5 * time.Minute
+	leaseStale = 15 * time.Minute
+)
+
+// leaseBody is a lease object's content.
+type leaseBody struct {
+	Host    string    `json:"host"`
+	PID     int       `json:"pid"`
+	Taken   time.Time `json:"taken"`
+	Renewed time.Time `json:"renewed"`
+}
+
+// gcLease is this process's lease on running GC on the repository.
+type gcLease struct {
+	r    *Repository
+	key  string
+	body leaseBody
+	now  func() time.Time
+
+	mu      sync.Mutex
+	renewed time.Time // this host's clock, monotonic: the last successful renewal
+	lost    error     // set once the lease object disappeared
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// takeGCLease makes this GC the only one running on the repository: it
+// writes a lease object under a new key, then lists the leases. Any other
+// lease renewed within leaseStale means another GC runs: this one removes
+// its own lease and fails with ErrBusy. Two GCs starting together may
+// both fail, never both run: each wrote its lease before listing, so the
+// later listing sees the other's. Abandoned leases are removed.
+func (r *Repository) takeGCLease(ctx context.Context, now func() time.Time) (*gcLease, error) {
+	host, _ := os.Hostname()
+	l := &gcLease{r: r, key: prefixLocks + "gc-" + hex.EncodeToString(randomBytes(8)), now: now,
+		body: leaseBody{Host: host, PID: os.Getpid(), Taken: now().UTC()}}
+	if err := l.write(ctx); err != nil {
+		return nil, fmt.Errorf("gc: taking the lease: %w", err)
+	}
+	l.renewed = time.Now()
+	var busy error
+	for o, err := range r.t.List(ctx, prefixLocks, "") {
+		if err != nil {
+			busy = fmt.Errorf("gc: list %s: %w", prefixLocks, err)
+			break
+		}
+		if o.Key == l.key || !strings.HasPrefix(o.Key, prefixLocks+"gc-") {
+			continue
+		}
+		b, err := r.getAll(ctx, o.Key, 4096)
+		if errors.Is(err, plugins.ErrNotFound) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			busy = fmt.Errorf("gc: reading lease %s: %w", o.Key, err)
+			break
+		}
+		var other leaseBody
+		if err := json.Unmarshal(b, &other); err != nil || other.Renewed.IsZero() {
+			busy = fmt.Errorf("gc: lease %s does not decode; if no GC runs, delete it: %w", o.Key, ErrBusy)
+			break
+		}
+		if age := now().Sub(other.Renewed); age > leaseStale {
+			r.log.Warn("removing an abandoned GC lease", "op", "gc", "lease", o.Key, "host", other.Host, "pid", other.PID, "renewed", other.Renewed)
+			if err := r.t.Delete(ctx, []string{o.Key}); err != nil {
+				busy = fmt.Errorf("gc: removing abandoned lease %s: %w", o.Key, err)
+				break
+			}
+			continue
+		}
+		busy = fmt.Errorf("gc: another GC runs (lease %s of host %q pid %d, renewed %s): %w",
+			o.Key, other.Host, other.PID, other.Renewed.Format(time.RFC3339), ErrBusy)
+		break
+	}
+	if busy != nil {
+		l.delete()
+		return nil, busy
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	l.stop, l.done = cancel, make(chan struct{})
+	go l.renewLoop(rctx)
+	return l, nil
+}
+
+func (l *gcLease) write(ctx context.Context) error {
+	l.body.Renewed = l.now().UTC()
+	return l.r.putBytes(ctx, l.key, marshalJSON(l.body))
+}
+
+// renewLoop renews the lease every leaseRenew until stopped. A lease that
+// lapsed (check) or disappeared (another GC took it as abandoned) is lost
+// for good.
+func (l *gcLease) renewLoop(ctx context.Context) {
+	defer close(l.done)
+	t := time.NewTicker(leaseRenew)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if l.check() != nil {
+			return // lapsed: never renewed again, so never exclusive again
+		}
+		has, err := l.r.t.Has(ctx, []string{l.key})
+		if err == nil && !has[0] {
+			l.mu.Lock()
+			l.lost = fmt.Errorf("gc: lease %s was removed by another GC: %w", l.key, ErrBusy)
+			l.mu.Unlock()
+			return
+		}
+		if err == nil {
+			err = l.write(ctx)
+		}
+		if err != nil {
+			l.r.log.Warn("renewing the GC lease", "op", "gc", "lease", l.key, "err", err)
+			continue
+		}
+		l.mu.Lock()
+		l.renewed = time.Now()
+		l.mu.Unlock()
+	}
+}
+
+// check returns an error if the lease may no longer be exclusive: GC
+// calls it before each deletion.
+func (l *gcLease) check() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost != nil {
+		return l.lost
+	}
+	if age := time.Since(l.renewed); age > leaseSafe {
+		// Lost for good: another GC may take it as abandoned once
+		// leaseStale has passed, and a late renewal must not revive it.
+		l.lost = fmt.Errorf("gc: the lease was last renewed %v ago, more than %v: stopping: %w", age.Round(time.Second), leaseSafe, ErrBusy)
+	}
+	return l.lost
+}
+
+// release stops renewing and removes the lease.
+func (l *gcLease) release() {
+	l.stop()
+	<-l.done
+	l.delete()
+}
+
+// delete removes the lease object, even if the GC's context is cancelled.
+func (l *gcLease) delete() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.r.t.Delete(ctx, []string{l.key}); err != nil {
+		l.r.log.Warn("removing the GC lease; the next GC takes it as abandoned after "+leaseStale.String(), "op", "gc", "lease", l.key, "err", err)
+	}
+}
