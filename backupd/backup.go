@@ -131,8 +131,14 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 		err = r.t.Put(ctx, key, bytes.NewReader(enc), int64(len(enc)))
 	}
 	if errors.Is(err, plugins.ErrAlreadyExists) {
-		// Not ours (the id is random): leave it.
-		return nil, fmt.Errorf("backup of volume %q: writing manifest %s: %w", opts.Volume, key, err)
+		// The id is 128 random bits, so this is our own Put landing
+		// before a retry of it (an SDK's retry of a conditional Put):
+		// go on if it holds our bytes. If not, it is not ours: leave it.
+		if back, gerr := r.getAll(ctx, key, maxManifestSize); gerr == nil && bytes.Equal(back, enc) {
+			err = nil
+		} else {
+			return nil, fmt.Errorf("backup of volume %q: writing manifest %s: another object holds the key: %w", opts.Volume, key, err)
+		}
 	}
 	if err != nil {
 		// A Put that failed may still land (a lost reply).

@@ -32,9 +32,13 @@ var (
 	// (its manifest carries TagSystem): only the coordinator removes it,
 	// with DeleteHeld, when no system manifest names it any more.
 	ErrHeld = errors.New("held by a system backup")
-	// ErrBusy is returned by GC when another GC runs on the repository
-	// (its lease is held), or when its own lease may no longer be.
-	ErrBusy = errors.New("another GC runs")
+	// ErrBusy is returned by GC when another GC runs on the repository:
+	// it holds the repository's GC lease.
+	ErrBusy = errors.New("another GC holds the repository's GC lease")
+	// ErrLeaseLost is returned by GC when it stopped because its own lease
+	// may no longer be exclusive (renewals failed or stalled, or another
+	// GC took it as abandoned).
+	ErrLeaseLost = errors.New("GC lease lost")
 )
 
 // Tags the coordinator records in the volume backups of a system backup.

@@ -424,7 +424,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			rep.BytesDeleted += o.size
 			if !opts.DryRun {
 				for _, k := range append(del, mk) {
-					if err := r.t.Delete(ctx, []string{k}); err != nil {
+					if err := lease.delete(ctx, k); err != nil {
 						return rep, fmt.Errorf("gc: delete %s: %w", k, err)
 					}
 				}

@@ -3,6 +3,7 @@ package backupd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"iter"
 	"math/rand/v2"
@@ -657,8 +658,8 @@ func TestGCLateWrites(t *testing.T) {
 
 // TestGCLease checks that GC runs alone: a GC held mid-run makes a second
 // one fail with ErrBusy (leaving no lease of its own), a lease another GC
-// renewed recently or that does not decode does too, an abandoned one is
-// removed, each GC removes its own lease when done; and a grace not longer
+// renewed recently does too, an abandoned one or one that does not decode
+// is removed, each GC removes its own lease when done; and a grace not longer
 // than the backups' deadline is refused.
 func TestGCLease(t *testing.T) {
 	t.Parallel()
@@ -676,7 +677,7 @@ func TestGCLease(t *testing.T) {
 		{name: "alone"},
 		{name: "fresh", other: lease(now.Add(-time.Minute)), wantErr: ErrBusy, left: 1},
 		{name: "abandoned", other: lease(now.Add(-leaseStale - time.Second))},
-		{name: "undecodable", other: []byte("{"), wantErr: ErrBusy, left: 1},
+		{name: "undecodable", other: []byte("{")}, // damage: removed
 		{name: "grace-not-longer", opts: GCOptions{Grace: time.Hour, MaxDuration: time.Hour}, wantErr: ErrInvalid},
 		{name: "dry-run-takes-none", other: lease(now), opts: GCOptions{DryRun: true}, left: 1},
 	}
@@ -684,8 +685,7 @@ func TestGCLease(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
-			tg := NewFSTarget(t, t.TempDir())
-			r := Open(tg, &Options{Logger: testLogger(t)})
+			tg, r := leaseRepo(t)
 			if tc.other != nil {
 				if err := r.putBytes(ctx, prefixLocks+"gc-0123456789abcdef", tc.other); err != nil {
 					t.Fatal(err)
@@ -776,5 +776,136 @@ func TestGCLaggingPackListing(t *testing.T) {
 	MustEqual(t, "restored", restored, data)
 	if vr, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true}); err != nil || !vr.OK() {
 		t.Errorf("Verify: %v", err)
+	}
+}
+
+// leaseRepo returns an fs target and a repository on it for the lease
+// tests.
+func leaseRepo(t *testing.T) (*CountingTarget, *Repository) {
+	tg := NewFSTarget(t, t.TempDir())
+	return tg, Open(tg, &Options{Logger: testLogger(t)})
+}
+
+// TestGCLeaseRenew checks the lease's renewal: a renewal keeps it; once
+// its last renewal is more than leaseSafe old it is lost for good, even if
+// a later renewal succeeds (a stalled Put landing after another GC took it
+// as abandoned must not revive it); a lease object that disappeared is
+// lost; and a lost lease refuses deletions.
+func TestGCLeaseRenew(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		age      time.Duration // how long ago the last renewal was sent
+		removed  bool          // another GC removed the lease object
+		wantLost bool
+	}{
+		{name: "renewed", age: time.Minute},
+		{name: "lapsed", age: leaseSafe + time.Second, wantLost: true},
+		{name: "removed", age: time.Minute, removed: true, wantLost: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			tg, r := leaseRepo(t)
+			l, err := r.takeGCLease(ctx, time.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.release()
+			l.mu.Lock()
+			l.renewed = time.Now().Add(-tc.age)
+			l.mu.Unlock()
+			if tc.removed {
+				if err := tg.Delete(ctx, []string{l.key}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = l.renew(ctx)
+			err = l.check()
+			if lost := errors.Is(err, ErrLeaseLost); lost != tc.wantLost {
+				t.Fatalf("after renewal: check = %v, want lost %v", err, tc.wantLost)
+			}
+			if !tc.wantLost {
+				if age := time.Since(l.renewed); age > time.Minute {
+					t.Errorf("renewal did not count: last renewal %v ago", age)
+				}
+				return
+			}
+			// Lost for good: another renewal does not bring it back.
+			_ = l.renew(ctx)
+			if err := l.check(); !errors.Is(err, ErrLeaseLost) {
+				t.Errorf("a renewal revived a lost lease: check = %v", err)
+			}
+			if err := l.delete(ctx, "maps/00/whatever"); !errors.Is(err, ErrLeaseLost) {
+				t.Errorf("delete under a lost lease = %v, want ErrLeaseLost", err)
+			}
+		})
+	}
+}
+
+// landedTarget makes the manifest's PutIfAbsent land and then return err,
+// as a lost reply (err: a transient error) or a client's retry of its own
+// conditional Put (err: ErrAlreadyExists) does; ctx, if set, is cancelled
+// first (the caller gave up meanwhile).
+type landedTarget struct {
+	plugins.Target
+	err    error
+	cancel context.CancelFunc
+}
+
+func (l *landedTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := l.Target.PutIfAbsent(ctx, key, r, size); err != nil || !strings.HasPrefix(key, prefixBackups) {
+		return err
+	}
+	if l.cancel != nil {
+		l.cancel()
+	}
+	return l.err
+}
+
+// TestManifestPutOutcome: a manifest Put that landed but reported
+// ErrAlreadyExists (our own retry) is acknowledged; one that landed but
+// reported a failure is withdrawn (deleted) even though the caller's
+// context was cancelled meanwhile, so no unacknowledged manifest remains.
+func TestManifestPutOutcome(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name          string
+		err           error
+		cancel        bool
+		wantErr       error
+		wantManifests int
+	}{
+		{name: "own-retry", err: fmt.Errorf("precondition failed: %w", plugins.ErrAlreadyExists), wantManifests: 1},
+		{name: "lost-reply", err: fmt.Errorf("connection reset: %w", plugins.ErrTransient), wantErr: plugins.ErrTransient},
+		{name: "lost-reply-cancelled", err: fmt.Errorf("connection reset: %w", plugins.ErrTransient), cancel: true, wantErr: plugins.ErrTransient},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			lt := &landedTarget{Target: NewFSTarget(t, t.TempDir()), err: tc.err}
+			if tc.cancel {
+				lt.cancel = cancel
+			}
+			r := Open(lt, &Options{Logger: testLogger(t)})
+			data := RandomData(rand.New(rand.NewPCG(71, 72)), 64<<10)
+			res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s", Source: &memSource{data: data}})
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Fatalf("Backup = %v, want %v", err, tc.wantErr)
+			}
+			if keys := sortedKeys(t, lt, prefixBackups); len(keys) != tc.wantManifests {
+				t.Fatalf("manifests %v, want %d", keys, tc.wantManifests)
+			}
+			if res != nil {
+				got, _, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				MustEqual(t, "restored", got, data)
+			}
+		})
 	}
 }

@@ -44,8 +44,9 @@ type gcLease struct {
 	now  func() time.Time
 
 	mu      sync.Mutex
-	renewed time.Time // this host's clock, monotonic: the last successful renewal
-	lost    error     // set once the lease object disappeared
+	renewed time.Time // this host's clock: when the last successful renewal was sent
+	lastErr error     // the last renewal's failure, if it failed
+	lost    error     // set once the lease may no longer be exclusive
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -61,10 +62,12 @@ func (r *Repository) takeGCLease(ctx context.Context, now func() time.Time) (*gc
 	host, _ := os.Hostname()
 	l := &gcLease{r: r, key: prefixLocks + "gc-" + hex.EncodeToString(randomBytes(8)), now: now,
 		body: leaseBody{Host: host, PID: os.Getpid(), Taken: now().UTC()}}
+	sent := time.Now()
 	if err := l.write(ctx); err != nil {
+		l.remove() // it may have landed
 		return nil, fmt.Errorf("gc: taking the lease: %w", err)
 	}
-	l.renewed = time.Now()
+	l.renewed = sent
 	var busy error
 	for o, err := range r.t.List(ctx, prefixLocks, "") {
 		if err != nil {
@@ -84,8 +87,10 @@ func (r *Repository) takeGCLease(ctx context.Context, now func() time.Time) (*gc
 		}
 		var other leaseBody
 		if err := json.Unmarshal(b, &other); err != nil || other.Renewed.IsZero() {
-			busy = fmt.Errorf("gc: lease %s does not decode; if no GC runs, delete it: %w", o.Key, ErrBusy)
-			break
+			// Leases are written whole (Put is atomic), so this is
+			// damage, not a GC's lease in the making.
+			r.log.Warn("removing a GC lease that does not decode", "op", "gc", "lease", o.Key)
+			other.Renewed = time.Time{}
 		}
 		if age := now().Sub(other.Renewed); age > leaseStale {
 			r.log.Warn("removing an abandoned GC lease", "op", "gc", "lease", o.Key, "host", other.Host, "pid", other.PID, "renewed", other.Renewed)
@@ -95,12 +100,12 @@ func (r *Repository) takeGCLease(ctx context.Context, now func() time.Time) (*gc
 			}
 			continue
 		}
-		busy = fmt.Errorf("gc: another GC runs (lease %s of host %q pid %d, renewed %s): %w",
+		busy = fmt.Errorf("gc: lease %s of host %q pid %d, renewed %s: %w",
 			o.Key, other.Host, other.PID, other.Renewed.Format(time.RFC3339), ErrBusy)
 		break
 	}
 	if busy != nil {
-		l.delete()
+		l.remove()
 		return nil, busy
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -130,51 +135,87 @@ func (l *gcLease) renewLoop(ctx context.Context) {
 		if l.check() != nil {
 			return // lapsed: never renewed again, so never exclusive again
 		}
-		has, err := l.r.t.Has(ctx, []string{l.key})
-		if err == nil && !has[0] {
-			l.mu.Lock()
-			l.lost = fmt.Errorf("gc: lease %s was removed by another GC: %w", l.key, ErrBusy)
-			l.mu.Unlock()
-			return
-		}
-		if err == nil {
-			err = l.write(ctx)
-		}
-		if err != nil {
+		if err := l.renew(ctx); err != nil {
 			l.r.log.Warn("renewing the GC lease", "op", "gc", "lease", l.key, "err", err)
-			continue
 		}
-		l.mu.Lock()
-		l.renewed = time.Now()
-		l.mu.Unlock()
 	}
 }
 
-// check returns an error if the lease may no longer be exclusive: GC
-// calls it before each deletion.
-func (l *gcLease) check() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.lost != nil {
+// renew checks that the lease object is still there and writes it again.
+// A renewal counts from when it was sent, and only if the lease had not
+// lapsed when it returned: a Put that stalled past leaseSafe may land
+// after another GC took the lease as abandoned, and must not revive it.
+func (l *gcLease) renew(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, leaseRenew)
+	defer cancel()
+	sent := time.Now()
+	has, err := l.r.t.Has(ctx, []string{l.key})
+	if err == nil && !has[0] {
+		l.mu.Lock()
+		l.lost = fmt.Errorf("gc: lease %s was removed (another GC took it as abandoned): %w", l.key, ErrLeaseLost)
+		l.mu.Unlock()
 		return l.lost
 	}
-	if age := time.Since(l.renewed); age > leaseSafe {
-		// Lost for good: another GC may take it as abandoned once
-		// leaseStale has passed, and a late renewal must not revive it.
-		l.lost = fmt.Errorf("gc: the lease was last renewed %v ago, more than %v: stopping: %w", age.Round(time.Second), leaseSafe, ErrBusy)
+	if err == nil {
+		err = l.write(ctx)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lastErr = err
+	if err == nil && l.lapsedLocked() == nil {
+		l.renewed = sent
+	}
+	return err
+}
+
+// check returns an error if the lease may no longer be exclusive: GC
+// calls it before each deletion of an object.
+func (l *gcLease) check() error {
+	if l.r == nil {
+		return nil // DryRun: no lease, and nothing is deleted
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lapsedLocked()
+}
+
+// lapsedLocked is check with l.mu held. Time is measured by the monotonic
+// and the wall clock (elapsed): a host that was suspended must not go on.
+// A lapse is for good: another GC may take the lease as abandoned once
+// leaseStale has passed.
+func (l *gcLease) lapsedLocked() error {
+	if l.lost == nil {
+		if age := elapsed(time.Now(), l.renewed); age > leaseSafe {
+			l.lost = fmt.Errorf("gc: the lease was last renewed %v ago, more than %v (last renewal error: %v): %w",
+				age.Round(time.Second), leaseSafe, l.lastErr, ErrLeaseLost)
+		}
 	}
 	return l.lost
+}
+
+// delete deletes key for a sweep, only while the lease holds, and gives
+// the Delete no longer than the lease is sure to hold.
+func (l *gcLease) delete(ctx context.Context, key string) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	until := l.renewed.Add(leaseSafe)
+	l.mu.Unlock()
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	return l.r.t.Delete(ctx, []string{key})
 }
 
 // release stops renewing and removes the lease.
 func (l *gcLease) release() {
 	l.stop()
 	<-l.done
-	l.delete()
+	l.remove()
 }
 
-// delete removes the lease object, even if the GC's context is cancelled.
-func (l *gcLease) delete() {
+// remove removes the lease object, even if the GC's context is cancelled.
+func (l *gcLease) remove() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := l.r.t.Delete(ctx, []string{l.key}); err != nil {

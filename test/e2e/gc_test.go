@@ -14,7 +14,7 @@ import (
 // not longer than the server's backup deadline is refused.
 func TestBackupGC(t *testing.T) {
 	needRoot(t)
-	s := startServer(t, t.TempDir(), "--backup-max-duration", "5s")
+	s := startServer(t, t.TempDir(), "--backup-max-duration", "10s")
 	targetDir := t.TempDir()
 	s.must("target", "add", "local", "file://"+targetDir)
 	var v volumeJSON
@@ -49,8 +49,8 @@ func TestBackupGC(t *testing.T) {
 			IndexesDeleted int `json:"indexes_deleted"`
 		} `json:"report"`
 	}
-	s.fails(t, "invalid", "backup", "gc", "--grace", "5s")
-	const grace = 6 * time.Second
+	s.fails(t, "invalid", "backup", "gc", "--grace", "10s")
+	const grace = 11 * time.Second
 	s.mustJSON(&res, "backup", "gc", "--grace", grace.String())
 	if len(res) != 1 || res[0].Report.PacksMarked == 0 || res[0].Report.PacksDeleted != 0 {
 		t.Fatalf("first gc run: %+v, want packs marked and none deleted", res)
