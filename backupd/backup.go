@@ -75,6 +75,9 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 	log := r.log.With("op", "backup", "volume", opts.Volume, "snapshot", opts.Snapshot)
 	b := &backupRun{r: r, opts: opts, k: r.opts.Key, size: opts.Source.Size(), pageChunks: PageChunks}
 	b.progress(PhaseIndex)
+	if err := r.recordMaxDuration(ctx, opts.MaxDuration); err != nil {
+		return nil, fmt.Errorf("backup of volume %q: %w", opts.Volume, err)
+	}
 	// The clock starts before gc/ is listed: GC's protocol needs the
 	// manifest written within MaxDuration of that listing.
 	started := opts.Now()

@@ -223,6 +223,15 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		}
 		defer lease.release()
 	}
+	// Every backup records its deadline before it starts: one recorded
+	// after this listing belongs to a backup that started after this run,
+	// whose marks and sweeps a later run decides.
+	if most, from, err := r.recordedMaxDuration(ctx); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	} else if opts.Grace <= most {
+		return nil, fmt.Errorf("gc: grace %v is not longer than the deadline a backup of this repository used (%v, recorded as %s): a running backup's packs could be deleted: %w",
+			opts.Grace, most, from, ErrInvalid)
+	}
 	start := opts.Now()
 
 	// Marks first: every mark old enough now was written before this run.

@@ -262,7 +262,7 @@ func TestGCProtocol(t *testing.T) {
 			r := Open(tg, &Options{PackSize: 64 << 10, Logger: testLogger(t)})
 			clock, advance, gc := gcClock(t, r, grace)
 			data := RandomData(rand.New(rand.NewPCG(41, 42)), 512<<10)
-			old, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s0", Source: &memSource{data: data}, Now: clock})
+			old, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s0", Source: &memSource{data: data}, MaxDuration: maxDur, Now: clock})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -668,17 +668,23 @@ func TestGCLease(t *testing.T) {
 		return marshalJSON(leaseBody{Host: "other", PID: 7, Taken: renewed, Renewed: renewed})
 	}
 	tests := []struct {
-		name    string
-		other   []byte // a lease in locks/ before GC runs; nil for none
-		opts    GCOptions
-		wantErr error
-		left    int // leases left after GC
+		name  string
+		other []byte // a lease in locks/ before GC runs; nil for none
+		// recorded: a backup deadline recorded in the repository
+		recorded time.Duration
+		opts     GCOptions
+		wantErr  error
+		left     int // leases left after GC
 	}{
 		{name: "alone"},
 		{name: "fresh", other: lease(now.Add(-time.Minute)), wantErr: ErrBusy, left: 1},
 		{name: "abandoned", other: lease(now.Add(-leaseStale - time.Second))},
 		{name: "undecodable", other: []byte("{")}, // damage: removed
 		{name: "grace-not-longer", opts: GCOptions{Grace: time.Hour, MaxDuration: time.Hour}, wantErr: ErrInvalid},
+		// Another host's backups run for up to 4 h: a grace of 3 h is
+		// refused though this process's own limit is 1 h.
+		{name: "grace-not-longer-than-recorded", recorded: 4 * time.Hour, opts: GCOptions{Grace: 3 * time.Hour, MaxDuration: time.Hour}, wantErr: ErrInvalid},
+		{name: "grace-longer-than-recorded", recorded: 4 * time.Hour, opts: GCOptions{Grace: 5 * time.Hour, MaxDuration: time.Hour}},
 		{name: "dry-run-takes-none", other: lease(now), opts: GCOptions{DryRun: true}, left: 1},
 	}
 	for _, tc := range tests {
@@ -686,6 +692,11 @@ func TestGCLease(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
 			tg, r := leaseRepo(t)
+			if tc.recorded > 0 {
+				if err := r.recordMaxDuration(ctx, tc.recorded); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if tc.other != nil {
 				if err := r.putBytes(ctx, prefixLocks+"gc-0123456789abcdef", tc.other); err != nil {
 					t.Fatal(err)

@@ -1,0 +1,62 @@
+package backupd
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// prefixLimits records the MaxDuration of every backup configuration that
+// wrote to the repository: one object per distinct value, its key holding
+// the value in whole seconds (limits/backup-max-duration/<seconds>), so
+// writers of different values never overwrite each other. GC refuses a
+// Grace not longer than the largest (FORMAT.md, "Garbage collection").
+const prefixLimits = "limits/backup-max-duration/"
+
+func limitKey(d time.Duration) string {
+	secs := int64((d + time.Second - 1) / time.Second)
+	return prefixLimits + strconv.FormatInt(secs, 10)
+}
+
+// recordMaxDuration makes sure the repository records d, once per process
+// and value. A backup calls it before it starts its clock.
+func (r *Repository) recordMaxDuration(ctx context.Context, d time.Duration) error {
+	key := limitKey(d)
+	if _, done := r.limits.Load(key); done {
+		return nil
+	}
+	host, _ := os.Hostname()
+	body := marshalJSON(struct {
+		MaxDuration string    `json:"max_duration"`
+		Host        string    `json:"host"`
+		Recorded    time.Time `json:"recorded"`
+	}{d.String(), host, time.Now().UTC()})
+	if err := r.putBytes(ctx, key, body); err != nil {
+		return fmt.Errorf("recording the backup deadline %v (GC's grace must exceed it): %w", d, err)
+	}
+	r.limits.Store(key, true)
+	return nil
+}
+
+// recordedMaxDuration returns the largest MaxDuration recorded, and its key.
+func (r *Repository) recordedMaxDuration(ctx context.Context) (time.Duration, string, error) {
+	var most time.Duration
+	var from string
+	for o, err := range r.t.List(ctx, prefixLimits, "") {
+		if err != nil {
+			return 0, "", fmt.Errorf("list %s: %w", prefixLimits, err)
+		}
+		secs, err := strconv.ParseInt(strings.TrimPrefix(o.Key, prefixLimits), 10, 64)
+		if err != nil || secs <= 0 {
+			r.log.Warn("ignoring foreign object", "key", o.Key)
+			continue
+		}
+		if d := time.Duration(secs) * time.Second; d > most {
+			most, from = d, o.Key
+		}
+	}
+	return most, from, nil
+}
