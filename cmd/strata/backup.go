@@ -371,7 +371,10 @@ func backupGCCmd() *cobra.Command {
 what is unreferenced and deletes only what an earlier run marked at least
 --grace ago and is still unreferenced, so a backup running meanwhile never
 loses a chunk it uses (backupd/FORMAT.md, "Garbage collection"). Run it
-periodically, e.g. after prune; space comes back on the second run.`,
+periodically, e.g. after prune; space comes back on the second run.
+One GC runs per target at a time: another one fails as in use. A GC that
+was killed leaves its lease, which the next GC takes as abandoned after
+15 minutes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if req.Grace != "" {
