@@ -3,16 +3,20 @@ package backupd_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/strata-block/strata/backupd"
+	"github.com/strata-block/strata/plugins"
 )
 
 // The crash tests re-execute this test binary as TestCrashChild, which
@@ -29,17 +33,48 @@ const (
 	crashEnvTarget = "STRATA_BACKUP_CRASH_TARGET"
 	crashEnvKey    = "STRATA_BACKUP_CRASH_KEY"   // restore: manifest key
 	crashEnvState  = "STRATA_BACKUP_CRASH_STATE" // restore: state file
+	crashEnvNow    = "STRATA_BACKUP_CRASH_NOW"   // gc: the clock, Unix nanoseconds
 	crashPackSize  = 256 << 10
+	// The GC crash test's deadline and grace, on its fake clock.
+	crashMaxDur = time.Minute
+	crashGrace  = 2 * time.Minute
 )
+
+// pausingTarget prints a progress line before each Delete and waits for
+// the parent's go-ahead, so that the parent can kill a GC between any two
+// of its deletes.
+type pausingTarget struct {
+	plugins.Target
+}
+
+func (p pausingTarget) Delete(ctx context.Context, keys []string) error {
+	fmt.Fprintf(os.Stdout, "P delete %s\n", strings.Join(keys, " "))
+	var b [1]byte
+	_, _ = os.Stdin.Read(b[:])
+	return p.Target.Delete(ctx, keys)
+}
 
 func TestCrashChild(t *testing.T) {
 	mode := os.Getenv(crashEnvMode)
 	if mode == "" {
-		t.Skip("helper process of TestCrashBackup and TestCrashRestore")
+		t.Skip("helper process of TestCrashBackup, TestCrashRestore and TestCrashGC")
 	}
 	ctx := context.Background()
-	m := openManager(t, os.Getenv(crashEnvStore))
 	tg := backupd.NewFSTarget(t, os.Getenv(crashEnvTarget))
+	if mode == "gc" {
+		ns, err := strconv.ParseInt(os.Getenv(crashEnvNow), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := backupd.Open(pausingTarget{tg}, nil)
+		if _, err := r.GC(ctx, backupd.GCOptions{Grace: crashGrace, MaxDuration: crashMaxDur, Now: func() time.Time { return time.Unix(0, ns) }}); err != nil {
+			fmt.Fprintf(os.Stdout, "E %q\n", err.Error())
+			t.Fatal(err)
+		}
+		fmt.Fprintln(os.Stdout, "DONE")
+		return
+	}
+	m := openManager(t, os.Getenv(crashEnvStore))
 	r := backupd.Open(tg, &backupd.Options{PackSize: crashPackSize})
 	progress := func(p backupd.Progress) {
 		// One write(2) per line, so the parent counts whole events.
@@ -175,6 +210,90 @@ func TestCrashBackup(t *testing.T) {
 		t.Errorf("rerun uploaded %d bytes and reused %d chunks: the killed run's chunks were not reused", res.BytesUploaded, res.ChunksDedup)
 	}
 	backupd.MustEqual(t, "restored after the rerun", restoreInto(t, m, r, res.ManifestKey, "restored", size), data)
+}
+
+// TestCrashGC kills a GC (a real process) between two of its deletes: before
+// the first, between a pack's index and the pack, and after whole objects.
+// While the dead run's lease is fresh, another GC is refused; once it is
+// abandoned, a GC removes it and finishes the sweep. The backup that was
+// kept restores bit-exact and verifies, and the deleted backup's data is
+// gone.
+func TestCrashGC(t *testing.T) {
+	t.Parallel()
+	for _, kill := range []int{1, 2, 5} {
+		t.Run(fmt.Sprintf("after-%d-deletes", kill-1), func(t *testing.T) {
+			t.Parallel()
+			const size = 8 << 20
+			ctx := t.Context()
+			store, tdir := t.TempDir(), t.TempDir()
+			makeVolume(t, store, size)
+			m := openManager(t, store)
+			tg := backupd.NewFSTarget(t, tdir)
+			r := backupd.Open(tg, &backupd.Options{PackSize: 64 << 10})
+			t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			at := func(d time.Duration) func() time.Time { return func() time.Time { return t0.Add(d) } }
+			backup := func(snap string) *backupd.Result {
+				res, err := r.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: snap, Source: device(t, m, "vol-a@"+snap), MaxDuration: crashMaxDur, Now: at(0)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
+			}
+			old := backup("s1")
+			// The second half changes: the old backup's packs of it become
+			// garbage once it is deleted.
+			v, rel, err := m.Open(ctx, "vol-a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			write(t, v, backupd.RandomData(rand.New(rand.NewPCG(81, 82)), size/2), size/2)
+			rel()
+			snapshot(t, m, "vol-a", "s2")
+			kept := backup("s2")
+			want := readAll(t, device(t, m, "vol-a@s2"))
+			if err := r.Delete(ctx, "vol-a", old.ID); err != nil {
+				t.Fatal(err)
+			}
+			if rep, err := r.GC(ctx, backupd.GCOptions{Grace: crashGrace, MaxDuration: crashMaxDur, Now: at(time.Second)}); err != nil || rep.PacksMarked == 0 {
+				t.Fatalf("marking GC: %+v, %v", rep, err)
+			}
+			packsBefore := len(keys(t, tg, "packs/"))
+			sweep := time.Second + crashGrace
+			runAndKill(t, []string{crashEnvMode + "=gc", crashEnvTarget + "=" + tdir, crashEnvNow + "=" + strconv.FormatInt(t0.Add(sweep).UnixNano(), 10)}, kill)
+
+			if _, err := r.GC(ctx, backupd.GCOptions{Grace: crashGrace, MaxDuration: crashMaxDur, Now: at(sweep + time.Minute)}); !errors.Is(err, backupd.ErrBusy) {
+				t.Fatalf("GC while the killed run's lease is fresh = %v, want ErrBusy", err)
+			}
+			rep, err := r.GC(ctx, backupd.GCOptions{Grace: crashGrace, MaxDuration: crashMaxDur, Now: at(sweep + time.Hour)})
+			if err != nil {
+				t.Fatalf("GC after the killed run's lease was abandoned: %v", err)
+			}
+			t.Logf("after the kill: %+v", rep)
+			if left := keys(t, tg, "locks/"); len(left) != 0 {
+				t.Errorf("leases left: %v", left)
+			}
+			if after := len(keys(t, tg, "packs/")); after >= packsBefore {
+				t.Errorf("%d packs before the sweep, %d after: nothing reclaimed", packsBefore, after)
+			}
+			backupd.MustEqual(t, "kept backup restored after the killed GC", restoreInto(t, m, r, kept.ManifestKey, "restored", size), want)
+			if vr, err := r.Verify(ctx, nil, backupd.VerifyOptions{ReadData: true}); err != nil || !vr.OK() {
+				t.Errorf("Verify after the killed GC: %v", err)
+			}
+		})
+	}
+}
+
+// keys lists the keys under prefix.
+func keys(t *testing.T, tg plugins.Target, prefix string) []string {
+	t.Helper()
+	var out []string
+	for o, err := range tg.List(t.Context(), prefix, "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, o.Key)
+	}
+	return out
 }
 
 // TestCrashRestore kills a restore mid-way; a rerun completes bit-exact,
