@@ -219,7 +219,7 @@ func TestIndexCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	packs := len(sortedKeys(t, tg, prefixIndex))
+	packs := len(SortedKeys(t, tg, prefixIndex))
 	if packs < 10 {
 		t.Fatalf("only %d packs", packs)
 	}

@@ -220,7 +220,7 @@ func TestUploadFailure(t *testing.T) {
 			if !errors.Is(err, plugins.ErrTransient) || !strings.Contains(err.Error(), "vol-a") {
 				t.Fatalf("Backup = %v, want the injected error naming the volume", err)
 			}
-			if keys := sortedKeys(t, ft, prefixBackups); len(keys) != 0 {
+			if keys := SortedKeys(t, ft, prefixBackups); len(keys) != 0 {
 				t.Fatalf("manifests %v after a failed backup", keys)
 			}
 		})

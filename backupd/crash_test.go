@@ -257,7 +257,7 @@ func TestCrashGC(t *testing.T) {
 			if rep, err := r.GC(ctx, backupd.GCOptions{Grace: crashGrace, MaxDuration: crashMaxDur, Now: at(time.Second)}); err != nil || rep.PacksMarked == 0 {
 				t.Fatalf("marking GC: %+v, %v", rep, err)
 			}
-			packsBefore := len(keys(t, tg, "packs/"))
+			packsBefore := len(backupd.SortedKeys(t, tg, "packs/"))
 			sweep := time.Second + crashGrace
 			runAndKill(t, []string{crashEnvMode + "=gc", crashEnvTarget + "=" + tdir, crashEnvNow + "=" + strconv.FormatInt(t0.Add(sweep).UnixNano(), 10)}, kill)
 
@@ -269,10 +269,10 @@ func TestCrashGC(t *testing.T) {
 				t.Fatalf("GC after the killed run's lease was abandoned: %v", err)
 			}
 			t.Logf("after the kill: %+v", rep)
-			if left := keys(t, tg, "locks/"); len(left) != 0 {
+			if left := backupd.SortedKeys(t, tg, "locks/"); len(left) != 0 {
 				t.Errorf("leases left: %v", left)
 			}
-			if after := len(keys(t, tg, "packs/")); after >= packsBefore {
+			if after := len(backupd.SortedKeys(t, tg, "packs/")); after >= packsBefore {
 				t.Errorf("%d packs before the sweep, %d after: nothing reclaimed", packsBefore, after)
 			}
 			backupd.MustEqual(t, "kept backup restored after the killed GC", restoreInto(t, m, r, kept.ManifestKey, "restored", size), want)
@@ -281,19 +281,6 @@ func TestCrashGC(t *testing.T) {
 			}
 		})
 	}
-}
-
-// keys lists the keys under prefix.
-func keys(t *testing.T, tg plugins.Target, prefix string) []string {
-	t.Helper()
-	var out []string
-	for o, err := range tg.List(t.Context(), prefix, "") {
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, o.Key)
-	}
-	return out
 }
 
 // TestCrashRestore kills a restore mid-way; a rerun completes bit-exact,

@@ -304,7 +304,7 @@ func TestGCProtocol(t *testing.T) {
 				if !errors.Is(got.err, tc.wantErr) {
 					t.Fatalf("Backup = %v, want %v", got.err, tc.wantErr)
 				}
-				if keys := sortedKeys(t, tg, "backups/"); len(keys) != 0 {
+				if keys := SortedKeys(t, tg, "backups/"); len(keys) != 0 {
 					t.Fatalf("manifests %v exist after a failed backup", keys)
 				}
 				return
@@ -615,11 +615,11 @@ func TestGCLateWrites(t *testing.T) {
 			if err := <-errc; !errors.Is(err, ErrTooSlow) {
 				t.Fatalf("held backup = %v, want ErrTooSlow", err)
 			}
-			if keys := sortedKeys(t, tg, prefixBackups); len(keys) != 0 {
+			if keys := SortedKeys(t, tg, prefixBackups); len(keys) != 0 {
 				t.Fatalf("manifests %v exist after the late backup failed", keys)
 			}
 			if !tc.old {
-				idx, packs := sortedKeys(t, tg, prefixIndex), sortedKeys(t, tg, prefixPacks)
+				idx, packs := SortedKeys(t, tg, prefixIndex), SortedKeys(t, tg, prefixPacks)
 				if len(idx) != 1 || len(packs) != 0 {
 					t.Fatalf("want one index without its pack, have indexes %v and packs %v", idx, packs)
 				}
@@ -645,7 +645,7 @@ func TestGCLateWrites(t *testing.T) {
 			if rep := gc(); rep.IndexesDeleted != orphans {
 				t.Errorf("GC deleted %d orphan indexes a grace later, want %d", rep.IndexesDeleted, orphans)
 			}
-			idx, packs := sortedKeys(t, tg, prefixIndex), sortedKeys(t, tg, prefixPacks)
+			idx, packs := SortedKeys(t, tg, prefixIndex), SortedKeys(t, tg, prefixPacks)
 			if len(idx) != len(packs) {
 				t.Errorf("after GC: indexes %v, packs %v", idx, packs)
 			}
@@ -708,7 +708,7 @@ func TestGCLease(t *testing.T) {
 			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
 				t.Fatalf("GC = %v, want %v", err, tc.wantErr)
 			}
-			if left := sortedKeys(t, tg, prefixLocks); len(left) != tc.left {
+			if left := SortedKeys(t, tg, prefixLocks); len(left) != tc.left {
 				t.Errorf("leases left: %v, want %d", left, tc.left)
 			}
 		})
@@ -728,14 +728,14 @@ func TestGCLease(t *testing.T) {
 		if _, err := r.GC(t.Context(), GCOptions{Grace: protocolGrace, MaxDuration: protocolMaxDuration}); !errors.Is(err, ErrBusy) {
 			t.Errorf("second GC while the first runs = %v, want ErrBusy", err)
 		}
-		if left := sortedKeys(t, tg, prefixLocks); len(left) != 1 {
+		if left := SortedKeys(t, tg, prefixLocks); len(left) != 1 {
 			t.Errorf("leases while the first GC runs: %v, want its own only", left)
 		}
 		close(held.release)
 		if err := <-errc; err != nil {
 			t.Fatalf("first GC: %v", err)
 		}
-		if left := sortedKeys(t, tg, prefixLocks); len(left) != 0 {
+		if left := SortedKeys(t, tg, prefixLocks); len(left) != 0 {
 			t.Errorf("leases after GC: %v, want none", left)
 		}
 		gc() // runs again once the first is done
@@ -907,7 +907,7 @@ func TestManifestPutOutcome(t *testing.T) {
 			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
 				t.Fatalf("Backup = %v, want %v", err, tc.wantErr)
 			}
-			if keys := sortedKeys(t, lt, prefixBackups); len(keys) != tc.wantManifests {
+			if keys := SortedKeys(t, lt, prefixBackups); len(keys) != tc.wantManifests {
 				t.Fatalf("manifests %v, want %d", keys, tc.wantManifests)
 			}
 			if res != nil {

@@ -172,7 +172,9 @@ func MustEqual(t testing.TB, what string, got, want []byte) {
 	}
 }
 
-func sortedKeys(t testing.TB, tg plugins.Target, prefix string) []string {
+// SortedKeys lists the keys under prefix on tg, in order (exported for the
+// external tests).
+func SortedKeys(t testing.TB, tg plugins.Target, prefix string) []string {
 	t.Helper()
 	var out []string
 	for o, err := range tg.List(context.Background(), prefix, "") {
