@@ -75,9 +75,11 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 	log := r.log.With("op", "backup", "volume", opts.Volume, "snapshot", opts.Snapshot)
 	b := &backupRun{r: r, opts: opts, k: r.opts.Key, size: opts.Source.Size(), pageChunks: PageChunks}
 	b.progress(PhaseIndex)
-	if err := r.recordMaxDuration(ctx, opts.MaxDuration); err != nil {
+	n, err := r.recordMaxDuration(ctx, opts.MaxDuration)
+	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: %w", opts.Volume, err)
 	}
+	b.uploaded.Add(n)
 	// The clock starts before gc/ is listed: GC's protocol needs the
 	// manifest written within MaxDuration of that listing.
 	started := opts.Now()
@@ -137,10 +139,15 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 		// The id is 128 random bits, so this is our own Put landing
 		// before a retry of it (an SDK's retry of a conditional Put):
 		// go on if it holds our bytes. If not, it is not ours: leave it.
-		if back, gerr := r.getAll(ctx, key, maxManifestSize); gerr == nil && bytes.Equal(back, enc) {
+		back, gerr := r.getAll(ctx, key, maxManifestSize)
+		switch {
+		case gerr == nil && bytes.Equal(back, enc):
 			err = nil
-		} else {
+		case gerr == nil:
 			return nil, fmt.Errorf("backup of volume %q: writing manifest %s: another object holds the key: %w", opts.Volume, key, err)
+		default:
+			// Probably ours, but unconfirmed: withdraw it.
+			err = fmt.Errorf("%w; reading it back: %w", err, gerr)
 		}
 	}
 	if err != nil {

@@ -1,7 +1,6 @@
 package backupd
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -229,8 +228,8 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	if most, from, err := r.recordedMaxDuration(ctx); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	} else if opts.Grace <= most {
-		return nil, fmt.Errorf("gc: grace %v is not longer than the deadline a backup of this repository used (%v, recorded as %s): a running backup's packs could be deleted: %w",
-			opts.Grace, most, from, ErrInvalid)
+		return nil, fmt.Errorf("gc: grace %v is not longer than the deadline a backup of this repository used (%v, recorded as %s): a running backup's packs could be deleted; pass a longer grace, or delete %s once no host backs up with that deadline: %w",
+			opts.Grace, most, from, from, ErrInvalid)
 	}
 	start := opts.Now()
 
@@ -252,7 +251,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			log.Warn("unreadable gc mark; marking again", "key", o.Key)
 			mk.Marked = start
 			if !opts.DryRun {
-				if err := r.putBytes(ctx, o.Key, marshalJSON(mk)); err != nil {
+				if err := lease.put(ctx, o.Key, marshalJSON(mk)); err != nil {
 					return nil, fmt.Errorf("gc: mark %s again: %w", o.Key, err)
 				}
 			}
@@ -382,7 +381,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				rep.PagesUnmarked++
 			}
 			if !opts.DryRun {
-				if err := r.t.Delete(ctx, []string{mk}); err != nil {
+				if err := lease.delete(ctx, mk); err != nil {
 					return rep, fmt.Errorf("gc: unmark %s: %w", mk, err)
 				}
 			}
@@ -404,7 +403,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				// before the mark was visible did so before this plus the
 				// Put's latency.
 				markBody := marshalJSON(gcMark{Marked: opts.Now().UTC()})
-				if err := r.t.Put(ctx, mk, bytes.NewReader(markBody), int64(len(markBody))); err != nil {
+				if err := lease.put(ctx, mk, markBody); err != nil {
 					return rep, fmt.Errorf("gc: mark %s: %w", mk, err)
 				}
 			}
@@ -445,11 +444,15 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	if !opts.DryRun {
 		for mk := range marks {
 			if !seen[mk] {
-				if err := r.t.Delete(ctx, []string{mk}); err != nil {
+				if err := lease.delete(ctx, mk); err != nil {
 					return rep, fmt.Errorf("gc: delete stale mark %s: %w", mk, err)
 				}
 			}
 		}
+	}
+	// A run whose lease lapsed may have decided on a stale view.
+	if err := lease.check(); err != nil {
+		return rep, err
 	}
 	log.Info("gc done", "manifests", rep.Manifests, "packs_deleted", rep.PacksDeleted, "pages_deleted", rep.PagesDeleted,
 		"indexes_deleted", rep.IndexesDeleted, "bytes", rep.BytesDeleted)

@@ -693,7 +693,7 @@ func TestGCLease(t *testing.T) {
 			ctx := t.Context()
 			tg, r := leaseRepo(t)
 			if tc.recorded > 0 {
-				if err := r.recordMaxDuration(ctx, tc.recorded); err != nil {
+				if _, err := r.recordMaxDuration(ctx, tc.recorded); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -838,7 +838,10 @@ func TestGCLeaseRenew(t *testing.T) {
 				t.Fatalf("after renewal: check = %v, want lost %v", err, tc.wantLost)
 			}
 			if !tc.wantLost {
-				if age := time.Since(l.renewed); age > time.Minute {
+				l.mu.Lock()
+				age := time.Since(l.renewed)
+				l.mu.Unlock()
+				if age > time.Minute {
 					t.Errorf("renewal did not count: last renewal %v ago", age)
 				}
 				return
@@ -850,6 +853,9 @@ func TestGCLeaseRenew(t *testing.T) {
 			}
 			if err := l.delete(ctx, "maps/00/whatever"); !errors.Is(err, ErrLeaseLost) {
 				t.Errorf("delete under a lost lease = %v, want ErrLeaseLost", err)
+			}
+			if err := l.put(ctx, "gc/maps/whatever", []byte("{}")); !errors.Is(err, ErrLeaseLost) {
+				t.Errorf("mark under a lost lease = %v, want ErrLeaseLost", err)
 			}
 		})
 	}
@@ -863,12 +869,24 @@ type landedTarget struct {
 	plugins.Target
 	err    error
 	cancel context.CancelFunc
+	// getErr, if set, fails the first Get of the manifest after it
+	// landed (the read-back that would confirm it is ours).
+	getErr error
+	landed atomic.Value // string: the manifest's key
+}
+
+func (l *landedTarget) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, int64, error) {
+	if l.getErr != nil && l.landed.CompareAndSwap(key, "") {
+		return nil, 0, l.getErr
+	}
+	return l.Target.Get(ctx, key, off, n)
 }
 
 func (l *landedTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
 	if err := l.Target.PutIfAbsent(ctx, key, r, size); err != nil || !strings.HasPrefix(key, prefixBackups) {
 		return err
 	}
+	l.landed.Store(key)
 	if l.cancel != nil {
 		l.cancel()
 	}
@@ -876,19 +894,23 @@ func (l *landedTarget) PutIfAbsent(ctx context.Context, key string, r io.Reader,
 }
 
 // TestManifestPutOutcome: a manifest Put that landed but reported
-// ErrAlreadyExists (our own retry) is acknowledged; one that landed but
-// reported a failure is withdrawn (deleted) even though the caller's
-// context was cancelled meanwhile, so no unacknowledged manifest remains.
+// ErrAlreadyExists (our own retry) is acknowledged, or withdrawn if reading
+// it back to confirm that fails; one that landed but reported a failure is
+// withdrawn (deleted) even though the caller's context was cancelled
+// meanwhile, so no unacknowledged manifest remains.
 func TestManifestPutOutcome(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name          string
 		err           error
 		cancel        bool
+		getErr        error
 		wantErr       error
 		wantManifests int
 	}{
 		{name: "own-retry", err: fmt.Errorf("precondition failed: %w", plugins.ErrAlreadyExists), wantManifests: 1},
+		{name: "own-retry-unconfirmed", err: fmt.Errorf("precondition failed: %w", plugins.ErrAlreadyExists),
+			getErr: fmt.Errorf("503 slow down: %w", plugins.ErrTransient), wantErr: plugins.ErrTransient},
 		{name: "lost-reply", err: fmt.Errorf("connection reset: %w", plugins.ErrTransient), wantErr: plugins.ErrTransient},
 		{name: "lost-reply-cancelled", err: fmt.Errorf("connection reset: %w", plugins.ErrTransient), cancel: true, wantErr: plugins.ErrTransient},
 	}
@@ -897,7 +919,7 @@ func TestManifestPutOutcome(t *testing.T) {
 			t.Parallel()
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			lt := &landedTarget{Target: NewFSTarget(t, t.TempDir()), err: tc.err}
+			lt := &landedTarget{Target: NewFSTarget(t, t.TempDir()), err: tc.err, getErr: tc.getErr}
 			if tc.cancel {
 				lt.cancel = cancel
 			}

@@ -92,7 +92,9 @@ func (r *Repository) takeGCLease(ctx context.Context, now func() time.Time) (*gc
 			r.log.Warn("removing a GC lease that does not decode", "op", "gc", "lease", o.Key)
 			other.Renewed = time.Time{}
 		}
-		if age := now().Sub(other.Renewed); age > leaseStale {
+		if age := now().Sub(other.Renewed); age > leaseStale || age < -leaseStale {
+			// Not renewed for leaseStale, or dated that far ahead (a host
+			// whose clock ran ahead): abandoned or damaged.
 			r.log.Warn("removing an abandoned GC lease", "op", "gc", "lease", o.Key, "host", other.Host, "pid", other.PID, "renewed", other.Renewed)
 			if err := r.t.Delete(ctx, []string{o.Key}); err != nil {
 				busy = fmt.Errorf("gc: removing abandoned lease %s: %w", o.Key, err)
@@ -100,8 +102,8 @@ func (r *Repository) takeGCLease(ctx context.Context, now func() time.Time) (*gc
 			}
 			continue
 		}
-		busy = fmt.Errorf("gc: lease %s of host %q pid %d, renewed %s: %w",
-			o.Key, other.Host, other.PID, other.Renewed.Format(time.RFC3339), ErrBusy)
+		busy = fmt.Errorf("gc: lease %s of host %q pid %d, renewed %s (taken as abandoned %v after its last renewal): %w",
+			o.Key, other.Host, other.PID, other.Renewed.Format(time.RFC3339), leaseStale, ErrBusy)
 		break
 	}
 	if busy != nil {
@@ -186,25 +188,47 @@ func (l *gcLease) check() error {
 func (l *gcLease) lapsedLocked() error {
 	if l.lost == nil {
 		if age := elapsed(time.Now(), l.renewed); age > leaseSafe {
-			l.lost = fmt.Errorf("gc: the lease was last renewed %v ago, more than %v (last renewal error: %v): %w",
-				age.Round(time.Second), leaseSafe, l.lastErr, ErrLeaseLost)
+			why := "renewals were too slow, or the host was suspended"
+			if l.lastErr != nil {
+				why = "the last renewal failed: " + l.lastErr.Error()
+			}
+			l.lost = fmt.Errorf("gc: the lease was last renewed %v ago, more than %v (%s): %w",
+				age.Round(time.Second), leaseSafe, why, ErrLeaseLost)
 		}
 	}
 	return l.lost
 }
 
-// delete deletes key for a sweep, only while the lease holds, and gives
-// the Delete no longer than the lease is sure to hold.
+// delete deletes key, only while the lease holds, and gives the Delete no
+// longer than the lease is sure to hold. Every change GC makes to the
+// target goes through delete or put: a run whose lease lapsed decided on
+// a view another run may have changed since.
 func (l *gcLease) delete(ctx context.Context, key string) error {
+	return l.do(ctx, func(ctx context.Context) error { return l.r.t.Delete(ctx, []string{key}) })
+}
+
+// put is delete's counterpart for writing key.
+func (l *gcLease) put(ctx context.Context, key string, b []byte) error {
+	return l.do(ctx, func(ctx context.Context) error { return l.r.putBytes(ctx, key, b) })
+}
+
+func (l *gcLease) do(ctx context.Context, op func(context.Context) error) error {
 	if err := l.check(); err != nil {
 		return err
 	}
 	l.mu.Lock()
 	until := l.renewed.Add(leaseSafe)
 	l.mu.Unlock()
-	ctx, cancel := context.WithDeadline(ctx, until)
+	lapse := fmt.Errorf("gc: the lease's safe period ended during the operation: %w", ErrLeaseLost)
+	ctx, cancel := context.WithDeadlineCause(ctx, until, lapse)
 	defer cancel()
-	return l.r.t.Delete(ctx, []string{key})
+	if err := op(ctx); err != nil {
+		if cause := context.Cause(ctx); cause == lapse {
+			return fmt.Errorf("%w (%w)", cause, err)
+		}
+		return err
+	}
+	return nil
 }
 
 // release stops renewing and removes the lease.

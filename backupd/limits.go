@@ -21,13 +21,12 @@ func limitKey(d time.Duration) string {
 	return prefixLimits + strconv.FormatInt(secs, 10)
 }
 
-// recordMaxDuration makes sure the repository records d, once per process
-// and value. A backup calls it before it starts its clock.
-func (r *Repository) recordMaxDuration(ctx context.Context, d time.Duration) error {
+// recordMaxDuration records d in the repository. A backup calls it before
+// it starts its clock, every time: an operator may have deleted the record
+// (to lower the limit) while this process still uses it, and the Put of a
+// small object costs little next to a backup. It returns the bytes Put.
+func (r *Repository) recordMaxDuration(ctx context.Context, d time.Duration) (int64, error) {
 	key := limitKey(d)
-	if _, done := r.limits.Load(key); done {
-		return nil
-	}
 	host, _ := os.Hostname()
 	body := marshalJSON(struct {
 		MaxDuration string    `json:"max_duration"`
@@ -35,10 +34,9 @@ func (r *Repository) recordMaxDuration(ctx context.Context, d time.Duration) err
 		Recorded    time.Time `json:"recorded"`
 	}{d.String(), host, time.Now().UTC()})
 	if err := r.putBytes(ctx, key, body); err != nil {
-		return fmt.Errorf("recording the backup deadline %v (GC's grace must exceed it): %w", d, err)
+		return 0, fmt.Errorf("recording the backup deadline %v (GC's grace must exceed it): %w", d, err)
 	}
-	r.limits.Store(key, true)
-	return nil
+	return int64(len(body)), nil
 }
 
 // recordedMaxDuration returns the largest MaxDuration recorded, and its key.

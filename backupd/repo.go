@@ -58,9 +58,6 @@ type Repository struct {
 	t    plugins.Target
 	opts Options
 	log  *slog.Logger
-	// limits holds the keys of the backup deadlines this process has
-	// recorded (limits.go).
-	limits sync.Map
 }
 
 // Open returns the repository on t. It does no I/O; the target stays the

@@ -305,7 +305,7 @@ func classify(err error) error {
 		class = blockdev.ErrNotFound
 	case errors.Is(err, backupd.ErrInvalid), errors.Is(err, backupd.ErrKey):
 		class = blockdev.ErrInvalidArgument
-	case errors.Is(err, backupd.ErrHeld), errors.Is(err, backupd.ErrBusy):
+	case errors.Is(err, backupd.ErrHeld), errors.Is(err, backupd.ErrBusy), errors.Is(err, backupd.ErrLeaseLost):
 		class = blockdev.ErrInUse
 	case errors.Is(err, backupd.ErrCorrupt), errors.Is(err, backupd.ErrMissing), errors.Is(err, backupd.ErrMismatch):
 		class = blockdev.ErrCorrupt
