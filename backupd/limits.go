@@ -21,12 +21,20 @@ func limitKey(d time.Duration) string {
 	return prefixLimits + strconv.FormatInt(secs, 10)
 }
 
-// recordMaxDuration records d in the repository. A backup calls it before
-// it starts its clock, every time: an operator may have deleted the record
-// (to lower the limit) while this process still uses it, and the Put of a
-// small object costs little next to a backup. It returns the bytes Put.
+// recordMaxDuration makes sure the repository records d. A backup calls
+// it before it starts its clock, every time (an operator may have deleted
+// the record to lower the limit while this process still uses it); it
+// Puts the record only if Has does not find it, which on the fs target
+// saves an fsynced create per backup. It returns the bytes Put.
 func (r *Repository) recordMaxDuration(ctx context.Context, d time.Duration) (int64, error) {
 	key := limitKey(d)
+	has, err := r.t.Has(ctx, []string{key})
+	if err != nil {
+		return 0, fmt.Errorf("checking the backup deadline record %s: %w", key, err)
+	}
+	if has[0] {
+		return 0, nil
+	}
 	host, _ := os.Hostname()
 	body := marshalJSON(struct {
 		MaxDuration string    `json:"max_duration"`
