@@ -123,3 +123,35 @@ func BenchmarkRestore(b *testing.B) {
 	reportCPU(b, cpu0)
 	MustEqual(b, "restored", dst.data, data)
 }
+
+// BenchmarkGC measures a GC run (DryRun, so every run does the same work)
+// over a volume's history: a full backup of benchSize and 30 incrementals
+// that each change 1 MiB, so the backups share almost all their map pages.
+// The manifests-pages metric is the map pages the backups list in all.
+func BenchmarkGC(b *testing.B) {
+	data := benchData(b, false)
+	r := Open(NewFSTarget(b, b.TempDir()), nil)
+	res, err := r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(65, 66))
+	pages := len(res.Manifest.Pages)
+	for range 30 {
+		off := rng.Int64N(benchSize>>20) << 20
+		copy(data[off:off+1<<20], RandomData(rng, 1<<20))
+		res, err = r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}, Parent: res.ID,
+			Changed: []Extent{{Offset: off, Length: 1 << 20}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		pages += len(res.Manifest.Pages)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := r.GC(b.Context(), GCOptions{DryRun: true}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(pages), "manifests-pages")
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/strata-block/strata/plugins"
@@ -265,7 +266,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	chunkRefs := map[ChunkID]bool{}
-	pageRefs := map[ChunkID]bool{}
+	pageRefs := map[ChunkID]int{} // the pages referenced, with their entry counts
 	for _, key := range keys {
 		m, err := r.LoadManifest(ctx, key)
 		if errors.Is(err, plugins.ErrNotFound) {
@@ -274,21 +275,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		if err == nil {
 			var k *Key
 			if k, err = r.keyFor(m); err == nil {
-				for pr := range r.pageStream(ctx, m, k, 0, 8) {
-					if err = pr.err; err != nil {
-						break
-					}
-					id, _ := ParseChunkID(m.Pages[pr.i])
-					pageRefs[id] = true
-					for _, c := range pr.p.IDs {
-						if !c.IsZero() {
-							chunkRefs[c] = true
-						}
-					}
-				}
-				if err == nil {
-					err = ctx.Err()
-				}
+				err = r.refPages(ctx, m, k, pageRefs, chunkRefs)
 			}
 		}
 		if err != nil {
@@ -370,7 +357,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		seen[mk] = true
 		referenced := live[o.id] && !o.orphan
 		if o.kind == "maps" {
-			referenced = pageRefs[o.id]
+			_, referenced = pageRefs[o.id]
 		}
 		marked, isMarked := marks[mk]
 		switch {
@@ -457,6 +444,45 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	log.Info("gc done", "manifests", rep.Manifests, "packs_deleted", rep.PacksDeleted, "pages_deleted", rep.PagesDeleted,
 		"indexes_deleted", rep.IndexesDeleted, "bytes", rep.BytesDeleted)
 	return rep, nil
+}
+
+// refPages adds m's pages to pages (with their entry counts) and the
+// chunks they list to chunks. It loads only the pages no earlier manifest
+// of this run listed: an incremental shares all but its changed pages with
+// its parent, so GC reads each page once, not once per backup. A page
+// listed again must be expected to hold the same number of entries.
+func (r *Repository) refPages(ctx context.Context, m *Manifest, k *Key, pages map[ChunkID]int, chunks map[ChunkID]bool) error {
+	var todo []int
+	for i, s := range m.Pages {
+		id, err := ParseChunkID(s)
+		if err != nil {
+			return fmt.Errorf("volume %q backup %s: map page %d: %w", m.Volume, m.ID, i, err)
+		}
+		want := m.pageEntries(i)
+		if n, seen := pages[id]; seen {
+			if n != want {
+				return fmt.Errorf("volume %q backup %s: map page %d (%s) has %d entries in another backup, this one expects %d: %w", m.Volume, m.ID, i, id, n, want, ErrCorrupt)
+			}
+			continue
+		}
+		pages[id] = want
+		todo = append(todo, i)
+	}
+	var mu sync.Mutex
+	return forEach(ctx, len(todo), 8, func(ctx context.Context, j int) error {
+		p, err := r.loadPage(ctx, m, k, todo[j])
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range p.IDs {
+			if !c.IsZero() {
+				chunks[c] = true
+			}
+		}
+		return nil
+	})
 }
 
 func decodeMark(b []byte) (gcMark, bool) {

@@ -978,3 +978,68 @@ func TestManifestPutOutcome(t *testing.T) {
 		})
 	}
 }
+
+// TestGCRefusesUnreadableBackup: GC does not run when a backup's manifest
+// or one of its map pages fails to load (it could not tell what that
+// backup references), including a page two manifests share but expect to
+// hold different numbers of entries; it marks and deletes nothing.
+func TestGCRefusesUnreadableBackup(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, r *Repository, m *Manifest)
+	}{
+		{name: "page-missing", damage: func(t *testing.T, r *Repository, m *Manifest) {
+			id, _ := ParseChunkID(m.Pages[0])
+			if err := r.t.Delete(t.Context(), []string{pageKey(id)}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "manifest-corrupt", damage: func(t *testing.T, r *Repository, m *Manifest) {
+			if err := r.putBytes(t.Context(), ManifestKey(m.Volume, m.ID), []byte(`{"format":`)); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "shared-page-other-count", damage: func(t *testing.T, r *Repository, m *Manifest) {
+			// Another backup naming the same page for a volume twice the
+			// size: it expects twice the entries there.
+			other := *m
+			other.ID, other.Size = newBackupID(), 2*m.Size
+			b, err := EncodeManifest(&other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.putBytes(t.Context(), ManifestKey(other.Volume, other.ID), b); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			tg, r := leaseRepo(t)
+			rng := rand.New(rand.NewPCG(91, 92))
+			backup := func(vol string) *Result {
+				res, err := r.Backup(ctx, BackupOptions{Volume: vol, Snapshot: "s", Source: &memSource{data: RandomData(rng, 64<<10)}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
+			}
+			// Garbage a working GC would mark.
+			if err := r.Delete(ctx, "vol-old", backup("vol-old").ID); err != nil {
+				t.Fatal(err)
+			}
+			tc.damage(t, r, backup("vol-a").Manifest)
+			before := SortedKeys(t, tg, "")
+			_, err := r.GC(ctx, GCOptions{})
+			if err == nil || !strings.Contains(err.Error(), "refusing to run") {
+				t.Fatalf("GC = %v, want it to refuse to run", err)
+			}
+			if after := SortedKeys(t, tg, ""); !slices.Equal(after, before) {
+				t.Errorf("GC changed the target though it refused: %v, then %v", before, after)
+			}
+		})
+	}
+}
