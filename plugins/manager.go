@@ -321,6 +321,8 @@ type process struct {
 	target *client
 	plane  *hostPlane // nil without a data plane
 	pid    int
+	// sockDir holds the plugin's gRPC socket; removed once it is gone.
+	sockDir string
 }
 
 // kill stops the process and closes its data plane: calls still using
@@ -330,6 +332,7 @@ func (p *process) kill() {
 	if p.plane != nil {
 		_ = p.plane.close()
 	}
+	_ = os.RemoveAll(p.sockDir)
 }
 
 // startProcess starts the plugin, completes the handshake and configures
@@ -358,6 +361,18 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 		cmd.ExtraFiles = []*os.File{child}
 		cmd.Env = []string{fmt.Sprintf("%s=%d", DataPlaneEnv, dataPlaneFD)}
 	}
+	// go-plugin's server creates its socket in PLUGIN_UNIX_SOCKET_DIR
+	// (default os.TempDir()) and removes it only when it stops gracefully,
+	// so every plugin that was killed left one in /tmp. Each process gets
+	// a directory of its own, removed when the process is gone.
+	sockDir, err := os.MkdirTemp("", "strata-plugin-")
+	if err != nil {
+		if plane != nil {
+			_ = plane.close()
+		}
+		return nil, fmt.Errorf("plugin %s: socket directory: %w", r.path, err)
+	}
+	cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+sockDir)
 	hl := newHCLog(r.logger, "")
 	c := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -374,10 +389,7 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 		GRPCDialOptions: dialOptions(),
 	})
 	fail := func(err error) (*process, error) {
-		c.Kill()
-		if plane != nil {
-			_ = plane.close()
-		}
+		(&process{client: c, plane: plane, sockDir: sockDir}).kill()
 		return nil, err
 	}
 	rpc, err := c.Client()
@@ -400,7 +412,7 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 		_ = plane.close()
 		plane = nil
 	}
-	p := &process{client: c, target: tc, plane: plane}
+	p := &process{client: c, target: tc, plane: plane, sockDir: sockDir}
 	if rc := c.ReattachConfig(); rc != nil {
 		p.pid = rc.Pid
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -19,10 +20,13 @@ import (
 // No descriptor or goroutine outlives the calls of a run full of failures
 // through the data plane — failed, short, long and cancelled Puts, Gets
 // abandoned or cancelled half-way, a plugin killed mid-Put — in the host
-// or in the plugin. Not parallel: it counts the whole test process's
-// descriptors and goroutines.
+// or in the plugin, and that the killed plugin's socket directory went
+// with it (go-plugin left a socket in the temporary directory for every
+// plugin killed). Not parallel: it counts the whole test process's
+// descriptors and goroutines, and sets TMPDIR.
 func TestDataPlaneNoLeaks(t *testing.T) {
-	dir := t.TempDir()
+	dir, tmp := t.TempDir(), t.TempDir()
+	t.Setenv("TMPDIR", tmp)
 	r := openPlugin(t, dir, true)
 	ctx := t.Context()
 	data := targettest.Data(11, 8<<20)
@@ -64,6 +68,18 @@ func TestDataPlaneNoLeaks(t *testing.T) {
 	roundTrip()
 	settle(t, "host descriptors after a restart", hostFDs, func() int { return countFDs(t, os.Getpid()) }, os.Getpid())
 	settle(t, "goroutines after a restart", goroutines, runtime.NumGoroutine, 0)
+	// Only the running plugin's socket directory is left.
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	if len(left) != 1 || !strings.HasPrefix(left[0], "strata-plugin-") {
+		t.Errorf("temporary directory holds %v, want only the running plugin's socket directory", left)
+	}
 }
 
 // failures runs calls that fail in every way a payload transfer can.
