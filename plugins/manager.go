@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -156,6 +157,9 @@ type Manager struct {
 	mu      sync.Mutex
 	remotes map[*Remote]struct{}
 	closed  bool
+
+	// staleSockets removes dead hosts' socket directories, once.
+	staleSockets sync.Once
 }
 
 // NewManager returns a manager; it starts nothing until Open.
@@ -325,6 +329,35 @@ type process struct {
 	sockDir string
 }
 
+// socketDirPrefix starts the name of a plugin's socket directory, followed
+// by the host's pid and a dash.
+const socketDirPrefix = "strata-plugin-"
+
+// removeSocketDirsOfDeadHosts removes the plugin socket directories in
+// os.TempDir() of hosts that are no longer running (killed before they
+// could remove them). A pid reused by another process keeps its
+// directories: the safe side.
+func removeSocketDirsOfDeadHosts(log *slog.Logger) {
+	ents, err := os.ReadDir(os.TempDir())
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), socketDirPrefix)
+		pidStr, _, found := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || !found || err != nil || pid <= 0 || pid == os.Getpid() || !e.IsDir() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			continue // alive (or not ours to check)
+		}
+		if err := os.RemoveAll(filepath.Join(os.TempDir(), e.Name())); err == nil {
+			log.Debug("removed the plugin socket directory of a host that is gone", "dir", e.Name(), "pid", pid)
+		}
+	}
+}
+
 // kill stops the process and closes its data plane: calls still using
 // them fail (transiently) and are retried on the next process.
 func (p *process) kill() {
@@ -364,8 +397,10 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 	// go-plugin's server creates its socket in PLUGIN_UNIX_SOCKET_DIR
 	// (default os.TempDir()) and removes it only when it stops gracefully,
 	// so every plugin that was killed left one in /tmp. Each process gets
-	// a directory of its own, removed when the process is gone.
-	sockDir, err := os.MkdirTemp("", "strata-plugin-")
+	// a directory of its own, removed when the process is gone; a host
+	// killed itself leaves them, and the next host removes them.
+	r.m.staleSockets.Do(func() { removeSocketDirsOfDeadHosts(r.logger) })
+	sockDir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", socketDirPrefix, os.Getpid()))
 	if err != nil {
 		if plane != nil {
 			_ = plane.close()

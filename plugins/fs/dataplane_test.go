@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -27,6 +29,15 @@ import (
 func TestDataPlaneNoLeaks(t *testing.T) {
 	dir, tmp := t.TempDir(), t.TempDir()
 	t.Setenv("TMPDIR", tmp)
+	// A socket directory of a host that was killed: the host removes it.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(tmp, fmt.Sprintf("strata-plugin-%d-123", dead.Process.Pid))
+	if err := os.MkdirAll(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	r := openPlugin(t, dir, true)
 	ctx := t.Context()
 	data := targettest.Data(11, 8<<20)
@@ -77,8 +88,8 @@ func TestDataPlaneNoLeaks(t *testing.T) {
 	for _, e := range ents {
 		left = append(left, e.Name())
 	}
-	if len(left) != 1 || !strings.HasPrefix(left[0], "strata-plugin-") {
-		t.Errorf("temporary directory holds %v, want only the running plugin's socket directory", left)
+	if want := fmt.Sprintf("strata-plugin-%d-", os.Getpid()); len(left) != 1 || !strings.HasPrefix(left[0], want) {
+		t.Errorf("temporary directory holds %v, want only the running plugin's socket directory (%s…)", left, want)
 	}
 }
 
