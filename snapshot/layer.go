@@ -290,6 +290,18 @@ func (l *layer) writeAt(p []byte, off int64) error {
 	return nil
 }
 
+// holdsAny reports whether the layer maps any of the blocks [start, end).
+func (l *layer) holdsAny(start, end uint64) bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	any := false
+	l.m.ascend(start, end, func(run) bool {
+		any = true
+		return false
+	})
+	return any
+}
+
 // markScattered records that a small write brought blocks new to the
 // layer into regions first to last (of regroupSize bytes).
 func (l *layer) markScattered(first, last uint64) {
