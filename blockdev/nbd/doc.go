@@ -25,7 +25,9 @@
 // took in together in one writev(2), and hands the other requests to a
 // bounded pool of workers; a device call that keeps the reader more than
 // 50 µs makes another goroutine take over reading, so a slow request
-// never holds up the rest. Replies are written whole under a lock, in
+// never holds up the rest. When the socket is empty the reader keeps
+// trying for Options.ReadSpin (50 µs) before it parks in the poller
+// (spin.go). Replies are written whole under a lock, in
 // completion order. READ (structured replies with OFFSET_HOLE chunks for holes and
 // zero extents in reads of 64 KiB or more, unless DF), WRITE with FUA,
 // FLUSH, TRIM, WRITE_ZEROES (NO_HOLE zeroes, otherwise the range may be

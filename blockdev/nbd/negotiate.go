@@ -94,7 +94,7 @@ func (c *serverConn) serve() {
 		}
 		_ = c.nc.Close()
 	}()
-	c.br = bufio.NewReaderSize(c.nc, ioBufSize)
+	c.br = bufio.NewReaderSize(newSpinReader(c.nc, c.s.opts.ReadSpin), ioBufSize)
 	c.bw = bufio.NewWriterSize(c.nc, 4096)
 	_ = c.raw.SetDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
 	if c.s.draining.Load() {

@@ -44,12 +44,17 @@ type Options struct {
 	// HandshakeTimeout bounds the option negotiation of one connection
 	// (default 30 s).
 	HandshakeTimeout time.Duration
+	// ReadSpin is how long the request reader keeps trying an empty
+	// socket before it parks in the runtime's poller (default 50 µs;
+	// negative: park at once). See spin.go.
+	ReadSpin time.Duration
 }
 
 const (
 	defaultWorkers          = 16
 	defaultMaxInFlightBytes = 64 << 20
 	defaultHandshakeTimeout = 30 * time.Second
+	defaultReadSpin         = 50 * time.Microsecond
 )
 
 // Server serves Exports over NBD. Create it with NewServer, run Serve on
@@ -86,6 +91,9 @@ func NewServer(exports Exports, opts Options) (*Server, error) {
 		opts.MaxInFlightBytes = defaultMaxInFlightBytes
 	}
 	opts.MaxInFlightBytes = max(opts.MaxInFlightBytes, MaxPayload)
+	if opts.ReadSpin == 0 {
+		opts.ReadSpin = defaultReadSpin
+	}
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = defaultHandshakeTimeout
 	}
