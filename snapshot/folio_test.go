@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -94,19 +95,32 @@ func TestHeadWritesSmallFolios(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	v, err := s.Create(t.Context(), "v", int64(len(p)))
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name   string
+		before func(v *Volume) error
+	}{
+		{"new head", func(*Volume) error { return nil }},
+		// Punched: no data and no page cache, like a new range.
+		{"after trim", func(v *Volume) error { return v.Trim(0, int64(len(p))) }},
+		{"after zero", func(v *Volume) error { return v.Zero(0, int64(len(p))) }},
+	} {
+		v, err := s.Create(t.Context(), strings.ReplaceAll(tc.name, " ", "-"), int64(len(p)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tc.before(v); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.WriteAt(p, 0); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := largestFolio(t, v.head.data, len(p))
+		if !ok {
+			t.Fatal("page flags readable for one file but not for the head")
+		}
+		if got*os.Getpagesize() > freshPiece {
+			t.Errorf("%s: the head holds a folio of %d pages after a 4 MiB write, want at most %d (a plain file: %d)", tc.name, got, freshPiece/os.Getpagesize(), control)
+		}
+		t.Logf("%s: largest folio %d pages (a plain file written whole: %d)", tc.name, got, control)
 	}
-	if _, err := v.WriteAt(p, 0); err != nil {
-		t.Fatal(err)
-	}
-	got, ok := largestFolio(t, v.head.data, len(p))
-	if !ok {
-		t.Fatal("page flags readable for one file but not for the head")
-	}
-	if got*os.Getpagesize() > freshPiece {
-		t.Fatalf("the head holds a folio of %d pages after a 4 MiB write, want at most %d (a plain file: %d)", got, freshPiece/os.Getpagesize(), control)
-	}
-	t.Logf("largest folio: head %d pages, plain file written whole %d", got, control)
 }

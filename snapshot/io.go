@@ -136,14 +136,15 @@ func (v *Volume) writeLocked(p []byte, off int64) error {
 		p, off = p[n:], off+n
 	}
 	// Whole blocks: in folioSize pieces into a region regroup just
-	// dropped from the page cache, in freshPiece pieces into a range new
-	// to the head, elsewhere in one write into the folios the range has.
+	// dropped from the page cache, in freshPiece pieces into a range the
+	// head holds no data for, elsewhere in one write into the folios the
+	// range has.
 	if whole := int64(len(p)) / BlockSize * BlockSize; whole > 0 {
 		piece := whole
 		start := uint64(off) >> blockShift
 		if whole >= regroupSize && v.regroup(off, whole) {
 			piece = folioSize
-		} else if whole > freshPiece && !v.head.holdsAny(start, start+uint64(whole)>>blockShift) {
+		} else if whole > freshPiece && !v.head.holdsData(start, start+(uint64(whole)>>blockShift)) {
 			piece = freshPiece
 		}
 		for done := int64(0); done < whole; done += piece {
@@ -179,7 +180,7 @@ const regroupSize = 1 << 20
 const folioSize = 16 << 10
 
 // freshPiece is the largest write the store makes into a range the head
-// holds none of: larger writes there go in pieces of this size, because
+// holds no data for (new to it, or zeroed or trimmed): larger writes there go in pieces of this size, because
 // the kernel sizes the folios a write creates by the write (folioSize).
 // Written whole, a head filled in large writes (an image copied in with
 // nbdcopy's 256 KiB requests, a restore, a guest's sequential writes)

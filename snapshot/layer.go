@@ -25,7 +25,7 @@ type layer struct {
 	logMu   sync.Mutex
 	logSize int64
 
-	// mu guards m. Lock order: Volume.idxMu before layer.mu.
+	// mu guards m. Lock order: Volume.ci.mu before layer.mu.
 	mu sync.RWMutex
 	m  *extMap // block -> kindData, kindZero or kindTrim
 
@@ -290,16 +290,18 @@ func (l *layer) writeAt(p []byte, off int64) error {
 	return nil
 }
 
-// holdsAny reports whether the layer maps any of the blocks [start, end).
-func (l *layer) holdsAny(start, end uint64) bool {
+// holdsData reports whether the layer holds data for any of the blocks
+// [start, end). Zeroed and trimmed blocks hold none: their range of the
+// file is punched, and has no page cache.
+func (l *layer) holdsData(start, end uint64) bool {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	any := false
-	l.m.ascend(start, end, func(run) bool {
-		any = true
-		return false
+	found := false
+	l.m.ascend(start, end, func(r run) bool {
+		found = r.val == kindData
+		return !found
 	})
-	return any
+	return found
 }
 
 // markScattered records that a small write brought blocks new to the

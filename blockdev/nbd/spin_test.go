@@ -133,6 +133,21 @@ func TestSpinReaderAllocsAndFallback(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("%v allocations per write and read, want 0", allocs)
 	}
+	// A reader gives its place among the spinners back, or no other
+	// reader would spin again.
+	if n := spinners.Load(); n != 0 {
+		t.Errorf("%d spinners counted after the reads, want 0", n)
+	}
+	// With no room, a reader parks at once and still reads.
+	spinners.Add(1 << 20)
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		client.Write(make([]byte, len(buf)))
+	}()
+	_, err := io.ReadFull(r, buf)
+	if spinners.Add(-1<<20) != 0 || err != nil {
+		t.Errorf("full spinners: read %v, %d spinners left", err, spinners.Load())
+	}
 	if got := newSpinReader(server, -1); got != server {
 		t.Errorf("negative spin: got %T, want the connection", got)
 	}
