@@ -72,15 +72,24 @@ func BenchmarkBackupFull(b *testing.B) {
 	}
 }
 
-// BenchmarkBackupIncremental backs up 1% scattered 4 KiB changes; bytes/s
-// is relative to the volume size.
-func BenchmarkBackupIncremental(b *testing.B) {
+// benchFullBackup makes an unencrypted fs repository holding one full
+// backup of a volume of benchSize random bytes (benchData), returned with
+// the repository and the data.
+func benchFullBackup(b *testing.B) ([]byte, *Repository, *Result) {
+	b.Helper()
 	data := benchData(b, false)
 	r := Open(NewFSTarget(b, b.TempDir()), nil)
-	parent, err := r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
+	res, err := r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
 	if err != nil {
 		b.Fatal(err)
 	}
+	return data, r, res
+}
+
+// BenchmarkBackupIncremental backs up 1% scattered 4 KiB changes; bytes/s
+// is relative to the volume size.
+func BenchmarkBackupIncremental(b *testing.B) {
+	data, r, parent := benchFullBackup(b)
 	rng := rand.New(rand.NewPCG(63, 64))
 	b.SetBytes(benchSize)
 	b.ReportAllocs()
@@ -104,12 +113,7 @@ func BenchmarkBackupIncremental(b *testing.B) {
 }
 
 func BenchmarkRestore(b *testing.B) {
-	data := benchData(b, false)
-	r := Open(NewFSTarget(b, b.TempDir()), nil)
-	res, err := r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	data, r, res := benchFullBackup(b)
 	dst := &memDest{data: make([]byte, benchSize)}
 	b.SetBytes(benchSize)
 	b.ReportAllocs()
@@ -129,17 +133,13 @@ func BenchmarkRestore(b *testing.B) {
 // that each change 1 MiB, so the backups share almost all their map pages.
 // The manifests-pages metric is the map pages the backups list in all.
 func BenchmarkGC(b *testing.B) {
-	data := benchData(b, false)
-	r := Open(NewFSTarget(b, b.TempDir()), nil)
-	res, err := r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	data, r, res := benchFullBackup(b)
 	rng := rand.New(rand.NewPCG(65, 66))
 	pages := len(res.Manifest.Pages)
 	for range 30 {
 		off := rng.Int64N(benchSize>>20) << 20
 		copy(data[off:off+1<<20], RandomData(rng, 1<<20))
+		var err error
 		res, err = r.Backup(b.Context(), BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}, Parent: res.ID,
 			Changed: []Extent{{Offset: off, Length: 1 << 20}}})
 		if err != nil {
