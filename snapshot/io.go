@@ -180,20 +180,21 @@ const regroupSize = 1 << 20
 const folioSize = 16 << 10
 
 // freshPiece is the largest write the store makes into a range the head
-// holds no data for (new to it, or zeroed or trimmed): larger writes there go in pieces of this size, because
-// the kernel sizes the folios a write creates by the write (folioSize).
-// Written whole, a head filled in large writes (an image copied in with
-// nbdcopy's 256 KiB requests, a restore, a guest's sequential writes)
-// kept large folios, and took random 4 KiB writes 3-4x slower: BenchmarkIO
-// randwrite4k at depth 1, 18-24 us whole, 4.6-7.3 us in 64 KiB pieces,
-// 4.7-5.2 us in 16 KiB pieces; through NBD on a volume filled by nbdcopy,
-// 58-66k, 72-75k and 83-86k IOPS (nbdkit on a copied file: 97-101k).
-// 64 KiB and not 16: sequential 1 MiB overwrites of a range filled in 16
-// KiB pieces ran 2.5x slower than of one filled whole (199-208 against
-// 75-87 us), in 64 KiB pieces 1.5x (123-136 us). Only ranges new to the
-// head are cut: splitting every large write cost FUSE's 1 MiB writes
-// after random 4 KiB ones half their speed, the extra syscalls landing on
-// folios that already exist (NOTES.md, 2026-11-27 ~12:30).
+// holds no data for (new to it, or zeroed or trimmed, which are punched):
+// larger writes there go in pieces of this size, because the kernel sizes
+// the folios a write creates by the write (folioSize). Written whole, a
+// head filled in large writes (an image copied in with nbdcopy's 256 KiB
+// requests, a restore, a guest's sequential writes) kept large folios,
+// and took random 4 KiB writes 3-4x slower: BenchmarkIO randwrite4k at
+// depth 1, 18-24 us whole, 4.6-7.3 us in 64 KiB pieces, 4.7-5.2 us in 16
+// KiB pieces; through NBD on a volume filled by nbdcopy, 58-66k, 72-75k
+// and 83-86k IOPS (nbdkit on a copied file: 97-101k). 64 KiB and not 16:
+// sequential 1 MiB overwrites of a range filled in 16 KiB pieces ran 2.5x
+// slower than of one filled whole (199-208 against 75-87 us), in 64 KiB
+// pieces 1.5x (123-136 us). Ranges holding data are not cut: splitting
+// every large write cost FUSE's 1 MiB writes after random 4 KiB ones half
+// their speed, the extra syscalls landing on folios that already exist
+// (NOTES.md, 2026-11-27 ~12:30).
 const freshPiece = 64 << 10
 
 // regroup drops the page cache of each regroupSize region of the head
