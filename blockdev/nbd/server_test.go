@@ -11,8 +11,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -372,6 +374,59 @@ func TestWriteRead(t *testing.T) {
 			}
 			if r := tc.do(cmdRead, 0, 0, 0, nil); r.errno != 0 || len(r.data) != 0 {
 				t.Fatalf("zero-length read: errno %d, %d bytes", r.errno, len(r.data))
+			}
+			tc.disconnect()
+		})
+	}
+}
+
+// shortVolume's reads fill only the first half of the buffer and end
+// with io.EOF while short is set, as a device shrunk under a reader might.
+type shortVolume struct {
+	*memVolume
+	short atomic.Bool
+}
+
+func (v *shortVolume) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if !v.short.Load() {
+		return v.memVolume.ReadAt(ctx, p, off)
+	}
+	n, err := v.memVolume.ReadAt(ctx, p[:len(p)/2], off)
+	if err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// The bytes a short read leaves unfilled go out as zeros, never as what
+// the pooled reply buffer held before (another request's data).
+func TestShortReadZeroed(t *testing.T) {
+	t.Parallel()
+	for _, structured := range []bool{false, true} {
+		t.Run(fmt.Sprintf("structured=%v", structured), func(t *testing.T) {
+			t.Parallel()
+			dev := &shortVolume{memVolume: newMemVolume("short", 1<<20)}
+			_, tc := serveOne(t, dev, Options{}, structured)
+			const n = 8192
+			data := pattern(7, n)
+			for i := range data {
+				data[i] |= 1 // no zero byte, so a stale one shows
+			}
+			if r := tc.do(cmdWrite, 0, 0, n, data); r.errno != 0 {
+				t.Fatalf("write: errno %d", r.errno)
+			}
+			want := append(slices.Clone(data[:n/2]), make([]byte, n/2)...)
+			for range 20 {
+				dev.short.Store(false)
+				if r := tc.do(cmdRead, 0, 0, n, nil); r.errno != 0 || !bytes.Equal(r.data, data) {
+					t.Fatalf("full read: errno %d, data mismatch", r.errno)
+				}
+				dev.short.Store(true)
+				r := tc.do(cmdRead, 0, 0, n, nil)
+				if r.errno != 0 || !bytes.Equal(r.data, want) {
+					t.Fatalf("short read: errno %d, want the first half then zeros; %d of the last %d bytes are not zero",
+						r.errno, n/2-bytes.Count(r.data[min(len(r.data), n/2):], []byte{0}), n/2)
+				}
 			}
 			tc.disconnect()
 		})

@@ -504,11 +504,8 @@ func (c *serverConn) read(ctx context.Context, r *request) {
 			return
 		}
 	}
-	if n > 0 {
-		if _, err := c.vol.ReadAt(ctx, data, int64(r.Offset)); err != nil && !errors.Is(err, io.EOF) {
-			c.failed(r, errnoOf(err), err)
-			return
-		}
+	if n > 0 && !c.readAt(ctx, r, data, int64(r.Offset)) {
+		return
 	}
 	switch {
 	case !c.structured:
@@ -524,6 +521,21 @@ func (c *serverConn) read(ctx context.Context, r *request) {
 		binary.BigEndian.PutUint64(h[chunkHeaderSize:], r.Offset)
 		r.reply = append(r.reply[:0], b[replyHeadroom-chunkHeaderSize-8:])
 	}
+}
+
+// readAt reads p at off for r, answering r with the error and returning
+// false if the read fails. Bytes a short read (io.EOF) leaves unfilled are
+// zeroed: the buffer is pooled and may hold another request's data.
+func (c *serverConn) readAt(ctx context.Context, r *request, p []byte, off int64) bool {
+	n, err := c.vol.ReadAt(ctx, p, off)
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			c.failed(r, errnoOf(err), err)
+			return false
+		}
+		clear(p[n:])
+	}
+	return true
 }
 
 // span is a run of a read reply: data to send, or zeros to send as a
@@ -577,8 +589,7 @@ func (c *serverConn) readSparse(ctx context.Context, r *request, data []byte, ex
 		if s.zero {
 			continue
 		}
-		if _, err := c.vol.ReadAt(ctx, data[s.off:s.off+s.n], start+s.off); err != nil && !errors.Is(err, io.EOF) {
-			c.failed(r, errnoOf(err), err)
+		if !c.readAt(ctx, r, data[s.off:s.off+s.n], start+s.off) {
 			return true
 		}
 	}
