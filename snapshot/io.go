@@ -200,9 +200,9 @@ const freshPiece = 64 << 10
 // regroup drops the page cache of each regroupSize region of the head
 // that [off, off+n) covers whole, once per region and layer, when small
 // writes brought blocks into the region (setHead marks it scattered) and
-// it has no write since the last flush (so its pages are clean and can
-// go); it reports whether it dropped any, and then the caller writes the
-// range in folioSize pieces. Why: a new head that took small random
+// it has no write since the last flush and no flush is running (so its
+// pages are clean and can go); it reports whether it dropped any, and
+// then the caller writes the range in folioSize pieces. Why: a new head that took small random
 // writes after a snapshot is cached in 4 KiB folios, and every later
 // large write into it walks 256 of them per MiB; rewritten in 16 KiB
 // pieces the region comes back in 16 KiB folios, twice as fast for large
@@ -212,12 +212,24 @@ const freshPiece = 64 << 10
 // large writes (a restored or copied image) is left as it is. Callers
 // hold v.mu shared and the stripes of the range.
 func (v *Volume) regroup(off, n int64) bool {
-	dropped := false
+	dropped, held := false, false
 	first := (off + regroupSize - 1) &^ (regroupSize - 1)
 	for r := first; r+regroupSize <= off+n; r += regroupSize {
 		i := uint64(r) / regroupSize
 		if !v.head.wantsRegroup(i) {
 			continue
+		}
+		if !held {
+			// A flush in flight has taken the dirty set but may not
+			// have synced its pages yet: a drop would free nothing
+			// and still mark the region done for good. Leave the
+			// regions to a later write. (TryLock: the flush takes
+			// the stripes this write holds.)
+			if !v.flushMu.TryLock() {
+				return dropped
+			}
+			defer v.flushMu.Unlock()
+			held = true
 		}
 		start, end := uint64(r)>>blockShift, uint64(r+regroupSize)>>blockShift
 		v.ci.mu.RLock()

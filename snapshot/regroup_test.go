@@ -51,6 +51,16 @@ func TestRegroup(t *testing.T) {
 	if err := v.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	// A flush in flight (its pages may not be synced yet): left alone.
+	v.flushMu.Lock()
+	write(region('b'), regroupSize)
+	v.flushMu.Unlock()
+	if _, rg := state(1); rg {
+		t.Fatal("a region was regrouped while a flush was in flight")
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	write(region('c'), 0)
 	write(region('d'), regroupSize)
 	write(region('e'), 2*regroupSize)
