@@ -131,6 +131,26 @@ strata_start() {
 	bench_die "strata server did not answer within 30 s; see $logf"
 }
 
+# bench_nbd_job: fio options of the four NBD jobs (nbd.sh, nbdab.sh).
+declare -A bench_nbd_job=(
+	[randread4k]="--rw=randread --bs=4k --iodepth=32"
+	[randwrite4k]="--rw=randwrite --bs=4k --iodepth=32"
+	[read1m]="--rw=read --bs=1M --iodepth=8"
+	[write1m]="--rw=write --bs=1M --iodepth=8"
+)
+
+# bench_overlay_args K SIZE: qemu-io arguments writing overlay K of a
+# depth-3 chain over an image of SIZE bytes (one per line, for mapfile):
+# 1 MiB of byte 0x10+K every 16 MiB, shifted by 5 MiB per overlay.
+bench_overlay_args() {
+	local k=$1 size=$2 j off
+	for j in $(seq 0 63); do
+		off=$(((16 * j + 5 * k) << 20))
+		[ $((off + (1 << 20))) -le "$size" ] || continue
+		printf -- '-c\nwrite -q -P %d %d 1M\n' $((0x10 + k)) "$off"
+	done
+}
+
 # strata_nbd_uri DIR VOL
 strata_nbd_uri() { echo "nbd+unix:///$2?socket=$1/nbd.sock"; }
 

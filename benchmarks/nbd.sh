@@ -47,20 +47,10 @@ head -c "$SIZE" /dev/urandom >"$work/base.raw"
 cp "$work/base.raw" "$work/flat.raw"
 cp "$work/base.raw" "$work/raw.raw"
 
-# overlay_args K: qemu-io commands writing overlay K.
-overlay_args() {
-	local k=$1 j off
-	for j in $(seq 0 63); do
-		off=$(((16 * j + 5 * k) << 20))
-		[ $((off + (1 << 20))) -le "$SIZE" ] || continue
-		printf -- '-c\nwrite -q -P %d %d 1M\n' $((0x10 + k)) "$off"
-	done
-}
-
 qemu-img convert -q -f raw -O qcow2 "$work/base.raw" "$work/q0.qcow2"
 for k in 1 2 3; do
 	qemu-img create -q -f qcow2 -b "$work/q$((k - 1)).qcow2" -F qcow2 "$work/q$k.qcow2"
-	mapfile -t args < <(overlay_args "$k")
+	mapfile -t args < <(bench_overlay_args "$k" "$SIZE")
 	qemu-io -f qcow2 "${args[@]}" "$work/q$k.qcow2" >/dev/null
 done
 
@@ -72,7 +62,7 @@ for v in d0 d3; do
 done
 for k in 1 2 3; do
 	"$strata" snapshot create --data-dir "$sd" d3 "s$k" >/dev/null
-	mapfile -t args < <(overlay_args "$k")
+	mapfile -t args < <(bench_overlay_args "$k" "$SIZE")
 	qemu-io -f raw "${args[@]}" "$(strata_nbd_uri "$sd" d3)" >/dev/null
 done
 
@@ -96,12 +86,6 @@ for s in "${!uri[@]}"; do
 	[ "$size" = "$SIZE" ] || bench_die "$s serves $size bytes, want $SIZE"
 done
 
-declare -A job=(
-	[randread4k]="--rw=randread --bs=4k --iodepth=32"
-	[randwrite4k]="--rw=randwrite --bs=4k --iodepth=32"
-	[read1m]="--rw=read --bs=1M --iodepth=8"
-	[write1m]="--rw=write --bs=1M --iodepth=8"
-)
 jobs=(randread4k randwrite4k read1m write1m)
 systems=(strata-d0 strata-d3 nbdkit qemu-d3 raw)
 n=${#systems[@]}
@@ -118,7 +102,7 @@ for r in $(seq 1 "$ROUNDS"); do
 				target=(--ioengine=nbd --uri="${uri[$s]}")
 			fi
 			# shellcheck disable=SC2086
-			fio --name="$jb" "${target[@]}" ${job[$jb]} \
+			fio --name="$jb" "${target[@]}" ${bench_nbd_job[$jb]} \
 				--size="$SIZE" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
 				--norandommap --randrepeat=0 --output-format=json --output="$f"
 			bench_fio_samples "$f" nbd "$jb" "$s" "$r"
