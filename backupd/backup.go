@@ -25,6 +25,9 @@ type BackupOptions struct {
 	// Volume and Snapshot name what Source holds; both are recorded.
 	Volume   string
 	Snapshot string
+	// SnapshotCreated is the snapshot's creation time in the snapshot
+	// store, recorded with its name (Manifest.SnapshotCreated).
+	SnapshotCreated time.Time
 	// Source is the snapshot to read.
 	Source Source
 	// Parent is the id of an earlier acknowledged backup of Volume on this
@@ -348,7 +351,7 @@ func (b *backupRun) run(ctx context.Context) (*Manifest, error) {
 	}()
 
 	m := &Manifest{Format: manifestFormat, Version: 1, Volume: b.opts.Volume, ID: newBackupID(), Snapshot: b.opts.Snapshot,
-		Created: b.opts.Now().UTC(), Size: b.size, ChunkSize: ChunkSize, PageChunks: b.pageChunks, Tags: b.opts.Tags,
+		SnapshotCreated: b.opts.SnapshotCreated.UTC(), Created: b.opts.Now().UTC(), Size: b.size, ChunkSize: ChunkSize, PageChunks: b.pageChunks, Tags: b.opts.Tags,
 		Pages: make([]string, 0, nPages)}
 	if b.parent != nil {
 		m.Parent = b.parent.ID

@@ -47,22 +47,27 @@ type Stats struct {
 // synthetic full) and what it was taken from. FORMAT.md, "Manifest",
 // documents each field.
 type Manifest struct {
-	Format     string            `json:"format"`
-	Version    int               `json:"version"`
-	Volume     string            `json:"volume"`
-	ID         string            `json:"id"`
-	Snapshot   string            `json:"snapshot"`
-	Parent     string            `json:"parent,omitempty"`
-	Created    time.Time         `json:"created"`
-	Size       int64             `json:"size"`
-	ChunkSize  int               `json:"chunk_size"`
-	PageChunks int               `json:"page_chunks"`
-	Encrypted  bool              `json:"encrypted"`
-	KeyID      string            `json:"key_id,omitempty"`
-	Digest     string            `json:"digest"`
-	Pages      []string          `json:"pages"`
-	Tags       map[string]string `json:"tags,omitempty"`
-	Stats      Stats             `json:"stats"`
+	Format   string `json:"format"`
+	Version  int    `json:"version"`
+	Volume   string `json:"volume"`
+	ID       string `json:"id"`
+	Snapshot string `json:"snapshot"`
+	// SnapshotCreated is when the snapshot was taken (its creation time
+	// in the snapshot store): with the name, it identifies the snapshot,
+	// so that a later snapshot given the same name is never taken for it.
+	// Zero in manifests written before it was recorded.
+	SnapshotCreated time.Time         `json:"snapshot_created,omitzero"`
+	Parent          string            `json:"parent,omitempty"`
+	Created         time.Time         `json:"created"`
+	Size            int64             `json:"size"`
+	ChunkSize       int               `json:"chunk_size"`
+	PageChunks      int               `json:"page_chunks"`
+	Encrypted       bool              `json:"encrypted"`
+	KeyID           string            `json:"key_id,omitempty"`
+	Digest          string            `json:"digest"`
+	Pages           []string          `json:"pages"`
+	Tags            map[string]string `json:"tags,omitempty"`
+	Stats           Stats             `json:"stats"`
 }
 
 // ManifestKey returns the target key of backup id of volume.

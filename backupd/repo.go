@@ -395,14 +395,17 @@ type pageResult struct {
 
 // BackupInfo is one entry of List.
 type BackupInfo struct {
-	Key      string    `json:"key"`
-	Volume   string    `json:"volume"`
-	ID       string    `json:"id"`
-	Snapshot string    `json:"snapshot"`
-	Parent   string    `json:"parent,omitempty"`
-	Created  time.Time `json:"created"`
-	Size     int64     `json:"size"`
-	Digest   string    `json:"digest"`
+	Key      string `json:"key"`
+	Volume   string `json:"volume"`
+	ID       string `json:"id"`
+	Snapshot string `json:"snapshot"`
+	// SnapshotCreated identifies the snapshot with its name
+	// (Manifest.SnapshotCreated); zero for older backups.
+	SnapshotCreated time.Time `json:"snapshot_created,omitzero"`
+	Parent          string    `json:"parent,omitempty"`
+	Created         time.Time `json:"created"`
+	Size            int64     `json:"size"`
+	Digest          string    `json:"digest"`
 	// Tags are the manifest's tags (TagSystem for a held backup).
 	Tags map[string]string `json:"tags,omitempty"`
 }
@@ -437,7 +440,7 @@ func (r *Repository) List(ctx context.Context, volume string) ([]BackupInfo, err
 			r.log.Warn("manifest does not load", "key", k, "err", err)
 			continue
 		}
-		out = append(out, BackupInfo{Key: k, Volume: m.Volume, ID: m.ID, Snapshot: m.Snapshot, Parent: m.Parent, Created: m.Created, Size: m.Size, Digest: m.Digest, Tags: m.Tags})
+		out = append(out, BackupInfo{Key: k, Volume: m.Volume, ID: m.ID, Snapshot: m.Snapshot, SnapshotCreated: m.SnapshotCreated, Parent: m.Parent, Created: m.Created, Size: m.Size, Digest: m.Digest, Tags: m.Tags})
 	}
 	sortInfos(out)
 	return out, nil

@@ -31,18 +31,32 @@ func (d VolumeDestination) Flush(ctx context.Context) error { return d.V.Flush(c
 // to the newest backup of the volume on r if that backup's snapshot still
 // exists (the changed extents come from m.Changed between the two
 // snapshots, in time proportional to the change), else a full backup.
-// opts.Volume, Snapshot, Source, Parent and Changed are set here; the rest
-// (Full, Tags, Progress, ...) is passed through.
+// The parent's snapshot must be the very one it was taken from: the same
+// name and creation time (SameSnapshot). A snapshot deleted and made again
+// under its name, or another host's volume of the same name backed up to
+// the same target, would otherwise make the changes since it stand for
+// the changes since the parent, and the backup would silently miss the
+// writes in between. opts.Volume, Snapshot, SnapshotCreated, Source,
+// Parent and Changed are set here; the rest (Full, Tags, Progress, ...) is
+// passed through.
 func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volume, snap string, opts BackupOptions) (*Result, error) {
+	info, err := m.Volume(ctx, volume)
+	if err != nil {
+		return nil, fmt.Errorf("backup of volume %q: %w", volume, err)
+	}
+	si, ok := findSnapshot(info, snap)
+	if !ok {
+		return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", volume, snap, blockdev.ErrNotFound)
+	}
 	dev, release, err := m.Open(ctx, volume+"@"+snap)
 	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: open snapshot %q: %w", volume, snap, err)
 	}
 	defer release()
-	opts.Volume, opts.Snapshot, opts.Source = volume, snap, dev
+	opts.Volume, opts.Snapshot, opts.SnapshotCreated, opts.Source = volume, snap, si.Created, dev
 	opts.Parent, opts.Changed = "", nil
 	if !opts.Full {
-		if parent, err := r.Latest(ctx, volume); err == nil && parent.Snapshot != snap && hasSnapshot(ctx, m, volume, parent.Snapshot) {
+		if parent, err := r.Latest(ctx, volume); err == nil && parent.Snapshot != snap && SameSnapshot(info, parent) {
 			changed, err := m.Changed(ctx, volume, parent.Snapshot, snap)
 			if err != nil {
 				return nil, fmt.Errorf("backup of volume %q: changed extents from %q to %q: %w", volume, parent.Snapshot, snap, err)
@@ -58,15 +72,21 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 	return r.Backup(ctx, opts)
 }
 
-func hasSnapshot(ctx context.Context, m *blockdev.Manager, volume, snap string) bool {
-	info, err := m.Volume(ctx, volume)
-	if err != nil {
-		return false
-	}
+// findSnapshot returns the snapshot of info named name.
+func findSnapshot(info blockdev.VolumeInfo, name string) (blockdev.SnapshotInfo, bool) {
 	for _, s := range info.Snapshots {
-		if s.Name == snap {
-			return true
+		if s.Name == name {
+			return s, true
 		}
 	}
-	return false
+	return blockdev.SnapshotInfo{}, false
+}
+
+// SameSnapshot reports whether the volume info describes still has the
+// snapshot backup b was taken from: one of that name created at the time
+// b's manifest records. A backup written before the time was recorded
+// matches no snapshot (the safe side: a full backup, or no reuse).
+func SameSnapshot(info blockdev.VolumeInfo, b BackupInfo) bool {
+	s, ok := findSnapshot(info, b.Snapshot)
+	return ok && !b.SnapshotCreated.IsZero() && s.Created.Equal(b.SnapshotCreated)
 }

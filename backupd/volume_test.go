@@ -247,13 +247,27 @@ func TestBackupVolume(t *testing.T) {
 	tests := []struct {
 		snap       string
 		deleteSnap string // before the backup
+		// remake is deleted and taken again, with a write between,
+		// before snap: a new snapshot under the newest backup's
+		// snapshot name, which is not the snapshot of that backup.
+		remake     string
 		wantParent bool
 	}{
 		{snap: "s1"},
 		{snap: "s2", wantParent: true},
 		{snap: "s3", deleteSnap: "s2"},
+		{snap: "s4", remake: "s3"},
+		{snap: "s5", wantParent: true},
 	}
 	for _, tc := range tests {
+		if tc.remake != "" {
+			if err := m.DeleteSnapshot(ctx, "vol-a", tc.remake); err != nil {
+				t.Fatal(err)
+			}
+			// Outside the first quarter, where the other writes go.
+			write(t, v, backupd.RandomData(rng, 64<<10), size-64<<10)
+			snapshot(t, m, "vol-a", tc.remake)
+		}
 		write(t, v, backupd.RandomData(rng, 64<<10), rng.Int64N(size/4096-16)*4096)
 		snapshot(t, m, "vol-a", tc.snap)
 		if tc.deleteSnap != "" {

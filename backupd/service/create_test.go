@@ -99,8 +99,35 @@ func TestBackupIfUnchanged(t *testing.T) {
 	if err := e.c.DeleteSnapshot(ctx, "vol-u", b.Snapshot); err != nil {
 		t.Fatal(err)
 	}
-	if nb := e.backup(t, ifUnchanged); nb.Reused || nb.ID == b.ID {
+	nb := e.backup(t, ifUnchanged)
+	if nb.Reused || nb.ID == b.ID {
 		t.Errorf("after deleting the newest backup's snapshot: %+v, want a new backup", nb)
+	}
+
+	// The newest backup's snapshot taken again under its name after a
+	// write: the name is the backup's, the snapshot is not, and nothing
+	// vouches for what changed in between.
+	if err := e.c.DeleteSnapshot(ctx, "vol-u", nb.Snapshot); err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "vol-u", []byte("between"), 1<<18)
+	if _, err := e.c.CreateSnapshot(ctx, "vol-u", nb.Snapshot); err != nil {
+		t.Fatal(err)
+	}
+	remade := e.backup(t, CreateRequest{Volume: "vol-u", Snapshot: nb.Snapshot, Policy: PolicyIfUnchanged})
+	if remade.Reused || remade.ID == nb.ID || remade.Digest == nb.Digest {
+		t.Errorf("snapshot %q taken again after a write: %+v, want a new backup of other data than %s", nb.Snapshot, remade, nb.ID)
+	}
+
+	// Grown: no block changed, but the backup no longer covers the volume.
+	if again := e.backup(t, ifUnchanged); !again.Reused || again.ID != remade.ID {
+		t.Fatalf("no write since: %+v, want %s reused", again, remade.ID)
+	}
+	if _, err := e.c.GrowVolume(ctx, "vol-u", 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if grown := e.backup(t, ifUnchanged); grown.Reused || grown.Size != 2<<20 {
+		t.Errorf("after growing the volume: %+v, want a new backup of 2 MiB", grown)
 	}
 }
 

@@ -677,8 +677,20 @@ func (s *Service) reusable(ctx context.Context, p *repo, info blockdev.VolumeInf
 	if err != nil {
 		return nil, fmt.Errorf("newest backup on target %q: %w", p.name, err)
 	}
-	if !slices.ContainsFunc(info.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == latest.Snapshot }) {
+	if !backupd.SameSnapshot(info, latest) {
+		// Gone, or another snapshot given its name since (or one the
+		// manifest does not identify): what changed since it says
+		// nothing about what changed since the backup.
 		log.Info("newest backup's snapshot is gone; backing up", "id", latest.ID, "snapshot", latest.Snapshot)
+		return nil, nil
+	}
+	size := info.Size
+	if i := slices.IndexFunc(info.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == snap }); snap != "" && i >= 0 {
+		size = info.Snapshots[i].Size
+	}
+	if size != latest.Size {
+		// Grown: the changed blocks do not show it.
+		log.Info("volume size changed since the newest backup; backing up", "id", latest.ID, "backup_size", latest.Size, "size", size)
 		return nil, nil
 	}
 	if snap != latest.Snapshot {
