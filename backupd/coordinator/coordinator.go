@@ -499,12 +499,27 @@ func (c *Coordinator) backupVolume(ctx context.Context, run *Run, vc VolumeConfi
 			return nil, err
 		}
 	}
-	ack := Ack{System: run.ID, Token: run.Token, VolumeBackup: VolumeBackup{Agent: vc.Agent, Volume: vc.Name, BackupID: b.ID, Target: b.Target,
-		ManifestKey: b.ManifestKey, Digest: b.Digest, Size: b.Size, Snapshot: b.Snapshot, Reused: b.Reused}}
+	ack := func(b *service.Backup) Ack {
+		return Ack{System: run.ID, Token: run.Token, VolumeBackup: VolumeBackup{Agent: vc.Agent, Volume: vc.Name, BackupID: b.ID, Target: b.Target,
+			ManifestKey: b.ManifestKey, Digest: b.Digest, Size: b.Size, Snapshot: b.Snapshot, Reused: b.Reused}}
+	}
 	if err := c.faults.delay(ctx, vc.Name); err != nil {
 		return nil, err
 	}
-	if err := c.Accept(ctx, ack); err != nil {
+	err = c.Accept(ctx, ack(b))
+	if err != nil && b.Reused && errors.Is(err, ErrRejected) {
+		// The reused backup cannot be named again (the system backup
+		// that made it was deleted, though a later one still holds
+		// it): take a new one rather than fail the volume, every run,
+		// until it is written.
+		c.log.Info("reused backup refused; backing up", "volume", vc.Name, "agent", vc.Agent, "backup", b.ID, "err", err)
+		req.Policy = PolicyAlways
+		if b, err = c.streamBackup(ctx, cl, req, vc.Agent, emit); err != nil {
+			return nil, err
+		}
+		err = c.Accept(ctx, ack(b))
+	}
+	if err != nil {
 		return nil, err
 	}
 	c.faults.hit("acked")

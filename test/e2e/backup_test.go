@@ -18,6 +18,7 @@ type backupJSON struct {
 	ID            string            `json:"id"`
 	Volume        string            `json:"volume"`
 	Snapshot      string            `json:"snapshot"`
+	SnapCreated   time.Time         `json:"snapshot_created"` // prune lists
 	Parent        string            `json:"parent"`
 	Created       time.Time         `json:"created"`
 	Size          int64             `json:"size"`
@@ -232,7 +233,8 @@ func TestBackupCLI(t *testing.T) {
 		Deleted []backupJSON `json:"deleted"`
 	}
 	s.mustJSON(&pr, "backup", "prune", "vol-a", "--keep-last", "1")
-	if len(pr) != 1 || len(pr[0].Kept) != 1 || pr[0].Kept[0].ID != b3id || len(pr[0].Deleted) != 1 || pr[0].Deleted[0].ID != b2.ID {
+	if len(pr) != 1 || len(pr[0].Kept) != 1 || pr[0].Kept[0].ID != b3id || len(pr[0].Deleted) != 1 || pr[0].Deleted[0].ID != b2.ID ||
+		pr[0].Kept[0].SnapCreated.IsZero() {
 		t.Fatalf("prune: %+v", pr)
 	}
 	s.mustJSON(&ls, "backup", "ls", "vol-a")

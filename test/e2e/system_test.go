@@ -734,6 +734,14 @@ func TestSystemBackupPolicies(t *testing.T) {
 	if len(bs) != 1 || bs[0].ID != b2["vol-b"] {
 		t.Fatalf("vol-b's backups after removing the first system backup: %+v", bs)
 	}
+	// That backup still carries the first system backup's tag, so it
+	// cannot be named again as held: if-unchanged takes a new one of
+	// vol-b instead of failing the system backup.
+	for _, v := range s.mustSystemBackup("--policy", "if-unchanged").Volumes {
+		if v.Volume == "vol-b" && (v.Reused || v.BackupID == b2["vol-b"]) {
+			t.Errorf("vol-b after its backup's system backup was removed: reused %v, backup %s (was %s); want a new one", v.Reused, v.BackupID, b2["vol-b"])
+		}
+	}
 
 	// Attached: refused, then --force.
 	s.must("volume", "attach", "vol-a")
