@@ -2,6 +2,7 @@ package backupd
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -225,3 +226,32 @@ func (d *digestState) add(c int64, leaf ChunkID) {
 }
 
 func (d *digestState) hex() string { return hex.EncodeToString(d.sum()) }
+
+// VolumeDigest computes the whole-volume digest (FORMAT.md, "Volume
+// digest") of src as a backup with chunks of chunkSize would record it:
+// equal to a manifest's Digest exactly when src holds that backup's data.
+// It reads all of src.
+func VolumeDigest(ctx context.Context, src Source, chunkSize int) (string, error) {
+	if chunkSize <= 0 || digestBuf%chunkSize != 0 {
+		return "", fmt.Errorf("volume digest: chunk size %d: %w", chunkSize, ErrInvalid)
+	}
+	size := src.Size()
+	d := newDigest(size, chunkSize)
+	buf := make([]byte, digestBuf)
+	for off := int64(0); off < size; off += digestBuf {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		p := buf[:min(int64(len(buf)), size-off)]
+		if n, err := src.ReadAt(ctx, p, off); err != nil && !(errors.Is(err, io.EOF) && n == len(p)) {
+			return "", fmt.Errorf("volume digest: read at %d: %w", off, err)
+		}
+		for i := 0; i < len(p); i += chunkSize {
+			d.add((off+int64(i))/int64(chunkSize), sha256.Sum256(p[i:min(i+chunkSize, len(p))]))
+		}
+	}
+	return d.hex(), nil
+}
+
+// digestBuf is how much VolumeDigest reads at a time.
+const digestBuf = 4 << 20

@@ -332,3 +332,43 @@ func TestRestoreOverExisting(t *testing.T) {
 		t.Errorf("restored volume holds %d bytes of data extents, want %d (zero chunks trimmed)", data, 4*mib)
 	}
 }
+
+// VolumeDigest of a volume equals the digest of its backup exactly while
+// it holds the backup's data, sparse ranges and a short last chunk
+// included.
+func TestVolumeDigest(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	const size = 8*mib + 4096 // the last chunk is half a chunk
+	m := openManager(t, t.TempDir())
+	r := backupd.Open(backupd.NewFSTarget(t, t.TempDir()), nil)
+	rng := rand.New(rand.NewPCG(131, 132))
+	if _, err := m.Create(ctx, "vol-a", size); err != nil {
+		t.Fatal(err)
+	}
+	v := device(t, m, "vol-a")
+	write(t, v, backupd.RandomData(rng, 2*mib), 3*mib)
+	write(t, v, backupd.RandomData(rng, 4096), size-4096)
+	snapshot(t, m, "vol-a", "s1")
+	res, err := r.BackupVolume(ctx, m, "vol-a", "s1", backupd.BackupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		write func()
+		same  bool
+	}{
+		{"as backed up", func() {}, true},
+		{"one byte changed", func() { write(t, v, []byte{1}, 4096) }, false},
+	} {
+		tc.write()
+		got, err := backupd.VolumeDigest(ctx, v, backupd.ChunkSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (got == res.Digest) != tc.same {
+			t.Errorf("%s: digest %s, backup's %s, want equal: %v", tc.name, got, res.Digest, tc.same)
+		}
+	}
+}

@@ -43,7 +43,8 @@ type RestoreReport struct {
 // Restore restores system backup opts.ID: targets first, then every
 // volume from exactly the backup its manifest names, each digest checked.
 // A volume restored by an earlier run of the same restore that still
-// exists is skipped; a failed volume does not stop the others.
+// exists and still holds that backup's data is skipped; a failed volume
+// does not stop the others.
 func (c *Coordinator) Restore(ctx context.Context, opts RestoreOptions, progress func(Event)) (*RestoreReport, error) {
 	if progress == nil {
 		progress = func(Event) {}
@@ -224,8 +225,23 @@ func (c *Coordinator) restoreVolume(ctx context.Context, m *Manifest, vb VolumeB
 		return fail(err)
 	}
 	if exists && done[ackKey(vb.Agent, vb.Volume)] == vb.Digest {
-		res.Status = "skipped"
-		return res
+		// An earlier run restored it, but it may have been written, or
+		// restored over, since: skip it only if it still holds the
+		// backup's data, else restore it again.
+		var cr service.CompareResult
+		err := cl.Do(ctx, http.MethodPost, "/v1/backups/"+vb.BackupID+"/compare", service.CompareRequest{To: vb.Volume, Target: vb.Target}, &cr)
+		switch {
+		case err == nil && cr.Identical:
+			res.Status = "skipped"
+			return res
+		case err != nil:
+			if ctx.Err() != nil {
+				return fail(err)
+			}
+			c.log.Warn("could not compare a volume an earlier run restored with its backup; restoring it again", "system", m.ID, "volume", vb.Volume, "agent", vb.Agent, "err", err)
+		default:
+			c.log.Info("a volume an earlier run restored changed since; restoring it again", "system", m.ID, "volume", vb.Volume, "agent", vb.Agent)
+		}
 	}
 	if exists && vs.Attachment != nil {
 		if !opts.Force {

@@ -182,6 +182,23 @@ type RestoreRequest struct {
 	Target string `json:"target,omitempty"`
 }
 
+// CompareRequest is the body of POST /v1/backups/{id}/compare.
+type CompareRequest struct {
+	// To is the volume to compare with the backup.
+	To     string `json:"to"`
+	Target string `json:"target,omitempty"`
+}
+
+// CompareResult says whether a volume holds exactly a backup's data: the
+// digest of the volume's head, computed as the backup's was, equals the
+// backup's.
+type CompareResult struct {
+	ID        string `json:"id"`
+	To        string `json:"to"`
+	Identical bool   `json:"identical"`
+	Digest    string `json:"digest"` // the volume's; "" if the sizes differ
+}
+
 // VerifyRequest is the body of POST /v1/backups/{id}/verify.
 type VerifyRequest struct {
 	Target   string `json:"target,omitempty"`
@@ -537,6 +554,20 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 		})
 	})
 
+	mux.HandleFunc("POST /v1/backups/{id}/compare", func(w http.ResponseWriter, r *http.Request) {
+		var req CompareRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		res, err := s.compare(r.Context(), r.PathValue("id"), req)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+
 	mux.HandleFunc("POST /v1/backups/{id}/verify", func(w http.ResponseWriter, r *http.Request) {
 		var req VerifyRequest
 		if err := decode(r, &req); err != nil {
@@ -735,6 +766,38 @@ func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Ba
 	j.s.log.Info("backup committed", "volume", j.volume, "snapshot", j.snap, "target", j.p.name, "id", res.ID,
 		"parent", b.Parent, "bytes_uploaded", res.BytesUploaded, "elapsed", time.Since(start).Round(time.Millisecond))
 	return b, nil
+}
+
+// compare reads volume req.To whole and tells whether it holds exactly
+// backup id's data (a system restore run again uses it before it skips a
+// volume an earlier run restored).
+func (s *Service) compare(ctx context.Context, id string, req CompareRequest) (*CompareResult, error) {
+	if req.To == "" {
+		return nil, fmt.Errorf("compare with backup %s: no volume (to): %w", id, blockdev.ErrInvalidArgument)
+	}
+	p, key, err := s.find(ctx, id, req.Target)
+	if err != nil {
+		return nil, err
+	}
+	defer p.close()
+	m, err := p.r.LoadManifest(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("compare with backup %s on target %q: %w", id, p.name, err)
+	}
+	dev, release, err := s.cfg.Manager.Open(ctx, req.To)
+	if err != nil {
+		return nil, fmt.Errorf("compare with backup %s: volume %q: %w", id, req.To, err)
+	}
+	defer release()
+	res := &CompareResult{ID: id, To: req.To}
+	if dev.Size() != m.Size {
+		return res, nil
+	}
+	if res.Digest, err = backupd.VolumeDigest(ctx, dev, m.ChunkSize); err != nil {
+		return nil, fmt.Errorf("compare with backup %s: volume %q: %w", id, req.To, err)
+	}
+	res.Identical = res.Digest == m.Digest
+	return res, nil
 }
 
 // restoreJob is a validated restore request.
