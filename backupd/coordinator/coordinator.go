@@ -1000,7 +1000,11 @@ func (c *Coordinator) cleanSnapshots(ctx context.Context, id string, log *slog.L
 			continue
 		}
 		for _, s := range snaps {
-			if !strings.HasPrefix(s.Name, snapshotPrefix) || keep[v.Agent+"/"+v.Name+"@"+s.Name] {
+			// Only a system backup's own snapshots: sys-<id> with
+			// an id of the form this coordinator makes, never a
+			// user's sys-before-upgrade.
+			sys, ok := strings.CutPrefix(s.Name, snapshotPrefix)
+			if !ok || !validID(sys) || keep[v.Agent+"/"+v.Name+"@"+s.Name] {
 				continue
 			}
 			if err := cl.Do(ctx, http.MethodDelete, "/v1/volumes/"+v.Name+"/snapshots/"+s.Name, nil, nil); err != nil {

@@ -729,9 +729,21 @@ func TestSystemBackupPolicies(t *testing.T) {
 		return m
 	}
 	b1 := byVol(first)
-	wantA := s.fillRandom("vol-a", 2<<20, 1<<20) // vol-b unchanged
+	s.must("snapshot", "create", "vol-a", "sys-before-upgrade") // a user's
+	wantA := s.fillRandom("vol-a", 2<<20, 1<<20)                // vol-b unchanged
 	second := s.mustSystemBackup("--policy", "if-unchanged")
 	b2 := byVol(second)
+	// The second system backup deleted the first's snapshot of vol-a, not
+	// the user's that merely looks like one.
+	var snaps []snapshotJSON
+	s.mustJSON(&snaps, "snapshot", "ls", "vol-a")
+	names := map[string]bool{}
+	for _, sn := range snaps {
+		names[sn.Name] = true
+	}
+	if !names["sys-before-upgrade"] || !names["sys-"+second.ID] || names["sys-"+first.ID] {
+		t.Errorf("vol-a's snapshots after the second system backup: %v; want sys-before-upgrade and sys-%s, not sys-%s", names, second.ID, first.ID)
+	}
 	if b2["vol-b"] != b1["vol-b"] || b2["vol-a"] == b1["vol-a"] {
 		t.Fatalf("if-unchanged: first %v, second %v; want vol-b's backup reused and a new one of vol-a", b1, b2)
 	}
