@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -939,7 +940,9 @@ func ParseKeepWithin(s string) (time.Duration, error) {
 	}
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.ParseFloat(days, 64)
-		if err == nil && n >= 0 {
+		// Below the longest Duration (about 106751 days): converting a
+		// larger float, or Inf or NaN, gives a garbage value.
+		if err == nil && n >= 0 && n*24*float64(time.Hour) < float64(math.MaxInt64) {
 			return time.Duration(n * 24 * float64(time.Hour)), nil
 		}
 	}

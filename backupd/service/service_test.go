@@ -18,7 +18,7 @@ func TestParseKeepWithin(t *testing.T) {
 			t.Errorf("ParseKeepWithin(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"soon", "-1h", "-2d", "d"} {
+	for _, in := range []string{"soon", "-1h", "-2d", "d", "1e6d", "Infd", "NaNd"} {
 		if _, err := ParseKeepWithin(in); !errors.Is(err, blockdev.ErrInvalidArgument) {
 			t.Errorf("ParseKeepWithin(%q): err %v, want invalid argument", in, err)
 		}

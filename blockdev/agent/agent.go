@@ -499,6 +499,18 @@ func (a *Agent) revert(ctx context.Context, name, snap string) error {
 	return a.mgr.Revert(ctx, name, snap)
 }
 
+// deleteSnapshot deletes snapshot snap of volume name unless it is
+// attached: its attachment could not be restored after a restart.
+func (a *Agent) deleteSnapshot(ctx context.Context, name, snap string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if at, ok := a.state.get(name + "@" + snap); ok {
+		return fmt.Errorf("snapshot %s@%s is attached as %s; detach it first: %w", name, snap, at.Device, blockdev.ErrInUse)
+	}
+	defer a.volumesChanged()
+	return a.mgr.DeleteSnapshot(ctx, name, snap)
+}
+
 // idle checks that volume name (and its snapshots) are attached nowhere
 // and takes its files out of the FUSE mount, so the Manager sees no user
 // but NBD clients. Callers hold a.mu.

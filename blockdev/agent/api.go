@@ -259,8 +259,7 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		return si, err
 	}))
 	route("DELETE /v1/volumes/{name}/snapshots/{snap}", func(r *http.Request) (int, any, error) {
-		err := a.mgr.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snap"))
-		a.volumesChanged()
+		err := a.deleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snap"))
 		return http.StatusNoContent, nil, err
 	})
 	route("POST /v1/volumes/{name}/snapshots/{snap}/revert", func(r *http.Request) (int, any, error) {

@@ -58,14 +58,13 @@ type heldWrites struct {
 }
 
 func holdTimeout(ms int64) (time.Duration, error) {
-	d := time.Duration(ms) * time.Millisecond
 	switch {
 	case ms == 0:
 		return DefaultHoldTimeout, nil
-	case ms < 0 || d > MaxHoldTimeout:
+	case ms < 0 || ms > MaxHoldTimeout.Milliseconds(): // before converting: it could overflow
 		return 0, fmt.Errorf("hold timeout_ms %d: want 1 to %d (0 for %d): %w", ms, MaxHoldTimeout.Milliseconds(), DefaultHoldTimeout.Milliseconds(), blockdev.ErrInvalidArgument)
 	}
-	return d, nil
+	return time.Duration(ms) * time.Millisecond, nil
 }
 
 // hold holds the writes of req.Volumes until released or timed out. The

@@ -141,6 +141,9 @@ func TestHoldRefused(t *testing.T) {
 	}{
 		{name: "negative timeout", req: HoldRequest{Volumes: []string{"vol-a"}, TimeoutMS: -1}, errIs: blockdev.ErrInvalidArgument, want: "timeout_ms -1"},
 		{name: "timeout past the maximum", req: HoldRequest{Volumes: []string{"vol-a"}, TimeoutMS: 60001}, errIs: blockdev.ErrInvalidArgument, want: "want 1 to 60000"},
+		// In nanoseconds these wrap to a negative and to a tiny duration.
+		{name: "timeout overflowing", req: HoldRequest{Volumes: []string{"vol-a"}, TimeoutMS: 9223372036855}, errIs: blockdev.ErrInvalidArgument, want: "want 1 to 60000"},
+		{name: "timeout overflowing twice", req: HoldRequest{Volumes: []string{"vol-a"}, TimeoutMS: 18446744073710}, errIs: blockdev.ErrInvalidArgument, want: "want 1 to 60000"},
 		{name: "no volumes", req: HoldRequest{}, errIs: blockdev.ErrInvalidArgument, want: "no volumes"},
 		{name: "unknown volume", req: HoldRequest{Volumes: []string{"vol-a", "vol-x"}}, errIs: blockdev.ErrNotFound, want: `"vol-x"`},
 	} {

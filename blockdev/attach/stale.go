@@ -46,6 +46,12 @@ func CleanStale(ctx context.Context, fuseDir string, log *slog.Logger) (Cleaned,
 	if err != nil {
 		return c, fmt.Errorf("clean stale %s: %w", fuseDir, err)
 	}
+	// The kernel names a loop device's backing file by its real path:
+	// resolve the symlinks above the mount point (not the mount point
+	// itself, whose dead FUSE server would fail the lookup).
+	if parent, err := filepath.EvalSymlinks(filepath.Dir(fuseDir)); err == nil {
+		fuseDir = filepath.Join(parent, filepath.Base(fuseDir))
+	}
 	if live, err := liveFUSE(fuseDir); err != nil {
 		return c, fmt.Errorf("clean stale %s: %w", fuseDir, err)
 	} else if live {
@@ -74,9 +80,13 @@ func CleanStale(ctx context.Context, fuseDir string, log *slog.Logger) (Cleaned,
 		path := "/dev/loop" + strconv.Itoa(n)
 		// Deepest mount points first, in case one is mounted inside another.
 		var mps []string
-		for _, m := range mi {
-			if m.major == 7 && m.minor == uint32(n) {
-				mps = append(mps, m.mountPoint)
+		// The device number from sysfs: loopN's minor is N only while
+		// the loop driver has no partitions (max_part=0).
+		if major, minor, ok := loopDevNum(n); ok {
+			for _, m := range mi {
+				if m.major == major && m.minor == minor {
+					mps = append(mps, m.mountPoint)
+				}
 			}
 		}
 		slices.SortFunc(mps, func(a, b string) int { return len(b) - len(a) })
@@ -96,6 +106,17 @@ func CleanStale(ctx context.Context, fuseDir string, log *slog.Logger) (Cleaned,
 		c.Detached = append(c.Detached, path)
 	}
 	return c, errors.Join(errs...)
+}
+
+// loopDevNum returns the device number of /dev/loopN from sysfs.
+func loopDevNum(n int) (major, minor uint32, ok bool) {
+	maj, mnr, found := strings.Cut(readSysfs(fmt.Sprintf("/sys/block/loop%d/dev", n)), ":")
+	a, err1 := strconv.ParseUint(maj, 10, 32)
+	b, err2 := strconv.ParseUint(mnr, 10, 32)
+	if !found || err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	return uint32(a), uint32(b), true
 }
 
 // liveFUSE reports whether dir is the mount point of a FUSE filesystem

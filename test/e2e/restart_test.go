@@ -77,6 +77,9 @@ func TestRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("e2fsck -n on snapshot s1: %v\n%s", err, out)
 	}
+	// Attached, it cannot be deleted: the attachment would not come back
+	// after the next restart.
+	s.fails(t, "detach it first", "snapshot", "rm", "vol-a", "s1")
 	s.must("volume", "detach", "vol-a@s1")
 	s.must("volume", "detach", "vol-a")
 	s.must("volume", "detach", "vol-b")
