@@ -87,14 +87,7 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 			return Attachment{}, err
 		}
 	}
-	_, snap, _ := blockdev.SplitExport(name)
-	opts := &attach.MountOptions{ReadOnly: snap != ""}
-	if opts.ReadOnly && fstype == attach.Ext4 {
-		opts.Data = "noload" // a snapshot of a mounted ext4 has a journal to replay; a read-only device cannot
-	} else if opts.ReadOnly && fstype == attach.XFS {
-		opts.Data = "norecovery,nouuid"
-	}
-	if err := attach.Mount(ctx, at.Device, req.Dir, fstype, opts); err != nil {
+	if err := attach.Mount(ctx, at.Device, req.Dir, fstype, mountOptions(name, fstype)); err != nil {
 		undo()
 		return Attachment{}, err
 	}
@@ -132,8 +125,7 @@ func (a *Agent) restoreAttachments(ctx context.Context) {
 			continue
 		}
 		if saved.MountPoint != "" {
-			_, snap, _ := blockdev.SplitExport(name)
-			if err := attach.Mount(ctx, at.Device, saved.MountPoint, saved.FSType, &attach.MountOptions{ReadOnly: snap != ""}); err != nil {
+			if err := attach.Mount(ctx, at.Device, saved.MountPoint, saved.FSType, mountOptions(name, saved.FSType)); err != nil {
 				a.log.Error("restore mount", "volume", name, "dir", saved.MountPoint, "err", err)
 			} else {
 				at = a.host.setMount(name, saved.MountPoint, saved.FSType)
@@ -144,6 +136,21 @@ func (a *Agent) restoreAttachments(ctx context.Context) {
 		}
 		a.log.Info("restored attachment", "volume", name, "device", at.Device, "mount", at.MountPoint)
 	}
+}
+
+// mountOptions are the options export is mounted with: a snapshot
+// read-only, and without the journal replay a read-only device cannot
+// take (a snapshot of a mounted ext4 or xfs has a journal to replay; xfs
+// also refuses a second mount of the same UUID, the head's).
+func mountOptions(export, fstype string) *attach.MountOptions {
+	_, snap, _ := blockdev.SplitExport(export)
+	opts := &attach.MountOptions{ReadOnly: snap != ""}
+	if opts.ReadOnly && fstype == attach.Ext4 {
+		opts.Data = "noload"
+	} else if opts.ReadOnly && fstype == attach.XFS {
+		opts.Data = "norecovery,nouuid"
+	}
+	return opts
 }
 
 func volumeOf(export string) string {

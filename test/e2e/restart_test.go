@@ -24,6 +24,15 @@ func TestRestart(t *testing.T) {
 	sum1 := writeRandomFile(t, filepath.Join(mnt, "one"), 4<<20)
 	syncFS(t, mnt)
 	s.must("snapshot", "create", "vol-a", "s1")
+	// A snapshot of a mounted xfs, mounted read-only beside its head: it
+	// needs nouuid (and norecovery) to mount, after a restart too.
+	mntX, mntS := t.TempDir(), t.TempDir()
+	s.must("volume", "create", "vol-x", "--size", "512MiB")
+	s.must("volume", "mount", "vol-x", mntX, "--mkfs", "xfs")
+	sumX := writeRandomFile(t, filepath.Join(mntX, "x"), 1<<20)
+	syncFS(t, mntX)
+	s.must("snapshot", "create", "vol-x", "s1")
+	s.must("volume", "mount", "vol-x@s1", mntS)
 
 	// SIGTERM: everything is released.
 	s.stop(syscall.SIGTERM)
@@ -51,6 +60,15 @@ func TestRestart(t *testing.T) {
 	if got := md5File(t, filepath.Join(mnt, "one")); got != sum1 {
 		t.Fatal("file changed across a SIGTERM restart")
 	}
+	// The snapshot's read-only mount came back with the same options.
+	if !mounted(t, mntS) {
+		t.Fatalf("vol-x@s1 not mounted at %s after restart; log:\n%s", mntS, s.log.String())
+	}
+	if got := md5File(t, filepath.Join(mntS, "x")); got != sumX {
+		t.Fatal("file in snapshot vol-x@s1 differs after restart")
+	}
+	s.must("volume", "detach", "vol-x@s1")
+	s.must("volume", "detach", "vol-x")
 
 	// SIGKILL after more synced data.
 	sum2 := writeRandomFile(t, filepath.Join(mnt, "two"), 2<<20)
