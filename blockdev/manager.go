@@ -368,14 +368,29 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, name, snap string) error {
 	return err
 }
 
-// Revert makes volume name's content that of snapshot snap again; newer
-// snapshots are dropped. No device may be open on the volume's head.
-func (m *Manager) Revert(ctx context.Context, name, snap string) error {
+// InUse returns ErrInUse if a device is open on volume name's head.
+func (m *Manager) InUse(name string) error {
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, err := m.idleLocked(name)
+	return err
+}
+
+// idleLocked looks up volume name and checks that no device is open on
+// its head. Callers hold m.mu.
+func (m *Manager) idleLocked(name string) (*managed, error) {
 	mv, err := m.lookup(name)
 	if err == nil && mv.users > 0 {
 		err = fmt.Errorf("volume %q: %d devices open on it: %w", name, mv.users, ErrInUse)
 	}
+	return mv, err
+}
+
+// Revert makes volume name's content that of snapshot snap again; newer
+// snapshots are dropped. No device may be open on the volume's head.
+func (m *Manager) Revert(ctx context.Context, name, snap string) error {
+	m.mu.Lock()
+	mv, err := m.idleLocked(name)
 	m.mu.Unlock()
 	if err != nil {
 		return err

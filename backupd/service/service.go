@@ -36,6 +36,11 @@ type Config struct {
 	// Attached reports whether a volume is attached on the host
 	// (agent.Attached); restore refuses to overwrite an attached volume.
 	Attached func(volume string) bool
+	// Exclusive, if set, takes an existing volume for a restore into it
+	// (agent.Exclusive): it refuses one that is in use (attached, or open
+	// through NBD or its FUSE file), which must not change under its
+	// users, and the restore calls release when it ends.
+	Exclusive func(volume string) (release func(), err error)
 	// VolumeTarget returns a volume's backup target, "" for the default
 	// target (agent.VolumeTarget); nil: every volume uses the default.
 	VolumeTarget func(volume string) string
@@ -851,6 +856,15 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 		return fail(fmt.Errorf("restore of backup %s: volume %q is attached; detach it first (an attached volume is never overwritten): %w", id, req.To, blockdev.ErrInUse))
 	case info.Size != m.Size:
 		return fail(fmt.Errorf("restore of backup %s: volume %q is %d bytes, the backup %d: restore into a new volume or one of the same size: %w", id, req.To, info.Size, m.Size, blockdev.ErrInvalidArgument))
+	case s.cfg.Exclusive != nil:
+		release, err := s.cfg.Exclusive(req.To)
+		if err != nil {
+			return fail(fmt.Errorf("restore of backup %s into volume %q (a volume in use is never overwritten): %w", id, req.To, err))
+		}
+		j.done = func() {
+			release()
+			done()
+		}
 	}
 	return j, nil
 }

@@ -499,6 +499,24 @@ func (a *Agent) revert(ctx context.Context, name, snap string) error {
 	return a.mgr.Revert(ctx, name, snap)
 }
 
+// Exclusive takes volume name for a restore into it: it refuses with
+// ErrInUse while the volume is attached, open through its FUSE file or
+// open by an NBD client, and takes its files out of the FUSE mount until
+// release is called.
+func (a *Agent) Exclusive(name string) (release func(), err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	err = a.idle(name)
+	if err == nil {
+		err = a.mgr.InUse(name)
+	}
+	if err != nil {
+		a.volumesChanged()
+		return nil, err
+	}
+	return a.volumesChanged, nil
+}
+
 // deleteSnapshot deletes snapshot snap of volume name unless it is
 // attached: its attachment could not be restored after a restart.
 func (a *Agent) deleteSnapshot(ctx context.Context, name, snap string) error {

@@ -177,6 +177,21 @@ func TestBackupCLI(t *testing.T) {
 	s.must("volume", "attach", "vol-r")
 	s.fails(t, "is attached", "backup", "restore", b1.ID, "--to", "vol-r")
 	s.must("volume", "detach", "vol-r")
+	// Open through its FUSE file (a VM using the file, say): in use, not
+	// overwritten; once closed, restored.
+	user, err := os.OpenFile(v.FUSEPath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.fails(t, "in use", "backup", "restore", b2.ID, "--to", "vol-r")
+	_ = user.Close()
+	if got := readAt(t, v.FUSEPath, size, 0); !bytes.Equal(got, want1) {
+		t.Fatal("a refused restore changed vol-r")
+	}
+	s.must("backup", "restore", b2.ID, "--to", "vol-r")
+	if got := readAt(t, v.FUSEPath, size, 0); !bytes.Equal(got, want2) {
+		t.Fatal("vol-r does not hold vol-a's data at the second backup after the file was closed")
+	}
 	s.must("volume", "create", "vol-small", "--size", "4MiB")
 	s.fails(t, "size", "backup", "restore", b1.ID, "--to", "vol-small")
 	s.fails(t, "not found", "backup", "info", strings.Repeat("0", 32))
