@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/blockdev/attach"
@@ -57,6 +58,17 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 	if fi, err := os.Stat(req.Dir); err != nil || !fi.IsDir() {
 		return Attachment{}, fmt.Errorf("mount point %s: not a directory: %w", req.Dir, blockdev.ErrInvalidArgument)
 	}
+	// Recorded, and later unmounted, by its real path: a symlink on the
+	// way that someone retargets must not make a later unmount (or the
+	// next start's remount) act on another directory.
+	dir, err := filepath.EvalSymlinks(req.Dir)
+	if err != nil {
+		return Attachment{}, fmt.Errorf("mount point %s: %w", req.Dir, blockdev.ErrInvalidArgument)
+	}
+	if data, err := filepath.EvalSymlinks(a.cfg.DataDir); err == nil && (dir == data || strings.HasPrefix(dir, data+string(filepath.Separator))) {
+		return Attachment{}, fmt.Errorf("mount point %s: inside the data directory %s: %w", req.Dir, a.cfg.DataDir, blockdev.ErrInvalidArgument)
+	}
+	req.Dir = dir
 	at, attached := a.state.get(name)
 	if attached && at.MountPoint != "" {
 		return at, fmt.Errorf("volume %q is already mounted on %s: %w", name, at.MountPoint, blockdev.ErrExists)

@@ -68,7 +68,8 @@ func Unmount(ctx context.Context, dir string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := unix.Unmount(dir, 0); err != nil {
+	// UMOUNT_NOFOLLOW: dir itself, never where a symlink there leads.
+	if err := unix.Unmount(dir, unix.UMOUNT_NOFOLLOW); err != nil {
 		return fmt.Errorf("unmount %s: %w", dir, err)
 	}
 	return nil

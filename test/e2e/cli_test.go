@@ -111,6 +111,16 @@ func TestCLIVerbs(t *testing.T) {
 		t.Fatal("file changed across umount and mount")
 	}
 	s.must("volume", "detach", "vol-b") // unmounts first
+	// Through a symlink: recorded, and so unmounted, by the real path.
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	s.mustJSON(&at, "volume", "mount", "vol-b", link)
+	if at.MountPoint != dir {
+		t.Fatalf("mount through a symlink: mount point %q, want the real path %q", at.MountPoint, dir)
+	}
+	s.must("volume", "detach", "vol-b")
 
 	var vols []volumeJSON
 	s.mustJSON(&vols, "volume", "ls")
@@ -162,6 +172,7 @@ func TestCLIErrors(t *testing.T) {
 		{"want VOLUME@SNAPSHOT", []string{"volume", "clone", "vol-a", "vol-x"}},
 		{"invalid argument", []string{"volume", "grow", "vol-a", "--size", "4096"}},
 		{"no ext4 or xfs filesystem", []string{"volume", "mount", "vol-a", t.TempDir()}},
+		{"inside the data directory", []string{"volume", "mount", "vol-a", filepath.Join(s.dataDir, "mnt")}},
 		{"cannot reach the strata server", []string{"volume", "ls", "--socket", filepath.Join(t.TempDir(), "none.sock")}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
