@@ -44,7 +44,7 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: %w", volume, err)
 	}
-	si, ok := findSnapshot(info, snap)
+	si, ok := info.Snapshot(snap)
 	if !ok {
 		return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", volume, snap, blockdev.ErrNotFound)
 	}
@@ -72,21 +72,11 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 	return r.Backup(ctx, opts)
 }
 
-// findSnapshot returns the snapshot of info named name.
-func findSnapshot(info blockdev.VolumeInfo, name string) (blockdev.SnapshotInfo, bool) {
-	for _, s := range info.Snapshots {
-		if s.Name == name {
-			return s, true
-		}
-	}
-	return blockdev.SnapshotInfo{}, false
-}
-
 // SameSnapshot reports whether the volume info describes still has the
 // snapshot backup b was taken from: one of that name created at the time
 // b's manifest records. A backup written before the time was recorded
 // matches no snapshot (the safe side: a full backup, or no reuse).
 func SameSnapshot(info blockdev.VolumeInfo, b BackupInfo) bool {
-	s, ok := findSnapshot(info, b.Snapshot)
+	s, ok := info.Snapshot(b.Snapshot)
 	return ok && !b.SnapshotCreated.IsZero() && s.Created.Equal(b.SnapshotCreated)
 }

@@ -49,6 +49,15 @@ type VolumeInfo struct {
 	Err string `json:"error,omitempty"`
 }
 
+// Snapshot returns the volume's snapshot named name.
+func (vi VolumeInfo) Snapshot(name string) (SnapshotInfo, bool) {
+	i := slices.IndexFunc(vi.Snapshots, func(si SnapshotInfo) bool { return si.Name == name })
+	if i < 0 {
+		return SnapshotInfo{}, false
+	}
+	return vi.Snapshots[i], true
+}
+
 // ManagerOptions configure a Manager. The zero value is valid.
 type ManagerOptions struct {
 	Logger *slog.Logger

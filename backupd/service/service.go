@@ -693,7 +693,7 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 			return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, err)
 		}
 		s.log.Info("snapshot taken for backup", "volume", req.Volume, "snapshot", snap)
-	} else if !slices.ContainsFunc(info.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == snap }) {
+	} else if _, ok := info.Snapshot(snap); !ok {
 		p.close()
 		done()
 		return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, blockdev.ErrNotFound)
@@ -722,8 +722,8 @@ func (s *Service) reusable(ctx context.Context, p *repo, info blockdev.VolumeInf
 		return nil, nil
 	}
 	size := info.Size
-	if i := slices.IndexFunc(info.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == snap }); snap != "" && i >= 0 {
-		size = info.Snapshots[i].Size
+	if si, ok := info.Snapshot(snap); ok {
+		size = si.Size
 	}
 	if size != latest.Size {
 		// Grown: the changed blocks do not show it.

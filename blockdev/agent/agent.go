@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -489,7 +488,7 @@ func (a *Agent) revert(ctx context.Context, name, snap string) error {
 	if err != nil {
 		return err
 	}
-	if !slices.ContainsFunc(vi.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == snap }) {
+	if _, ok := vi.Snapshot(snap); !ok {
 		return fmt.Errorf("volume %q: snapshot %q: %w", name, snap, blockdev.ErrNotFound)
 	}
 	if err := a.idle(name); err != nil {
