@@ -151,6 +151,22 @@ bench_overlay_args() {
 	done
 }
 
+# strata_nbd_volumes BIN DIR SIZE IMAGE: on the server of data directory
+# DIR, volumes d0 (IMAGE copied in by nbdcopy) and d3 (the same, then three
+# snapshots each followed by its qemu-io overlay, bench_overlay_args).
+strata_nbd_volumes() {
+	local bin=$1 dir=$2 size=$3 image=$4 v k args
+	for v in d0 d3; do
+		"$bin" volume create --data-dir "$dir" "$v" --size "$size" >/dev/null
+		nbdcopy "$image" "$(strata_nbd_uri "$dir" "$v")"
+	done
+	for k in 1 2 3; do
+		"$bin" snapshot create --data-dir "$dir" d3 "s$k" >/dev/null
+		mapfile -t args < <(bench_overlay_args "$k" "$size")
+		qemu-io -f raw "${args[@]}" "$(strata_nbd_uri "$dir" d3)" >/dev/null
+	done
+}
+
 # strata_nbd_uri DIR VOL
 strata_nbd_uri() { echo "nbd+unix:///$2?socket=$1/nbd.sock"; }
 

@@ -56,15 +56,7 @@ done
 
 sd="$work/strata"
 strata_start "$strata" "$sd" "$out/nbd/strata-server.log" --fuse off
-for v in d0 d3; do
-	"$strata" volume create --data-dir "$sd" "$v" --size "$SIZE" >/dev/null
-	nbdcopy "$work/base.raw" "$(strata_nbd_uri "$sd" "$v")"
-done
-for k in 1 2 3; do
-	"$strata" snapshot create --data-dir "$sd" d3 "s$k" >/dev/null
-	mapfile -t args < <(bench_overlay_args "$k" "$SIZE")
-	qemu-io -f raw "${args[@]}" "$(strata_nbd_uri "$sd" d3)" >/dev/null
-done
+strata_nbd_volumes "$strata" "$sd" "$SIZE" "$work/base.raw"
 
 sock_nbdkit="$work/nbdkit.sock"
 sock_qemu="$work/qemu.sock"

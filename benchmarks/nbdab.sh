@@ -55,15 +55,7 @@ for x in a b; do
 	d="$work/$x"
 	strata_start "$bin" "$d" "$work/$x.log" --fuse off
 	pid[$x]=$strata_pid
-	for v in d0 d3; do
-		"$bin" volume create --data-dir "$d" "$v" --size "$SIZE" >/dev/null
-		nbdcopy "$work/base.raw" "$(strata_nbd_uri "$d" "$v")"
-	done
-	for k in 1 2 3; do
-		"$bin" snapshot create --data-dir "$d" d3 "s$k" >/dev/null
-		mapfile -t args < <(bench_overlay_args "$k" "$SIZE")
-		qemu-io -f raw "${args[@]}" "$(strata_nbd_uri "$d" d3)" >/dev/null
-	done
+	strata_nbd_volumes "$bin" "$d" "$SIZE" "$work/base.raw"
 	uri[$x-d0]=$(strata_nbd_uri "$d" d0)
 	uri[$x-d3]=$(strata_nbd_uri "$d" d3)
 done
