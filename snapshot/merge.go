@@ -58,7 +58,7 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) error {
 		nm.Layers[pos+1].LogSize = upper.syncedLogSize()
 	}
 	nm.Layers = slices.Delete(nm.Layers, pos, pos+1)
-	if err := v.s.writeMeta(nm); err != nil {
+	if err := v.writeMeta(nm); err != nil {
 		return fail(err)
 	}
 	v.meta = nm

@@ -26,6 +26,8 @@ const (
 	volumesDir      = "volumes"
 	layersDir       = "layers"
 	metaSuffix      = ".meta"
+	freeSuffix      = ".free"
+	orphanDir       = "orphaned"
 	tmpSuffix       = atomicfile.TmpSuffix
 )
 
@@ -73,9 +75,12 @@ func lockWait(f *os.File, patience time.Duration) error {
 }
 
 // OpenStore opens the store in dir, creating it if dir is empty or missing.
-// It removes layer files no volume references (left by a crash between a
-// metadata update and a file deletion), unless some volume's metadata is
-// unreadable, in which case nothing is removed.
+// It removes the files of layers no volume references that the store freed
+// (left by a crash between a metadata update and a file deletion) or never
+// wrote to (a crash before a new layer was committed), and moves any other
+// unreferenced layer to layers/orphaned/ with an error in the log: such a
+// layer lost its metadata some other way and may be recoverable. Nothing
+// is removed or moved while some volume's metadata is unreadable.
 func OpenStore(dir string, opts *Options) (*Store, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -128,6 +133,9 @@ func (s *Store) initDir() error {
 		if string(b) != storeMarkerText {
 			return fmt.Errorf("store %s: %s says %q: %w", s.dir, storeMarker, strings.TrimSpace(string(b)), ErrUnsupportedFormat)
 		}
+		if err := s.checkVolDir(); err != nil {
+			return err
+		}
 	case errors.Is(err, fs.ErrNotExist):
 		ents, err := os.ReadDir(s.dir)
 		if err != nil {
@@ -158,6 +166,25 @@ func (s *Store) initDir() error {
 		}
 	}
 	return syncDir(s.dir)
+}
+
+// checkVolDir refuses a store whose volumes directory is gone while its
+// layer pool holds files: opening it would find every layer unreferenced.
+// (A crash between writing the FORMAT marker and making the directories
+// leaves neither directory.)
+func (s *Store) checkVolDir() error {
+	if _, err := os.Stat(s.volDir); !errors.Is(err, fs.ErrNotExist) {
+		return nil // present, or an error the load reports
+	}
+	ents, err := os.ReadDir(s.layerDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("store %s: directory %s is missing but %s holds %d files: restore %s (or move %s away to start empty): %w",
+			s.dir, volumesDir, layersDir, len(ents), volumesDir, layersDir, ErrCorrupt)
+	}
+	return nil
 }
 
 func (s *Store) load() error {
@@ -192,23 +219,103 @@ func (s *Store) load() error {
 	if len(s.broken) > 0 {
 		return nil
 	}
-	ents, err = os.ReadDir(s.layerDir)
+	return s.cleanLayers()
+}
+
+// cleanLayers settles the layer pool against the loaded metadata: the
+// files of an unreferenced layer are removed if the store freed it (its
+// .free marker, written before the metadata update that dropped it) or
+// never wrote to it, and moved to layers/orphaned/ otherwise. A .free
+// marker of a layer still referenced is stale (its metadata update
+// failed or was lost) and removed.
+func (s *Store) cleanLayers() error {
+	ents, err := os.ReadDir(s.layerDir)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", s.dir, err)
 	}
+	freed := make(map[layerID]bool)
 	for _, e := range ents {
 		name := e.Name()
-		base := strings.TrimSuffix(strings.TrimSuffix(name, ".data"), ".log")
+		base, kind := name, ""
+		for _, suf := range []string{".data", ".log", freeSuffix} {
+			if b, ok := strings.CutSuffix(name, suf); ok {
+				base, kind = b, suf
+				break
+			}
+		}
 		id, err := parseLayerID(base)
-		if err == nil && s.metaRefs[id] > 0 {
+		if err != nil || kind == "" || e.IsDir() {
+			if name != orphanDir {
+				s.log.Warn("unknown entry in the layer pool, left alone", "file", filepath.Join(s.layerDir, name))
+			}
 			continue
 		}
-		s.log.Info("removing unreferenced layer file", "file", name)
-		if err := os.Remove(filepath.Join(s.layerDir, name)); err != nil {
-			s.log.Warn("remove unreferenced layer file", "file", name, "err", err)
+		if _, seen := freed[id]; !seen || kind == freeSuffix {
+			freed[id] = kind == freeSuffix
+		}
+	}
+	for id, free := range freed {
+		switch {
+		case s.metaRefs[id] > 0:
+			if free {
+				s.removeFiles(id.String() + freeSuffix)
+			}
+		case free:
+			s.log.Info("removing a layer freed before a crash", "layer", id.String())
+			s.removeLayerFiles(id)
+		case s.neverWritten(id):
+			s.log.Info("removing a layer never committed", "layer", id.String())
+			s.removeLayerFiles(id)
+		default:
+			s.quarantine(id)
 		}
 	}
 	return nil
+}
+
+// neverWritten reports whether layer id's files hold nothing: an empty data
+// file and a log of at most its header (what newLayer makes before the
+// metadata names the layer).
+func (s *Store) neverWritten(id layerID) bool {
+	dp, lp := layerPaths(s.layerDir, id)
+	for _, f := range []struct {
+		path string
+		max  int64
+	}{{dp, 0}, {lp, logHeaderSize}} {
+		fi, err := os.Stat(f.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil || fi.Size() > f.max {
+			return false
+		}
+	}
+	return true
+}
+
+// quarantine moves the files of layer id, which no metadata references and
+// the store did not free, to layers/orphaned/: its volume's metadata was
+// lost, and the layer's self-describing log may let an operator recover
+// it.
+func (s *Store) quarantine(id layerID) {
+	dir := filepath.Join(s.layerDir, orphanDir)
+	s.log.Error("layer not referenced by any volume metadata and not freed by the store: moving it aside; inspect and delete it by hand",
+		"layer", id.String(), "to", dir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		s.log.Error("quarantine layer", "layer", id.String(), "err", err)
+		return
+	}
+	dp, lp := layerPaths(s.layerDir, id)
+	for _, p := range []string{dp, lp} {
+		if err := os.Rename(p, filepath.Join(dir, filepath.Base(p))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Error("quarantine layer", "layer", id.String(), "err", err)
+		}
+	}
+	for _, d := range []string{dir, s.layerDir} {
+		if err := syncDir(d); err != nil {
+			s.log.Error("quarantine layer", "layer", id.String(), "err", err)
+		}
+	}
 }
 
 func readMeta(path string) (*volumeMeta, error) {
@@ -420,7 +527,12 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
+	marked, err := s.markFreedLocked(m.Layers, nil)
+	if err != nil {
+		return fmt.Errorf("volume %q: %w", name, err)
+	}
 	if err := os.Remove(filepath.Join(s.volDir, name+metaSuffix)); err != nil {
+		s.unmarkLocked(marked)
 		return fmt.Errorf("volume %q: %w", name, err)
 	}
 	if err := syncDir(s.volDir); err != nil {
@@ -535,14 +647,65 @@ func (s *Store) unrefLocked(id layerID) {
 	}
 }
 
+// removeLayerFiles deletes the files of a layer no metadata references,
+// its .free marker last. While some volume's metadata is unreadable it
+// deletes nothing: that volume may reference the layer (the marker stays,
+// so the next clean open removes the layer).
 func (s *Store) removeLayerFiles(id layerID) {
-	dp, lp := layerPaths(s.layerDir, id)
-	for _, p := range []string{dp, lp} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("remove layer file", "layer", id.String(), "err", err)
+	if len(s.broken) > 0 {
+		s.log.Warn("layer unreferenced but kept: some volume metadata is unreadable", "layer", id.String())
+		return
+	}
+	n := id.String()
+	s.removeFiles(n+".data", n+".log", n+freeSuffix)
+	s.log.Debug("layer freed", "layer", n)
+}
+
+// removeFiles removes the named files of the layer pool, in order.
+func (s *Store) removeFiles(names ...string) {
+	for _, n := range names {
+		if err := os.Remove(filepath.Join(s.layerDir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("remove layer file", "file", n, "err", err)
 		}
 	}
-	s.log.Debug("layer freed", "layer", id.String())
+}
+
+// markFreedLocked writes, durably, a .free marker for every layer of old
+// that replacing old by new in one volume's metadata leaves unreferenced,
+// so that a crash after the update lets the next open tell a layer the
+// store freed from one whose metadata was lost. It returns the layers
+// marked, for unmarkLocked if the update fails.
+func (s *Store) markFreedLocked(old, new []layerMeta) ([]layerID, error) {
+	var marked []layerID
+	for _, l := range old {
+		if s.metaRefs[l.id] > 1 || slices.ContainsFunc(new, func(n layerMeta) bool { return n.id == l.id }) {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(s.layerDir, l.id.String()+freeSuffix), os.O_WRONLY|os.O_CREATE, 0o600)
+		if err == nil {
+			err = f.Close()
+		}
+		if err != nil {
+			s.unmarkLocked(marked)
+			return nil, fmt.Errorf("mark layer %s freed: %w", l.id, err)
+		}
+		marked = append(marked, l.id)
+	}
+	if len(marked) == 0 {
+		return nil, nil
+	}
+	if err := syncDir(s.layerDir); err != nil {
+		s.unmarkLocked(marked)
+		return nil, fmt.Errorf("mark layers freed: %w", err)
+	}
+	return marked, nil
+}
+
+// unmarkLocked removes the .free markers of layers still referenced.
+func (s *Store) unmarkLocked(ids []layerID) {
+	for _, id := range ids {
+		s.removeFiles(id.String() + freeSuffix)
+	}
 }
 
 // writeMeta atomically replaces a volume's metadata and adjusts layer
@@ -561,10 +724,29 @@ func (s *Store) writeMetaLocked(m *volumeMeta) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.volDir, m.Name+metaSuffix, b); err != nil {
+	old := s.metas[m.Name]
+	var oldLayers []layerMeta
+	if old != nil {
+		oldLayers = old.Layers
+	}
+	marked, err := s.markFreedLocked(oldLayers, m.Layers)
+	if err != nil {
 		return fmt.Errorf("write volume meta: %w", err)
 	}
-	old := s.metas[m.Name]
+	if err := writeFileAtomic(s.volDir, m.Name+metaSuffix, b); err != nil {
+		if errors.Is(err, atomicfile.ErrUncertain) {
+			// The file holds m now but may hold old after a crash: keep
+			// the layers of both referenced until the next open reads
+			// it. The caller fails the volume (errMetaUncertain).
+			s.metas[m.Name] = m
+			for _, l := range m.Layers {
+				s.metaRefs[l.id]++
+			}
+			return fmt.Errorf("write volume meta: %w: %w", errMetaUncertain, err)
+		}
+		s.unmarkLocked(marked)
+		return fmt.Errorf("write volume meta: %w", err)
+	}
 	s.metas[m.Name] = m
 	for _, l := range m.Layers {
 		s.metaRefs[l.id]++
@@ -577,9 +759,14 @@ func (s *Store) writeMetaLocked(m *volumeMeta) error {
 	return nil
 }
 
+// errMetaUncertain marks a metadata update whose outcome after a crash is
+// unknown (atomicfile.ErrUncertain): the volume must not go on from either
+// chain until the store is opened again.
+var errMetaUncertain = errors.New("volume metadata update uncertain; reopen the store to settle it")
+
 // writeFileAtomic replaces dir/name so that a crash leaves the old or the
-// new content.
-func writeFileAtomic(dir, name string, b []byte) error {
+// new content. A variable so tests can inject failures.
+var writeFileAtomic = func(dir, name string, b []byte) error {
 	return atomicfile.Write(filepath.Join(dir, name), b)
 }
 

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -199,9 +200,21 @@ func (v *Volume) usable() error {
 		return fmt.Errorf("volume %q: %w", v.name, ErrClosed)
 	}
 	if f := v.failed.Load(); f != nil {
-		return fmt.Errorf("volume %q: an earlier flush failed; reopen to recover: %w", v.name, *f)
+		return fmt.Errorf("volume %q: an earlier flush or metadata update failed; reopen to recover: %w", v.name, *f)
 	}
 	return nil
+}
+
+// writeMeta commits nm as the volume's metadata. An update whose outcome
+// after a crash is unknown fails the volume until it is reopened: it can
+// go on from neither chain, since the one on disk may be the other.
+func (v *Volume) writeMeta(nm *volumeMeta) error {
+	err := v.s.writeMeta(nm)
+	if errors.Is(err, errMetaUncertain) {
+		v.failed.Store(&err)
+		v.s.log.Error("metadata update uncertain; volume refuses I/O until reopened", "volume", v.name, "err", err)
+	}
+	return err
 }
 
 // SnapshotInfo describes a snapshot.
@@ -280,7 +293,7 @@ func (v *Volume) Snapshot(ctx context.Context, name string) error {
 	h.Snapshot, h.Created, h.Size = name, now, v.size
 	h.LogSize = v.head.syncedLogSize()
 	nm.Layers = append(nm.Layers, layerMeta{ID: nl.id.String(), Created: now, id: nl.id})
-	if err := v.s.writeMeta(nm); err != nil {
+	if err := v.writeMeta(nm); err != nil {
 		v.s.release(nl)
 		return fmt.Errorf("volume %q: snapshot %q: %w", v.name, name, err)
 	}
@@ -325,7 +338,7 @@ func (v *Volume) Revert(ctx context.Context, name string) error {
 	nm := v.meta.clone()
 	nm.Layers = append(nm.Layers[:pos+1], layerMeta{ID: nl.id.String(), Created: time.Now().UTC(), id: nl.id})
 	nm.Size = nm.Layers[pos].Size
-	if err := v.s.writeMeta(nm); err != nil {
+	if err := v.writeMeta(nm); err != nil {
 		v.s.release(nl)
 		return fmt.Errorf("volume %q: revert to %q: %w", v.name, name, err)
 	}
@@ -369,7 +382,7 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 	}
 	nm := v.meta.clone()
 	nm.Size = size
-	if err := v.s.writeMeta(nm); err != nil {
+	if err := v.writeMeta(nm); err != nil {
 		return fmt.Errorf("volume %q: grow: %w", v.name, err)
 	}
 	v.meta = nm

@@ -1,6 +1,7 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,9 +13,16 @@ import (
 // crash can leave one behind, which the next Write replaces.
 const TmpSuffix = ".tmp"
 
+// ErrUncertain marks a Write that failed after its rename: path holds the
+// new content now, but the directory sync failed, so after a crash it may
+// hold the old content or the new. A caller that keeps state derived from
+// the file must treat both as possible until it reads the file again.
+var ErrUncertain = errors.New("renamed but the directory sync failed: old or new content after a crash")
+
 // Write replaces path with b (mode 0600): path+TmpSuffix is written and
-// fdatasynced, renamed over path, and the directory is synced. On failure
-// the temporary file is removed and path is unchanged.
+// fdatasynced, renamed over path, and the directory is synced. On a failure
+// before the rename the temporary file is removed and path is unchanged; a
+// failure of the directory sync after it wraps ErrUncertain.
 func Write(path string, b []byte) error {
 	tmp := path + TmpSuffix
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -35,8 +43,14 @@ func Write(path string, b []byte) error {
 		_ = os.Remove(tmp)
 		return err
 	}
-	return SyncDir(filepath.Dir(path))
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("%s: %w: %w", path, ErrUncertain, err)
+	}
+	return nil
 }
+
+// syncDir is SyncDir, replaceable by tests to inject failures.
+var syncDir = SyncDir
 
 // SyncDir makes the entries of dir (creations, renames, removals) durable.
 func SyncDir(dir string) error {

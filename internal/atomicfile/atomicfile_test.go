@@ -1,6 +1,7 @@
 package atomicfile
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,5 +30,28 @@ func TestWrite(t *testing.T) {
 	// A write whose temporary file cannot be created fails.
 	if err := Write(filepath.Join(dir, "missing", "f"), []byte("x")); err == nil {
 		t.Fatal("write into a missing directory succeeded")
+	}
+}
+
+// TestWriteUncertain checks that only a failure after the rename is
+// reported as ErrUncertain, and that the file then holds the new content.
+func TestWriteUncertain(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := Write(p, []byte("old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(filepath.Join(dir, "missing", "f"), []byte("x")); errors.Is(err, ErrUncertain) {
+		t.Fatalf("a write failing before its rename is uncertain: %v", err)
+	}
+	injected := errors.New("injected EIO")
+	syncDir = func(string) error { return injected }
+	t.Cleanup(func() { syncDir = SyncDir })
+	err := Write(p, []byte("new"))
+	if !errors.Is(err, ErrUncertain) || !errors.Is(err, injected) {
+		t.Fatalf("Write with a failing directory sync: %v; want ErrUncertain wrapping the sync error", err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "new" {
+		t.Fatalf("file holds %q after the rename, want new", got)
 	}
 }
