@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/strata-block/strata/blockdev"
@@ -107,8 +108,10 @@ func (h *host) filePath(name string) string {
 }
 
 // refresh makes the FUSE files match the Manager's exports: new volumes
-// and snapshots appear, deleted ones leave (unless a file is still open:
-// it then leaves at a later refresh).
+// and snapshots appear, deleted ones leave. A deleted snapshot's file that
+// is still open leaves at once and releases its device when closed (so a
+// snapshot made again under the name gets its own file); a volume's file
+// that is still open leaves at a later refresh.
 func (h *host) refresh() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -125,7 +128,15 @@ func (h *host) refresh() {
 		if slices.Contains(names, name) {
 			continue
 		}
-		h.removeFileLocked(name, release)
+		if strings.Contains(name, "@") {
+			if err := h.fs.Detach(name, release); err != nil && !errors.Is(err, fuse.ErrNotFound) {
+				h.a.log.Warn("fuse: remove snapshot file", "export", name, "err", err)
+				continue
+			}
+			delete(h.files, name)
+			continue
+		}
+		_ = h.removeFileLocked(name, release)
 	}
 	for _, name := range names {
 		if _, ok := h.files[name]; ok {

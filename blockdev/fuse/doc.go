@@ -17,7 +17,10 @@
 // away: files appear and disappear while mounted, and the kernel's cached
 // entries are invalidated. Remove refuses (ErrBusy) while the file is open,
 // because a loop device holding the file would otherwise keep a device
-// nobody can name. Close unmounts: it detaches the mount (no new opens),
+// nobody can name. Detach is the exception for read-only files (a deleted
+// snapshot's): like unlink(2), the name leaves at once and the device is
+// released when the last open handle is closed, so a snapshot made again
+// under the name gets its own file. Close unmounts: it detaches the mount (no new opens),
 // waits for open files to be closed until its context ends, then aborts
 // the connection, waits for the requests in flight to finish, and flushes
 // every device written through the mount. A dead mount left on the

@@ -39,8 +39,9 @@ type fileNode struct {
 	written atomic.Bool // some write, zero or trim went through the mount
 
 	// Guarded by fsys.mu.
-	open    int
-	removed bool
+	open     int
+	removed  bool
+	onClosed func() // set by Detach: runs when the last handle is released
 }
 
 var (
@@ -101,8 +102,11 @@ func (n *fileNode) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32,
 
 // handle is an open file.
 type handle struct {
-	node  *fileNode
-	sync  bool        // O_SYNC or O_DSYNC: every write is FUA
+	node *fileNode
+	// sync: opened with O_SYNC or O_DSYNC, so fallocate is FUA as well.
+	// Writes are made durable by syncWrites, which also sees a write's
+	// own RWF_DSYNC.
+	sync  bool
 	dirty atomic.Bool // written since the last flush through this handle
 }
 
@@ -155,7 +159,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		return 0, syscall.EFBIG
 	}
 	h.wrote()
-	n, err := vol.WriteAt(ctx, data, off, h.writeFlags())
+	n, err := vol.WriteAt(ctx, data, off, 0)
 	if err != nil {
 		return uint32(n), h.errno("write", err)
 	}
@@ -188,8 +192,18 @@ func (h *handle) Flush(ctx context.Context) syscall.Errno {
 func (h *handle) Release(context.Context) syscall.Errno {
 	f := h.node.fsys
 	f.mu.Lock()
-	h.node.open--
+	n := h.node
+	n.open--
+	var done func()
+	if n.open == 0 && n.onClosed != nil {
+		done, n.onClosed = n.onClosed, nil
+		delete(f.detached, n)
+	}
 	f.mu.Unlock()
+	if done != nil {
+		f.log.Info("detached file closed", "volume", n.name)
+		done()
+	}
 	return 0
 }
 

@@ -55,9 +55,10 @@ type FS struct {
 	srv    *fuse.Server
 	served chan struct{} // closed when the server loop has ended
 
-	mu     sync.Mutex
-	files  map[string]*fileNode
-	closed bool
+	mu       sync.Mutex
+	files    map[string]*fileNode
+	detached map[*fileNode]bool // detached while open (Detach)
+	closed   bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -169,11 +170,12 @@ func Mount(ctx context.Context, dir string, opts *Options) (*FS, error) {
 		return nil, err
 	}
 	f := &FS{
-		dir:    dir,
-		log:    log.With("mount", dir),
-		opts:   *opts,
-		files:  make(map[string]*fileNode),
-		served: make(chan struct{}),
+		dir:      dir,
+		log:      log.With("mount", dir),
+		opts:     *opts,
+		files:    make(map[string]*fileNode),
+		detached: make(map[*fileNode]bool),
+		served:   make(chan struct{}),
 	}
 	f.root = &rootNode{fsys: f}
 	entry, attr, negative := time.Minute, time.Second, time.Duration(0)
@@ -188,7 +190,11 @@ func Mount(ctx context.Context, dir string, opts *Options) (*FS, error) {
 		NegativeTimeout: &negative,
 		Logger:          slog.NewLogLogger(f.log.Handler(), slog.LevelWarn),
 	}
-	srv, err := fuse.NewServer(fs.NewNodeFS(f.root, fo), dir, &fo.MountOptions)
+	var raw fuse.RawFileSystem = fs.NewNodeFS(f.root, fo)
+	if !opts.PageCache {
+		raw = syncWrites{raw}
+	}
+	srv, err := fuse.NewServer(raw, dir, &fo.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
 	}
@@ -384,6 +390,37 @@ func (f *FS) Remove(name string) error {
 	return nil
 }
 
+// Detach takes a read-only file out of the mount even while it is open,
+// as unlink(2) does: the name leaves at once (a new file may take it), the
+// handles already open keep reading the same device, and done runs when
+// the last of them is released (at once if none is open), or when the
+// mount is closed. A snapshot deleted while its file is open must not keep
+// its name: a snapshot made later under that name would be shadowed by the
+// old one's file. A writable file is only removed while closed, as by
+// Remove (ErrBusy otherwise). Detach fails with ErrNotFound or ErrClosed.
+func (f *FS) Detach(name string, done func()) error {
+	f.mu.Lock()
+	n, ok := f.files[name]
+	if !ok || f.closed || n.open == 0 || !n.vol.ReadOnly() {
+		f.mu.Unlock()
+		if err := f.Remove(name); err != nil {
+			return err
+		}
+		done()
+		return nil
+	}
+	n.removed = true
+	n.onClosed = done
+	f.detached[n] = true
+	delete(f.files, name)
+	f.root.RmChild(name)
+	open := n.open
+	f.mu.Unlock()
+	f.notifyEntry(name)
+	f.log.Info("detached; released when its open handles are closed", "volume", name, "open", open)
+	return nil
+}
+
 // notifyEntry drops the kernel's cached entry for name, if any.
 func (f *FS) notifyEntry(name string) {
 	if errno := f.root.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
@@ -436,6 +473,12 @@ func (f *FS) close(ctx context.Context) error {
 	for _, n := range f.files {
 		nodes = append(nodes, n)
 	}
+	var done []func()
+	for n := range f.detached {
+		done = append(done, n.onClosed)
+		n.onClosed = nil
+	}
+	clear(f.detached)
 	f.mu.Unlock()
 	for _, n := range nodes {
 		if !n.written.Load() {
@@ -444,6 +487,9 @@ func (f *FS) close(ctx context.Context) error {
 		if err := n.vol.Flush(flushCtx); err != nil {
 			errs = append(errs, fmt.Errorf("fuse unmount %s: flush %q: %w", f.dir, n.name, err))
 		}
+	}
+	for _, d := range done {
+		d()
 	}
 	f.log.Info("unmounted")
 	return errors.Join(errs...)
@@ -468,3 +514,33 @@ func (f *FS) abortAndWait(ctx context.Context) error {
 // Done is closed when the mount has ended: after Close, or when it was
 // unmounted or aborted from outside.
 func (f *FS) Done() <-chan struct{} { return f.served }
+
+// syncWrites makes a write durable before it is answered when the kernel
+// marks it O_DSYNC: the file was opened with O_SYNC or O_DSYNC, or the
+// write itself asked (pwritev2 RWF_DSYNC, an io_uring write with
+// RWF_DSYNC). For FOPEN_DIRECT_IO files the kernel only passes the flag on
+// in the request (fuse_write_in.flags) and sends no fsync afterwards, and
+// go-fuse's FileWriter does not see the flags, so the write is followed by
+// the handle's Fsync (Volume.Flush) here. In page-cache mode the kernel
+// sends the fsync itself (generic_write_sync).
+type syncWrites struct{ fuse.RawFileSystem }
+
+func (s syncWrites) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	n, st := s.RawFileSystem.Write(cancel, in, data)
+	return s.sync(cancel, in, n, st)
+}
+
+func (s syncWrites) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
+	n, st := s.RawFileSystem.Writev(cancel, in, data)
+	return s.sync(cancel, in, n, st)
+}
+
+func (s syncWrites) sync(cancel <-chan struct{}, in *fuse.WriteIn, n uint32, st fuse.Status) (uint32, fuse.Status) {
+	if st != fuse.OK || in.Flags&syscall.O_DSYNC == 0 {
+		return n, st
+	}
+	if st := s.RawFileSystem.Fsync(cancel, &fuse.FsyncIn{InHeader: in.InHeader, Fh: in.Fh}); st != fuse.OK {
+		return 0, st
+	}
+	return n, st
+}

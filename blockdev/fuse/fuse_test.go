@@ -233,6 +233,43 @@ func TestFsyncAndCloseFlush(t *testing.T) {
 	}
 }
 
+// TestSyncWrites: a write the kernel marks O_DSYNC — the file opened with
+// O_DSYNC, or the write's own RWF_DSYNC — reaches Volume.Flush before it
+// returns; a plain write does not. Before, a direct-I/O write with
+// RWF_DSYNC on a handle opened without O_DSYNC was acknowledged unflushed.
+func TestSyncWrites(t *testing.T) {
+	s, _ := testStore(t)
+	v := testVolume(t, s, "vol-s", 4*mib)
+	cv := &countingVolume{Volume: blockdev.FromSnapshot(v)}
+	f := testMount(t, nil)
+	if err := f.Add(cv); err != nil {
+		t.Fatal(err)
+	}
+	plain := openFile(t, f.Path("vol-s"), os.O_RDWR)
+	dsync := openFile(t, f.Path("vol-s"), os.O_RDWR|os.O_SYNC)
+	buf := fill(5, 4096)
+	for _, tc := range []struct {
+		name  string
+		write func() error
+		want  int64 // flushes the write makes
+	}{
+		{"pwrite", func() error { _, err := plain.WriteAt(buf, 0); return err }, 0},
+		{"pwritev2 RWF_DSYNC", func() error {
+			_, err := unix.Pwritev2(int(plain.Fd()), [][]byte{buf}, 4096, unix.RWF_DSYNC)
+			return err
+		}, 1},
+		{"O_SYNC handle", func() error { _, err := dsync.WriteAt(buf, 8192); return err }, 1},
+	} {
+		before := cv.flushes.Load()
+		if err := tc.write(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := cv.flushes.Load() - before; got != tc.want {
+			t.Errorf("%s: %d flushes, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
 // TestAddRemove: files appear and disappear while mounted; Remove refuses
 // an open file.
 func TestAddRemove(t *testing.T) {
@@ -496,5 +533,70 @@ func TestChildrenDoNotInheritTheConnection(t *testing.T) {
 	}
 	if strings.Contains(string(out), "/dev/fuse") {
 		t.Fatalf("a child process inherited the FUSE connection:\n%s", out)
+	}
+}
+
+// TestDetach checks that a read-only file detached while open leaves the
+// mount at once, keeps serving its open handle, and releases its device
+// when that handle is closed; a new file can take the name meanwhile.
+func TestDetach(t *testing.T) {
+	s, _ := testStore(t)
+	v := testVolume(t, s, "vol-a", 4*mib)
+	if _, err := v.WriteAt(fill(1, mib), 0); err != nil {
+		t.Fatal(err)
+	}
+	old := testSnapshot(t, v, "s1")
+	if _, err := v.WriteAt(fill(2, mib), 0); err != nil {
+		t.Fatal(err)
+	}
+	newer := testSnapshot(t, v, "s2")
+	f := testMount(t, nil)
+	if err := f.Add(old); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Add(blockdev.FromSnapshot(v)); err != nil {
+		t.Fatal(err)
+	}
+	h := openFile(t, f.Path("vol-a@s1"), os.O_RDONLY)
+	w := openFile(t, f.Path("vol-a"), os.O_RDWR)
+	if err := f.Detach("vol-a", func() {}); !errors.Is(err, ErrBusy) {
+		t.Errorf("Detach of an open writable file: %v, want ErrBusy", err)
+	}
+	w.Close()
+	released := make(chan struct{})
+	if err := f.Detach("vol-a@s1", func() { close(released) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-released:
+		t.Fatal("Detach released the device of an open file")
+	default:
+	}
+	if _, err := os.Stat(f.Path("vol-a@s1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stat after Detach: %v, want not exist", err)
+	}
+	// The snapshot is made again under the same name.
+	if err := f.Add(namedVolume{Volume: newer, name: "vol-a@s1"}); err != nil {
+		t.Fatalf("Add under a detached file's name: %v", err)
+	}
+	nh := openFile(t, f.Path("vol-a@s1"), os.O_RDONLY)
+	if err := expectRead(nh, 0, fill(2, mib)); err != nil {
+		t.Errorf("new file: %v", err)
+	}
+	nh.Close()
+	if err := expectRead(h, 0, fill(1, mib)); err != nil {
+		t.Errorf("detached file's open handle: %v", err)
+	}
+	h.Close()
+	<-released // the kernel's RELEASE follows close; bounded by the test deadline
+	// A closed file is removed and released (at once, or when the
+	// kernel's RELEASE of nh arrives).
+	released = make(chan struct{})
+	if err := f.Detach("vol-a@s1", func() { close(released) }); err != nil {
+		t.Errorf("Detach of a closed file: %v", err)
+	}
+	<-released
+	if err := f.Detach("vol-a@s1", func() {}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Detach of a missing file: %v, want ErrNotFound", err)
 	}
 }
