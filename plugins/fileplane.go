@@ -262,8 +262,10 @@ func parseOpenReply(msg []byte, files []*os.File, withFile bool) (openReply, err
 
 // getFile is Get through a descriptor the plugin passed: errNotFile if
 // the target does not keep the object in a local file. The descriptor is
-// checked to be a regular file holding the whole range before it is
-// read.
+// the object's file itself (doc.go), so before it is read it is checked
+// to be a regular file, and the reply's range exactly the one Get must
+// yield: from offset, length bytes clipped to the file's end (all of it
+// past offset if length < 0).
 func (c *client) getFile(ctx context.Context, key string, offset, length int64) (io.ReadCloser, int64, error) {
 	r, err := c.plane.open(ctx, key, offset, length)
 	switch {
@@ -289,6 +291,15 @@ func (c *client) getFile(ctx context.Context, key string, offset, length int64) 
 		return bad("range %d+%d of a %d-byte file", r.off, r.n, st.Size)
 	case length >= 0 && r.n > length:
 		return bad("%d bytes for a %d-byte request", r.n, length)
+	case r.off != offset:
+		return bad("range from %d for a request from %d", r.off, offset)
+	}
+	want := st.Size - offset
+	if length >= 0 {
+		want = min(want, length)
+	}
+	if r.n != want {
+		return bad("%d bytes from %d of a %d-byte file for a request of length %d, which must yield %d", r.n, offset, st.Size, length, want)
 	}
 	return &ctxSection{ctx: ctx, FileSection: NewFileSection(r.f, key, r.off, r.n)}, r.n, nil
 }

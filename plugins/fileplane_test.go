@@ -107,16 +107,20 @@ func TestGetFileReplies(t *testing.T) {
 	t.Cleanup(func() { _ = pr.Close(); _ = pw.Close() })
 	tests := []struct {
 		name   string
+		offset int64
 		length int64
 		send   func(t *testing.T, r *os.File)
 		want   []byte // on success
 		class  error  // on failure
 		text   string // in the error
 	}{
-		{name: "whole", length: -1, want: data[100:], send: func(t *testing.T, r *os.File) {
+		{name: "whole", length: -1, want: data, send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 0, int64(len(data)), "", tempFile(t, data))
+		}},
+		{name: "to the end", offset: 100, length: -1, want: data[100:], send: func(t *testing.T, r *os.File) {
 			reply(t, r, 0, 100, int64(len(data)-100), "", tempFile(t, data))
 		}},
-		{name: "range", length: 10, want: data[5:15], send: func(t *testing.T, r *os.File) {
+		{name: "range", offset: 5, length: 10, want: data[5:15], send: func(t *testing.T, r *os.File) {
 			reply(t, r, 0, 5, 10, "", tempFile(t, data))
 		}},
 		{name: "not found", length: -1, class: ErrNotFound, text: "no such object", send: func(t *testing.T, r *os.File) {
@@ -131,7 +135,25 @@ func TestGetFileReplies(t *testing.T) {
 		{name: "pipe", length: -1, class: ErrPermanent, text: "not a regular file", send: func(t *testing.T, r *os.File) {
 			reply(t, r, 0, 0, 0, "", pr)
 		}},
-		{name: "past the end", length: -1, class: ErrPermanent, text: "range 1000+100 of a 1024-byte file", send: func(t *testing.T, r *os.File) {
+		{name: "clipped at the end", offset: 1000, length: 100, want: data[1000:], send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 1000, 24, "", tempFile(t, data))
+		}},
+		{name: "empty at the end", offset: 1024, length: -1, want: []byte{}, send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 1024, 0, "", tempFile(t, data))
+		}},
+		{name: "another offset", offset: 512, length: 10, class: ErrPermanent, text: "range from 0 for a request from 512", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 0, 10, "", tempFile(t, data))
+		}},
+		{name: "short of the length", offset: 5, length: 10, class: ErrPermanent, text: "9 bytes from 5 of a 1024-byte file for a request of length 10, which must yield 10", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 5, 9, "", tempFile(t, data))
+		}},
+		{name: "short of the end", offset: 100, length: -1, class: ErrPermanent, text: "10 bytes from 100 of a 1024-byte file for a request of length -1, which must yield 924", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 100, 10, "", tempFile(t, data))
+		}},
+		{name: "offset past the end", offset: 2000, length: -1, class: ErrPermanent, text: "range from 1024 for a request from 2000", send: func(t *testing.T, r *os.File) {
+			reply(t, r, 0, 1024, 0, "", tempFile(t, data))
+		}},
+		{name: "past the end", offset: 1000, length: -1, class: ErrPermanent, text: "range 1000+100 of a 1024-byte file", send: func(t *testing.T, r *os.File) {
 			reply(t, r, 0, 1000, 100, "", tempFile(t, data))
 		}},
 		{name: "negative", length: -1, class: ErrPermanent, text: "range -1+10", send: func(t *testing.T, r *os.File) {
@@ -173,7 +195,7 @@ func TestGetFileReplies(t *testing.T) {
 					tt.send(t, r)
 				}
 			}()
-			rc, n, err := c.getFile(t.Context(), "k", 0, tt.length)
+			rc, n, err := c.getFile(t.Context(), "k", tt.offset, tt.length)
 			if tt.want == nil {
 				if err == nil {
 					rc.Close()

@@ -15,9 +15,17 @@
 // os.Root (openat2 RESOLVE_BENEATH on Linux), so not even a symlink
 // planted in the directory leads outside.
 //
+// A Put returns only once everything leading to its object is durable:
+// each directory of the key is fsynced into its parent, once per process,
+// whether the Put created it or found it (made by a Put that died before
+// its fsync); and a PutIfAbsent that finds the key taken fsyncs that
+// object and its directory before it reports plugins.ErrAlreadyExists, as
+// it may be what an earlier attempt of the same Put left unsynced.
+//
 // Limits: a key cannot be both an object and a prefix directory of others
-// ("a" and "a/b"); empty directories left by Delete stay; temporary files
-// of a writer killed mid-Put stay until removed (they are never listed).
+// ("a" and "a/b"); empty directories left by Delete stay. Temporary files
+// of a writer killed mid-Put are never listed; New removes those untouched
+// for a day (staleTempAge), in the background.
 //
 // Among Strata packages it imports only plugins (and plugins/targettest from
 // its tests). It must not import snapshot, blockdev or backupd.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"iter"
+	"log/slog"
 	"maps"
 	"net/url"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/strata-block/strata/internal/writeback"
 	"github.com/strata-block/strata/plugins"
@@ -30,6 +32,17 @@ const Kind = "fs"
 // tmpPrefix begins the names of files being written. Keys never begin a
 // segment with ".", so List never shows them and no key can collide.
 const tmpPrefix = ".tmp-"
+
+// staleTempAge is how long after its last write a temporary file is taken
+// for the leftover of a Put whose process died, which New sweeps away
+// (sweepTemps). A live Put writes its file from the moment it creates it
+// (each write moves the modification time on) and then only fsyncs and
+// renames or links it: no Put leaves its file untouched for anywhere near
+// a day, short of a process stopped that long. Even that one loses
+// nothing silently: its rename or link then fails (the file is gone) and
+// the Put returns an error. So the sweep of one process cannot break the
+// Puts of another on the same directory.
+const staleTempAge = 24 * time.Hour
 
 // Target stores each object as a regular file: key "a/b/c" is the file
 // <root>/a/b/c. Because keys are paths, a key cannot be both an object and
@@ -47,6 +60,19 @@ type Target struct {
 	dir    string
 	local  bool // dir is on a local filesystem (ServesFiles)
 	closed atomic.Bool
+
+	// durableDirs holds the directories (paths under the root) whose
+	// entries this process has fsynced into their parents, with their
+	// parents' own, up to the root: mkdirs fsyncs each directory of a key
+	// once per process, whether it created it or found it.
+	durableDirs sync.Map // string -> struct{}
+
+	// fsync makes the open file or directory f (name, under the root)
+	// durable; f.Sync but in tests, which record the calls.
+	fsync func(name string, f *os.File) error
+
+	stopSweep context.CancelFunc
+	swept     chan struct{} // closed when the sweep of New has ended
 }
 
 var _ plugins.FileTarget = (*Target)(nil)
@@ -88,7 +114,30 @@ func ParseURL(rawURL string) (string, error) {
 }
 
 // New opens the target on dir, creating it (0700) if it does not exist.
+// In the background it removes the temporary files Puts of dead processes
+// left, those untouched for staleTempAge; Close stops that.
 func New(dir string) (*Target, error) {
+	t, err := open(dir)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.stopSweep = cancel
+	go func() {
+		defer close(t.swept)
+		n, err := t.sweepTemps(ctx, time.Now().Add(-staleTempAge))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			slog.Warn("fs target: removing stale temporary files", "dir", dir, "removed", n, "err", err)
+		case n > 0:
+			slog.Info("fs target: removed stale temporary files", "dir", dir, "removed", n)
+		}
+	}()
+	return t, nil
+}
+
+// open is New without the sweep.
+func open(dir string) (*Target, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("fs target %s: %w", dir, classify(err))
 	}
@@ -96,7 +145,74 @@ func New(dir string) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fs target %s: %w", dir, classify(err))
 	}
-	return &Target{root: root, dir: dir, local: onLocalDisk(dir)}, nil
+	t := &Target{root: root, dir: dir, local: onLocalDisk(dir), swept: make(chan struct{})}
+	t.fsync = func(_ string, f *os.File) error { return f.Sync() }
+	return t, nil
+}
+
+// isTempName reports whether name is that of a temporary file of begin:
+// tmpPrefix and 16 hex digits.
+func isTempName(name string) bool {
+	id, ok := strings.CutPrefix(name, tmpPrefix)
+	if !ok || len(id) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
+}
+
+// sweepTemps removes the temporary files last modified before cutoff in
+// every directory of keys (hidden directories, which hold no keys, are
+// not entered), returning how many it removed. It goes on past errors
+// on single entries and returns the first.
+func (t *Target) sweepTemps(ctx context.Context, cutoff time.Time) (int, error) {
+	removed := 0
+	var first error
+	note := func(err error) {
+		if first == nil {
+			first = err
+		}
+	}
+	err := fs.WalkDir(t.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if err != nil {
+			note(fmt.Errorf("sweeping temporary files: %q: %w", p, classify(err)))
+			return nil // skips the directory, goes on with the rest
+		}
+		name := d.Name()
+		switch {
+		case d.IsDir():
+			if p != "." && strings.HasPrefix(name, ".") {
+				return fs.SkipDir
+			}
+			return nil
+		case !d.Type().IsRegular() || !isTempName(name):
+			return nil
+		}
+		fi, err := d.Info()
+		if missing(err) {
+			return nil // its Put has just ended
+		}
+		if err != nil {
+			note(fmt.Errorf("sweeping temporary files: %q: %w", p, classify(err)))
+			return nil
+		}
+		if !fi.ModTime().Before(cutoff) {
+			return nil
+		}
+		if err := t.root.Remove(p); err != nil && !missing(err) {
+			note(fmt.Errorf("sweeping temporary files: removing %q: %w", p, classify(err)))
+			return nil
+		}
+		removed++
+		return nil
+	})
+	if err != nil {
+		return removed, err
+	}
+	return removed, first
 }
 
 // classify gives a filesystem error its class (plugins.FileError).
@@ -253,14 +369,14 @@ func (p *filePut) Commit(ctx context.Context) (err error) {
 	if fi.Size() != p.size {
 		return fmt.Errorf("%s %q: the file holds %d bytes, not the Put's %d: %w", p.op, p.key, fi.Size(), p.size, plugins.ErrPermanent)
 	}
-	if err := p.f.Sync(); err != nil {
+	if err := p.t.fsync(p.tmp, p.f); err != nil {
 		return fmt.Errorf("%s %q: fsync: %w", p.op, p.key, classify(err))
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s %q: %w", p.op, p.key, err)
 	}
 	if p.ifAbsent {
-		if err := p.t.link(p.f, p.tmp, p.key); err != nil {
+		if err := p.t.link(p.f, p.dir, p.tmp, p.key); err != nil {
 			return err
 		}
 	} else if err := p.t.root.Rename(p.tmp, p.key); err != nil {
@@ -274,8 +390,17 @@ func (p *filePut) Commit(ctx context.Context) (err error) {
 	return p.t.syncDir(p.dir)
 }
 
-// link creates key as a second name of the fsynced temporary file f.
-func (t *Target) link(f *os.File, tmp, key string) error {
+// link creates key, in directory dir, as a second name of the fsynced
+// temporary file f.
+//
+// If key exists, the object there is made durable — its data and its
+// entry in dir — before ErrAlreadyExists: it may be one an earlier attempt
+// of this same Put linked before its process died (or its directory fsync
+// failed), and a retry that finds it takes it for its own and reports
+// the Put done (Remote.PutIfAbsent). Any caller may rely on an object
+// ErrAlreadyExists reported. (The directories above dir are durable
+// already: begin's mkdirs saw to it.)
+func (t *Target) link(f *os.File, dir, tmp, key string) error {
 	err := t.root.Link(tmp, key)
 	if err == nil {
 		return nil
@@ -288,7 +413,34 @@ func (t *Target) link(f *os.File, tmp, key string) error {
 			return nil // our link succeeded; only its reply was lost
 		}
 	}
+	if err := t.syncExisting(key); err != nil {
+		return fmt.Errorf("put-if-absent %q: the key exists, but making it durable failed: %w", key, err)
+	}
+	if err := t.syncDir(dir); err != nil {
+		return fmt.Errorf("put-if-absent %q: the key exists, but making its directory entry durable failed: %w", key, err)
+	}
 	return fmt.Errorf("put-if-absent %q: %w", key, plugins.ErrAlreadyExists)
+}
+
+// syncExisting fsyncs the object under key, which link found there; a
+// directory there is a permanent conflict, as for Put.
+func (t *Target) syncExisting(key string) error {
+	f, err := t.root.Open(key)
+	if err != nil {
+		return fmt.Errorf("opening the object to fsync: %w", classify(err))
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return classify(err)
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("%q is a directory of other keys, so it cannot be an object: %w", key, plugins.ErrPermanent)
+	}
+	if err := t.fsync(key, f); err != nil {
+		return fmt.Errorf("fsync: %w", classify(err))
+	}
+	return nil
 }
 
 // conflict explains an error renaming or linking onto key: if key is a
@@ -300,8 +452,12 @@ func (t *Target) conflict(key string, err error) error {
 	return classify(err)
 }
 
-// mkdirs creates the directories of dir that are missing, fsyncing the
-// parent of each one it creates so the new entry is durable.
+// mkdirs creates the directories of dir that are missing and makes each
+// directory's entry in its parent durable (fsyncing the parent), once per
+// process (durableDirs): also a directory it finds, which another Put may
+// have created and not yet fsynced into its parent — or never will, its
+// process having died — while the key the caller stores below it must be
+// reachable after a crash once the Put returns.
 func (t *Target) mkdirs(key, dir string) error {
 	if dir == "." {
 		return nil
@@ -309,12 +465,12 @@ func (t *Target) mkdirs(key, dir string) error {
 	segs := strings.Split(dir, "/")
 	for i := range segs {
 		p := strings.Join(segs[:i+1], "/")
+		if _, ok := t.durableDirs.Load(p); ok {
+			continue
+		}
 		err := t.root.Mkdir(p, 0o755)
 		switch {
 		case err == nil:
-			if err := t.syncDir(path.Dir(p)); err != nil {
-				return err
-			}
 		case errors.Is(err, fs.ErrExist):
 			fi, serr := t.root.Lstat(p)
 			if serr != nil {
@@ -326,6 +482,10 @@ func (t *Target) mkdirs(key, dir string) error {
 		default:
 			return fmt.Errorf("put %q: creating directory %q: %w", key, p, classify(err))
 		}
+		if err := t.syncDir(path.Dir(p)); err != nil {
+			return fmt.Errorf("put %q: making directory %q durable: %w", key, p, err)
+		}
+		t.durableDirs.Store(p, struct{}{})
 	}
 	return nil
 }
@@ -336,7 +496,7 @@ func (t *Target) syncDir(dir string) error {
 		return fmt.Errorf("opening directory %q to fsync: %w", dir, classify(err))
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := t.fsync(dir, d); err != nil {
 		return fmt.Errorf("fsync directory %q: %w", dir, classify(err))
 	}
 	return nil
@@ -555,10 +715,15 @@ func (t *Target) Delete(ctx context.Context, keys []string) error {
 	return nil
 }
 
-// Close closes the root directory; it is idempotent.
+// Close stops the sweep of New and closes the root directory; it is
+// idempotent.
 func (t *Target) Close() error {
 	if t.closed.Swap(true) {
 		return nil
+	}
+	if t.stopSweep != nil {
+		t.stopSweep()
+		<-t.swept
 	}
 	return t.root.Close()
 }

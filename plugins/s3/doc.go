@@ -26,8 +26,22 @@
 // opts into HEAD-then-PUT, which races (both creators may succeed, the later
 // object winning) and says so in Info; callers must then fence.
 //
+// Only NoSuchKey means "no object" (plugins.ErrNotFound). Any other 404 —
+// NoSuchBucket (an error naming the bucket), NoSuchUpload, a proxy's bare
+// 404 — is permanent, so a missing bucket or a misrouted request never
+// reads as a missing object, which callers act on. A HEAD's 404 has no
+// body to tell them apart: Has (and a Get of no bytes, which HEADs) then
+// HEADs the bucket, after the objects, and reports the keys absent only
+// if it exists. That answer is not cached: a bucket deleted later must
+// not turn every key absent (bucketExists). A listing ends only at a page
+// that says it is complete; a page that says there is more without a new
+// continuation token fails it. A ranged Get takes only a 206 whose
+// Content-Range is the range asked for.
+//
 // Its tests run against a real S3 server (versitygw, installed by
-// scripts/deps.sh) on loopback, never a mock.
+// scripts/deps.sh) on loopback; only answers a real server does not give
+// (a bare 404, a truncated page without a token, an ignored Range, a
+// failing abort) come from an httptest fake (fake_test.go).
 //
 // Among Strata packages it imports only plugins (and plugins/targettest from
 // its tests). It must not import snapshot, blockdev or backupd.

@@ -11,12 +11,14 @@ import (
 	"iter"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -105,10 +107,20 @@ func (t *Target) check() error {
 	return nil
 }
 
+// errBare404 marks a 404 without an S3 error code: the answer to a HEAD
+// (which has no body), or a bare 404 from something that is not S3 (a
+// proxy, a wrong endpoint path). It does not say what is missing — the
+// key, the bucket or the whole service — so by itself it is a permanent
+// error, never ErrNotFound; Has and Get's HEADs make it "absent" only
+// once the bucket is seen to exist (bucketExists).
+var errBare404 = errors.New("404 without an S3 error code")
+
 // classify gives an S3 error its class: missing keys, failed
 // preconditions, throttling and server errors, and failures to reach the
-// server at all (transient).
-func classify(err error) error {
+// server at all (transient). Only NoSuchKey is ErrNotFound: any other 404
+// — NoSuchBucket, NoSuchUpload, a 404 with no code — is permanent, so a
+// missing bucket or a misrouted request never reads as "no object".
+func (t *Target) classify(err error) error {
 	if err == nil {
 		return nil
 	}
@@ -116,15 +128,23 @@ func classify(err error) error {
 		return err
 	}
 	var nsk *types.NoSuchKey
-	var nf *types.NotFound
-	if errors.As(err, &nsk) || errors.As(err, &nf) {
+	if errors.As(err, &nsk) {
 		return fmt.Errorf("%w: %w", plugins.ErrNotFound, err)
+	}
+	var nf *types.NotFound
+	if errors.As(err, &nf) {
+		return fmt.Errorf("%w: %w", errBare404, plugins.Permanent(err))
 	}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
 		switch ae.ErrorCode() {
-		case "NoSuchKey", "NotFound":
+		case "NoSuchKey":
 			return fmt.Errorf("%w: %w", plugins.ErrNotFound, err)
+		case "NotFound":
+			// The SDK's code for a 404 whose body gave none.
+			return fmt.Errorf("%w: %w", errBare404, plugins.Permanent(err))
+		case "NoSuchBucket":
+			return fmt.Errorf("bucket %q does not exist: %w", t.cfg.Bucket, plugins.Permanent(err))
 		case "PreconditionFailed":
 			return fmt.Errorf("%w: %w", plugins.ErrAlreadyExists, err)
 		case "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "ConditionalRequestConflict":
@@ -134,8 +154,6 @@ func classify(err error) error {
 	var re *smithyhttp.ResponseError
 	if errors.As(err, &re) {
 		switch s := re.HTTPStatusCode(); {
-		case s == http.StatusNotFound:
-			return fmt.Errorf("%w: %w", plugins.ErrNotFound, err)
 		case s == http.StatusPreconditionFailed:
 			return fmt.Errorf("%w: %w", plugins.ErrAlreadyExists, err)
 		case s == http.StatusTooManyRequests || s == http.StatusConflict || s >= 500:
@@ -179,7 +197,7 @@ func (t *Target) conditional(ctx context.Context) (plugins.ConditionalCreate, er
 		_, err := t.client.PutObject(ctx, &awss3.PutObjectInput{
 			Bucket: &t.cfg.Bucket, Key: &key, Body: bytes.NewReader(nil), ContentLength: aws.Int64(0), IfNoneMatch: aws.String("*"),
 		})
-		return classify(err)
+		return t.classify(err)
 	}
 	err := putOnce()
 	if err == nil {
@@ -282,7 +300,7 @@ func (t *Target) put(ctx context.Context, op, key string, r io.Reader, size int6
 			Bucket: &t.cfg.Bucket, Key: &full, Body: bytes.NewReader(buf), ContentLength: aws.Int64(size), IfNoneMatch: cond,
 		})
 		if err != nil {
-			return fmt.Errorf("%s %q: %w", op, key, classify(err))
+			return fmt.Errorf("%s %q: %w", op, key, t.classify(err))
 		}
 		return nil
 	}
@@ -301,7 +319,7 @@ func cmpErr(err error) error {
 func (t *Target) multipart(ctx context.Context, op, key, full string, src io.Reader, cond *string) (err error) {
 	up, err := t.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: &t.cfg.Bucket, Key: &full})
 	if err != nil {
-		return fmt.Errorf("%s %q: starting the multipart upload: %w", op, key, classify(err))
+		return fmt.Errorf("%s %q: starting the multipart upload: %w", op, key, t.classify(err))
 	}
 	defer func() {
 		if err == nil {
@@ -310,7 +328,11 @@ func (t *Target) multipart(ctx context.Context, op, key, full string, src io.Rea
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 		defer cancel()
 		if _, aerr := t.client.AbortMultipartUpload(actx, &awss3.AbortMultipartUploadInput{Bucket: &t.cfg.Bucket, Key: &full, UploadId: up.UploadId}); aerr != nil {
-			err = fmt.Errorf("%w (and aborting the upload failed: %w)", err, classify(aerr))
+			// %v: the Put's error keeps its own class alone. The abort's
+			// would otherwise join it, and win in Classify if it were
+			// checked first — a NoSuchUpload because a Complete whose
+			// answer was lost did succeed, say.
+			err = fmt.Errorf("%w (and aborting the upload failed: %v)", err, t.classify(aerr))
 		}
 	}()
 	bp := t.partBuffer()
@@ -324,7 +346,7 @@ func (t *Target) multipart(ctx context.Context, op, key, full string, src io.Rea
 				Body: bytes.NewReader((*bp)[:m]), ContentLength: aws.Int64(int64(m)),
 			})
 			if err != nil {
-				return fmt.Errorf("%s %q: part %d: %w", op, key, n, classify(err))
+				return fmt.Errorf("%s %q: part %d: %w", op, key, n, t.classify(err))
 			}
 			parts = append(parts, types.CompletedPart{ETag: res.ETag, PartNumber: aws.Int32(n)})
 		}
@@ -340,7 +362,7 @@ func (t *Target) multipart(ctx context.Context, op, key, full string, src io.Rea
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}, IfNoneMatch: cond,
 	})
 	if err != nil {
-		return fmt.Errorf("%s %q: completing the multipart upload: %w", op, key, classify(err))
+		return fmt.Errorf("%s %q: completing the multipart upload: %w", op, key, t.classify(err))
 	}
 	return nil
 }
@@ -388,14 +410,86 @@ func (t *Target) Get(ctx context.Context, key string, offset, length int64) (io.
 		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusRequestedRangeNotSatisfiable {
 			return t.emptyRange(ctx, key, offset)
 		}
-		return nil, 0, fmt.Errorf("get %q: %w", key, classify(err))
+		return nil, 0, fmt.Errorf("get %q: %w", key, t.classify(err))
 	}
 	n := aws.ToInt64(out.ContentLength)
 	if n < 0 || length >= 0 && n > length {
 		out.Body.Close()
 		return nil, 0, fmt.Errorf("get %q: the server answered %d bytes for a range of %d: %w", key, n, length, plugins.ErrPermanent)
 	}
-	return &body{rc: out.Body, key: key, remaining: n}, n, nil
+	if in.Range != nil {
+		if err := checkRange(out, offset, length, n); err != nil {
+			out.Body.Close()
+			return nil, 0, fmt.Errorf("get %q: the answer to Range %s: %w", key, *in.Range, err)
+		}
+	}
+	return &body{t: t, rc: out.Body, key: key, remaining: n}, n, nil
+}
+
+// checkRange checks the answer to a ranged GetObject of n bytes: a 206
+// whose Content-Range starts at offset and spans the n bytes, which reach
+// the object's end if length < 0 and are otherwise the length asked for,
+// or less only where the object ends. A server (or a proxy) that ignores
+// Range answers 200 with the object from its start: without this check
+// those would be the bytes read.
+func checkRange(out *awss3.GetObjectOutput, offset, length, n int64) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf(format+": %w", append(args, plugins.ErrPermanent)...)
+	}
+	if raw, ok := awsmiddleware.GetRawResponse(out.ResultMetadata).(*smithyhttp.Response); ok && raw.StatusCode != http.StatusPartialContent {
+		return bad("status %d, not 206 Partial Content (the server ignored the range?)", raw.StatusCode)
+	}
+	cr := aws.ToString(out.ContentRange)
+	first, last, total, ok := parseContentRange(cr)
+	switch {
+	case !ok:
+		return bad("Content-Range %q, want bytes FIRST-LAST/SIZE", cr)
+	case first != offset:
+		return bad("Content-Range %q starts at %d, not %d", cr, first, offset)
+	case last-first+1 != n:
+		return bad("Content-Range %q for %d bytes of body", cr, n)
+	case total < 0:
+		// The size is unknown ("*"): n <= length is all there is to check.
+		return nil
+	case last >= total:
+		return bad("Content-Range %q ends past the object's size", cr)
+	}
+	want := total - offset
+	if length >= 0 {
+		want = min(want, length)
+	}
+	if n != want {
+		return bad("Content-Range %q: %d bytes where the range asked of a %d-byte object yields %d", cr, n, total, want)
+	}
+	return nil
+}
+
+// parseContentRange parses "bytes FIRST-LAST/SIZE" (SIZE may be "*",
+// returned as -1).
+func parseContentRange(s string) (first, last, total int64, ok bool) {
+	rest, found := strings.CutPrefix(s, "bytes ")
+	if !found {
+		return 0, 0, 0, false
+	}
+	span, size, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, 0, false
+	}
+	a, b, found := strings.Cut(span, "-")
+	if !found {
+		return 0, 0, 0, false
+	}
+	first, err1 := strconv.ParseInt(a, 10, 64)
+	last, err2 := strconv.ParseInt(b, 10, 64)
+	total = -1
+	var err3 error
+	if size != "*" {
+		total, err3 = strconv.ParseInt(size, 10, 64)
+	}
+	if err1 != nil || err2 != nil || err3 != nil || first < 0 || last < first || size != "*" && total < 0 {
+		return 0, 0, 0, false
+	}
+	return first, last, total, true
 }
 
 // emptyRange answers a Get that yields no bytes: the object must exist and
@@ -403,8 +497,14 @@ func (t *Target) Get(ctx context.Context, key string, offset, length int64) (io.
 func (t *Target) emptyRange(ctx context.Context, key string, offset int64) (io.ReadCloser, int64, error) {
 	full := t.cfg.Prefix + key
 	h, err := t.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: &t.cfg.Bucket, Key: &full})
+	if err = t.classify(err); errors.Is(err, errBare404) {
+		if berr := t.bucketExists(ctx); berr != nil {
+			return nil, 0, fmt.Errorf("get %q: a HEAD answered 404, but: %w", key, berr)
+		}
+		err = fmt.Errorf("%w: %w", plugins.ErrNotFound, err)
+	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("get %q: %w", key, classify(err))
+		return nil, 0, fmt.Errorf("get %q: %w", key, err)
 	}
 	if size := aws.ToInt64(h.ContentLength); offset > size {
 		return nil, 0, fmt.Errorf("get %q: offset %d of a %d-byte object: %w", key, offset, size, plugins.ErrInvalidRange)
@@ -414,6 +514,7 @@ func (t *Target) emptyRange(ctx context.Context, key string, offset int64) (io.R
 
 // body checks that a response body yields its announced length.
 type body struct {
+	t         *Target
 	rc        io.ReadCloser
 	key       string
 	remaining int64
@@ -426,14 +527,17 @@ func (b *body) Read(p []byte) (int, error) {
 	case errors.Is(err, io.EOF) && b.remaining > 0:
 		return n, fmt.Errorf("get %q: body ended %d bytes short: %w", b.key, b.remaining, plugins.Transient(io.ErrUnexpectedEOF))
 	case err != nil && !errors.Is(err, io.EOF):
-		return n, fmt.Errorf("get %q: %w", b.key, classify(err))
+		return n, fmt.Errorf("get %q: %w", b.key, b.t.classify(err))
 	}
 	return n, err
 }
 
 func (b *body) Close() error { return b.rc.Close() }
 
-// Has HEADs the keys, several at a time.
+// Has HEADs the keys, several at a time. A HEAD's 404 has no body, so it
+// cannot tell a missing key from a missing bucket (or a proxy's 404): if
+// any key answered 404, the bucket is HEADed once, after them, and the
+// keys are reported absent only if it exists (bucketExists).
 func (t *Target) Has(ctx context.Context, keys []string) ([]bool, error) {
 	for _, k := range keys {
 		if err := plugins.ValidateKey(k); err != nil {
@@ -445,6 +549,7 @@ func (t *Target) Has(ctx context.Context, keys []string) ([]bool, error) {
 	}
 	out := make([]bool, len(keys))
 	errs := make([]error, len(keys))
+	var absent atomic.Int64 // keys that answered 404
 	sem := make(chan struct{}, hasConcurrency)
 	var wg sync.WaitGroup
 	for i, k := range keys {
@@ -453,17 +558,49 @@ func (t *Target) Has(ctx context.Context, keys []string) ([]bool, error) {
 			defer func() { <-sem }()
 			full := t.cfg.Prefix + k
 			_, err := t.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: &t.cfg.Bucket, Key: &full})
-			if err = classify(err); err != nil && !errors.Is(err, plugins.ErrNotFound) {
+			switch err = t.classify(err); {
+			case err == nil:
+				out[i] = true
+			case errors.Is(err, errBare404):
+				absent.Add(1)
+			default:
 				errs[i] = fmt.Errorf("has %q: %w", k, err)
 			}
-			out[i] = err == nil
 		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	if n := absent.Load(); n > 0 {
+		if err := t.bucketExists(ctx); err != nil {
+			return nil, fmt.Errorf("has: %d of %d keys answered 404, but: %w", n, len(keys), err)
+		}
+	}
 	return out, nil
+}
+
+// bucketExists HEADs the bucket, which must follow the HEADs of objects
+// that answered 404 for those to mean "absent": S3 deletes only an empty
+// bucket, so a bucket there after the 404s held none of those keys then
+// even if it was deleted and made again in between.
+//
+// The answer is deliberately not cached, although a cache for the
+// target's lifetime would save this request: a bucket seen once and
+// deleted (or moved, or made unreachable through a proxy) later would
+// then turn every key into "absent" — exactly what this guards against,
+// since callers act on absence (GC deleting an index whose pack Has
+// reports missing). The cost is one HEAD per Has batch, or per empty Get,
+// that met a 404, not one per key.
+func (t *Target) bucketExists(ctx context.Context) error {
+	_, err := t.client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: &t.cfg.Bucket})
+	if err = t.classify(err); errors.Is(err, errBare404) {
+		return fmt.Errorf("bucket %q does not exist (its HEAD answered 404): %w", t.cfg.Bucket, err)
+	}
+	if err != nil {
+		return fmt.Errorf("bucket %q: confirming it exists: %w", t.cfg.Bucket, err)
+	}
+	return nil
 }
 
 // List pages through ListObjectsV2, which returns keys in byte order.
@@ -481,11 +618,14 @@ func (t *Target) List(ctx context.Context, prefix, startAfter string) iter.Seq2[
 		if startAfter != "" {
 			in.StartAfter = aws.String(t.cfg.Prefix + startAfter)
 		}
-		p := awss3.NewListObjectsV2Paginator(t.client, in)
-		for p.HasMorePages() {
-			page, err := p.NextPage(ctx)
+		// Not the SDK's paginator: it ends the listing, without an error,
+		// at a page that says it is truncated but gives no continuation
+		// token (or repeats one), and a listing cut short looks complete.
+		seen := make(map[string]bool)
+		for {
+			page, err := t.client.ListObjectsV2(ctx, in)
 			if err != nil {
-				yield(plugins.ObjectInfo{}, fmt.Errorf("list %q: %w", prefix, classify(err)))
+				yield(plugins.ObjectInfo{}, fmt.Errorf("list %q: %w", prefix, t.classify(err)))
 				return
 			}
 			for _, o := range page.Contents {
@@ -497,6 +637,20 @@ func (t *Target) List(ctx context.Context, prefix, startAfter string) iter.Seq2[
 					return
 				}
 			}
+			if !aws.ToBool(page.IsTruncated) {
+				return
+			}
+			next := aws.ToString(page.NextContinuationToken)
+			switch {
+			case next == "":
+				yield(plugins.ObjectInfo{}, fmt.Errorf("list %q: the server says the listing goes on but gives no continuation token: %w", prefix, plugins.ErrPermanent))
+				return
+			case seen[next]:
+				yield(plugins.ObjectInfo{}, fmt.Errorf("list %q: the server gave continuation token %q a second time: %w", prefix, next, plugins.ErrPermanent))
+				return
+			}
+			seen[next] = true
+			in.ContinuationToken = aws.String(next)
 		}
 	}
 }
@@ -523,7 +677,7 @@ func (t *Target) Delete(ctx context.Context, keys []string) error {
 			Bucket: &t.cfg.Bucket, Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
 		})
 		if err != nil {
-			return fmt.Errorf("delete: %w", classify(err))
+			return fmt.Errorf("delete: %w", t.classify(err))
 		}
 		var errs []error
 		for _, e := range out.Errors {

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/strata-block/strata/plugins"
 	"github.com/strata-block/strata/plugins/s3"
 	"github.com/strata-block/strata/plugins/targettest"
@@ -111,5 +114,65 @@ func TestWrongCredentials(t *testing.T) {
 	}
 	if strings.Contains(fmt.Sprint(err), "WRONG-SECRET-VALUE") {
 		t.Fatalf("the error shows the secret: %v", err)
+	}
+}
+
+// On a real server, a bucket that is missing — never made, or deleted
+// after the target stored objects in it — fails Has and Get with a
+// permanent error naming it: it never reads as "no such object", which
+// callers act on (GC drops what refers to an absent object).
+func TestMissingBucket(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	tests := []struct {
+		name   string
+		bucket string
+		delete bool // make the bucket, store and remove an object, delete it
+	}{
+		{name: "never made", bucket: "strata-never-made"},
+		{name: "deleted", bucket: "strata-deleted", delete: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			tg := openDirect(t, fmt.Sprintf("s3://%s/p?endpoint=%s&region=us-east-1", tt.bucket, g.endpoint))
+			if tt.delete {
+				c := g.client()
+				if _, err := c.CreateBucket(ctx, &awss3.CreateBucketInput{Bucket: aws.String(tt.bucket)}); err != nil {
+					t.Fatalf("CreateBucket: %v", err)
+				}
+				if err := tg.Put(ctx, "k", strings.NewReader("x"), 1); err != nil {
+					t.Fatal(err)
+				}
+				if has, err := tg.Has(ctx, []string{"k", "gone"}); err != nil || !has[0] || has[1] {
+					t.Fatalf("Has with the bucket there = %v, %v", has, err)
+				}
+				if err := tg.Delete(ctx, []string{"k"}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.DeleteBucket(ctx, &awss3.DeleteBucketInput{Bucket: aws.String(tt.bucket)}); err != nil {
+					t.Fatalf("DeleteBucket: %v", err)
+				}
+			}
+			permanent := func(op string, err error) {
+				t.Helper()
+				if err == nil || errors.Is(err, plugins.ErrNotFound) || plugins.Classify(err) != plugins.ClassPermanent || !strings.Contains(err.Error(), tt.bucket) {
+					t.Fatalf("%s: %v (%v), want a permanent error naming bucket %s", op, err, plugins.Classify(err), tt.bucket)
+				}
+			}
+			has, err := tg.Has(ctx, []string{"k"})
+			if err == nil {
+				t.Fatalf("Has = %v without an error", has)
+			}
+			permanent("Has", err)
+			for _, length := range []int64{-1, 0} {
+				rc, _, err := tg.Get(ctx, "k", 0, length)
+				if err == nil {
+					rc.Close()
+					t.Fatalf("Get(length %d) succeeded", length)
+				}
+				permanent(fmt.Sprintf("Get(length %d)", length), err)
+			}
+		})
 	}
 }
