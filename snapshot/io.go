@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math/bits"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"golang.org/x/sys/unix"
 )
 
 // blockSum is the checksum recorded for a data block.
@@ -348,7 +350,9 @@ func (v *Volume) zeroRange(op string, off, length int64, kind uint32) error {
 	if err := v.writeZeros(last, end); err != nil {
 		return fail(err)
 	}
-	v.head.punch(first, last-first)
+	if err := v.head.punch(first, last-first); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+		v.s.log.Warn("punching a trimmed range out of the head layer failed; its space stays in use", "volume", v.name, "offset", first, "length", last-first, "err", err)
+	}
 	v.ci.mu.Lock()
 	v.setHead(uint64(first)>>blockShift, uint64(last-first)>>blockShift, kind)
 	v.ci.mu.Unlock()

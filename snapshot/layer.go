@@ -352,9 +352,10 @@ func (l *layer) dropCache(off, n int64) {
 }
 
 // punch frees the storage of [off, off+n) in the data file. It is only
-// space reclamation: callers never read blocks they punched.
-func (l *layer) punch(off, n int64) {
-	_ = unix.Fallocate(int(l.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+// space reclamation: callers never read blocks they punched, so a failure
+// loses nothing but the space.
+func (l *layer) punch(off, n int64) error {
+	return unix.Fallocate(int(l.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 }
 
 // ownedBlocks counts the blocks the layer holds as data.

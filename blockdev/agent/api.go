@@ -241,6 +241,11 @@ func (a *Agent) routes(mux *http.ServeMux) {
 		if err := a.mgr.Grow(r.Context(), name, req.Size); err != nil {
 			return nil, err
 		}
+		if a.host != nil {
+			if err := a.host.grown(r.Context(), name); err != nil {
+				return nil, fmt.Errorf("volume %q grew to %d bytes, but its file or device kept the old size: %w", name, req.Size, err)
+			}
+		}
 		return a.volume(r.Context(), name)
 	}))
 	route("POST /v1/volumes/{name}/clone", withBody(http.StatusCreated, func(r *http.Request, req CloneRequest) (any, error) {

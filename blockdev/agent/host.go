@@ -188,6 +188,33 @@ func (h *host) release(name string) error {
 	return nil
 }
 
+// grown passes a volume's new size on to its FUSE file and to the loop
+// device attached over it. A kernel NBD device keeps the size it was
+// attached with until it is attached again (the protocol has no resize).
+func (h *host) grown(ctx context.Context, name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fs == nil {
+		return nil
+	}
+	if _, ok := h.files[name]; !ok {
+		return nil
+	}
+	if err := h.fs.Resized(name); err != nil {
+		return err
+	}
+	d, ok := h.devs[name]
+	switch {
+	case !ok:
+		return nil
+	case d.loop != nil:
+		return d.loop.UpdateSize(ctx)
+	default:
+		h.a.log.Warn("volume grew; its NBD device keeps the old size until it is attached again", "volume", name, "device", d.at.Device)
+		return nil
+	}
+}
+
 // stop unmounts and detaches everything (on shutdown). With keep, the
 // attachments stay recorded so that the next start restores them.
 func (h *host) stop(ctx context.Context, keep bool) {

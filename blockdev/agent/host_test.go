@@ -3,28 +3,28 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 )
 
-// TestSnapshotFileRecreated checks that a snapshot deleted while its FUSE
-// file is open, then made again under the same name, gets a file of its
-// own: before, the open file kept the name (its removal was refused as
-// busy and then skipped), so vol@snap went on serving the deleted
-// snapshot's data until the agent restarted.
-func TestSnapshotFileRecreated(t *testing.T) {
+// startFUSEAgent runs an agent with its FUSE mount on a temporary data
+// directory until the test ends.
+func startFUSEAgent(t *testing.T) (*Agent, *Client) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true but the FUSE mount needs root")
 		}
 		t.Skip("the FUSE mount needs root")
 	}
-	ctx := t.Context()
-	a, err := New(ctx, Config{DataDir: t.TempDir(), FUSE: "on"}, "test", nil)
+	a, err := New(t.Context(), Config{DataDir: t.TempDir(), FUSE: "on"}, "test", nil)
 	if err != nil {
 		t.Fatalf("agent.New: %v", err)
 	}
-	stop, err := a.Start(context.WithoutCancel(ctx))
+	stop, err := a.Start(context.WithoutCancel(t.Context()))
 	if err != nil {
 		t.Fatalf("agent.Start: %v", err)
 	}
@@ -33,7 +33,17 @@ func TestSnapshotFileRecreated(t *testing.T) {
 			t.Errorf("agent.Run: %v", err)
 		}
 	})
-	c := NewClient(APISocket(a.cfg.DataDir))
+	return a, NewClient(APISocket(a.cfg.DataDir))
+}
+
+// TestSnapshotFileRecreated checks that a snapshot deleted while its FUSE
+// file is open, then made again under the same name, gets a file of its
+// own: before, the open file kept the name (its removal was refused as
+// busy and then skipped), so vol@snap went on serving the deleted
+// snapshot's data until the agent restarted.
+func TestSnapshotFileRecreated(t *testing.T) {
+	a, c := startFUSEAgent(t)
+	ctx := t.Context()
 	createVolumes(t, c, "vol")
 	write := func(b byte) []byte {
 		dev, release, err := a.Manager().Open(ctx, "vol")
@@ -81,5 +91,45 @@ func TestSnapshotFileRecreated(t *testing.T) {
 	}
 	if got := readFile(old); !bytes.Equal(got, first) {
 		t.Errorf("the deleted snapshot's open file reads %d..., want %d...", got[0], first[0])
+	}
+}
+
+// TestGrowAttached checks that growing a volume reaches its FUSE file and
+// the loop device attached over it at once. Before, the file kept the old
+// size for the attribute timeout and the loop device until it was
+// attached again, so a filesystem on it could not be grown.
+func TestGrowAttached(t *testing.T) {
+	a, c := startFUSEAgent(t)
+	ctx := t.Context()
+	createVolumes(t, c, "vol")
+	at, err := c.Attach(ctx, "vol", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Detach(context.WithoutCancel(ctx), "vol") })
+	path := a.host.filePath("vol")
+	sizes := func() (file, dev int64) {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/sys/block/%s/size", strings.TrimPrefix(at.Device, "/dev/")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sectors, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size(), sectors * 512
+	}
+	if f, d := sizes(); f != mib || d != mib {
+		t.Fatalf("before growing: file %d, device %d bytes; want %d", f, d, mib)
+	}
+	if _, err := c.GrowVolume(ctx, "vol", 4*mib); err != nil {
+		t.Fatal(err)
+	}
+	if f, d := sizes(); f != 4*mib || d != 4*mib {
+		t.Fatalf("after growing: file %d, device %d bytes; want %d", f, d, 4*mib)
 	}
 }

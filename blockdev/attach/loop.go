@@ -175,6 +175,25 @@ func (l *Loop) Detach(ctx context.Context) error {
 	return nil
 }
 
+// UpdateSize makes the device take its backing file's current size
+// (LOOP_SET_CAPACITY), after the volume grew. A filesystem on the device
+// sees the new size at once and can then be grown (resize2fs,
+// xfs_growfs).
+func (l *Loop) UpdateSize(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return fmt.Errorf("loop %s: detached: %w", l.Path, os.ErrClosed)
+	}
+	if err := unix.IoctlSetInt(int(l.dev.Fd()), unix.LOOP_SET_CAPACITY, 0); err != nil {
+		return fmt.Errorf("loop %s: LOOP_SET_CAPACITY: %w", l.Path, err)
+	}
+	return nil
+}
+
 // loopBacking lists attached loop devices and their backing files.
 func loopBacking() (map[int]string, error) {
 	paths, err := filepath.Glob("/sys/block/loop*/loop/backing_file")

@@ -421,6 +421,32 @@ func (f *FS) Detach(name string, done func()) error {
 	return nil
 }
 
+// Resized tells the kernel that name's device changed size: its cached
+// attributes are dropped, and the file's size is read again at once, so
+// that a loop device over the file can take the new size
+// (attach.Loop.UpdateSize). It fails with ErrNotFound or ErrClosed.
+func (f *FS) Resized(name string) error {
+	f.mu.Lock()
+	n, ok := f.files[name]
+	closed := f.closed
+	f.mu.Unlock()
+	switch {
+	case closed:
+		return fmt.Errorf("fuse resized %q: %w", name, ErrClosed)
+	case !ok:
+		return fmt.Errorf("fuse resized %q: %w", name, ErrNotFound)
+	}
+	if errno := n.NotifyContent(-1, 0); errno != 0 && errno != syscall.ENOENT {
+		return fmt.Errorf("fuse resized %q: invalidate attributes: %w", name, errno)
+	}
+	// The kernel's inode size is refreshed by the next getattr; a loop
+	// device reads it without one.
+	if _, err := os.Stat(f.Path(name)); err != nil {
+		return fmt.Errorf("fuse resized %q: %w", name, err)
+	}
+	return nil
+}
+
 // notifyEntry drops the kernel's cached entry for name, if any.
 func (f *FS) notifyEntry(name string) {
 	if errno := f.root.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
