@@ -17,7 +17,8 @@ import (
 )
 
 // DefaultMaxDuration is BackupOptions.MaxDuration's default. GCOptions.Grace
-// must be longer (its default is 2× this).
+// must be longer by more than 15 minutes (its default is 2×
+// GCOptions.MaxDuration, which defaults to this).
 const DefaultMaxDuration = 6 * time.Hour
 
 // BackupOptions describe one backup run.

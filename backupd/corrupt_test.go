@@ -2,6 +2,7 @@ package backupd
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -312,6 +313,131 @@ func TestDamage(t *testing.T) {
 			MustEqual(t, "vol-b", got, b)
 			if rep, err := r.Verify(ctx, []string{resB.ManifestKey}, VerifyOptions{ReadData: true}); err != nil && len(rep.BadChunks)+len(rep.BadBackups) > 0 {
 				t.Errorf("Verify of vol-b alone: %v", err)
+			}
+		})
+	}
+}
+
+// TestReadFailureIsNotDamage: a pack Get (or a manifest's, or a map
+// page's) that fails because the target does not answer (a transient
+// error, a plugin that died) aborts verify and restore with that error; it
+// does not report the chunks or the backup bad, and SkipDamaged does not
+// skip them as damaged. A pack that is not found is damage: reported
+// missing, skipped.
+func TestReadFailureIsNotDamage(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		prefix     string // the keys whose Gets fail
+		fault      error
+		wantDamage bool
+	}{
+		{name: "transient", prefix: prefixPacks, fault: fmt.Errorf("503 slow down: %w", plugins.ErrTransient)},
+		{name: "plugin-died", prefix: prefixPacks, fault: fmt.Errorf("plugin exited: %w", plugins.ErrClosed)},
+		{name: "not-found", prefix: prefixPacks, fault: fmt.Errorf("no such pack: %w", plugins.ErrNotFound), wantDamage: true},
+		{name: "transient-manifest", prefix: prefixBackups, fault: fmt.Errorf("503 slow down: %w", plugins.ErrTransient)},
+		{name: "transient-page", prefix: prefixMaps, fault: fmt.Errorf("503 slow down: %w", plugins.ErrTransient)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			ft := &faultTarget{Target: NewFSTarget(t, t.TempDir())}
+			r := Open(ft, &Options{PackSize: 256 << 10, Logger: testLogger(t)})
+			data := RandomData(rand.New(rand.NewPCG(171, 172)), 1<<20)
+			res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: data}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ft.failGet(keyPrefix(tc.prefix, tc.fault))
+
+			rep, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true})
+			if tc.wantDamage {
+				if !errors.Is(err, ErrMissing) || rep == nil || len(rep.BadChunks) == 0 {
+					t.Errorf("Verify = %v; want the chunks reported missing", err)
+				}
+			} else if !errors.Is(err, tc.fault) || rep != nil {
+				t.Errorf("Verify = %v, report %+v; want the target's error and no chunk or backup reported bad", err, rep)
+			}
+
+			_, rres, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{SkipDamaged: true})
+			if tc.wantDamage {
+				if !errors.Is(err, ErrCorrupt) || rres == nil || len(rres.Damaged) == 0 {
+					t.Errorf("Restore(SkipDamaged) = %v; want the chunks skipped as damaged", err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.fault) || errors.Is(err, ErrCorrupt) || rres != nil || !strings.Contains(err.Error(), `"vol-a"`) {
+				n := 0
+				if rres != nil {
+					n = len(rres.Damaged)
+				}
+				t.Errorf("Restore(SkipDamaged) = %v with %d damaged ranges; want the target's error naming vol-a, nothing skipped", err, n)
+			}
+		})
+	}
+}
+
+// TestRestoreStateKeepsDamagedWindow: with StatePath and SkipDamaged, a
+// window with a skipped chunk is not recorded as restored: a rerun
+// restores it again (and reports the damage again, or restores it once
+// the store is healed) instead of skipping it and reporting success. The
+// windows before it are resumed.
+func TestRestoreStateKeepsDamagedWindow(t *testing.T) {
+	t.Parallel()
+	// Two windows of restoreWindowChunks chunks (pages of 1024: 4 pages
+	// each), the second one partial.
+	const size = (restoreWindowChunks + 1024) * ChunkSize
+	tests := []struct {
+		name        string
+		chunk       int64 // the damaged chunk
+		wantResumed int   // pages the rerun skips
+	}{
+		{name: "first-window", chunk: 5, wantResumed: 0},
+		{name: "second-window", chunk: restoreWindowChunks + 5, wantResumed: restoreWindowChunks / 1024},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			dir := t.TempDir()
+			r := Open(NewFSTarget(t, dir), &Options{Logger: testLogger(t)})
+			data := RandomData(rand.New(rand.NewPCG(173, 174)), size)
+			res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: data}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Manifest.PageChunks != 1024 {
+				t.Fatalf("page of %d chunks, the test assumes 1024", res.Manifest.PageChunks)
+			}
+			// Flip a bit of the chunk's record.
+			idx, err := r.loadIndex(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			loc, ok := idx.chunks[ChunkID(sha256.Sum256(data[tc.chunk*ChunkSize:(tc.chunk+1)*ChunkSize]))]
+			if !ok {
+				t.Fatal("chunk not in the index")
+			}
+			file := filepath.Join(dir, packKey(idx.packs[loc.pack]))
+			raw, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw[int(loc.offset)+recordHeaderSize+100] ^= 0x10
+			if err := os.WriteFile(file, raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			state := filepath.Join(t.TempDir(), "state")
+			opts := RestoreOptions{StatePath: state, SkipDamaged: true}
+			for run := range 2 {
+				_, rr, err := restoreAll(t, r, res.ManifestKey, size, opts)
+				if !errors.Is(err, ErrCorrupt) || rr == nil || len(rr.Damaged) != 1 || rr.Damaged[0].Offset != tc.chunk*ChunkSize {
+					t.Fatalf("restore run %d = %v, %+v; want the damaged chunk at %d reported", run, err, rr, tc.chunk*ChunkSize)
+				}
+				if want := []int{0, tc.wantResumed}[run]; rr.Resumed != want {
+					t.Errorf("restore run %d resumed %d pages, want %d", run, rr.Resumed, want)
+				}
 			}
 		})
 	}

@@ -37,7 +37,7 @@ const (
 	crashPackSize  = 256 << 10
 	// The GC crash test's deadline and grace, on its fake clock.
 	crashMaxDur = time.Minute
-	crashGrace  = 2 * time.Minute
+	crashGrace  = 20 * time.Minute // longer than crashMaxDur + 15 min (backupd's graceMargin)
 )
 
 // pausingTarget prints a progress line before each Delete and waits for

@@ -28,7 +28,9 @@
 // chunk ids of 256 consecutive chunks; a manifest lists a backup's pages
 // and its whole-volume digest. FORMAT.md documents every format, the
 // commit order, restore resumption and the two-phase GC protocol with its
-// assumption (GCOptions.Grace longer than every BackupOptions.MaxDuration).
+// assumption (GCOptions.Grace longer than every BackupOptions.MaxDuration
+// plus GCOptions.Margin, 15 minutes by default: a mark's Put latency and
+// the hosts' clock difference).
 //
 // Errors wrap the sentinels in errors.go (ErrCorrupt, ErrMissing,
 // ErrInvalid, ErrKey, ErrTooSlow, ErrMismatch) or the target's plugins

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -38,19 +39,35 @@ func sortInfos(s []BackupInfo) {
 
 // Delete removes backup id of volume: its manifest only; GC reclaims the
 // chunks no other backup references. A backup that does not exist is
-// plugins.ErrNotFound; one a system backup holds is ErrHeld.
+// plugins.ErrNotFound; one a system backup holds is ErrHeld; one whose
+// manifest does not load is refused (ErrCorrupt, see DeleteOptions.Force).
 func (r *Repository) Delete(ctx context.Context, volume, id string) error {
-	return r.delete(ctx, volume, id, false)
+	return r.DeleteWith(ctx, volume, id, DeleteOptions{})
 }
 
 // DeleteHeld is Delete for the coordinator: it removes a backup even when
-// it carries TagSystem. The caller checks that no system manifest names
-// it any more.
+// it carries TagSystem, or when its manifest does not load. The caller
+// checks that no system manifest names it any more (the backup id is one
+// its own run recorded).
 func (r *Repository) DeleteHeld(ctx context.Context, volume, id string) error {
-	return r.delete(ctx, volume, id, true)
+	return r.DeleteWith(ctx, volume, id, DeleteOptions{Held: true, Force: true})
 }
 
-func (r *Repository) delete(ctx context.Context, volume, id string, held bool) error {
+// DeleteOptions tune DeleteWith.
+type DeleteOptions struct {
+	// Held deletes a backup a system backup holds (TagSystem); without it
+	// such a backup is refused with ErrHeld. Only the coordinator sets it.
+	Held bool
+	// Force deletes a manifest that does not load (ErrCorrupt). Without
+	// it such a manifest is refused: it may be damage, but it may also be
+	// a backup written by a newer version (an unknown version or field)
+	// whose tags cannot be read, so whether a system backup holds it is
+	// unknown.
+	Force bool
+}
+
+// DeleteWith is Delete with options.
+func (r *Repository) DeleteWith(ctx context.Context, volume, id string, opts DeleteOptions) error {
 	key := ManifestKey(volume, id)
 	if _, _, err := ParseManifestKey(key); err != nil {
 		return err
@@ -59,31 +76,36 @@ func (r *Repository) delete(ctx context.Context, volume, id string, held bool) e
 	switch {
 	case errors.Is(err, plugins.ErrNotFound):
 		return fmt.Errorf("delete backup %s of volume %q: %w", id, volume, plugins.ErrNotFound)
-	case err == nil && !held && m.Tags[TagSystem] != "":
+	case err == nil && !opts.Held && m.Tags[TagSystem] != "":
 		return fmt.Errorf("delete backup %s of volume %q: system backup %s names it; remove the system backup instead (strata system backup rm %s): %w",
 			id, volume, m.Tags[TagSystem], m.Tags[TagSystem], ErrHeld)
+	case errors.Is(err, ErrCorrupt) && !opts.Force:
+		return fmt.Errorf("delete backup %s of volume %q: refusing: its manifest does not load, so whether a system backup holds it is unknown "+
+			"(damage, or a manifest written by a newer version); delete it with DeleteOptions.Force if it is damage: %w", id, volume, err)
 	case err != nil && !errors.Is(err, ErrCorrupt):
-		// A corrupt manifest can be deleted; anything else (a target
-		// that does not answer) stops here.
+		// A target that does not answer stops here.
 		return fmt.Errorf("delete backup %s of volume %q: %w", id, volume, err)
 	}
 	if err := r.t.Delete(ctx, []string{key}); err != nil {
 		return fmt.Errorf("delete backup %s of volume %q: %w", id, volume, err)
 	}
-	r.log.Info("backup deleted", "op", "delete", "volume", volume, "id", id)
+	r.log.Info("backup deleted", "op", "delete", "volume", volume, "id", id, "unreadable", err != nil)
 	return nil
 }
 
 // PruneOptions select the backups to keep, per volume: the KeepLast most
 // recent and every one created within KeepWithin of the volume's newest
-// backup (as restic's --keep-within: a volume whose backups stopped is not
-// emptied by time passing). The rest are deleted (their manifests; GC
-// reclaims the data).
+// backup, or of now if that is earlier (as restic's --keep-within: a
+// volume whose backups stopped is not emptied by time passing, and a
+// backup dated in the future does not push the others out of the window).
+// The rest are deleted (their manifests; GC reclaims the data).
 type PruneOptions struct {
 	Volume     string // "" for every volume
 	KeepLast   int
 	KeepWithin time.Duration
 	DryRun     bool
+	// Now is the clock (tests); default time.Now.
+	Now func() time.Time
 }
 
 // PruneResult lists what Prune kept and deleted (or would delete).
@@ -93,6 +115,14 @@ type PruneResult struct {
 	// Held were kept because a system backup holds them (TagSystem);
 	// they count towards neither KeepLast nor KeepWithin.
 	Held []BackupInfo `json:"held,omitempty"`
+	// Future were kept because they are dated more than maxClockSkew
+	// after now: a host whose clock ran ahead, or a damaged date
+	// (manifests carry no checksum). They count towards neither rule and
+	// do not anchor KeepWithin.
+	Future []BackupInfo `json:"future,omitempty"`
+	// Skipped are the manifests that do not load (damage, or a newer
+	// format): neither kept nor deleted.
+	Skipped []SkippedManifest `json:"skipped,omitempty"`
 }
 
 // Prune applies a retention policy. At least one of KeepLast and
@@ -104,40 +134,49 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 	if opts.KeepLast < 0 || opts.KeepWithin < 0 {
 		return nil, fmt.Errorf("prune: negative keep-last or keep-within: %w", ErrInvalid)
 	}
-	all, err := r.List(ctx, opts.Volume)
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	l, err := r.ListManifests(ctx, opts.Volume)
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
-	res := &PruneResult{}
+	now := opts.Now()
+	res := &PruneResult{Skipped: l.Skipped}
 	byVol := map[string][]BackupInfo{}
-	for _, b := range all {
-		if b.Tags[TagSystem] != "" {
+	for _, b := range l.Backups {
+		switch {
+		case b.Tags[TagSystem] != "":
 			res.Held = append(res.Held, b)
-			continue
+		case b.Created.After(now.Add(maxClockSkew)):
+			r.log.Warn("backup dated in the future; keeping it, and not counting it for retention", "op", "prune",
+				"volume", b.Volume, "id", b.ID, "created", b.Created, "now", now)
+			res.Future = append(res.Future, b)
+		default:
+			byVol[b.Volume] = append(byVol[b.Volume], b)
 		}
-		byVol[b.Volume] = append(byVol[b.Volume], b)
 	}
-	for _, vol := range slices.Sorted(func(y func(string) bool) {
-		for v := range byVol {
-			if !y(v) {
-				return
-			}
-		}
-	}) {
+	for _, vol := range slices.Sorted(maps.Keys(byVol)) {
 		bs := byVol[vol]
 		slices.Reverse(bs) // newest first
+		// The window ends at the newest backup, or now if that is
+		// earlier (one within maxClockSkew ahead).
+		anchor := now
+		if bs[0].Created.Before(now) {
+			anchor = bs[0].Created
+		}
 		for i, b := range bs {
-			if i < opts.KeepLast || (opts.KeepWithin > 0 && bs[0].Created.Sub(b.Created) <= opts.KeepWithin) {
+			if i < opts.KeepLast || (opts.KeepWithin > 0 && anchor.Sub(b.Created) <= opts.KeepWithin) {
 				res.Kept = append(res.Kept, b)
 				continue
 			}
+			if !opts.DryRun {
+				// Gone already (another prune): it is deleted all the same.
+				if err := r.Delete(ctx, b.Volume, b.ID); err != nil && !errors.Is(err, plugins.ErrNotFound) {
+					return res, fmt.Errorf("prune: %w", err)
+				}
+			}
 			res.Deleted = append(res.Deleted, b)
-			if opts.DryRun {
-				continue
-			}
-			if err := r.Delete(ctx, b.Volume, b.ID); err != nil && !errors.Is(err, plugins.ErrNotFound) {
-				return res, fmt.Errorf("prune: %w", err)
-			}
 		}
 	}
 	return res, nil
@@ -146,13 +185,23 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 // GCOptions tune GC.
 type GCOptions struct {
 	// Grace is how long a pack or page stays marked before it may be
-	// deleted; it must be longer than every backup's MaxDuration plus the
-	// time a Put takes (default 2×DefaultMaxDuration).
+	// deleted. It must be longer than every backup's MaxDuration plus the
+	// longest a mark's Put may take (leaseSafe) plus the clock difference
+	// tolerated between hosts (maxClockSkew): FORMAT.md, "Why it is safe".
+	// Default 2×MaxDuration, and at least MaxDuration + 2×(leaseSafe +
+	// maxClockSkew).
 	Grace time.Duration
 	// MaxDuration is the longest MaxDuration of the backups that write
 	// to the repository (default DefaultMaxDuration); GC refuses a Grace
-	// that is not longer.
+	// not longer than it plus Margin.
 	MaxDuration time.Duration
+	// Margin is how much longer than MaxDuration the Grace must be: the
+	// longest a mark's Put may take plus the clock difference between the
+	// hosts writing to the repository. Default 15 minutes (leaseSafe +
+	// maxClockSkew). A smaller margin also bounds each mark's Put to it,
+	// and suits only hosts that share one clock (a single host) and a
+	// target that answers in well under the margin.
+	Margin time.Duration
 	// DryRun marks nothing and deletes nothing; the report says what a
 	// run would do.
 	DryRun bool
@@ -185,6 +234,19 @@ type gcMark struct {
 
 func gcKey(kind string, id ChunkID) string { return prefixGC + kind + "/" + id.String() }
 
+// graceMargin is how much longer than the backups' MaxDuration GC's grace
+// must be (FORMAT.md, "Why it is safe"): a backup may have listed gc/ up
+// to the mark Put's latency after the time the mark holds, and the lease
+// gives that Put at most leaseSafe; the mark's time and the sweep's start
+// are read on the clocks of hosts that may disagree by maxClockSkew.
+const graceMargin = leaseSafe + maxClockSkew
+
+// graceTooShort is the error for a grace not longer than d + margin.
+func graceTooShort(grace, d, margin time.Duration, what string) error {
+	return fmt.Errorf("gc: grace %v is too short: it must be longer than %v, the longest a backup may run (%v, %s) plus the margin for a GC mark's Put and the clock difference between hosts (%v, GCOptions.Margin; strata server --backup-gc-margin); a running backup's packs could be deleted",
+		grace, d+margin, d, what, margin)
+}
+
 // GC deletes packs and map pages no backup references, in two phases
 // (FORMAT.md, "Garbage collection"): an unreferenced object is first
 // marked (gc/packs/<id>, gc/maps/<id>, holding the time); a later run
@@ -199,14 +261,17 @@ func gcKey(kind string, id ChunkID) string { return prefixGC + kind + "/" + id.S
 // if any manifest or map page fails to load: it could not tell what that
 // backup references.
 func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
-	if opts.Grace <= 0 {
-		opts.Grace = 2 * DefaultMaxDuration
-	}
 	if opts.MaxDuration <= 0 {
 		opts.MaxDuration = DefaultMaxDuration
 	}
-	if opts.Grace <= opts.MaxDuration {
-		return nil, fmt.Errorf("gc: grace %v is not longer than a backup may run (%v): a running backup's packs could be deleted: %w", opts.Grace, opts.MaxDuration, ErrInvalid)
+	if opts.Margin <= 0 {
+		opts.Margin = graceMargin
+	}
+	if opts.Grace <= 0 {
+		opts.Grace = max(2*opts.MaxDuration, opts.MaxDuration+2*opts.Margin)
+	}
+	if opts.Grace <= opts.MaxDuration+opts.Margin {
+		return nil, fmt.Errorf("%w: %w", graceTooShort(opts.Grace, opts.MaxDuration, opts.Margin, "GCOptions.MaxDuration; strata server --backup-max-duration"), ErrInvalid)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -228,9 +293,9 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	// whose marks and sweeps a later run decides.
 	if most, from, err := r.recordedMaxDuration(ctx); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
-	} else if opts.Grace <= most {
-		return nil, fmt.Errorf("gc: grace %v is not longer than the deadline a backup of this repository used (%v, recorded as %s): a running backup's packs could be deleted; pass a longer grace, or delete %s once no host backs up with that deadline: %w",
-			opts.Grace, most, from, from, ErrInvalid)
+	} else if opts.Grace <= most+opts.Margin {
+		return nil, fmt.Errorf("%w; pass a longer grace, or delete %s once no host backs up with that deadline: %w",
+			graceTooShort(opts.Grace, most, opts.Margin, "the deadline a backup of this repository used, recorded as "+from), from, ErrInvalid)
 	}
 	start := opts.Now()
 
@@ -270,7 +335,14 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	for _, key := range keys {
 		m, err := r.LoadManifest(ctx, key)
 		if errors.Is(err, plugins.ErrNotFound) {
-			continue // deleted since the listing
+			// Deleted since the listing (Delete and Prune take no lease),
+			// or a spurious 404: ignoring a backup that exists would let
+			// this run mark and later sweep what it references.
+			gone, gerr := r.gone(ctx, key, err)
+			if gone {
+				continue
+			}
+			err = gerr
 		}
 		if err == nil {
 			var k *Key
@@ -299,6 +371,17 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		indexed = append(indexed, id)
 		b, err := r.getAll(ctx, o.Key, indexHeadSize+indexEntrySize*maxIndexCount+8)
 		if errors.Is(err, plugins.ErrNotFound) {
+			// Only a GC holding the lease deletes indexes, and this one
+			// holds it: an index just listed that is not found is an
+			// anomaly (a spurious 404 from a gateway, a plugin that
+			// misclassifies an error). What it lists is unknown, so the
+			// pack is kept, like one whose index does not decode: that
+			// costs one run's delay, while aborting would let one flaky
+			// read stop every GC. (In a DryRun, without the lease, it
+			// may also be a concurrent GC's deletion; keeping only
+			// under-reports.)
+			log.Warn("pack index listed but not found; keeping the pack", "pack", id.String(), "err", err)
+			live[id] = true
 			continue
 		}
 		if err != nil {
@@ -389,8 +472,13 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				// The time just before the Put: a backup that listed gc/
 				// before the mark was visible did so before this plus the
 				// Put's latency.
+				// The Put may take at most the margin the Grace allows
+				// for it (the lease bounds it further).
 				markBody := marshalJSON(gcMark{Marked: opts.Now().UTC()})
-				if err := lease.put(ctx, mk, markBody); err != nil {
+				mctx, cancel := context.WithTimeout(ctx, opts.Margin)
+				err := lease.put(mctx, mk, markBody)
+				cancel()
+				if err != nil {
 					return rep, fmt.Errorf("gc: mark %s: %w", mk, err)
 				}
 			}

@@ -1,12 +1,15 @@
 package backupd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"iter"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -27,14 +30,16 @@ import (
 func TestGCConcurrentBackups(t *testing.T) {
 	t.Parallel()
 	const (
-		volumes   = 3
-		rounds    = 25
-		size      = 1 << 20
-		poolSize  = 48
-		maxDur    = 3 * time.Second
-		grace     = 8 * time.Second
+		volumes  = 3
+		rounds   = 25
+		size     = 1 << 20
+		poolSize = 48
+		// On the fake clock, which each GC round moves on by tickEvery:
+		// a backup may span 3 rounds, a mark is swept 7 rounds later.
+		tickEvery = 5 * time.Minute
+		maxDur    = 3 * tickEvery
+		grace     = maxDur + graceMargin + tickEvery
 		keepLast  = 2
-		tickEvery = time.Second
 	)
 	ctx := t.Context()
 	tg := NewFSTarget(t, t.TempDir())
@@ -228,7 +233,7 @@ func TestGCConcurrentBackups(t *testing.T) {
 // The deadline and grace of the deterministic GC protocol tests.
 const (
 	protocolMaxDuration = 3 * time.Second
-	protocolGrace       = 8 * time.Second
+	protocolGrace       = protocolMaxDuration + graceMargin + 5*time.Second
 )
 
 // gcClock returns a fake clock for r's backups and GC, a function that
@@ -1042,4 +1047,268 @@ func TestGCRefusesUnreadableBackup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPruneFutureBackup: a manifest dated in the future (a host whose
+// clock ran ahead, a damaged digit) neither anchors keep-within nor counts
+// for keep-last: the real backups are kept as if it were not there, and it
+// is kept and reported. One dated within maxClockSkew counts normally.
+func TestPruneFutureBackup(t *testing.T) {
+	t.Parallel()
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	now := base.Add(4*24*time.Hour + time.Hour) // an hour after the newest real backup
+	tests := []struct {
+		name       string
+		ahead      time.Duration // the extra backup's date, after now
+		opts       PruneOptions
+		wantKept   int // of the 5 real daily backups, the newest kept
+		wantFuture bool
+	}{
+		{name: "years-ahead-keep-within", ahead: 3 * 365 * 24 * time.Hour, opts: PruneOptions{KeepWithin: 60 * time.Hour}, wantKept: 3, wantFuture: true},
+		{name: "years-ahead-keep-last", ahead: 3 * 365 * 24 * time.Hour, opts: PruneOptions{KeepLast: 2}, wantKept: 2, wantFuture: true},
+		{name: "hour-ahead", ahead: time.Hour, opts: PruneOptions{KeepWithin: 60 * time.Hour}, wantKept: 3, wantFuture: true},
+		// Within the tolerated clock difference: the newest backup, kept
+		// by the window counted from now.
+		{name: "within-skew", ahead: maxClockSkew / 2, opts: PruneOptions{KeepWithin: 60 * time.Hour}, wantKept: 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			r := Open(NewFSTarget(t, t.TempDir()), &Options{Logger: testLogger(t)})
+			data := RandomData(rand.New(rand.NewPCG(123, 124)), 64<<10)
+			backup := func(at time.Time) string {
+				res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s", Source: &memSource{data: data}, Now: func() time.Time { return at }})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res.ID
+			}
+			var ids []string
+			for day := range 5 {
+				ids = append(ids, backup(base.Add(time.Duration(day)*24*time.Hour)))
+			}
+			future := backup(now.Add(tc.ahead))
+			opts := tc.opts
+			opts.Now = func() time.Time { return now }
+			pr, err := r.Prune(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := append(slices.Clone(ids[5-tc.wantKept:]), future)
+			var got []string
+			left, err := r.List(ctx, "vol-a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range left {
+				got = append(got, b.ID)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("left %v, want the newest %d real backups %v and the future one %s", got, tc.wantKept, ids[5-tc.wantKept:], future)
+			}
+			if gotFuture := len(pr.Future) == 1 && pr.Future[0].ID == future; gotFuture != tc.wantFuture || (!tc.wantFuture && len(pr.Future) != 0) {
+				t.Errorf("Future = %+v, want the future backup reported: %v", pr.Future, tc.wantFuture)
+			}
+			if len(pr.Deleted) != 5-tc.wantKept {
+				t.Errorf("Deleted %d, want %d", len(pr.Deleted), 5-tc.wantKept)
+			}
+		})
+	}
+}
+
+// TestPruneFailedDelete: a backup whose deletion fails is not reported as
+// deleted.
+func TestPruneFailedDelete(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	ft := &faultTarget{Target: NewFSTarget(t, t.TempDir())}
+	r := Open(ft, &Options{Logger: testLogger(t)})
+	keys := hourlyBackups(t, r, 3, 125)
+	// Prune deletes newest first: the second newest fails.
+	ft.failDelete(keyIs(keys[1], fmt.Errorf("503: %w", plugins.ErrTransient)))
+	pr, err := r.Prune(ctx, PruneOptions{KeepLast: 1})
+	if !errors.Is(err, plugins.ErrTransient) {
+		t.Fatalf("Prune = %v, want the injected error", err)
+	}
+	for _, b := range pr.Deleted {
+		if b.Key == keys[1] {
+			t.Errorf("Deleted lists %s, whose deletion failed: %+v", keys[1], pr.Deleted)
+		}
+	}
+	if got := SortedKeys(t, ft, prefixBackups); len(got) != 3 {
+		t.Errorf("manifests left %v, want all 3", got)
+	}
+}
+
+// TestGCGraceFloor: GC refuses a grace not longer than the backups'
+// deadline plus the longest a mark's Put may take (leaseSafe) plus the
+// clock difference tolerated between hosts (maxClockSkew), whether the
+// deadline is its own option or one a backup recorded; the default grace
+// is derived from GCOptions.MaxDuration and accepted.
+func TestGCGraceFloor(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		maxDur   time.Duration // GCOptions.MaxDuration
+		grace    time.Duration // GCOptions.Grace (0: default)
+		recorded time.Duration // a deadline a backup recorded (0: none)
+		margin   time.Duration // GCOptions.Margin (0: default)
+		ok       bool
+	}{
+		{name: "equal", maxDur: time.Hour, grace: time.Hour},
+		{name: "a-minute-longer", maxDur: time.Hour, grace: time.Hour + time.Minute},
+		{name: "put-latency-only", maxDur: time.Hour, grace: time.Hour + leaseSafe + time.Second},
+		{name: "at-the-floor", maxDur: time.Hour, grace: time.Hour + leaseSafe + maxClockSkew},
+		{name: "past-the-floor", maxDur: time.Hour, grace: time.Hour + leaseSafe + maxClockSkew + time.Second, ok: true},
+		{name: "default-6h", ok: true},
+		{name: "default-24h", maxDur: 24 * time.Hour, ok: true}, // 48 h, not 12 h
+		{name: "default-10s", maxDur: 10 * time.Second, ok: true},
+		{name: "recorded-at-the-floor", maxDur: time.Hour, grace: 4*time.Hour + graceMargin, recorded: 4 * time.Hour},
+		{name: "recorded-past-the-floor", maxDur: time.Hour, grace: 4*time.Hour + graceMargin + time.Second, recorded: 4 * time.Hour, ok: true},
+		{name: "small-margin-at-the-floor", maxDur: 10 * time.Second, grace: 11 * time.Second, margin: time.Second},
+		{name: "small-margin-past-the-floor", maxDur: 10 * time.Second, grace: 12 * time.Second, margin: time.Second, ok: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			_, r := leaseRepo(t)
+			if tc.recorded > 0 {
+				if _, err := r.recordMaxDuration(ctx, tc.recorded); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := r.GC(ctx, GCOptions{Grace: tc.grace, MaxDuration: tc.maxDur, Margin: tc.margin})
+			if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrInvalid)) {
+				t.Fatalf("GC(max duration %v, grace %v, recorded %v) = %v, want accepted: %v", tc.maxDur, tc.grace, tc.recorded, err, tc.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), "must be longer than") {
+				t.Errorf("error does not name the minimum: %v", err)
+			}
+		})
+	}
+}
+
+// TestGCSpuriousNotFound: a pack index or a manifest that was just listed
+// but whose Get answers "not found" (a gateway's spurious 404, a plugin
+// that misclassifies an error) must not make GC take what it references
+// for garbage: the pack is kept, and GC refuses to run without the
+// manifest (Has still finds it). The backup restores after GC ran twice,
+// a grace apart.
+func TestGCSpuriousNotFound(t *testing.T) {
+	t.Parallel()
+	notFound := fmt.Errorf("404 from a gateway: %w", plugins.ErrNotFound)
+	tests := []struct {
+		name    string
+		fault   func(manifest, index string) func(string) error
+		refuses bool
+	}{
+		{name: "index", fault: func(_, index string) func(string) error { return keyIs(index, notFound) }},
+		{name: "manifest", fault: func(manifest, _ string) func(string) error { return keyIs(manifest, notFound) }, refuses: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			ft := &faultTarget{Target: NewFSTarget(t, t.TempDir())}
+			r := Open(ft, &Options{PackSize: 64 << 10, Logger: testLogger(t)})
+			clock, advance, _ := gcClock(t, r, protocolGrace)
+			data := RandomData(rand.New(rand.NewPCG(127, 128)), 32<<10)
+			res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s", Source: &memSource{data: data}, MaxDuration: protocolMaxDuration, Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			indexes := SortedKeys(t, ft, prefixIndex)
+			if len(indexes) != 1 {
+				t.Fatalf("indexes %v, want one", indexes)
+			}
+			ft.failGet(tc.fault(res.ManifestKey, indexes[0]))
+			for range 2 {
+				rep, err := r.GC(ctx, GCOptions{Grace: protocolGrace, MaxDuration: protocolMaxDuration, Now: clock})
+				if tc.refuses {
+					if err == nil || !strings.Contains(err.Error(), "refusing to run") || !strings.Contains(err.Error(), res.ManifestKey) {
+						t.Fatalf("GC = %+v, %v; want it to refuse to run, naming %s", rep, err, res.ManifestKey)
+					}
+				} else if err != nil {
+					t.Fatalf("GC: %v", err)
+				}
+				if rep != nil && (rep.PacksMarked != 0 || rep.PacksDeleted != 0) {
+					t.Errorf("GC marked %d and deleted %d packs of a live backup", rep.PacksMarked, rep.PacksDeleted)
+				}
+				advance(protocolGrace + time.Second)
+			}
+			ft.failGet(nil)
+			if marks := SortedKeys(t, ft, prefixGC); len(marks) != 0 {
+				t.Errorf("marks %v of a live backup", marks)
+			}
+			got, _, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{})
+			if err != nil {
+				t.Fatalf("restore after GC: %v", err)
+			}
+			MustEqual(t, "restored", got, data)
+		})
+	}
+}
+
+// TestDeleteUnreadableManifest: Delete refuses a manifest that does not
+// load (damage, or a newer version's manifest whose tags, perhaps naming a
+// system backup, cannot be read) unless forced; DeleteHeld (the
+// coordinator's, for a backup its run recorded) and Force delete it.
+func TestDeleteUnreadableManifest(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		rewrite func(b []byte) []byte
+		del     func(r *Repository, ctx context.Context, volume, id string) error
+		wantErr error // nil: deleted
+	}{
+		{name: "newer-version", rewrite: newerManifest, del: (*Repository).Delete, wantErr: ErrCorrupt},
+		{name: "garbage", rewrite: func([]byte) []byte { return []byte(`{"format":`) }, del: (*Repository).Delete, wantErr: ErrCorrupt},
+		{name: "newer-version-forced", rewrite: newerManifest, del: func(r *Repository, ctx context.Context, volume, id string) error {
+			return r.DeleteWith(ctx, volume, id, DeleteOptions{Force: true})
+		}},
+		{name: "garbage-held", rewrite: func([]byte) []byte { return []byte(`{"format":`) }, del: (*Repository).DeleteHeld},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			dir := t.TempDir()
+			r := Open(NewFSTarget(t, dir), &Options{Logger: testLogger(t)})
+			res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s", Source: &memSource{data: RandomData(rand.New(rand.NewPCG(129, 130)), 64<<10)},
+				Tags: map[string]string{TagSystem: "sys-1", TagToken: "1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, res.ManifestKey)
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, tc.rewrite(b), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.LoadManifest(ctx, res.ManifestKey); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("the rewritten manifest loads: %v", err)
+			}
+			err = tc.del(r, ctx, "vol-a", res.ID)
+			left := SortedKeys(t, r.t, prefixBackups)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), "Force") || len(left) != 1 {
+					t.Fatalf("Delete = %v, manifests left %v; want %v saying how to force it, and the manifest kept", err, left, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || len(left) != 0 {
+				t.Fatalf("Delete = %v, manifests left %v; want it deleted", err, left)
+			}
+		})
+	}
+}
+
+// newerManifest rewrites a manifest as a newer version could have written
+// it: with a field this version does not know.
+func newerManifest(b []byte) []byte {
+	return append([]byte(`{"retention_lock": "2030-01-01T00:00:00Z", `), bytes.TrimPrefix(bytes.TrimSpace(b), []byte("{"))...)
 }

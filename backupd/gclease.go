@@ -26,6 +26,11 @@ const (
 	leaseRenew = time.Minute
 	leaseSafe  = 5 * time.Minute
 	leaseStale = 15 * time.Minute
+	// maxClockSkew is how far the wall clocks of the hosts that use a
+	// repository may disagree (FORMAT.md, "Garbage collection"): another
+	// GC takes a lease as abandoned leaseStale after its renewal by its own
+	// clock, and the lease's holder stops leaseSafe after it by its own.
+	maxClockSkew = leaseStale - leaseSafe
 )
 
 // leaseBody is a lease object's content.

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/plugins"
@@ -185,4 +187,94 @@ func SortedKeys(t testing.TB, tg plugins.Target, prefix string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// faultTarget injects the failures of a target that does not answer, or
+// answers wrongly: a Get or a Delete of a key for which its hook returns
+// an error fails with it (a transient error, a plugin that died, a
+// spurious 404 from a gateway).
+type faultTarget struct {
+	plugins.Target
+	mu     sync.Mutex
+	get    func(key string) error
+	delete func(key string) error
+}
+
+// failGet makes Gets fail with fn's error (nil: no fault).
+func (f *faultTarget) failGet(fn func(key string) error) {
+	f.mu.Lock()
+	f.get = fn
+	f.mu.Unlock()
+}
+
+// failDelete makes Deletes fail with fn's error (nil: no fault).
+func (f *faultTarget) failDelete(fn func(key string) error) {
+	f.mu.Lock()
+	f.delete = fn
+	f.mu.Unlock()
+}
+
+func (f *faultTarget) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, int64, error) {
+	f.mu.Lock()
+	fn := f.get
+	f.mu.Unlock()
+	if fn != nil {
+		if err := fn(key); err != nil {
+			return nil, 0, fmt.Errorf("injected: get %s: %w", key, err)
+		}
+	}
+	return f.Target.Get(ctx, key, off, n)
+}
+
+func (f *faultTarget) Delete(ctx context.Context, keys []string) error {
+	f.mu.Lock()
+	fn := f.delete
+	f.mu.Unlock()
+	for _, k := range keys {
+		if fn != nil {
+			if err := fn(k); err != nil {
+				return fmt.Errorf("injected: delete %s: %w", k, err)
+			}
+		}
+	}
+	return f.Target.Delete(ctx, keys)
+}
+
+// keyIs returns a fault hook failing key with err.
+func keyIs(key string, err error) func(string) error {
+	return func(k string) error {
+		if k == key {
+			return err
+		}
+		return nil
+	}
+}
+
+// keyPrefix returns a fault hook failing every key under prefix with err.
+func keyPrefix(prefix string, err error) func(string) error {
+	return func(k string) error {
+		if strings.HasPrefix(k, prefix) {
+			return err
+		}
+		return nil
+	}
+}
+
+// hourlyBackups takes n backups of the same small random volume "vol-a",
+// an hour apart from 2026-03-01, and returns their manifest keys, oldest
+// first.
+func hourlyBackups(t *testing.T, r *Repository, n int, seed uint64) []string {
+	t.Helper()
+	data := RandomData(rand.New(rand.NewPCG(seed, seed+1)), 64<<10)
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var keys []string
+	for i := range n {
+		at := base.Add(time.Duration(i) * time.Hour)
+		res, err := r.Backup(t.Context(), BackupOptions{Volume: "vol-a", Snapshot: "s", Source: &memSource{data: data}, Now: func() time.Time { return at }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, res.ManifestKey)
+	}
+	return keys
 }

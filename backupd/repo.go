@@ -411,8 +411,36 @@ type BackupInfo struct {
 }
 
 // List returns the backups of volume ("" for every volume), oldest first
-// per volume. A manifest that does not load is logged and left out.
+// per volume. A manifest that does not load because it is damaged or of an
+// unknown format (ErrCorrupt) is logged and left out (ListManifests reports
+// it); any other failure to load one (a target that does not answer) fails
+// List with an error naming it: a caller must not act on a partial list.
 func (r *Repository) List(ctx context.Context, volume string) ([]BackupInfo, error) {
+	l, err := r.ListManifests(ctx, volume)
+	if err != nil {
+		return nil, err
+	}
+	return l.Backups, nil
+}
+
+// Listing is ListManifests' result.
+type Listing struct {
+	// Backups are the manifests that load, oldest first per volume.
+	Backups []BackupInfo
+	// Skipped are the manifests that do not load (ErrCorrupt: damage, or
+	// a version or field this one does not know). What they hold, tags
+	// included, is unknown.
+	Skipped []SkippedManifest
+}
+
+// SkippedManifest is a manifest ListManifests could not read.
+type SkippedManifest struct {
+	Key string `json:"key"`
+	Err string `json:"error"`
+}
+
+// ListManifests is List, also reporting the manifests it left out.
+func (r *Repository) ListManifests(ctx context.Context, volume string) (*Listing, error) {
 	prefix := prefixBackups
 	if volume != "" {
 		if !ValidName(volume) {
@@ -425,25 +453,50 @@ func (r *Repository) List(ctx context.Context, volume string) ([]BackupInfo, err
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w", prefix, err)
 		}
+		if _, _, err := ParseManifestKey(o.Key); err != nil {
+			r.log.Warn("ignoring foreign object", "key", o.Key)
+			continue
+		}
 		keys = append(keys, o.Key)
 	}
-	out := make([]BackupInfo, 0, len(keys))
+	l := &Listing{Backups: make([]BackupInfo, 0, len(keys))}
 	for _, k := range keys {
 		m, err := r.LoadManifest(ctx, k)
 		if errors.Is(err, plugins.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, err
+			gone, gerr := r.gone(ctx, k, err)
+			if gone {
+				continue // deleted since the listing
 			}
-			r.log.Warn("manifest does not load", "key", k, "err", err)
-			continue
+			err = gerr
 		}
-		out = append(out, BackupInfo{Key: k, Volume: m.Volume, ID: m.ID, Snapshot: m.Snapshot, SnapshotCreated: m.SnapshotCreated, Parent: m.Parent, Created: m.Created, Size: m.Size, Digest: m.Digest, Tags: m.Tags})
+		switch {
+		case errors.Is(err, ErrCorrupt):
+			r.log.Warn("manifest does not load; leaving it out", "key", k, "err", err)
+			l.Skipped = append(l.Skipped, SkippedManifest{Key: k, Err: err.Error()})
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("list backups: manifest %s: %w", k, err)
+		}
+		l.Backups = append(l.Backups, BackupInfo{Key: k, Volume: m.Volume, ID: m.ID, Snapshot: m.Snapshot, SnapshotCreated: m.SnapshotCreated, Parent: m.Parent, Created: m.Created, Size: m.Size, Digest: m.Digest, Tags: m.Tags})
 	}
-	sortInfos(out)
-	return out, nil
+	sortInfos(l.Backups)
+	return l, nil
+}
+
+// gone checks, after a Get of key listed a moment ago returned err
+// (plugins.ErrNotFound), that the object is really gone: deleted since the
+// listing, not a spurious 404 (a gateway, a plugin that misclassifies an
+// error). If it is not, the error it returns says so and no longer wraps
+// plugins.ErrNotFound: a caller must not take the object for absent.
+func (r *Repository) gone(ctx context.Context, key string, err error) (bool, error) {
+	has, herr := r.t.Has(ctx, []string{key})
+	switch {
+	case herr != nil:
+		return false, fmt.Errorf("%v; checking whether %s still exists: %w", err, key, herr)
+	case has[0]:
+		return false, fmt.Errorf("%v, but the target lists %s and Has finds it: %w", err, key, plugins.ErrTransient)
+	}
+	return true, nil
 }
 
 // marshalJSON is json.Marshal for small internal objects.

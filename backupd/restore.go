@@ -43,13 +43,16 @@ type RestoreOptions struct {
 	DestZeroed bool
 	// StatePath, if set, names a small file recording how many map pages
 	// are restored and flushed; a rerun with the same path and manifest
-	// skips them. It is removed when the restore succeeds. Without it a
-	// rerun rewrites everything, which is also correct (restore is
-	// idempotent).
+	// skips them. It is removed when the restore succeeds. A window in
+	// which SkipDamaged skipped a chunk is not recorded, nor any after
+	// it: a rerun restores it again. Without it a rerun rewrites
+	// everything, which is also correct (restore is idempotent).
 	StatePath string
-	// SkipDamaged restores past chunks that fail their checks, leaving
-	// their ranges unwritten and listing them in RestoreResult.Damaged;
-	// Restore still returns an error wrapping ErrCorrupt at the end.
+	// SkipDamaged restores past chunks that fail their checks or whose
+	// pack is missing, leaving their ranges unwritten and
+	// listing them in RestoreResult.Damaged; Restore still returns an
+	// error wrapping ErrCorrupt at the end. A read that fails otherwise
+	// (the target does not answer) still stops the restore.
 	SkipDamaged bool
 	// Parallel is the number of ranged Gets in flight (default 4).
 	Parallel int
@@ -147,9 +150,14 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	type windowRun struct {
 		from, end int // pages
 		err       error
+		damaged   int // chunks skipped (SkipDamaged), under dmu
 		done      chan struct{}
 	}
 	var running []*windowRun
+	// stateHeld: a window had damaged chunks, so the state file stays
+	// before it: a rerun must restore it again (and report the damage)
+	// rather than skip it as done.
+	stateHeld := false
 	defer func() {
 		cancel(context.Canceled)
 		for _, wr := range running {
@@ -169,7 +177,10 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 			off := int64(wr.from) * int64(m.PageChunks) * int64(m.ChunkSize)
 			_ = writeback.Start(fd.F, off, min(int64(wr.end)*int64(m.PageChunks)*int64(m.ChunkSize), m.Size)-off)
 		}
-		if opts.StatePath != "" {
+		dmu.Lock()
+		stateHeld = stateHeld || wr.damaged > 0
+		dmu.Unlock()
+		if opts.StatePath != "" && !stateHeld {
 			if err := dst.Flush(ctx); err != nil {
 				return fmt.Errorf("%s: flush: %w", where, err)
 			}
@@ -204,6 +215,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		if w+len(win) <= start {
 			continue // restored before the kill
 		}
+		wr := &windowRun{from: w, end: w + len(win), done: make(chan struct{})}
 		fail := func(c int64, id ChunkID, err error) error {
 			off := c * int64(m.ChunkSize)
 			err = fmt.Errorf("%s: chunk %s at offset %d: %w", where, id, off, err)
@@ -212,10 +224,10 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 			}
 			dmu.Lock()
 			damaged = append(damaged, DamagedRange{Offset: off, Length: int64(m.chunkLen(c)), Chunk: id.String(), Err: err.Error()})
+			wr.damaged++
 			dmu.Unlock()
 			return nil
 		}
-		wr := &windowRun{from: w, end: w + len(win), done: make(chan struct{})}
 		running = append(running, wr)
 		go func() {
 			defer close(wr.done)
@@ -296,8 +308,22 @@ func planFetch(idx *chunkIndex, items []fetchItem) []fetchRange {
 	return out
 }
 
+// isDamage reports whether err is damage to the stored data, which
+// restore and verify report per chunk: ErrCorrupt (a record or pack that
+// fails a check, a pack shorter than its index), ErrMissing (a pack that is
+// not on the target), ErrKey (an encrypted record where the backup is not:
+// the key was checked against the manifest before). Anything else (a
+// target that does not answer, a plugin that died, denied access, a
+// cancelled context) says nothing about the data: it aborts the operation
+// instead of being reported as bad chunks.
+func isDamage(err error) bool {
+	return errors.Is(err, ErrCorrupt) || errors.Is(err, ErrMissing) || errors.Is(err, ErrKey)
+}
+
 // fetchRange reads one range and calls fn with each record in it, or with
-// the error that kept it from being read. rec is valid only during fn.
+// the error that kept it from being read: fn reports damage (isDamage) and
+// returns any other error, which ends the range. rec is valid only during
+// fn.
 func (r *Repository) fetchRange(ctx context.Context, fr fetchRange, fetched *atomic.Int64, fn func(it fetchItem, rec []byte, err error) error) error {
 	bp := rangeBufs.Get().(*[]byte)
 	defer rangeBufs.Put(bp)
@@ -338,8 +364,12 @@ func (r *Repository) getRange(ctx context.Context, fr fetchRange) ([]byte, error
 func (r *Repository) getRangeInto(ctx context.Context, fr fetchRange, buf []byte) ([]byte, error) {
 	rc, n, err := r.t.Get(ctx, packKey(fr.pack), fr.off, fr.end-fr.off)
 	if err != nil {
-		if errors.Is(err, plugins.ErrNotFound) {
+		switch {
+		case errors.Is(err, plugins.ErrNotFound):
 			err = fmt.Errorf("%w: %w", err, ErrMissing)
+		case errors.Is(err, plugins.ErrInvalidRange):
+			// The range starts past the pack's end.
+			err = fmt.Errorf("%w: the pack is shorter than its index says: %w", err, ErrCorrupt)
 		}
 		return nil, fmt.Errorf("pack %s: %w", fr.pack, err)
 	}
@@ -478,10 +508,14 @@ func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx
 			if err == nil {
 				p, err = check(rec)
 			}
-			if err != nil {
+			if isDamage(err) {
 				p, err = r.tryAlts(ctx, idx, it.id, err, check)
 			}
-			if err != nil {
+			switch {
+			case err != nil && !isDamage(err):
+				// The target failed, not the chunk: no damage to skip.
+				return fmt.Errorf("restore of volume %q backup %s: chunk %s at offset %d: %w", m.Volume, m.ID, it.id, it.c*int64(m.ChunkSize), err)
+			case err != nil:
 				return fail(it.c, it.id, fmt.Errorf("pack %s: %w", ranges[i].pack, err))
 			}
 			return w.add(ctx, it.c*int64(m.ChunkSize), p)
@@ -495,13 +529,18 @@ func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx
 }
 
 // tryAlts tries the other stored copies of chunk id after the first
-// failed with first; it returns the first copy that passes check.
+// failed with first; it returns the first copy that passes check. A copy
+// that cannot be read for another reason than damage (isDamage) ends the
+// search with that error: the chunk may not be damaged at all.
 func (r *Repository) tryAlts(ctx context.Context, idx *chunkIndex, id ChunkID, first error, check func([]byte) ([]byte, error)) ([]byte, error) {
 	for _, loc := range idx.alts[id] {
 		fr := fetchRange{pack: idx.packs[loc.pack], off: int64(loc.offset), end: int64(loc.offset) + int64(loc.length)}
 		rec, err := r.getRange(ctx, fr)
 		if err == nil && int64(len(rec)) != fr.end-fr.off {
 			err = fmt.Errorf("pack %s is shorter than its index says: %w", fr.pack, ErrCorrupt)
+		}
+		if err != nil && !isDamage(err) {
+			return nil, fmt.Errorf("chunk %s: reading another copy: %w", id, err)
 		}
 		if err != nil {
 			continue

@@ -101,8 +101,8 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 			_, err = r.keyFor(m)
 		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, err
+			if !backupDamage(err) {
+				return nil, fmt.Errorf("verify: %w", err)
 			}
 			rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: err.Error(), err: err})
 			continue
@@ -112,6 +112,9 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 		k, _ := r.keyFor(m)
 		for pr := range r.pageStream(ctx, m, k, 0, 8) {
 			if pr.err != nil {
+				if !backupDamage(pr.err) {
+					return nil, fmt.Errorf("verify: %w", pr.err)
+				}
 				rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: pr.err.Error(), err: pr.err})
 				break
 			}
@@ -234,10 +237,13 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 				if err == nil {
 					_, err = check(rec)
 				}
-				if err != nil {
+				if isDamage(err) {
 					_, err = r.tryAlts(ctx, idx, it.id, err, check)
 				}
-				if err != nil {
+				switch {
+				case err != nil && !isDamage(err):
+					return fmt.Errorf("chunk %s: %w", it.id, err) // the target failed, not the chunk
+				case err != nil:
 					bad(it.id, fr.pack.String(), err)
 				}
 				done.Add(1)
@@ -272,6 +278,13 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 		return rep, fmt.Errorf("verify: %d backups do not load; first: %w", len(rep.BadBackups), rep.BadBackups[0].err)
 	}
 	return rep, fmt.Errorf("verify: %d pack indexes do not decode (no verified backup references their chunks); first: %s: %w", len(rep.BadIndexes), rep.BadIndexes[0], ErrCorrupt)
+}
+
+// backupDamage reports whether err, from loading a manifest or a map page,
+// makes the backup bad (isDamage, a manifest that is not there, a key that
+// is not a manifest's) rather than the target failing to answer.
+func backupDamage(err error) bool {
+	return isDamage(err) || errors.Is(err, plugins.ErrNotFound) || errors.Is(err, ErrInvalid)
 }
 
 // presentAlt returns a copy of chunk id in a pack that exists, if any.

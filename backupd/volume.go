@@ -2,9 +2,11 @@ package backupd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/plugins"
 )
 
 // VolumeDestination is a writable blockdev.Volume (a volume's head,
@@ -56,7 +58,13 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 	opts.Volume, opts.Snapshot, opts.SnapshotCreated, opts.Source = volume, snap, si.Created, dev
 	opts.Parent, opts.Changed = "", nil
 	if !opts.Full {
-		if parent, err := r.Latest(ctx, volume); err == nil && parent.Snapshot != snap && SameSnapshot(info, parent) {
+		parent, err := r.Latest(ctx, volume)
+		switch {
+		case err != nil && !errors.Is(err, plugins.ErrNotFound):
+			// The backups could not all be read (a target that does not
+			// answer): a full backup would hide that and cost the volume.
+			return nil, fmt.Errorf("backup of volume %q: finding the newest backup, the parent of an incremental: %w", volume, err)
+		case err == nil && parent.Snapshot != snap && SameSnapshot(info, parent):
 			changed, err := m.Changed(ctx, volume, parent.Snapshot, snap)
 			if err != nil {
 				return nil, fmt.Errorf("backup of volume %q: changed extents from %q to %q: %w", volume, parent.Snapshot, snap, err)
@@ -65,8 +73,6 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 				changed = []Extent{}
 			}
 			opts.Parent, opts.Changed = parent.ID, changed
-		} else if err := ctx.Err(); err != nil {
-			return nil, err
 		}
 	}
 	return r.Backup(ctx, opts)

@@ -3,6 +3,8 @@ package backupd_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/plugins"
 )
 
 const mib = 1 << 20
@@ -370,5 +373,51 @@ func TestVolumeDigest(t *testing.T) {
 		if (got == res.Digest) != tc.same {
 			t.Errorf("%s: digest %s, backup's %s, want equal: %v", tc.name, got, res.Digest, tc.same)
 		}
+	}
+}
+
+// manifestGetFault fails the Gets of one manifest key with err.
+type manifestGetFault struct {
+	plugins.Target
+	key string
+	err error
+}
+
+func (f *manifestGetFault) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, int64, error) {
+	if key == f.key {
+		return nil, 0, fmt.Errorf("injected: get %s: %w", key, f.err)
+	}
+	return f.Target.Get(ctx, key, off, n)
+}
+
+// TestBackupVolumeParentUnreadable: when the volume's backups cannot be
+// listed whole (a manifest's Get fails with a transient error),
+// BackupVolume fails with that error instead of taking a full backup as if
+// the volume had none.
+func TestBackupVolumeParentUnreadable(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	const size = 4 * mib
+	m := openManager(t, t.TempDir())
+	ft := &manifestGetFault{Target: backupd.NewFSTarget(t, t.TempDir())}
+	r := backupd.Open(ft, nil)
+	if _, err := m.Create(ctx, "vol-a", size); err != nil {
+		t.Fatal(err)
+	}
+	write(t, device(t, m, "vol-a"), backupd.RandomData(rand.New(rand.NewPCG(75, 76)), size), 0)
+	snapshot(t, m, "vol-a", "s1")
+	first, err := r.BackupVolume(ctx, m, "vol-a", "s1", backupd.BackupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot(t, m, "vol-a", "s2")
+	ft.key, ft.err = first.ManifestKey, fmt.Errorf("connection reset: %w", plugins.ErrTransient)
+	res, err := r.BackupVolume(ctx, m, "vol-a", "s2", backupd.BackupOptions{})
+	if !errors.Is(err, plugins.ErrTransient) {
+		scanned := int64(-1)
+		if res != nil {
+			scanned = res.BytesScanned
+		}
+		t.Fatalf("BackupVolume with the parent unreadable = %v (scanned %d bytes); want the target's error", err, scanned)
 	}
 }

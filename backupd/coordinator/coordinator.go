@@ -875,7 +875,9 @@ func (c *Coordinator) failRun(ctx context.Context, r *Run, cause error) {
 // agents made for it (tagged with its id): no manifest names them, and
 // being held they would otherwise stay forever. A backup another run
 // names (reused) is kept. Retried at every start and system backup until
-// it succeeds on every target.
+// it succeeds on every target: the run is marked released only when every
+// manifest of its volumes on every target was read (a manifest that does
+// not load may carry its tag).
 func (c *Coordinator) releaseFailed(ctx context.Context, r *Run) {
 	if r.Config == nil {
 		_, _ = c.st.update(r.ID, func(x *Run) error { x.Released = true; return nil })
@@ -891,15 +893,19 @@ func (c *Coordinator) releaseFailed(ctx context.Context, r *Run) {
 	ok := true
 	for _, t := range r.Config.Targets {
 		if err := c.withRepo(ctx, t.Name, func(tg plugins.Target, repo *backupd.Repository) error {
+			var unread []string
 			for _, v := range r.Config.Volumes {
 				if v.Target != t.Name {
 					continue
 				}
-				infos, err := repo.List(ctx, v.Name)
+				// A listing that failed (a target that does not answer)
+				// is an error: acting on part of it would mark the run
+				// released with backups of it left held for good.
+				l, err := repo.ListManifests(ctx, v.Name)
 				if err != nil {
 					return err
 				}
-				for _, b := range infos {
+				for _, b := range l.Backups {
 					if b.Tags[backupd.TagSystem] != r.ID || namedElsewhere(b.ID) {
 						continue
 					}
@@ -907,6 +913,17 @@ func (c *Coordinator) releaseFailed(ctx context.Context, r *Run) {
 						return fmt.Errorf("volume %q backup %s: %w", b.Volume, b.ID, err)
 					}
 				}
+				if len(l.Skipped) > 0 {
+					// Its tags cannot be read: it may be one of this run's.
+					unread = append(unread, fmt.Sprintf("%s (%s)", l.Skipped[0].Key, l.Skipped[0].Err))
+					if len(l.Skipped) > 1 {
+						unread[len(unread)-1] += fmt.Sprintf(" and %d more", len(l.Skipped)-1)
+					}
+				}
+			}
+			if len(unread) > 0 {
+				return fmt.Errorf("manifests that do not load, which may belong to system backup %s: %s (repair or remove them)",
+					r.ID, strings.Join(unread, "; "))
 			}
 			return nil
 		}); err != nil {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/blockdev/agent"
 )
@@ -178,5 +179,26 @@ func TestPublicURL(t *testing.T) {
 		if got := publicURL(in); got != want {
 			t.Errorf("publicURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestPruneReportsHeld: prune answers, besides what it kept and deleted,
+// the backups it kept because a system backup holds them (and would the
+// future-dated and unreadable ones), as docs/API.md documents.
+func TestPruneReportsHeld(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if _, err := e.c.CreateVolume(t.Context(), agent.CreateVolumeRequest{Name: "vol-p", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "vol-p", bytes.Repeat([]byte{3}, 8192), 0)
+	held := e.backup(t, CreateRequest{Volume: "vol-p", Tags: map[string]string{backupd.TagSystem: "s-0001", backupd.TagToken: "1"}})
+	e.backup(t, CreateRequest{Volume: "vol-p"})
+	var res []PruneResult
+	if err := e.c.Do(t.Context(), http.MethodPost, "/v1/backups/prune", PruneRequest{Volume: "vol-p", Target: "main", KeepLast: 1}, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || len(res[0].Held) != 1 || res[0].Held[0].ID != held.ID || len(res[0].Kept) != 1 {
+		t.Fatalf("prune answered %+v, want backup %s held and one kept", res, held.ID)
 	}
 }

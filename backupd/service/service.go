@@ -54,6 +54,9 @@ type Config struct {
 	// default backupd.DefaultMaxDuration); GC refuses a grace that is not
 	// longer.
 	MaxDuration time.Duration
+	// GCMargin is GCOptions.Margin (default 15 minutes): how much longer
+	// than MaxDuration a GC grace must be.
+	GCMargin time.Duration
 }
 
 // Service serves the backup routes. Create it with New.
@@ -288,6 +291,13 @@ type PruneResult struct {
 	Target  string               `json:"target"`
 	Kept    []backupd.BackupInfo `json:"kept"`
 	Deleted []backupd.BackupInfo `json:"deleted"`
+	// Held were kept because a system backup holds them; Future because
+	// they are dated in the future (a clock ahead, a damaged date); both
+	// count towards no rule. Skipped manifests do not load: neither kept
+	// nor deleted (backupd.PruneResult).
+	Held    []backupd.BackupInfo      `json:"held,omitempty"`
+	Future  []backupd.BackupInfo      `json:"future,omitempty"`
+	Skipped []backupd.SkippedManifest `json:"skipped,omitempty"`
 }
 
 // Event is one line of an NDJSON answer.
@@ -978,14 +988,15 @@ func (s *Service) prune(ctx context.Context, req PruneRequest) ([]PruneResult, e
 		if err != nil {
 			return fmt.Errorf("target %q: %w", p.name, err)
 		}
-		pr := PruneResult{Target: p.name, Kept: res.Kept, Deleted: res.Deleted}
+		pr := PruneResult{Target: p.name, Kept: res.Kept, Deleted: res.Deleted, Held: res.Held, Future: res.Future, Skipped: res.Skipped}
 		if pr.Kept == nil {
 			pr.Kept = []backupd.BackupInfo{}
 		}
 		if pr.Deleted == nil {
 			pr.Deleted = []backupd.BackupInfo{}
 		}
-		s.log.Info("backups pruned", "target", p.name, "volume", req.Volume, "kept", len(pr.Kept), "deleted", len(pr.Deleted), "dry_run", req.DryRun)
+		s.log.Info("backups pruned", "target", p.name, "volume", req.Volume, "kept", len(pr.Kept), "deleted", len(pr.Deleted),
+			"held", len(pr.Held), "future", len(pr.Future), "skipped", len(pr.Skipped), "dry_run", req.DryRun)
 		out = append(out, pr)
 		return nil
 	})
@@ -1117,7 +1128,7 @@ func jsonCall[Req, Res any](decode func(*http.Request, any) error, fail func(htt
 
 // gc runs the engine's two-phase garbage collection on one target or all.
 func (s *Service) gc(ctx context.Context, req GCRequest) ([]GCResult, error) {
-	opts := backupd.GCOptions{MaxDuration: s.cfg.MaxDuration}
+	opts := backupd.GCOptions{MaxDuration: s.cfg.MaxDuration, Margin: s.cfg.GCMargin}
 	if req.Grace != "" {
 		g, err := ParseKeepWithin(req.Grace)
 		if err != nil {

@@ -401,7 +401,7 @@ was killed leaves its lease, which the next GC takes as abandoned after
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Target, "target", "", "collect only this target (default: every target)")
-	f.StringVar(&req.Grace, "grace", "", "delete only what was marked at least this long ago (default 12h; must be longer than the server's --backup-max-duration)")
+	f.StringVar(&req.Grace, "grace", "", "delete only what was marked at least this long ago (default 12h; must be longer than the server's --backup-max-duration plus its --backup-gc-margin)")
 	f.BoolVar(&req.DryRun, "dry-run", false, "report what a run would do; mark and delete nothing")
 	return cmd
 }

@@ -29,6 +29,8 @@ func newServerCmd(ver string) *cobra.Command {
 		bootstrap  string
 		// backupMaxDur bounds every volume backup and GC's grace.
 		backupMaxDur time.Duration
+		// gcMargin is how much longer than backupMaxDur a GC grace must be.
+		gcMargin time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -122,6 +124,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 				Key:          key,
 				Logger:       log.With("component", "backups"),
 				MaxDuration:  backupMaxDur,
+				GCMargin:     gcMargin,
 			}))
 			if co != nil {
 				a.Extend(co)
@@ -141,7 +144,9 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.StringVar(&bootstrap, "bootstrap-target", "", "when no backup target is registered, register this URL as the default target \"local\" (make run: file://DIR/backups)")
 	f.StringVar(&pluginDir, "plugin-dir", "", "directory of external target plugins (strata-target-<kind> executables)")
 	f.DurationVar(&backupMaxDur, "backup-max-duration", backupd.DefaultMaxDuration,
-		"a volume backup that runs longer fails (ErrTooSlow); backup gc refuses a --grace that is not longer")
+		"a volume backup that runs longer fails (ErrTooSlow); backup gc refuses a --grace not longer than this plus --backup-gc-margin")
+	f.DurationVar(&gcMargin, "backup-gc-margin", 15*time.Minute,
+		"how much longer than --backup-max-duration a backup gc --grace must be: the longest a GC mark's write may take plus the clock difference between the hosts backing up to a target (lower it only for a single host and a fast target)")
 	return cmd
 }
 

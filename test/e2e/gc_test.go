@@ -11,10 +11,11 @@ import (
 // TestBackupGC: after `backup rm`, `backup gc` reclaims the deleted
 // backup's space on the target in two runs (mark, then delete, a grace
 // later), and the backup that remains still restores bit-exact. A grace
-// not longer than the server's backup deadline is refused.
+// not longer than the server's backup deadline plus its GC margin is
+// refused.
 func TestBackupGC(t *testing.T) {
 	needRoot(t)
-	s := startServer(t, t.TempDir(), "--backup-max-duration", "10s")
+	s := startServer(t, t.TempDir(), "--backup-max-duration", "10s", "--backup-gc-margin", "1s")
 	targetDir := t.TempDir()
 	s.must("target", "add", "local", "file://"+targetDir)
 	var v volumeJSON
@@ -50,7 +51,8 @@ func TestBackupGC(t *testing.T) {
 		} `json:"report"`
 	}
 	s.fails(t, "invalid", "backup", "gc", "--grace", "10s")
-	const grace = 11 * time.Second
+	s.fails(t, "invalid", "backup", "gc", "--grace", "11s")
+	const grace = 12 * time.Second
 	s.mustJSON(&res, "backup", "gc", "--grace", grace.String())
 	if len(res) != 1 || res[0].Report.PacksMarked == 0 || res[0].Report.PacksDeleted != 0 {
 		t.Fatalf("first gc run: %+v, want packs marked and none deleted", res)

@@ -1,0 +1,146 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strata-block/strata/backupd"
+	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/plugins"
+	"github.com/strata-block/strata/plugins/fs"
+)
+
+// dataSource is a backupd.Source of bytes in memory, all data.
+type dataSource []byte
+
+func (d dataSource) Size() int64 { return int64(len(d)) }
+
+func (d dataSource) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	if off >= int64(len(d)) {
+		return 0, io.EOF
+	}
+	n := copy(p, d[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (d dataSource) Extents(_ context.Context, off, length int64) ([]backupd.Extent, error) {
+	return []backupd.Extent{{Offset: off, Length: min(length, int64(len(d))-off), Kind: blockdev.ExtentData}}, nil
+}
+
+// getFaultTarget fails the Gets of one key with err while it is set.
+type getFaultTarget struct {
+	plugins.Target
+	mu  sync.Mutex
+	key string
+	err error
+}
+
+func (g *getFaultTarget) set(key string, err error) {
+	g.mu.Lock()
+	g.key, g.err = key, err
+	g.mu.Unlock()
+}
+
+func (g *getFaultTarget) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, int64, error) {
+	g.mu.Lock()
+	k, err := g.key, g.err
+	g.mu.Unlock()
+	if err != nil && key == k {
+		return nil, 0, fmt.Errorf("injected: get %s: %w", key, err)
+	}
+	return g.Target.Get(ctx, key, off, n)
+}
+
+// TestReleaseFailedNeedsEveryManifest: a failed run is marked released
+// only once every manifest of its volumes was read and those tagged with it
+// deleted. A manifest whose Get fails (a target that does not answer) or
+// that does not decode (it may carry the run's tag) leaves the run
+// unreleased, to be retried; once the fault is gone the retry deletes the
+// run's backup and marks it released.
+func TestReleaseFailedNeedsEveryManifest(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		damage  func(t *testing.T, tg *getFaultTarget, dir, key string)
+		recover func(t *testing.T, tg *getFaultTarget, dir, key string)
+	}{
+		{name: "transient-get", damage: func(t *testing.T, tg *getFaultTarget, _, key string) {
+			tg.set(key, fmt.Errorf("connection reset: %w", plugins.ErrTransient))
+		}, recover: func(t *testing.T, tg *getFaultTarget, _, _ string) { tg.set("", nil) }},
+		{name: "undecodable", damage: func(t *testing.T, _ *getFaultTarget, dir, key string) {
+			// Another manifest of the volume that does not decode.
+			other := backupd.ManifestKey("vol-b", "0123456789abcdef0123456789abcdef")
+			if err := os.WriteFile(filepath.Join(dir, other), []byte(`{"format":`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, recover: func(t *testing.T, _ *getFaultTarget, dir, _ string) {
+			if err := os.Remove(filepath.Join(dir, backupd.ManifestKey("vol-b", "0123456789abcdef0123456789abcdef"))); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			dir := t.TempDir()
+			fst, err := fs.New(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = fst.Close() })
+			tg := &getFaultTarget{Target: fst}
+			st, err := openStore(filepath.Join(t.TempDir(), StateFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = st.close() })
+			c := &Coordinator{log: slog.New(slog.DiscardHandler), st: st,
+				pool: &targetPool{open: map[string]plugins.Target{"t": tg}}}
+
+			run := &Run{ID: "20261127t010203z-0a1b2c3d", Token: 3, State: StateFailed, Started: time.Now().UTC(), Config: &Config{
+				Targets: []TargetConfig{{Name: "t", URL: "file://" + dir, Kind: "fs", Default: true}},
+				Volumes: []VolumeConfig{{Agent: LocalAgent, Name: "vol-a", Size: 64 << 10, Target: "t"}, {Agent: LocalAgent, Name: "vol-b", Size: 64 << 10, Target: "t"}},
+			}}
+			if err := st.put(run); err != nil {
+				t.Fatal(err)
+			}
+			repo := backupd.Open(tg, nil)
+			keys := map[string]string{}
+			for _, vol := range []string{"vol-a", "vol-b"} {
+				res, err := repo.Backup(ctx, backupd.BackupOptions{Volume: vol, Snapshot: "sys-x", Source: make(dataSource, 64<<10),
+					Tags: map[string]string{backupd.TagSystem: run.ID, backupd.TagToken: "3"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				keys[vol] = res.ManifestKey
+			}
+			tc.damage(t, tg, dir, keys["vol-b"])
+
+			c.releaseFailed(ctx, run)
+			if got, err := st.run(run.ID); err != nil || got.Released {
+				t.Fatalf("run after a release that could not read every manifest: %+v, %v; want it not released", got, err)
+			}
+			tc.recover(t, tg, dir, keys["vol-b"])
+			c.releaseFailed(ctx, run)
+			if got, err := st.run(run.ID); err != nil || !got.Released {
+				t.Fatalf("run after the retry: %+v, %v; want it released", got, err)
+			}
+			for vol, key := range keys {
+				if has, err := tg.Has(ctx, []string{key}); err != nil || has[0] {
+					t.Errorf("%s's backup %s of the failed run left (%v)", vol, key, err)
+				}
+			}
+		})
+	}
+}
