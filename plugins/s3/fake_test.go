@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -25,11 +26,17 @@ const fakeBucket = "fake-bucket"
 // fakeTarget returns a target on a fake S3 server answering with h.
 func fakeTarget(t *testing.T, h http.HandlerFunc) *s3.Target {
 	t.Helper()
+	return fakeTargetMode(t, h, s3.ConditionalNative)
+}
+
+// fakeTargetMode is fakeTarget with a conditional-write mode.
+func fakeTargetMode(t *testing.T, h http.HandlerFunc, mode s3.ConditionalMode) *s3.Target {
+	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	tg := s3.New(s3.Config{
 		Bucket: fakeBucket, Prefix: "p/", Endpoint: srv.URL, Region: "us-east-1",
-		PartSize: s3.MinPartSize, Conditional: s3.ConditionalNative,
+		PartSize: s3.MinPartSize, Conditional: mode,
 	}, "access", "secret", "")
 	t.Cleanup(func() { _ = tg.Close() })
 	return tg
@@ -369,6 +376,72 @@ func TestMultipartAbortErrorKeepsPutClass(t *testing.T) {
 			}
 			if aborts.Load() != 1 {
 				t.Fatalf("%d aborts, want 1", aborts.Load())
+			}
+		})
+	}
+}
+
+// The conditional-write probe settles "no support" only on an answer
+// about the header itself (a second conditional Put accepted, 501, 400
+// InvalidArgument). Any other failure — a bucket not created yet, denied
+// access — is an error and the next call probes again. Before, a probe
+// that met NoSuchBucket cached "no support" for the target's lifetime, so
+// PutIfAbsent kept failing with ErrUnsupported after the bucket was made.
+func TestConditionalProbe(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		first func(w http.ResponseWriter, r *http.Request) // the first probe's Puts
+		want  plugins.ConditionalCreate                    // what the first Info reports; Unknown: an error
+	}{
+		{"bucket missing", func(w http.ResponseWriter, r *http.Request) { s3Error(w, r, http.StatusNotFound, "NoSuchBucket") }, plugins.ConditionalCreateUnknown},
+		{"access denied", func(w http.ResponseWriter, r *http.Request) { s3Error(w, r, http.StatusForbidden, "AccessDenied") }, plugins.ConditionalCreateUnknown},
+		{"not implemented", func(w http.ResponseWriter, r *http.Request) { s3Error(w, r, http.StatusNotImplemented, "NotImplemented") }, plugins.ConditionalCreateNone},
+		{"header ignored", func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) }, plugins.ConditionalCreateNone},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var healthy atomic.Bool
+			seen := make(map[string]bool)
+			var mu sync.Mutex
+			tg := fakeTargetMode(t, func(w http.ResponseWriter, r *http.Request) {
+				if !healthy.Load() {
+					if r.Method == http.MethodDelete {
+						w.WriteHeader(http.StatusNoContent)
+						return
+					}
+					tc.first(w, r)
+					return
+				}
+				// A server that honours If-None-Match.
+				_, _ = io.Copy(io.Discard, r.Body)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case r.Method == http.MethodPut && seen[r.URL.Path] && r.Header.Get("If-None-Match") == "*":
+					s3Error(w, r, http.StatusPreconditionFailed, "PreconditionFailed")
+				case r.Method == http.MethodPut:
+					seen[r.URL.Path] = true
+				case r.Method == http.MethodDelete:
+					delete(seen, r.URL.Path)
+					w.WriteHeader(http.StatusNoContent)
+				}
+			}, s3.ConditionalAuto)
+			info, err := tg.Info(t.Context())
+			switch {
+			case tc.want == plugins.ConditionalCreateUnknown && err == nil:
+				t.Fatalf("first Info = %+v, want an error", info)
+			case tc.want != plugins.ConditionalCreateUnknown && (err != nil || info.ConditionalCreate != tc.want):
+				t.Fatalf("first Info = %+v, %v; want %v", info, err, tc.want)
+			}
+			healthy.Store(true)
+			want := plugins.ConditionalCreateAtomic
+			if tc.want != plugins.ConditionalCreateUnknown {
+				want = tc.want // settled: not probed again
+			}
+			if info, err := tg.Info(t.Context()); err != nil || info.ConditionalCreate != want {
+				t.Fatalf("Info once the server answers = %+v, %v; want %v", info, err, want)
 			}
 		})
 	}

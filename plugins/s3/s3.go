@@ -197,11 +197,13 @@ func (t *Target) conditional(ctx context.Context) (plugins.ConditionalCreate, er
 		_, err := t.client.PutObject(ctx, &awss3.PutObjectInput{
 			Bucket: &t.cfg.Bucket, Key: &key, Body: bytes.NewReader(nil), ContentLength: aws.Int64(0), IfNoneMatch: aws.String("*"),
 		})
-		return t.classify(err)
+		return err
 	}
-	err := putOnce()
+	raw := putOnce()
+	err := t.classify(raw)
 	if err == nil {
-		err = putOnce()
+		raw = putOnce()
+		err = t.classify(raw)
 		// Best effort: a leftover probe is invisible anyway.
 		_, _ = t.client.DeleteObject(context.WithoutCancel(ctx), &awss3.DeleteObjectInput{Bucket: &t.cfg.Bucket, Key: &key})
 		switch {
@@ -209,10 +211,13 @@ func (t *Target) conditional(ctx context.Context) (plugins.ConditionalCreate, er
 			t.cond = plugins.ConditionalCreateAtomic
 			return t.cond, nil
 		case err == nil:
-			err = errors.New("the server accepted a second If-None-Match: * PutObject on the same key")
+			raw, err = nil, nil // the header was ignored: no support
 		}
 	}
-	if plugins.Classify(err) == plugins.ClassTransient {
+	if err != nil && !refusesConditional(raw) {
+		// Not an answer about the header (a missing bucket, denied
+		// access, an unreachable server): nothing is learnt, and the
+		// next call probes again.
 		return plugins.ConditionalCreateUnknown, fmt.Errorf("s3 probing conditional writes: %w", err)
 	}
 	t.cond = plugins.ConditionalCreateNone
@@ -220,6 +225,23 @@ func (t *Target) conditional(ctx context.Context) (plugins.ConditionalCreate, er
 		t.cond = plugins.ConditionalCreateCheckThenPut
 	}
 	return t.cond, nil
+}
+
+// refusesConditional reports whether err is a server's refusal of the
+// If-None-Match header itself: 501 Not Implemented, or a 400 naming the
+// request or an argument invalid. Only such an answer (or a second
+// conditional Put accepted) settles that the server lacks conditional
+// writes.
+func refusesConditional(err error) bool {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "NotImplemented", "InvalidArgument", "InvalidRequest":
+			return true
+		}
+	}
+	var re *smithyhttp.ResponseError
+	return errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotImplemented
 }
 
 var partPool sync.Pool // *[]byte of the part size
