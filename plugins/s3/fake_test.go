@@ -396,7 +396,9 @@ func TestConditionalProbe(t *testing.T) {
 	}{
 		{"bucket missing", func(w http.ResponseWriter, r *http.Request) { s3Error(w, r, http.StatusNotFound, "NoSuchBucket") }, plugins.ConditionalCreateUnknown},
 		{"access denied", func(w http.ResponseWriter, r *http.Request) { s3Error(w, r, http.StatusForbidden, "AccessDenied") }, plugins.ConditionalCreateUnknown},
-		{"not implemented", func(w http.ResponseWriter, r *http.Request) { s3Error(w, r, http.StatusNotImplemented, "NotImplemented") }, plugins.ConditionalCreateNone},
+		{"not implemented", func(w http.ResponseWriter, r *http.Request) {
+			s3Error(w, r, http.StatusNotImplemented, "NotImplemented")
+		}, plugins.ConditionalCreateNone},
 		{"header ignored", func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) }, plugins.ConditionalCreateNone},
 	}
 	for _, tc := range tests {
