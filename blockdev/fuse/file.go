@@ -194,6 +194,9 @@ func (h *handle) Release(context.Context) syscall.Errno {
 	f.mu.Lock()
 	n := h.node
 	n.open--
+	if n.open == 0 {
+		f.released.Broadcast()
+	}
 	var done func()
 	if n.open == 0 && n.onClosed != nil {
 		done, n.onClosed = n.onClosed, nil

@@ -56,6 +56,7 @@ type FS struct {
 	served chan struct{} // closed when the server loop has ended
 
 	mu       sync.Mutex
+	released *sync.Cond // on mu: a file's last handle was released
 	files    map[string]*fileNode
 	detached map[*fileNode]bool // detached while open (Detach)
 	closed   bool
@@ -177,6 +178,7 @@ func Mount(ctx context.Context, dir string, opts *Options) (*FS, error) {
 		detached: make(map[*fileNode]bool),
 		served:   make(chan struct{}),
 	}
+	f.released = sync.NewCond(&f.mu)
 	f.root = &rootNode{fsys: f}
 	entry, attr, negative := time.Minute, time.Second, time.Duration(0)
 	fo := &fs.Options{
@@ -366,6 +368,9 @@ func (f *FS) Remove(name string) error {
 		return fmt.Errorf("fuse remove %q: %w", name, ErrClosed)
 	}
 	n, ok := f.files[name]
+	if ok {
+		f.waitReleasedLocked(n)
+	}
 	switch {
 	case !ok:
 		f.mu.Unlock()
@@ -445,6 +450,31 @@ func (f *FS) Resized(name string) error {
 		return fmt.Errorf("fuse resized %q: %w", name, err)
 	}
 	return nil
+}
+
+// releaseWait is how long Remove waits for an open file's handles to be
+// released. The kernel sends RELEASE asynchronously after the last close
+// (a loop device's detach among them), so a file closed a moment ago may
+// still count as open: without the wait, `detach` then `rm` of a volume
+// could fail as in use.
+const releaseWait = time.Second
+
+// waitReleasedLocked waits, holding f.mu, until n has no open handle or
+// releaseWait has passed.
+func (f *FS) waitReleasedLocked(n *fileNode) {
+	if n.open == 0 {
+		return
+	}
+	deadline := time.Now().Add(releaseWait)
+	t := time.AfterFunc(releaseWait, func() {
+		f.mu.Lock()
+		f.released.Broadcast()
+		f.mu.Unlock()
+	})
+	defer t.Stop()
+	for n.open > 0 && time.Now().Before(deadline) {
+		f.released.Wait()
+	}
 }
 
 // notifyEntry drops the kernel's cached entry for name, if any.
