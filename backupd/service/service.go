@@ -866,9 +866,14 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 		return fail(fmt.Errorf("restore of backup %s: volume %q is attached; detach it first (an attached volume is never overwritten): %w", id, req.To, blockdev.ErrInUse))
 	case info.Size != m.Size:
 		return fail(fmt.Errorf("restore of backup %s: volume %q is %d bytes, the backup %d: restore into a new volume or one of the same size: %w", id, req.To, info.Size, m.Size, blockdev.ErrInvalidArgument))
-	case s.cfg.Exclusive != nil:
+	}
+	if s.cfg.Exclusive != nil {
+		// Also a volume just created: its file is in the mount already.
 		release, err := s.cfg.Exclusive(req.To)
 		if err != nil {
+			if j.created {
+				j.removeCreated(ctx)
+			}
 			return fail(fmt.Errorf("restore of backup %s into volume %q (a volume in use is never overwritten): %w", id, req.To, err))
 		}
 		j.done = func() {
@@ -877,6 +882,23 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 		}
 	}
 	return j, nil
+}
+
+// removeCreated deletes the volume the restore created: it holds nothing
+// else, and a half-restored volume must not be left behind.
+func (j *restoreJob) removeCreated(ctx context.Context) {
+	if err := j.s.agentCall(context.WithoutCancel(ctx), http.MethodDelete, "/v1/volumes/"+url.PathEscape(j.to), nil); err != nil {
+		j.s.log.Warn("remove partly restored volume", "volume", j.to, "err", err)
+	}
+}
+
+// releaseAndRemove ends the job's hold on the volume (Exclusive, which a
+// deletion would meet as in use) and removes the volume it created; the
+// deferred done that follows finds the hold already released.
+func (j *restoreJob) releaseAndRemove(ctx context.Context) {
+	j.done()
+	j.done = func() {}
+	j.removeCreated(ctx)
 }
 
 func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*RestoreResult, error) {
@@ -902,11 +924,7 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 	}()
 	if err != nil {
 		if j.created {
-			// A volume the restore created holds nothing else: remove it
-			// rather than leave a half-restored volume behind.
-			if derr := s.agentCall(context.WithoutCancel(ctx), http.MethodDelete, "/v1/volumes/"+url.PathEscape(j.to), nil); derr != nil {
-				s.log.Warn("remove partly restored volume", "volume", j.to, "err", derr)
-			}
+			j.releaseAndRemove(ctx)
 		}
 		s.log.Warn("restore failed", "id", j.m.ID, "to", j.to, "target", j.p.name, "err", err)
 		return nil, fmt.Errorf("restore of backup %s (volume %q) into volume %q: %w", j.m.ID, j.m.Volume, j.to, err)

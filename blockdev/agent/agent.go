@@ -43,6 +43,9 @@ type Agent struct {
 	targetCheck func(ctx context.Context, name string) error
 
 	mu sync.Mutex // serialises attach, detach, mount, umount, delete, revert, settings
+
+	exMu      sync.Mutex
+	exclusive map[string]bool // volumes taken by Exclusive (a restore into them)
 }
 
 // Extension adds routes to the control API: the server binary uses it to
@@ -314,6 +317,11 @@ func (e exportsAdapter) List(ctx context.Context) ([]nbd.ExportInfo, error) {
 }
 
 func (e exportsAdapter) Open(ctx context.Context, name string) (blockdev.Volume, func(), error) {
+	if !strings.Contains(name, "@") {
+		if err := e.a.notExclusive(name); err != nil {
+			return nil, nil, err
+		}
+	}
 	dev, release, err := e.a.mgr.Open(ctx, name)
 	if err != nil {
 		if errors.Is(err, blockdev.ErrNotFound) || errors.Is(err, blockdev.ErrInvalidName) {
@@ -500,11 +508,19 @@ func (a *Agent) revert(ctx context.Context, name, snap string) error {
 
 // Exclusive takes volume name for a restore into it: it refuses with
 // ErrInUse while the volume is attached, open through its FUSE file or
-// open by an NBD client, and takes its files out of the FUSE mount until
-// release is called.
+// open by an NBD client, or already taken; until release is called, the
+// volume's file stays out of the FUSE mount and attach, mount, snapshots,
+// holds and NBD opens of it are refused (ErrInUse), so nobody sees the
+// restore half done or writes into it meanwhile.
 func (a *Agent) Exclusive(name string) (release func(), err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.exMu.Lock()
+	taken := a.exclusive[name]
+	a.exMu.Unlock()
+	if taken {
+		return nil, fmt.Errorf("volume %q is being restored: %w", name, blockdev.ErrInUse)
+	}
 	err = a.idle(name)
 	if err == nil {
 		err = a.mgr.InUse(name)
@@ -513,7 +529,33 @@ func (a *Agent) Exclusive(name string) (release func(), err error) {
 		a.volumesChanged()
 		return nil, err
 	}
-	return a.volumesChanged, nil
+	a.exMu.Lock()
+	if a.exclusive == nil {
+		a.exclusive = make(map[string]bool)
+	}
+	a.exclusive[name] = true
+	a.exMu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			a.exMu.Lock()
+			delete(a.exclusive, name)
+			a.exMu.Unlock()
+			a.volumesChanged()
+		})
+	}, nil
+}
+
+// notExclusive refuses a use of export name (a volume, or vol@snap for
+// the snapshots' sake: ErrInUse) while its volume is taken by Exclusive.
+func (a *Agent) notExclusive(name string) error {
+	vol := volumeOf(name)
+	a.exMu.Lock()
+	defer a.exMu.Unlock()
+	if a.exclusive[vol] {
+		return fmt.Errorf("volume %q is being restored: %w", vol, blockdev.ErrInUse)
+	}
+	return nil
 }
 
 // deleteSnapshot deletes snapshot snap of volume name unless it is

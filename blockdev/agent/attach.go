@@ -21,6 +21,9 @@ func (a *Agent) attach(ctx context.Context, name string, req AttachRequest) (Att
 	if _, err := a.mgr.Volume(ctx, volumeOf(name)); err != nil {
 		return Attachment{}, err
 	}
+	if err := a.notExclusive(name); err != nil {
+		return Attachment{}, err
+	}
 	at, err := a.host.attach(ctx, name, req.NBD)
 	if err != nil {
 		return Attachment{}, err
@@ -201,6 +204,9 @@ func probeFS(ctx context.Context, dev string) (string, error) {
 func (a *Agent) snapshot(ctx context.Context, name, snap string) (blockdev.SnapshotInfo, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if err := a.notExclusive(name); err != nil {
+		return blockdev.SnapshotInfo{}, err
+	}
 	if at, ok := a.state.get(name); ok && at.MountPoint != "" {
 		if err := attach.Freeze(ctx, at.MountPoint); err != nil {
 			return blockdev.SnapshotInfo{}, fmt.Errorf("volume %q: freeze %s before the snapshot: %w", name, at.MountPoint, err)

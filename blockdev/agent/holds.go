@@ -75,6 +75,11 @@ func (a *Agent) hold(ctx context.Context, req HoldRequest) (HoldInfo, error) {
 	if err != nil {
 		return HoldInfo{}, err
 	}
+	for _, v := range req.Volumes {
+		if err := a.notExclusive(v); err != nil {
+			return HoldInfo{}, err
+		}
+	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	h, err := a.mgr.Hold(wctx, req.Volumes)
@@ -157,6 +162,11 @@ func (a *Agent) lookupHold(id string) (*heldWrites, bool) {
 
 // snapshotGroup holds, snapshots and releases req.Volumes.
 func (a *Agent) snapshotGroup(ctx context.Context, req GroupSnapshotRequest) ([]blockdev.VolumeSnapshot, error) {
+	for _, v := range req.Volumes {
+		if err := a.notExclusive(v); err != nil {
+			return nil, err
+		}
+	}
 	wctx, cancel := context.WithTimeout(ctx, DefaultHoldTimeout)
 	defer cancel()
 	out, err := a.mgr.SnapshotGroup(wctx, req.Volumes, req.Name)

@@ -142,6 +142,9 @@ func (h *host) refresh() {
 		if _, ok := h.files[name]; ok {
 			continue
 		}
+		if !strings.Contains(name, "@") && h.a.notExclusive(name) != nil {
+			continue // a restore has it (Exclusive)
+		}
 		dev, release, err := h.a.mgr.Open(ctx, name)
 		if err != nil {
 			h.a.log.Warn("fuse: open device", "export", name, "err", err)

@@ -3,11 +3,15 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/strata-block/strata/blockdev"
 )
 
 // startFUSEAgent runs an agent with its FUSE mount on a temporary data
@@ -131,5 +135,50 @@ func TestGrowAttached(t *testing.T) {
 	}
 	if f, d := sizes(); f != 4*mib || d != 4*mib {
 		t.Fatalf("after growing: file %d, device %d bytes; want %d", f, d, 4*mib)
+	}
+}
+
+// TestExclusive checks that a volume taken for a restore stays taken
+// until released: its file stays out of the FUSE mount whatever refreshes
+// it, and attach, snapshots, holds, NBD opens and a second Exclusive are
+// refused. Before, Exclusive only checked once: the next refresh (any
+// snapshot or volume change on the host) put the file back, and anyone
+// could open, attach or snapshot the half-restored volume.
+func TestExclusive(t *testing.T) {
+	a, c := startFUSEAgent(t)
+	ctx := t.Context()
+	createVolumes(t, c, "vol")
+	path := a.host.filePath("vol")
+	release, err := a.Exclusive("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	createVolumes(t, c, "other") // refreshes the mount
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the file of a volume being restored after a refresh: %v, want it absent", err)
+	}
+	refused := []struct {
+		name string
+		err  error
+	}{
+		{"attach", func() error { _, err := c.Attach(ctx, "vol", false); return err }()},
+		{"snapshot", func() error { _, err := c.CreateSnapshot(ctx, "vol", "s"); return err }()},
+		{"hold", func() error { _, err := c.Hold(ctx, []string{"other", "vol"}, time.Second); return err }()},
+		{"group snapshot", func() error { _, err := c.SnapshotGroup(ctx, "g", []string{"vol"}); return err }()},
+		{"nbd open", func() error { _, _, err := exportsAdapter{a}.Open(ctx, "vol"); return err }()},
+		{"second exclusive", func() error { _, err := a.Exclusive("vol"); return err }()},
+	}
+	for _, r := range refused {
+		if !errors.Is(r.err, blockdev.ErrInUse) {
+			t.Errorf("%s of a volume being restored: %v, want ErrInUse", r.name, r.err)
+		}
+	}
+	release()
+	release() // idempotent
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("the file after release: %v", err)
+	}
+	if _, err := c.CreateSnapshot(ctx, "vol", "s"); err != nil {
+		t.Errorf("snapshot after release: %v", err)
 	}
 }
