@@ -109,6 +109,33 @@ func TestRestoreWrongKey(t *testing.T) {
 	}
 }
 
+// TestKeyedRepoRefusesUnencrypted: a repository opened with a key refuses
+// to restore or verify an unencrypted backup unless AllowUnencrypted.
+// Before, anyone able to write to the target could plant an unencrypted
+// manifest, pages and pack of chosen data that restore wrote as good.
+func TestKeyedRepoRefusesUnencrypted(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	tg := NewFSTarget(t, t.TempDir())
+	data := RandomData(rand.New(rand.NewPCG(5, 6)), 1<<20)
+	res, err := Open(tg, nil).Backup(ctx, BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyed := Open(tg, &Options{Key: testKey(t)})
+	if _, _, err := restoreAll(t, keyed, res.ManifestKey, int64(len(data)), RestoreOptions{}); !errors.Is(err, ErrKey) {
+		t.Errorf("Restore of an unencrypted backup with a key: %v, want ErrKey", err)
+	}
+	if rep, err := keyed.Verify(ctx, []string{res.ManifestKey}, VerifyOptions{ReadData: true}); err == nil || rep.OK() {
+		t.Errorf("Verify of an unencrypted backup with a key: %+v, %v; want it bad", rep, err)
+	}
+	allowing := Open(tg, &Options{Key: testKey(t), AllowUnencrypted: true})
+	got, _, err := restoreAll(t, allowing, res.ManifestKey, int64(len(data)), RestoreOptions{})
+	if err != nil || !bytes.Equal(got, data) {
+		t.Errorf("Restore with AllowUnencrypted: %v (equal %v)", err, bytes.Equal(got, data))
+	}
+}
+
 // TestProgress checks the events of a backup and a restore: counters never
 // go back, the phases come in order and the last event is PhaseDone with
 // the totals.

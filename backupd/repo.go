@@ -33,7 +33,14 @@ func pageKey(id ChunkID) string  { s := id.String(); return prefixMaps + s[:2] +
 // repository with the defaults.
 type Options struct {
 	// Key encrypts new backups and decrypts encrypted ones; nil: none.
+	// A repository opened with a key refuses to restore or verify an
+	// unencrypted backup (ErrKey) unless AllowUnencrypted: anyone able to
+	// write to the target could otherwise plant one, whose chosen data
+	// would pass every check.
 	Key *Key
+	// AllowUnencrypted lets a repository opened with a Key read
+	// unencrypted backups as well (those taken before the key was set).
+	AllowUnencrypted bool
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// PackSize is the size at which a pack is closed (default
@@ -336,6 +343,8 @@ func (r *Repository) LoadManifest(ctx context.Context, key string) (*Manifest, e
 // repository's key does not match the manifest.
 func (r *Repository) keyFor(m *Manifest) (*Key, error) {
 	switch {
+	case !m.Encrypted && r.opts.Key != nil && !r.opts.AllowUnencrypted:
+		return nil, fmt.Errorf("volume %q backup %s is not encrypted, and a repository opened with a key reads only encrypted backups (an unencrypted one could have been planted by anyone able to write to the target); if it was taken before the key was set, allow unencrypted backups (strata server --backup-allow-unencrypted): %w", m.Volume, m.ID, ErrKey)
 	case !m.Encrypted:
 		return nil, nil
 	case r.opts.Key == nil:

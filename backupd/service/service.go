@@ -54,6 +54,9 @@ type Config struct {
 	// default backupd.DefaultMaxDuration); GC refuses a grace that is not
 	// longer.
 	MaxDuration time.Duration
+	// AllowUnencrypted lets a service with a Key restore and verify
+	// unencrypted backups too (backupd.Options.AllowUnencrypted).
+	AllowUnencrypted bool
 	// GCMargin is GCOptions.Margin (default 15 minutes): how much longer
 	// than MaxDuration a GC grace must be.
 	GCMargin time.Duration
@@ -382,7 +385,7 @@ func (s *Service) open(ctx context.Context, name string) (*repo, error) {
 		_ = t.Close()
 		return nil, fmt.Errorf("backup index cache of target %q: %w", name, err)
 	}
-	r := backupd.Open(t, &backupd.Options{Key: s.cfg.Key, Logger: s.log.With("target", name), CacheDir: cache})
+	r := backupd.Open(t, &backupd.Options{Key: s.cfg.Key, AllowUnencrypted: s.cfg.AllowUnencrypted, Logger: s.log.With("target", name), CacheDir: cache})
 	return &repo{name: name, url: publicURL(reg.URL), t: t, r: r}, nil
 }
 

@@ -31,6 +31,8 @@ func newServerCmd(ver string) *cobra.Command {
 		backupMaxDur time.Duration
 		// gcMargin is how much longer than backupMaxDur a GC grace must be.
 		gcMargin time.Duration
+		// allowPlain lets a server with --backup-key read unencrypted backups.
+		allowPlain bool
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -115,16 +117,17 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 				return err
 			})
 			a.Extend(service.New(service.Config{
-				Manager:      a.Manager(),
-				Targets:      tsvc,
-				VolumeTarget: a.VolumeTarget,
-				Attached:     func(v string) bool { _, ok := a.Attached(v); return ok },
-				Exclusive:    a.Exclusive,
-				DataDir:      dataDir,
-				Key:          key,
-				Logger:       log.With("component", "backups"),
-				MaxDuration:  backupMaxDur,
-				GCMargin:     gcMargin,
+				Manager:          a.Manager(),
+				Targets:          tsvc,
+				VolumeTarget:     a.VolumeTarget,
+				Attached:         func(v string) bool { _, ok := a.Attached(v); return ok },
+				Exclusive:        a.Exclusive,
+				DataDir:          dataDir,
+				Key:              key,
+				Logger:           log.With("component", "backups"),
+				MaxDuration:      backupMaxDur,
+				GCMargin:         gcMargin,
+				AllowUnencrypted: allowPlain,
 			}))
 			if co != nil {
 				a.Extend(co)
@@ -145,6 +148,8 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.StringVar(&pluginDir, "plugin-dir", "", "directory of external target plugins (strata-target-<kind> executables)")
 	f.DurationVar(&backupMaxDur, "backup-max-duration", backupd.DefaultMaxDuration,
 		"a volume backup that runs longer fails (ErrTooSlow); backup gc refuses a --grace not longer than this plus --backup-gc-margin")
+	f.BoolVar(&allowPlain, "backup-allow-unencrypted", false,
+		"with --backup-key, also restore and verify unencrypted backups (taken before the key was set); off by default, since anyone able to write to a target could plant one")
 	f.DurationVar(&gcMargin, "backup-gc-margin", 15*time.Minute,
 		"how much longer than --backup-max-duration a backup gc --grace must be: the longest a GC mark's write may take plus the clock difference between the hosts backing up to a target (lower it only for a single host and a fast target)")
 	return cmd
