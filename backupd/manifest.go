@@ -67,8 +67,30 @@ type Manifest struct {
 	KeyID           string            `json:"key_id,omitempty"`
 	Digest          string            `json:"digest"`
 	Pages           []string          `json:"pages"`
-	Tags            map[string]string `json:"tags,omitempty"`
+	Tags            Tags              `json:"tags,omitempty"`
 	Stats           Stats             `json:"stats"`
+}
+
+// Tags are a manifest's labels. Decoding refuses a tags object longer
+// than maxTags tags of maxTagLen bytes could be (each byte escaped), so a
+// hostile manifest cannot build a huge map before Validate counts it.
+type Tags map[string]string
+
+// maxTagsJSON bounds the JSON of valid Tags: braces, and per tag two
+// quoted strings of maxTagLen bytes written as \uXXXX escapes, a colon
+// and a comma.
+const maxTagsJSON = 2 + maxTags*(2*(2+6*maxTagLen)+2)
+
+func (t *Tags) UnmarshalJSON(b []byte) error {
+	if len(b) > maxTagsJSON {
+		return fmt.Errorf("tags: %d bytes of JSON, more than %d tags of at most %d bytes can take", len(b), maxTags, maxTagLen)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	*t = m
+	return nil
 }
 
 // ManifestKey returns the target key of backup id of volume.
