@@ -57,18 +57,18 @@ type Manifest struct {
 	// in the snapshot store): with the name, it identifies the snapshot,
 	// so that a later snapshot given the same name is never taken for it.
 	// Zero in manifests written before it was recorded.
-	SnapshotCreated time.Time         `json:"snapshot_created,omitzero"`
-	Parent          string            `json:"parent,omitempty"`
-	Created         time.Time         `json:"created"`
-	Size            int64             `json:"size"`
-	ChunkSize       int               `json:"chunk_size"`
-	PageChunks      int               `json:"page_chunks"`
-	Encrypted       bool              `json:"encrypted"`
-	KeyID           string            `json:"key_id,omitempty"`
-	Digest          string            `json:"digest"`
-	Pages           []string          `json:"pages"`
-	Tags            Tags              `json:"tags,omitempty"`
-	Stats           Stats             `json:"stats"`
+	SnapshotCreated time.Time `json:"snapshot_created,omitzero"`
+	Parent          string    `json:"parent,omitempty"`
+	Created         time.Time `json:"created"`
+	Size            int64     `json:"size"`
+	ChunkSize       int       `json:"chunk_size"`
+	PageChunks      int       `json:"page_chunks"`
+	Encrypted       bool      `json:"encrypted"`
+	KeyID           string    `json:"key_id,omitempty"`
+	Digest          string    `json:"digest"`
+	Pages           []string  `json:"pages"`
+	Tags            Tags      `json:"tags,omitempty"`
+	Stats           Stats     `json:"stats"`
 }
 
 // Tags are a manifest's labels. Decoding refuses a tags object longer
