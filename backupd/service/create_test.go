@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -200,5 +202,39 @@ func TestPruneReportsHeld(t *testing.T) {
 	}
 	if len(res) != 1 || len(res[0].Held) != 1 || res[0].Held[0].ID != held.ID || len(res[0].Kept) != 1 {
 		t.Fatalf("prune answered %+v, want backup %s held and one kept", res, held.ID)
+	}
+}
+
+// TestFailedBackupDropsItsSnapshot: the snapshot a backup took for itself
+// is deleted when the backup fails (no backup names it); one the request
+// named stays. Before, each failed attempt left a backup-<time> snapshot
+// holding its copy-on-write layer.
+func TestFailedBackupDropsItsSnapshot(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if _, err := e.c.CreateVolume(t.Context(), agent.CreateVolumeRequest{Name: "vol-f", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "vol-f", bytes.Repeat([]byte{1}, 4096), 0)
+	// The target opens, but its packs/ is a file: the backup fails after
+	// its snapshot was taken.
+	dir := e.dirs["main"]
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "packs"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.CreateSnapshot(t.Context(), "vol-f", "mine"); err != nil {
+		t.Fatal(err)
+	}
+	for _, snap := range []string{"", "mine"} {
+		if b, err := CreateBackup(t.Context(), e.c, CreateRequest{Volume: "vol-f", Target: "main", Snapshot: snap}, nil); err == nil {
+			t.Fatalf("backup to a broken target (snapshot %q) succeeded: %+v", snap, b)
+		}
+	}
+	ss, err := e.c.Snapshots(t.Context(), "vol-f")
+	if err != nil || len(ss) != 1 || ss[0].Name != "mine" {
+		t.Errorf("snapshots after failed backups: %+v, %v; want only mine", ss, err)
 	}
 }

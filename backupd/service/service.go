@@ -337,14 +337,16 @@ func classify(err error) error {
 	case errors.Is(err, blockdev.ErrNotFound), errors.Is(err, blockdev.ErrInvalidArgument),
 		errors.Is(err, blockdev.ErrInvalidName), errors.Is(err, blockdev.ErrInUse), errors.Is(err, blockdev.ErrExists):
 		return err
+	case errors.Is(err, backupd.ErrCorrupt), errors.Is(err, backupd.ErrMissing), errors.Is(err, backupd.ErrMismatch):
+		// Before plugins.ErrNotFound: a pack missing under a backup
+		// wraps both, and is damage, not an unknown name.
+		class = blockdev.ErrCorrupt
 	case errors.Is(err, plugins.ErrNotFound):
 		class = blockdev.ErrNotFound
 	case errors.Is(err, backupd.ErrInvalid), errors.Is(err, backupd.ErrKey):
 		class = blockdev.ErrInvalidArgument
 	case errors.Is(err, backupd.ErrHeld), errors.Is(err, backupd.ErrBusy), errors.Is(err, backupd.ErrLeaseLost):
 		class = blockdev.ErrInUse
-	case errors.Is(err, backupd.ErrCorrupt), errors.Is(err, backupd.ErrMissing), errors.Is(err, backupd.ErrMismatch):
-		class = blockdev.ErrCorrupt
 	default:
 		return err
 	}
@@ -651,6 +653,7 @@ type backupJob struct {
 	p      *repo
 	volume string
 	snap   string
+	took   bool // the job took snap (deleted if the backup fails)
 	full   bool
 	tags   map[string]string
 	done   func()
@@ -711,7 +714,7 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 		done()
 		return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, blockdev.ErrNotFound)
 	}
-	return &backupJob{s: s, p: p, volume: req.Volume, snap: snap, full: req.Full, tags: req.Tags, done: done}, nil
+	return &backupJob{s: s, p: p, volume: req.Volume, snap: snap, took: req.Snapshot == "", full: req.Full, tags: req.Tags, done: done}, nil
 }
 
 // reusable returns the newest backup of volume info.Name on p if the
@@ -777,6 +780,14 @@ func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Ba
 	res, err := j.p.r.BackupVolume(ctx, j.s.cfg.Manager, j.volume, j.snap, backupd.BackupOptions{Full: j.full, Tags: j.tags, Progress: progress, MaxDuration: j.s.cfg.MaxDuration})
 	if err != nil {
 		j.s.log.Warn("backup failed", "volume", j.volume, "snapshot", j.snap, "target", j.p.name, "err", err)
+		if j.took {
+			// No backup names the snapshot taken for this one (a failed
+			// Backup leaves no manifest): each retry would leave another,
+			// holding its copy-on-write layer.
+			if derr := j.s.agentCall(context.WithoutCancel(ctx), http.MethodDelete, "/v1/volumes/"+url.PathEscape(j.volume)+"/snapshots/"+url.PathEscape(j.snap), nil); derr != nil {
+				j.s.log.Warn("delete the snapshot taken for a failed backup", "volume", j.volume, "snapshot", j.snap, "err", derr)
+			}
+		}
 		return nil, fmt.Errorf("backup of volume %q snapshot %q to target %q: %w", j.volume, j.snap, j.p.name, err)
 	}
 	b := fromManifest(j.p, res.ManifestKey, res.Manifest)

@@ -35,6 +35,8 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("chunk: %w", backupd.ErrCorrupt), blockdev.ErrCorrupt},
 		{fmt.Errorf("pack: %w", backupd.ErrMissing), blockdev.ErrCorrupt},
 		{fmt.Errorf("vol: %w", blockdev.ErrInUse), blockdev.ErrInUse},
+		// A pack missing under a backup: damage, not an unknown name.
+		{fmt.Errorf("pack p: %w", fmt.Errorf("%w: %w", backupd.ErrMissing, plugins.ErrNotFound)), blockdev.ErrCorrupt},
 	} {
 		got := classify(c.err)
 		if !errors.Is(got, c.want) || got.Error() != c.err.Error() {
