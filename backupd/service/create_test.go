@@ -238,3 +238,23 @@ func TestFailedBackupDropsItsSnapshot(t *testing.T) {
 		t.Errorf("snapshots after failed backups: %+v, %v; want only mine", ss, err)
 	}
 }
+
+// TestStoppingCancelsStreams: once the agent starts shutting down
+// (Stopping), a streamed backup is cancelled rather than run (or, when
+// running, drained until the shutdown deadline under volumes about to
+// close). Before, only detached jobs were cancelled, and only after the
+// servers had waited out the shutdown timeout.
+func TestStoppingCancelsStreams(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if _, err := e.c.CreateVolume(t.Context(), agent.CreateVolumeRequest{Name: "vol-s", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	e.svc.Stopping()
+	if b, err := CreateBackup(t.Context(), e.c, CreateRequest{Volume: "vol-s", Target: "main"}, nil); err == nil {
+		t.Fatalf("backup after Stopping succeeded: %+v", b)
+	}
+	if ss, err := e.c.Snapshots(t.Context(), "vol-s"); err != nil || len(ss) != 0 {
+		t.Errorf("a cancelled backup left snapshots: %+v, %v", ss, err)
+	}
+}

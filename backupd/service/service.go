@@ -97,6 +97,10 @@ func New(cfg Config) *Service {
 	return &Service{cfg: cfg, log: log, ctx: ctx, cancel: cancel, busy: map[string]string{}}
 }
 
+// Stopping cancels every backup, restore and verify, streamed or detached
+// (agent.Stopper): the agent is shutting down.
+func (s *Service) Stopping() { s.cancel() }
+
 // Close cancels detached backups and waits for them to stop.
 func (s *Service) Close() error {
 	s.cancel()
@@ -521,12 +525,12 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 				}
 				s.log.Info("detached backup committed", "volume", b.Volume, "id", b.ID, "target", b.Target)
 			}()
-			writeStream(w, r, func(ctx context.Context, emit func(Event)) {
+			s.writeStream(w, r, func(ctx context.Context, emit func(Event)) {
 				emit(Event{Event: "accepted", Snapshot: job.snap})
 			})
 			return
 		}
-		writeStream(w, r, func(ctx context.Context, emit func(Event)) {
+		s.writeStream(w, r, func(ctx context.Context, emit func(Event)) {
 			b, err := job.run(ctx, progressTo(ctx, emit))
 			emitEnd(emit, err, Event{Event: "done", Backup: b})
 		})
@@ -569,7 +573,7 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 			fail(w, err)
 			return
 		}
-		writeStream(w, r, func(ctx context.Context, emit func(Event)) {
+		s.writeStream(w, r, func(ctx context.Context, emit func(Event)) {
 			res, err := job.run(ctx, progressTo(ctx, emit))
 			emitEnd(emit, err, Event{Event: "done", Restore: res})
 		})
@@ -601,7 +605,7 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 			fail(w, err)
 			return
 		}
-		writeStream(w, r, func(ctx context.Context, emit func(Event)) {
+		s.writeStream(w, r, func(ctx context.Context, emit func(Event)) {
 			defer p.close()
 			volume, _, _ := backupd.ParseManifestKey(key)
 			rep, err := p.r.Verify(ctx, []string{key}, backupd.VerifyOptions{ReadData: req.ReadData, Progress: progressTo(ctx, emit)})
@@ -1061,10 +1065,17 @@ func progressTo(ctx context.Context, emit func(Event)) backupd.ProgressFunc {
 	}
 }
 
+// streamWriteTimeout bounds the write of one event of a stream: a client
+// that reads nothing for that long (a stopped CLI, a stuck pipe) is taken
+// as gone and its job cancelled, rather than holding its volume busy with
+// the job blocked in the write.
+const streamWriteTimeout = time.Minute
+
 // writeStream answers NDJSON: fn emits events, each written and flushed
 // as one line. fn runs in the handler's goroutine; emit is safe to call
-// from others.
-func writeStream(w http.ResponseWriter, r *http.Request, fn func(ctx context.Context, emit func(Event))) {
+// from others. fn's context ends when the client goes away (or stops
+// reading for streamWriteTimeout) or the service stops.
+func (s *Service) writeStream(w http.ResponseWriter, r *http.Request, fn func(ctx context.Context, emit func(Event))) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -1073,6 +1084,7 @@ func writeStream(w http.ResponseWriter, r *http.Request, fn func(ctx context.Con
 	enc := json.NewEncoder(w)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
+	defer context.AfterFunc(s.ctx, cancel)()
 	broken := false
 	emit := func(e Event) {
 		mu.Lock()
@@ -1080,12 +1092,16 @@ func writeStream(w http.ResponseWriter, r *http.Request, fn func(ctx context.Con
 		if broken {
 			return
 		}
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 		if err := enc.Encode(e); err != nil {
 			broken = true
 			cancel()
 			return
 		}
-		_ = rc.Flush()
+		if err := rc.Flush(); err != nil {
+			broken = true
+			cancel()
+		}
 	}
 	fn(ctx, emit)
 }

@@ -58,6 +58,14 @@ type Extension interface {
 	Close() error
 }
 
+// Stopper is an Extension that wants to know when shutdown begins, before
+// the API servers drain their requests: Stopping should make long
+// requests (streams of a backup or a restore) end soon, so the drain does
+// not wait out the shutdown timeout and no handler outlives the volumes.
+type Stopper interface {
+	Stopping()
+}
+
 // New opens the data directory: the volume store (every volume in it is
 // opened), the agent's state and its metrics. Nothing is served until Run.
 func New(ctx context.Context, cfg Config, version string, log *slog.Logger, exts ...Extension) (*Agent, error) {
@@ -241,6 +249,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout.Duration)
 	defer scancel()
 	a.log.Info("agent shutting down")
+	for _, x := range a.exts {
+		if s, ok := x.(Stopper); ok {
+			s.Stopping()
+		}
+	}
 	a.releaseAllHolds()
 	for _, s := range servers {
 		_ = s.Shutdown(sctx)
