@@ -437,22 +437,32 @@ func (s *Service) find(ctx context.Context, id, target string) (*repo, string, e
 	if err != nil {
 		return nil, "", err
 	}
+	var failed []error // targets that could not be searched
 	for _, n := range names {
 		p, err := s.open(ctx, n)
-		if err != nil {
+		if err == nil {
+			var key string
+			if key, err = p.r.FindBackup(ctx, id); err == nil {
+				return p, key, nil
+			}
+			p.close()
+			if errors.Is(err, plugins.ErrNotFound) {
+				continue
+			}
+		}
+		err = fmt.Errorf("target %q: %w", n, err)
+		if target != "" || ctx.Err() != nil {
 			return nil, "", err
 		}
-		key, err := p.r.FindBackup(ctx, id)
-		if err == nil {
-			return p, key, nil
-		}
-		p.close()
-		if !errors.Is(err, plugins.ErrNotFound) {
-			return nil, "", fmt.Errorf("target %q: %w", n, err)
-		}
+		// One unreachable target must not hide the backups of the others.
+		s.log.Warn("backup lookup: target unusable; searching the others", "id", id, "err", err)
+		failed = append(failed, err)
 	}
 	if target != "" {
 		return nil, "", fmt.Errorf("backup %s on target %q: %w", id, target, blockdev.ErrNotFound)
+	}
+	if len(failed) > 0 {
+		return nil, "", fmt.Errorf("backup %s is on no target that could be searched: %w", id, errors.Join(failed...))
 	}
 	return nil, "", fmt.Errorf("backup %s on any target: %w", id, blockdev.ErrNotFound)
 }

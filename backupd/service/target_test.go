@@ -3,6 +3,8 @@ package service
 import (
 	"bytes"
 	"errors"
+	"net/http"
+	"os"
 	"strings"
 	"testing"
 
@@ -70,5 +72,32 @@ func TestBackupVolumeTargetRemoved(t *testing.T) {
 	}
 	if b := e.backup(t, CreateRequest{Volume: "vol-x", Target: "main"}); b.Target != "main" {
 		t.Errorf("backup naming main went to %q", b.Target)
+	}
+}
+
+// TestFindSkipsUnusableTarget: a backup is found on its target when
+// another registered target cannot be opened. Before, the search stopped
+// at the first target that failed, hiding the backups of all the others.
+func TestFindSkipsUnusableTarget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if _, err := e.c.CreateVolume(t.Context(), agent.CreateVolumeRequest{Name: "vol-u", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	b := e.backup(t, CreateRequest{Volume: "vol-u", Target: "main"})
+	// "extra" (listed before "main") becomes unusable: its directory is a file.
+	if err := os.RemoveAll(e.dirs["extra"]); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.dirs["extra"], nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var got Backup
+	if err := e.c.Do(t.Context(), http.MethodGet, "/v1/backups/"+b.ID, nil, &got); err != nil || got.ID != b.ID {
+		t.Fatalf("backup info with another target unusable: %+v, %v", got, err)
+	}
+	err := e.c.Do(t.Context(), http.MethodGet, "/v1/backups/0123456789abcdef0123456789abcdef", nil, &got)
+	if err == nil || !strings.Contains(err.Error(), `target "extra"`) {
+		t.Errorf("a backup on no target, with one unusable: %v, want an error naming the unusable target", err)
 	}
 }
