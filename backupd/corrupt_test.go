@@ -3,6 +3,7 @@ package backupd
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -440,5 +441,48 @@ func TestRestoreStateKeepsDamagedWindow(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestVerifyChecksDigest: verify fails a backup whose map pages, each
+// intact, do not give the manifest's digest (here two pages swapped in
+// the manifest's list). Before, verify passed it and only restore found
+// the mismatch.
+func TestVerifyChecksDigest(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir := t.TempDir()
+	r := Open(NewFSTarget(t, dir), nil)
+	data := RandomData(rand.New(rand.NewPCG(181, 182)), 20<<20) // three map pages of 8 MiB
+	res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s", Source: &memSource{data: data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := r.Verify(ctx, []string{res.ManifestKey}, VerifyOptions{}); err != nil || !rep.OK() {
+		t.Fatalf("verify of an intact backup: %+v, %v", rep, err)
+	}
+	p := filepath.Join(dir, res.ManifestKey)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	pages := m["pages"].([]any)
+	pages[0], pages[1] = pages[1], pages[0]
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.Verify(ctx, []string{res.ManifestKey}, VerifyOptions{ReadData: true})
+	if !errors.Is(err, ErrMismatch) || len(rep.BadBackups) != 1 {
+		t.Fatalf("verify of a backup with swapped pages: %+v, %v; want one bad backup, ErrMismatch", rep, err)
+	}
+	if _, _, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{}); !errors.Is(err, ErrMismatch) {
+		t.Errorf("restore of a backup with swapped pages: %v, want ErrMismatch", err)
 	}
 }

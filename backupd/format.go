@@ -459,6 +459,15 @@ type page struct {
 	Leaves []ChunkID // nil unless encrypted
 }
 
+// leaf is chunk c's leaf, the SHA-256 of its plaintext: the id itself in
+// an unencrypted page (zero for a zero chunk either way).
+func (p *page) leaf(c int) ChunkID {
+	if p.Leaves != nil {
+		return p.Leaves[c]
+	}
+	return p.IDs[c]
+}
+
 // encodePage encodes p with a random salt (so a page written again never
 // has the key of an older copy that GC may be deleting; FORMAT.md,
 // "Garbage collection"), sealed with a key. It returns the object and its

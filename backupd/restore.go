@@ -204,12 +204,8 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 			win = append(win, pr)
 		}
 		for _, pr := range win {
-			for c, id := range pr.p.IDs {
-				leaf := id
-				if pr.p.Leaves != nil {
-					leaf = pr.p.Leaves[c]
-				}
-				dg.add(int64(pr.i)*int64(m.PageChunks)+int64(c), leaf)
+			for c := range pr.p.IDs {
+				dg.add(int64(pr.i)*int64(m.PageChunks)+int64(c), pr.p.leaf(c))
 			}
 		}
 		if w+len(win) <= start {

@@ -110,24 +110,29 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 		bi := len(rep.Backups)
 		rep.Backups = append(rep.Backups, BackupRef{Volume: m.Volume, ID: m.ID})
 		k, _ := r.keyFor(m)
+		// The digest of the map's leaves must be the manifest's: a page
+		// list reordered or swapped would pass every chunk check, and only
+		// restore would find it (ErrMismatch).
+		dg := newDigest(m.Size, m.ChunkSize)
+		pagesOK := true
 		for pr := range r.pageStream(ctx, m, k, 0, 8) {
 			if pr.err != nil {
 				if !backupDamage(pr.err) {
 					return nil, fmt.Errorf("verify: %w", pr.err)
 				}
 				rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: pr.err.Error(), err: pr.err})
+				pagesOK = false
 				break
 			}
 			for c, id := range pr.p.IDs {
+				chunk := int64(pr.i)*int64(m.PageChunks) + int64(c)
+				dg.add(chunk, pr.p.leaf(c))
 				if id.IsZero() {
 					continue
 				}
 				x := refs[id]
 				if x == nil {
-					x = &ref{enc: m.Encrypted, leaf: id, length: m.chunkLen(int64(pr.i)*int64(m.PageChunks) + int64(c))}
-					if pr.p.Leaves != nil {
-						x.leaf = pr.p.Leaves[c]
-					}
+					x = &ref{enc: m.Encrypted, leaf: pr.p.leaf(c), length: m.chunkLen(chunk)}
 					refs[id] = x
 				}
 				if n := len(x.backups); n == 0 || x.backups[n-1] != bi {
@@ -137,6 +142,10 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if got := dg.hex(); pagesOK && got != m.Digest {
+			err := fmt.Errorf("volume %q backup %s: its map pages give digest %s, the manifest says %s: %w", m.Volume, m.ID, got, m.Digest, ErrMismatch)
+			rep.BadBackups = append(rep.BadBackups, BadBackup{Key: key, Err: err.Error(), err: err})
 		}
 	}
 	rep.Chunks = int64(len(refs))
@@ -275,7 +284,7 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 			len(rep.BadChunks), len(vols), slices.Sorted(maps.Keys(vols)), b.Backups, b.err)
 	}
 	if len(rep.BadBackups) > 0 {
-		return rep, fmt.Errorf("verify: %d backups do not load; first: %w", len(rep.BadBackups), rep.BadBackups[0].err)
+		return rep, fmt.Errorf("verify: %d backups are bad (do not load, or their map does not give their digest); first: %w", len(rep.BadBackups), rep.BadBackups[0].err)
 	}
 	return rep, fmt.Errorf("verify: %d pack indexes do not decode (no verified backup references their chunks); first: %s: %w", len(rep.BadIndexes), rep.BadIndexes[0], ErrCorrupt)
 }

@@ -291,7 +291,7 @@ func verifyFailure(v *service.VerifyResult) string {
 		parts = append(parts, s)
 	}
 	if n := len(rep.BadBackups); n > 0 {
-		parts = append(parts, fmt.Sprintf("%d backups do not load (%s)", n, oneLine(rep.BadBackups[0].Err)))
+		parts = append(parts, fmt.Sprintf("%d backups are bad (%s)", n, oneLine(rep.BadBackups[0].Err)))
 	}
 	if n := len(rep.BadIndexes); n > 0 {
 		parts = append(parts, fmt.Sprintf("%d pack indexes do not decode", n))
