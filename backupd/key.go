@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"io"
 	"os"
 	"strings"
 )
@@ -59,12 +60,31 @@ func NewKey(secret []byte) (*Key, error) {
 // LoadKeyFile reads a repository key from a file holding 64 hex digits
 // (surrounding white space ignored) or exactly 32 raw bytes. The file is
 // never logged nor copied anywhere.
+//
+// Only regular files are read, at most 4 KiB of them (a device or a FIFO
+// named by mistake would hang or exhaust memory), and 32 bytes that are
+// all printable text are refused as a raw key: that is a passphrase or a
+// truncated hex key, which the raw reading would silently take.
 func LoadKeyFile(path string) (*Key, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("repository key file: %w", err)
 	}
-	if len(b) == KeySize {
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("repository key file: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("repository key file %s: not a regular file (%v): %w", path, fi.Mode().Type(), ErrInvalid)
+	}
+	const maxKeyFile = 4 << 10
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("repository key file: %w", err)
+	}
+	if len(b) > maxKeyFile {
+		return nil, fmt.Errorf("repository key file %s: larger than %d bytes: %w", path, maxKeyFile, ErrInvalid)
+	}
+	if len(b) == KeySize && !printable(b) {
 		return NewKey(b)
 	}
 	s := strings.TrimSpace(string(b))
@@ -73,6 +93,18 @@ func LoadKeyFile(path string) (*Key, error) {
 		return nil, fmt.Errorf("repository key file %s: want %d hex digits or %d raw bytes: %w", path, 2*KeySize, KeySize, ErrInvalid)
 	}
 	return NewKey(raw)
+}
+
+// printable reports whether b is all printable ASCII or white space: text,
+// not a random raw key (which is that with probability (97/256)^32, about
+// 3e-14).
+func printable(b []byte) bool {
+	for _, c := range b {
+		if (c < 0x20 || c > 0x7e) && c != '\n' && c != '\r' && c != '\t' {
+			return false
+		}
+	}
+	return true
 }
 
 // ID is a public fingerprint of the key, recorded in manifests so that a
