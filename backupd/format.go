@@ -153,7 +153,7 @@ var sharedCodec = sync.OnceValue(func() *codec {
 	if err != nil {
 		panic(err) // only for invalid options, which are constant
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(4), zstd.WithDecoderMaxMemory(4*MaxChunkSize), zstd.WithDecoderMaxWindow(4*MaxChunkSize))
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(4), zstd.WithDecoderMaxMemory(4*MaxChunkSize), zstd.WithDecoderMaxWindow(4*MaxChunkSize), zstd.WithDecodeAllCapLimit(true))
 	if err != nil {
 		panic(err)
 	}
@@ -341,9 +341,12 @@ func decodeRecordScratch(rec []byte, k *Key, id ChunkID, maxPlain int, s *decode
 	}
 	p := body
 	if flags&flagCompressed != 0 {
+		// dst's capacity is the declared plaintext length: the decoder
+		// (WithDecodeAllCapLimit) fails a frame that would grow past it
+		// instead of decompressing it whole.
 		var dst []byte
-		if s != nil {
-			dst = s.plain[:0]
+		if s != nil && cap(s.plain) >= plainLen {
+			dst = s.plain[:0:plainLen]
 		} else {
 			dst = make([]byte, 0, plainLen)
 		}
@@ -351,7 +354,7 @@ func decodeRecordScratch(rec []byte, k *Key, id ChunkID, maxPlain int, s *decode
 		if err != nil {
 			return nil, leaf, bad("zstd: %v", err)
 		}
-		if s != nil {
+		if s != nil && cap(s.plain) < plainLen {
 			s.plain = out[:0]
 		}
 		p = out

@@ -3,7 +3,9 @@ package backupd
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -189,4 +191,28 @@ func TestManifestRejects(t *testing.T) {
 
 func sha256Object(b []byte) ([]byte, ChunkID) {
 	return b, ChunkID(sha256.Sum256(b))
+}
+
+// TestRecordDecompressionBounded: a compressed record whose frame
+// decompresses to far more than its header's plaintext length is refused
+// without decompressing it whole. Before, the decoder grew its output to
+// the frame's size (up to 4x MaxChunkSize) before the length check.
+func TestRecordDecompressionBounded(t *testing.T) {
+	big := make([]byte, 2*MaxChunkSize)
+	rec := encodeRecord(nil, nil, chunkID(nil, big), big)
+	if rec[5]&flagCompressed == 0 {
+		t.Fatal("a record of zeros was not compressed")
+	}
+	binary.LittleEndian.PutUint32(rec[8:], 100) // the header claims 100 bytes
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := decodeRecord(rec, nil, chunkID(nil, big[:100]), MaxChunkSize)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("decodeRecord of a frame larger than its header says: %v, want ErrCorrupt", err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > MaxChunkSize/2 {
+		t.Errorf("decodeRecord allocated %d bytes refusing a record that claims 100", alloc)
+	}
 }
