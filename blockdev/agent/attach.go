@@ -72,7 +72,10 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 		return Attachment{}, fmt.Errorf("mount point %s: inside the data directory %s: %w", req.Dir, a.cfg.DataDir, blockdev.ErrInvalidArgument)
 	}
 	req.Dir = dir
-	at, attached := a.state.get(name)
+	// The live attachment, not the record: a record whose re-attach failed
+	// after a restart names a device (and mount point) that may now be
+	// another program's; attaching again replaces it.
+	at, attached := a.host.live(name)
 	if attached && at.MountPoint != "" {
 		return at, fmt.Errorf("volume %q is already mounted on %s: %w", name, at.MountPoint, blockdev.ErrExists)
 	}
@@ -106,7 +109,10 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 		undo()
 		return Attachment{}, err
 	}
-	at = a.host.setMount(name, req.Dir, fstype)
+	at, err = a.host.setMount(name, req.Dir, fstype)
+	if err != nil {
+		return Attachment{}, err
+	}
 	if err := a.state.set(name, &at); err != nil {
 		return at, err
 	}
@@ -118,14 +124,26 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 func (a *Agent) umount(ctx context.Context, name string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	at, ok := a.state.get(name)
+	at, ok := a.host.live(name)
+	if !ok {
+		if rec, recorded := a.state.get(name); recorded && rec.MountPoint != "" {
+			return fmt.Errorf("volume %q is recorded as mounted on %s, but it could not be attached again since the restart (see the log); detach it to forget the record: %w", name, rec.MountPoint, blockdev.ErrNotFound)
+		}
+	}
 	if !ok || at.MountPoint == "" {
 		return fmt.Errorf("volume %q is not mounted: %w", name, blockdev.ErrNotFound)
 	}
-	if err := attach.Unmount(ctx, at.MountPoint); err != nil {
-		return fmt.Errorf("volume %q: %w", name, err)
+	if a.host.ours(at) {
+		if err := attach.Unmount(ctx, at.MountPoint); err != nil {
+			return fmt.Errorf("volume %q: %w", name, err)
+		}
+	} else {
+		a.log.Warn("recorded mount point does not hold the volume's filesystem; forgetting it without unmounting", "volume", name, "dir", at.MountPoint)
 	}
-	at = a.host.setMount(name, "", "")
+	at, err := a.host.setMount(name, "", "")
+	if err != nil {
+		return err
+	}
 	return a.state.set(name, &at)
 }
 
@@ -141,9 +159,14 @@ func (a *Agent) restoreAttachments(ctx context.Context) {
 		}
 		if saved.MountPoint != "" {
 			if err := attach.Mount(ctx, at.Device, saved.MountPoint, saved.FSType, mountOptions(name, saved.FSType)); err != nil {
-				a.log.Error("restore mount", "volume", name, "dir", saved.MountPoint, "err", err)
-			} else {
-				at = a.host.setMount(name, saved.MountPoint, saved.FSType)
+				// The mount stays recorded (the next start tries again;
+				// umount forgets it), and nothing acts on the directory
+				// unless it holds this device's filesystem.
+				a.log.Error("restore mount: the volume is attached but not mounted", "volume", name, "device", at.Device, "dir", saved.MountPoint, "err", err)
+			}
+			if at, err = a.host.setMount(name, saved.MountPoint, saved.FSType); err != nil {
+				a.log.Error("restore mount", "volume", name, "err", err)
+				continue
 			}
 		}
 		if err := a.state.set(name, &at); err != nil {
@@ -207,7 +230,10 @@ func (a *Agent) snapshot(ctx context.Context, name, snap string) (blockdev.Snaps
 	if err := a.notExclusive(name); err != nil {
 		return blockdev.SnapshotInfo{}, err
 	}
-	if at, ok := a.state.get(name); ok && at.MountPoint != "" {
+	// Freeze only a filesystem of ours: FIFREEZE freezes whatever holds
+	// the directory (the host's root, if the volume is not mounted there
+	// any more), and a snapshot on that filesystem would then hang.
+	if at, ok := a.host.live(name); ok && at.MountPoint != "" && a.host.ours(at) {
 		if err := attach.Freeze(ctx, at.MountPoint); err != nil {
 			return blockdev.SnapshotInfo{}, fmt.Errorf("volume %q: freeze %s before the snapshot: %w", name, at.MountPoint, err)
 		}

@@ -297,8 +297,12 @@ func (h *host) detach(ctx context.Context, name string, forget bool) error {
 		return nil
 	}
 	if d.at.MountPoint != "" {
-		if err := attach.Unmount(ctx, d.at.MountPoint); err != nil {
-			return fmt.Errorf("volume %q: unmount %s: %w", name, d.at.MountPoint, err)
+		if h.ours(d.at) {
+			if err := attach.Unmount(ctx, d.at.MountPoint); err != nil {
+				return fmt.Errorf("volume %q: unmount %s: %w", name, d.at.MountPoint, err)
+			}
+		} else {
+			h.a.log.Warn("recorded mount point does not hold the volume's filesystem; not unmounting it", "volume", name, "dir", d.at.MountPoint)
 		}
 		d.at.MountPoint, d.at.FSType = "", ""
 	}
@@ -323,10 +327,40 @@ func (h *host) detach(ctx context.Context, name string, forget bool) error {
 	return nil
 }
 
-func (h *host) setMount(name, dir, fstype string) Attachment {
+func (h *host) setMount(name, dir, fstype string) (Attachment, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	d := h.devs[name]
+	d, ok := h.devs[name]
+	if !ok {
+		return Attachment{}, fmt.Errorf("volume %q is not attached: %w", name, blockdev.ErrNotFound)
+	}
 	d.at.MountPoint, d.at.FSType = dir, fstype
-	return d.at
+	return d.at, nil
+}
+
+// live returns the attachment of volume name that this process made, if
+// any. The state file may record one that is not live: its re-attach
+// after a restart failed, and its device name and mount point may now be
+// someone else's.
+func (h *host) live(name string) (Attachment, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, ok := h.devs[name]
+	if !ok {
+		return Attachment{}, false
+	}
+	return d.at, true
+}
+
+// ours reports whether at's mount point holds the filesystem on at's
+// device (checked before unmounting or freezing it).
+func (h *host) ours(at Attachment) bool {
+	if at.MountPoint == "" || at.Device == "" {
+		return false
+	}
+	ok, err := attach.MountedFrom(at.MountPoint, at.Device)
+	if err != nil {
+		h.a.log.Warn("check mount", "dir", at.MountPoint, "device", at.Device, "err", err)
+	}
+	return ok
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-block/strata/blockdev"
 )
 
@@ -181,4 +183,51 @@ func TestExclusive(t *testing.T) {
 	if _, err := c.CreateSnapshot(ctx, "vol", "s"); err != nil {
 		t.Errorf("snapshot after release: %v", err)
 	}
+}
+
+// TestForeignMountUntouched: when the directory a volume was mounted on
+// holds another filesystem (the volume was unmounted behind the agent's
+// back, and something else mounted there), umount, detach and snapshots
+// leave that filesystem alone. Before, umount unmounted it and a snapshot
+// froze it (FIFREEZE acts on whatever holds the directory: after a
+// restart whose re-attach failed, the host's root).
+func TestForeignMountUntouched(t *testing.T) {
+	a, c := startFUSEAgent(t)
+	ctx := t.Context()
+	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "vol", Size: 64 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if _, err := c.Mount(ctx, "vol", dir, "ext4"); err != nil {
+		t.Fatal(err)
+	}
+	// Behind the agent's back: the volume's filesystem goes, a tmpfs
+	// (someone else's) takes the directory.
+	if err := unix.Unmount(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	mounted := func() bool {
+		var st unix.Statfs_t
+		return unix.Statfs(dir, &st) == nil && st.Type == unix.TMPFS_MAGIC
+	}
+	if _, err := c.CreateSnapshot(ctx, "vol", "s"); err != nil {
+		t.Errorf("snapshot with another filesystem on the recorded mount point: %v", err)
+	}
+	if err := c.Umount(ctx, "vol"); err != nil {
+		t.Errorf("umount: %v", err)
+	}
+	if !mounted() {
+		t.Fatal("umount of the volume unmounted the tmpfs on its recorded mount point")
+	}
+	if err := c.Detach(ctx, "vol"); err != nil {
+		t.Errorf("detach: %v", err)
+	}
+	if !mounted() {
+		t.Fatal("detach of the volume unmounted the tmpfs")
+	}
+	_ = a
 }

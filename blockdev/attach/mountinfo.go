@@ -95,6 +95,32 @@ func refuseMounted(dev *os.File) error {
 	return nil
 }
 
+// MountedFrom reports whether the filesystem mounted at dir (the topmost,
+// if several are stacked there) is the one on block device dev. A caller
+// about to unmount or freeze what a record says is its mount checks this
+// first: after a restart the directory may hold something else (nothing
+// mounted, so the filesystem holding dir; or another device's).
+func MountedFrom(dir, dev string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		return false, fmt.Errorf("stat %s: %w", dev, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return false, fmt.Errorf("%s is not a block device", dev)
+	}
+	mi, err := readMountInfo()
+	if err != nil {
+		return false, err
+	}
+	found := false
+	for _, m := range mi {
+		if m.mountPoint == dir {
+			found = m.major == unix.Major(st.Rdev) && m.minor == unix.Minor(st.Rdev)
+		}
+	}
+	return found, nil
+}
+
 // mountsOf returns the mount points of filesystems on device major:minor.
 func mountsOf(major, minor uint32) ([]string, error) {
 	mi, err := readMountInfo()
