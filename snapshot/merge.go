@@ -71,7 +71,7 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) error {
 }
 
 // mergeUp copies every block of lower that upper does not hold into upper.
-func (v *Volume) mergeUp(ctx context.Context, lower *layer, lowerSlot uint32, upper *layer, upperIsHead bool) error {
+func (v *Volume) mergeUp(ctx context.Context, lower *layer, lowerSlot uint32, upper *layer, upperIsHead bool) (err error) {
 	lower.mu.RLock()
 	runs := lower.m.runs()
 	lower.mu.RUnlock()
@@ -80,6 +80,30 @@ func (v *Volume) mergeUp(ctx context.Context, lower *layer, lowerSlot uint32, up
 	var sums []uint64
 	var gaps, repoint []run
 	pending := newLogEncoder() // records for a sealed upper layer
+	copying := true            // false once the final sync and append start
+	if !upperIsHead {
+		// The pieces copied so far are in upper's map already, so a
+		// retry skips them: log them even when the merge stops early
+		// (they are valid copies, kept past the committed log length on
+		// reopen), or fail the volume so that a reopen rebuilds the map
+		// from the log. Before, a cancelled merge retried lost them.
+		defer func() {
+			if err == nil || len(pending.bytes()) == 0 {
+				return
+			}
+			lerr := err // the final sync or append failed: do not append after a torn record
+			if copying {
+				if lerr = upper.syncData(); lerr == nil {
+					lerr = upper.appendLog(pending.bytes())
+				}
+			}
+			if lerr != nil {
+				lerr = fmt.Errorf("logging the blocks a stopped merge copied: %w", lerr)
+				v.failed.Store(&lerr)
+				v.s.log.Error("merge stopped and its copies could not be logged; volume refuses I/O until reopened", "volume", v.name, "err", lerr)
+			}
+		}()
+	}
 	for _, r := range runs {
 		for a := r.start; a < r.end(); {
 			b := min(r.end(), a+mergePiece)
@@ -101,10 +125,15 @@ func (v *Volume) mergeUp(ctx context.Context, lower *layer, lowerSlot uint32, up
 		}
 		return v.flushLocked()
 	}
+	copying = false
 	if err := upper.syncData(); err != nil {
 		return err
 	}
-	return upper.appendLog(pending.bytes())
+	if err := upper.appendLog(pending.bytes()); err != nil {
+		return err
+	}
+	pending.reset() // logged
+	return nil
 }
 
 func (v *Volume) mergePiece(lower *layer, lowerSlot uint32, upper *layer, upperIsHead bool,
