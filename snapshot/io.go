@@ -151,6 +151,9 @@ func (v *Volume) writeLocked(p []byte, off int64) error {
 		}
 		for done := int64(0); done < whole; done += piece {
 			if err := v.head.writeAt(p[done:min(done+piece, whole)], off+done); err != nil {
+				if done > 0 {
+					v.writeFailed(off, done)
+				}
 				return err
 			}
 		}
@@ -268,6 +271,31 @@ func (v *Volume) writePartial(p []byte, off int64) error {
 	}
 	v.commitData(BlockSize, boff)
 	return nil
+}
+
+// writeFailed marks dirty the blocks of [off, off+n) that the head holds
+// as data: a write that failed after writing them changed their bytes,
+// which then read as written, and the next flush must log their checksums
+// as they are now (once the head is sealed, its log's old checksums would
+// make a scrub report them corrupt). Blocks the head does not hold are
+// not in the index, so what the write left there is never read. Callers
+// hold the stripes of the range.
+func (v *Volume) writeFailed(off, n int64) {
+	start, end := uint64(off)>>blockShift, uint64(off+n)>>blockShift
+	var held []run
+	v.head.mu.RLock()
+	v.head.m.ascend(start, end, func(r run) bool {
+		if s, e := max(r.start, start), min(r.end(), end); r.val == kindData && e > s {
+			held = append(held, run{start: s, n: e - s})
+		}
+		return true
+	})
+	v.head.mu.RUnlock()
+	v.ci.mu.Lock()
+	defer v.ci.mu.Unlock()
+	for _, r := range held {
+		v.markDirty(r.start, r.n, kindData)
+	}
 }
 
 // commitData records that the head now holds the n bytes of whole blocks

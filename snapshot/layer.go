@@ -284,11 +284,20 @@ func (l *layer) readAt(p []byte, off int64) error {
 }
 
 func (l *layer) writeAt(p []byte, off int64) error {
+	if h := writeFault; h != nil {
+		if err := h(off); err != nil {
+			return fmt.Errorf("layer %s: write at %d: %w", l.id, off, err)
+		}
+	}
 	if _, err := l.data.WriteAt(p, off); err != nil {
 		return fmt.Errorf("layer %s: write at %d: %w", l.id, off, err)
 	}
 	return nil
 }
+
+// writeFault, set only by tests, fails layer writes at the offsets it
+// returns an error for.
+var writeFault func(off int64) error
 
 // holdsData reports whether the layer holds data for any of the blocks
 // [start, end). Zeroed and trimmed blocks hold none: their range of the
