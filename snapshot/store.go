@@ -495,9 +495,17 @@ func (s *Store) Open(ctx context.Context, name string) (*Volume, error) {
 		return nil, fmt.Errorf("volume %q: already open: %w", name, ErrInUse)
 	}
 	v := &Volume{s: s, name: name}
+	// Loading holds opMu, so a Store.Close meanwhile waits for the volume
+	// (its Close takes opMu) instead of closing it half loaded.
+	v.opMu.Lock()
+	defer v.opMu.Unlock()
 	s.open[name] = v // reserve the name while opening
 	s.mu.Unlock()
+	if h := openHook; h != nil {
+		h(v)
+	}
 	if err := v.load(m); err != nil {
+		v.closed = true // nothing for a waiting Close to do
 		s.mu.Lock()
 		delete(s.open, name)
 		s.mu.Unlock()
@@ -505,6 +513,10 @@ func (s *Store) Open(ctx context.Context, name string) (*Volume, error) {
 	}
 	return v, nil
 }
+
+// openHook, set only by tests, runs in Open after the name is reserved
+// and before the volume loads.
+var openHook func(v *Volume)
 
 // Delete removes a volume that is not open. Layers it shared with clones
 // stay until no volume references them.
