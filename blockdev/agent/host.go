@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/blockdev/attach"
 	"github.com/strata-block/strata/blockdev/fuse"
@@ -230,6 +232,7 @@ func (h *host) stop(ctx context.Context, keep bool) {
 	for _, name := range names {
 		if err := h.detach(ctx, name, !keep); err != nil {
 			h.a.log.Error("shutdown: detach", "volume", name, "err", err)
+			h.syncMount(name)
 		}
 	}
 	h.mu.Lock()
@@ -336,6 +339,28 @@ func (h *host) setMount(name, dir, fstype string) (Attachment, error) {
 	}
 	d.at.MountPoint, d.at.FSType = dir, fstype
 	return d.at, nil
+}
+
+// syncMount writes back the filesystem of volume name that stays mounted
+// (its unmount at shutdown failed: a process has files open on it) before
+// the FUSE mount and the volumes close under it: its dirty pages could not
+// be written back afterwards, and the next start only detaches the stale
+// mount.
+func (h *host) syncMount(name string) {
+	at, ok := h.live(name)
+	if !ok || !h.ours(at) {
+		return
+	}
+	f, err := os.Open(at.MountPoint)
+	if err == nil {
+		err = unix.Syncfs(int(f.Fd()))
+		f.Close()
+	}
+	if err != nil {
+		h.a.log.Error("shutdown: write back a filesystem still mounted", "volume", name, "dir", at.MountPoint, "err", err)
+		return
+	}
+	h.a.log.Warn("shutdown: filesystem still mounted (in use); written back, and left to the next start", "volume", name, "dir", at.MountPoint)
 }
 
 // live returns the attachment of volume name that this process made, if

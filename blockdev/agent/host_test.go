@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,13 +21,26 @@ import (
 // directory until the test ends.
 func startFUSEAgent(t *testing.T) (*Agent, *Client) {
 	t.Helper()
+	a, c, stop := startFUSEAgentOn(t, t.TempDir())
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("agent.Run: %v", err)
+		}
+	})
+	return a, c
+}
+
+// startFUSEAgentOn runs an agent with its FUSE mount on dataDir until stop.
+func startFUSEAgentOn(t *testing.T, dataDir string) (*Agent, *Client, func() error) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true but the FUSE mount needs root")
 		}
 		t.Skip("the FUSE mount needs root")
 	}
-	a, err := New(t.Context(), Config{DataDir: t.TempDir(), FUSE: "on"}, "test", nil)
+	// A short drain: the shutdown of an agent with a busy mount waits it out.
+	a, err := New(t.Context(), Config{DataDir: dataDir, FUSE: "on", ShutdownTimeout: duration{2 * time.Second}}, "test", nil)
 	if err != nil {
 		t.Fatalf("agent.New: %v", err)
 	}
@@ -34,12 +48,7 @@ func startFUSEAgent(t *testing.T) (*Agent, *Client) {
 	if err != nil {
 		t.Fatalf("agent.Start: %v", err)
 	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("agent.Run: %v", err)
-		}
-	})
-	return a, NewClient(APISocket(a.cfg.DataDir))
+	return a, NewClient(APISocket(a.cfg.DataDir)), stop
 }
 
 // TestSnapshotFileRecreated checks that a snapshot deleted while its FUSE
@@ -230,4 +239,48 @@ func TestForeignMountUntouched(t *testing.T) {
 		t.Fatal("detach of the volume unmounted the tmpfs")
 	}
 	_ = a
+}
+
+// TestStopWithBusyMount: a filesystem still mounted at shutdown (a process
+// has a file open on it, so it cannot be unmounted) is written back before
+// the volume closes under it: what was written to it survives the restart.
+// Before, its dirty pages were lost with the FUSE connection.
+func TestStopWithBusyMount(t *testing.T) {
+	dataDir := t.TempDir()
+	_, c, stop := startFUSEAgentOn(t, dataDir)
+	ctx := t.Context()
+	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "vol", Size: 64 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if _, err := c.Mount(ctx, "vol", dir, "ext4"); err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Repeat([]byte("kept across the restart\n"), 1000)
+	if err := os.WriteFile(filepath.Join(dir, "data"), want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	busy, err := os.Open(filepath.Join(dir, "data")) // keeps the mount busy
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Logf("agent.Run: %v", err)
+	}
+	busy.Close()
+	_ = unix.Unmount(dir, unix.MNT_DETACH)
+	_, c, stop = startFUSEAgentOn(t, dataDir)
+	t.Cleanup(func() { _ = stop() })
+	if err := c.Umount(ctx, "vol"); err != nil {
+		t.Logf("umount after restart: %v", err)
+	}
+	at, err := c.Mount(ctx, "vol", dir, "")
+	if err != nil {
+		t.Fatalf("mount after restart: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Detach(context.WithoutCancel(ctx), "vol") })
+	got, err := os.ReadFile(filepath.Join(dir, "data"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("file on %s after the restart: %d bytes, %v; want the %d written", at.Device, len(got), err, len(want))
+	}
 }
