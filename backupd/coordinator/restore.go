@@ -87,11 +87,24 @@ func (c *Coordinator) Restore(ctx context.Context, opts RestoreOptions, progress
 			extra = append(extra, t)
 		}
 	}
+	// The manifest's default target goes first, even when no selected
+	// volume needs it: on an agent without targets the first one
+	// registered becomes the default (and a later one never does).
+	if i := slices.IndexFunc(extra, func(t TargetConfig) bool { return t.Default }); i >= 0 {
+		def := extra[i]
+		extra = append([]TargetConfig{def}, slices.Delete(extra, i, i+1)...)
+		if more, err := c.ensureTargets(ctx, LocalAgent, extra[:1], restoreCreds(opts, source)); err != nil {
+			c.log.Warn("the system backup's default target, which no restored volume needs, was not registered", "target", extra[0].Name, "err", err)
+		} else {
+			rep.TargetsAdded = append(rep.TargetsAdded, more...)
+		}
+		extra = extra[1:]
+	}
 	added, err := c.ensureTargets(ctx, LocalAgent, needed, restoreCreds(opts, source))
 	if err != nil {
 		return nil, fmt.Errorf("%w (supply credentials with --credentials NAME=FILE)", err)
 	}
-	rep.TargetsAdded = added
+	rep.TargetsAdded = append(rep.TargetsAdded, added...)
 	for _, t := range extra {
 		more, err := c.ensureTargets(ctx, LocalAgent, []TargetConfig{t}, restoreCreds(opts, source))
 		if err != nil {
@@ -183,6 +196,18 @@ func (c *Coordinator) ensureTargets(ctx context.Context, agentName string, ts []
 		return nil, fmt.Errorf("agent %q: list targets: %w", agentName, err)
 	}
 	hasDefault := slices.ContainsFunc(have, func(t targets.Target) bool { return t.Default })
+	// The default first: an agent without targets makes the first one it
+	// registers its default, whatever the request says.
+	ts = slices.Clone(ts)
+	slices.SortStableFunc(ts, func(a, b TargetConfig) int {
+		switch {
+		case a.Default == b.Default:
+			return 0
+		case a.Default:
+			return -1
+		}
+		return 1
+	})
 	var added []string
 	for _, t := range ts {
 		i := slices.IndexFunc(have, func(h targets.Target) bool { return h.Name == t.Name })

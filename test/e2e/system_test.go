@@ -222,6 +222,23 @@ func TestSystemBackupRestore(t *testing.T) {
 	if out := w.must("system", "backup", "ls"); !strings.Contains(out, sys.ID) {
 		t.Fatalf("system backup ls on the wiped host: %q", out)
 	}
+	w.stop(syscall.SIGTERM)
+
+	// Another wiped host restores only vol-b, on the extra target: the
+	// system's default target is still the default (before, the first
+	// target registered, extra, became it).
+	w = startServer(t, t.TempDir())
+	w.must("system", "restore", sys.ID, "--from", "file://"+fsDir, "--credentials", "extra="+creds, "--volume", "vol-b")
+	MustEqualBytes(t, "vol-b alone on a wiped host", w.readVolume("vol-b", 20<<20, n), wantB)
+	var ts []map[string]any
+	if err := json.Unmarshal([]byte(w.must("target", "ls", "--json")), &ts); err != nil {
+		t.Fatal(err)
+	}
+	for _, tg := range ts {
+		if isDefault, _ := tg["default"].(bool); isDefault != (tg["name"] == "default") {
+			t.Fatalf("targets after restoring vol-b alone: %v; want default the default\n%s", ts, w.log.String())
+		}
+	}
 }
 
 // MustEqualBytes fails with the first differing offset.
