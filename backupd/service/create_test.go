@@ -258,3 +258,52 @@ func TestStoppingCancelsStreams(t *testing.T) {
 		t.Errorf("a cancelled backup left snapshots: %+v, %v", ss, err)
 	}
 }
+
+// TestInterruptedRestoreRemoved: a volume a restore created and never
+// finished (the process was killed: its pending mark is left) is removed
+// at the next start; other volumes stay, and a restore that finishes
+// leaves no mark. Before, the half-restored volume stayed and looked like
+// any other.
+func TestInterruptedRestoreRemoved(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e, stop := startEnv(t, dir, nil)
+	ctx := t.Context()
+	for _, v := range []string{"half", "keep", "src"} {
+		if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: v, Size: 1 << 20}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.write(t, "src", bytes.Repeat([]byte{5}, 4096), 0)
+	b := e.backup(t, CreateRequest{Volume: "src", Target: "main"})
+	if _, err := StreamEvents(ctx, e.c, "/v1/backups/"+b.ID+"/restore", RestoreRequest{To: "restored"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	marks := filepath.Join(dir, pendingDir)
+	if ents, _ := os.ReadDir(marks); len(ents) != 0 {
+		t.Fatalf("a finished restore left marks: %v", ents)
+	}
+	// What a restore killed while filling "half" leaves.
+	if err := os.WriteFile(filepath.Join(marks, "half"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	e, stop = startEnv(t, dir, e.dirs)
+	t.Cleanup(func() { _ = stop() })
+	vols, err := e.c.Volumes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, v := range vols {
+		names = append(names, v.Name)
+	}
+	if strings.Join(names, ",") != "keep,restored,src" {
+		t.Errorf("volumes after the restart: %v, want keep, restored and src (half removed)", names)
+	}
+	if ents, _ := os.ReadDir(marks); len(ents) != 0 {
+		t.Errorf("marks after the restart: %v", ents)
+	}
+}

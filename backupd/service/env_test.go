@@ -32,17 +32,33 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	dir := t.TempDir()
+	e, stop := startEnv(t, t.TempDir(), nil)
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("agent.Run: %v", err)
+		}
+	})
+	return e
+}
+
+// startEnv starts an env on data directory dir until stop. dirs are the
+// targets' directories of an earlier env on dir (nil: a new dir, whose
+// targets are made and registered).
+func startEnv(t *testing.T, dir string, dirs map[string]string) (e *env, stop func() error) {
+	t.Helper()
 	log := targettest.Logger(t)
 	ts, err := targets.NewService(dir, "", "", log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{ts: ts, dirs: map[string]string{}}
-	for _, name := range []string{"main", "extra"} {
-		e.dirs[name] = filepath.Join(t.TempDir(), name)
-		if _, err := ts.Registry().Add(targets.Target{Name: name, URL: "file://" + e.dirs[name]}); err != nil {
-			t.Fatal(err)
+	e = &env{ts: ts, dirs: dirs}
+	if dirs == nil {
+		e.dirs = map[string]string{}
+		for _, name := range []string{"main", "extra"} {
+			e.dirs[name] = filepath.Join(t.TempDir(), name)
+			if _, err := ts.Registry().Add(targets.Target{Name: name, URL: "file://" + e.dirs[name]}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	a, err := agent.New(t.Context(), agent.Config{DataDir: dir, FUSE: "off"}, "test", log, ts)
@@ -54,17 +70,12 @@ func newEnv(t *testing.T) *env {
 	a.SetTargetCheck(e.svc.CheckTarget)
 	a.Extend(e.svc)
 
-	stop, err := a.Start(context.WithoutCancel(t.Context()))
+	stop, err = a.Start(context.WithoutCancel(t.Context()))
 	if err != nil {
 		t.Fatalf("agent.Start: %v", err)
 	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("agent.Run: %v", err)
-		}
-	})
 	e.c = agent.NewClient(agent.APISocket(dir))
-	return e
+	return e, stop
 }
 
 // write writes p at off on volume vol's head and flushes.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"math"
@@ -24,6 +25,7 @@ import (
 	"github.com/strata-block/strata/backupd/targets"
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/blockdev/agent"
+	"github.com/strata-block/strata/internal/atomicfile"
 	"github.com/strata-block/strata/plugins"
 )
 
@@ -659,6 +661,9 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 
 	mux.HandleFunc("POST /v1/backups/gc", jsonCall(decode, fail, writeJSON, s.gc))
 	mux.HandleFunc("POST /v1/backups/prune", jsonCall(decode, fail, writeJSON, s.prune))
+
+	// The agent's own routes are in mux already (it adds them first).
+	s.removeInterrupted(s.ctx)
 }
 
 // backupJob is a validated backup request with its target open.
@@ -884,7 +889,11 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 	info, err := s.cfg.Manager.Volume(ctx, req.To)
 	switch {
 	case errors.Is(err, blockdev.ErrNotFound):
+		if err := s.markPending(req.To); err != nil {
+			return fail(fmt.Errorf("restore of backup %s into volume %q: %w", id, req.To, err))
+		}
 		if err := s.agentCall(ctx, http.MethodPost, "/v1/volumes", map[string]any{"name": req.To, "size": m.Size}); err != nil {
+			s.clearPending(req.To)
 			return fail(fmt.Errorf("restore of backup %s: create volume %q: %w", id, req.To, err))
 		}
 		j.created = true
@@ -913,10 +922,76 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 }
 
 // removeCreated deletes the volume the restore created: it holds nothing
-// else, and a half-restored volume must not be left behind.
+// else, and a half-restored volume must not be left behind. Its pending
+// mark goes with it; if the deletion fails, the next start tries again.
 func (j *restoreJob) removeCreated(ctx context.Context) {
 	if err := j.s.agentCall(context.WithoutCancel(ctx), http.MethodDelete, "/v1/volumes/"+url.PathEscape(j.to), nil); err != nil {
 		j.s.log.Warn("remove partly restored volume", "volume", j.to, "err", err)
+		return
+	}
+	j.s.clearPending(j.to)
+}
+
+// pendingDir holds an empty file per volume a restore created and has not
+// finished restoring. A restore that fails removes its volume itself; one
+// killed with the process leaves the mark, and the next start removes the
+// half-restored volume (removeInterrupted).
+const pendingDir = "restore-pending"
+
+// markPending durably records that a restore is about to create vol.
+func (s *Service) markPending(vol string) error {
+	if s.cfg.DataDir == "" {
+		return nil
+	}
+	dir := filepath.Join(s.cfg.DataDir, pendingDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("restore mark: %w", err)
+	}
+	if err := atomicfile.Write(filepath.Join(dir, vol), nil); err != nil {
+		return fmt.Errorf("restore mark: %w", err)
+	}
+	return nil
+}
+
+// clearPending removes vol's mark: its restore finished, or its volume is
+// gone.
+func (s *Service) clearPending(vol string) {
+	if s.cfg.DataDir == "" {
+		return
+	}
+	if err := os.Remove(filepath.Join(s.cfg.DataDir, pendingDir, vol)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("restore mark", "volume", vol, "err", err)
+	}
+}
+
+// removeInterrupted deletes the volumes restores created and never
+// finished (the process was killed): they hold part of a backup, and
+// nobody was told the restore had succeeded.
+func (s *Service) removeInterrupted(ctx context.Context) {
+	if s.cfg.DataDir == "" {
+		return
+	}
+	ents, err := os.ReadDir(filepath.Join(s.cfg.DataDir, pendingDir))
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("restore marks", "err", err)
+		}
+		return
+	}
+	for _, e := range ents {
+		vol := e.Name()
+		if !blockdev.ValidName(vol) {
+			continue
+		}
+		err := s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol), nil)
+		if err != nil && !errors.Is(err, blockdev.ErrNotFound) {
+			s.log.Error("a volume an interrupted restore created could not be removed; it holds part of a backup", "volume", vol, "err", err)
+			continue
+		}
+		if err == nil {
+			s.log.Warn("removed a volume an interrupted restore created (it held part of a backup)", "volume", vol)
+		}
+		s.clearPending(vol)
 	}
 }
 
@@ -956,6 +1031,9 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 		}
 		s.log.Warn("restore failed", "id", j.m.ID, "to", j.to, "target", j.p.name, "err", err)
 		return nil, fmt.Errorf("restore of backup %s (volume %q) into volume %q: %w", j.m.ID, j.m.Volume, j.to, err)
+	}
+	if j.created {
+		s.clearPending(j.to)
 	}
 	s.log.Info("backup restored", "id", j.m.ID, "volume", j.m.Volume, "to", j.to, "target", j.p.name)
 	return &RestoreResult{ID: j.m.ID, Target: j.p.name, Volume: j.m.Volume, To: j.to, Created: j.created, Digest: j.m.Digest,
