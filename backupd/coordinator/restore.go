@@ -32,9 +32,12 @@ type RestoreOptions struct {
 
 // RestoreReport is a system restore's outcome, per volume.
 type RestoreReport struct {
-	ID             string         `json:"id"`
-	Source         string         `json:"source"` // the target the manifest came from
-	TargetsAdded   []string       `json:"targets_added,omitempty"`
+	ID           string   `json:"id"`
+	Source       string   `json:"source"` // the target the manifest came from
+	TargetsAdded []string `json:"targets_added,omitempty"`
+	// TargetsFailed are targets of the system backup that no restored
+	// volume needs and that could not be registered (each with why).
+	TargetsFailed  []string       `json:"targets_failed,omitempty"`
 	Volumes        []VolumeResult `json:"volumes"`
 	Failed         int            `json:"failed"`
 	AlreadyPresent int            `json:"skipped"`
@@ -95,6 +98,7 @@ func (c *Coordinator) Restore(ctx context.Context, opts RestoreOptions, progress
 		extra = append([]TargetConfig{def}, slices.Delete(extra, i, i+1)...)
 		if more, err := c.ensureTargets(ctx, LocalAgent, extra[:1], restoreCreds(opts, source)); err != nil {
 			c.log.Warn("the system backup's default target, which no restored volume needs, was not registered", "target", extra[0].Name, "err", err)
+			rep.TargetsFailed = append(rep.TargetsFailed, fmt.Sprintf("%s: %v", extra[0].Name, err))
 		} else {
 			rep.TargetsAdded = append(rep.TargetsAdded, more...)
 		}
@@ -109,6 +113,7 @@ func (c *Coordinator) Restore(ctx context.Context, opts RestoreOptions, progress
 		more, err := c.ensureTargets(ctx, LocalAgent, []TargetConfig{t}, restoreCreds(opts, source))
 		if err != nil {
 			c.log.Warn("a target of the system backup that no restored volume needs was not registered", "target", t.Name, "err", err)
+			rep.TargetsFailed = append(rep.TargetsFailed, fmt.Sprintf("%s: %v", t.Name, err))
 			continue
 		}
 		rep.TargetsAdded = append(rep.TargetsAdded, more...)

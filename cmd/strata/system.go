@@ -235,6 +235,9 @@ func printRestoreReport(w io.Writer, r *coordinator.RestoreReport) {
 		rows = append(rows, []string{v.Agent, v.Volume, v.Target, v.BackupID, v.Status, note})
 	}
 	_ = table(w, []string{"AGENT", "VOLUME", "TARGET", "BACKUP", "STATUS", "NOTE"}, rows)
+	for _, f := range r.TargetsFailed {
+		fmt.Fprintf(w, "target not recreated (no restored volume needs it): %s\n", f)
+	}
 	if len(r.TargetsAdded) > 0 {
 		fmt.Fprintf(w, "targets recreated: %s\n", strings.Join(r.TargetsAdded, ", "))
 	}

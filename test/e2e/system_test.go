@@ -239,6 +239,16 @@ func TestSystemBackupRestore(t *testing.T) {
 			t.Fatalf("targets after restoring vol-b alone: %v; want default the default\n%s", ts, w.log.String())
 		}
 	}
+	w.stop(syscall.SIGTERM)
+
+	// Restoring vol-a alone without the extra target's credentials: the
+	// restore succeeds, and says the extra target was not recreated.
+	w = startServer(t, t.TempDir())
+	out = w.must("system", "restore", sys.ID, "--from", "file://"+fsDir, "--volume", "vol-a")
+	if !strings.Contains(out, "target not recreated") || !strings.Contains(out, "extra") {
+		t.Fatalf("restore of vol-a alone without the extra target's credentials: %q", out)
+	}
+	MustEqualBytes(t, "vol-a alone on a wiped host", w.readVolume("vol-a", 4<<20, n), wantA)
 }
 
 // MustEqualBytes fails with the first differing offset.
