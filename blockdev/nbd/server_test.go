@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/strata-block/strata/blockdev"
 )
@@ -533,6 +534,40 @@ func TestInFlightCap(t *testing.T) {
 	g.mu.Unlock()
 	if peak > 32<<20 {
 		t.Fatalf("%d bytes of writes in flight at once, cap %d", peak, 32<<20)
+	}
+	tc.disconnect()
+}
+
+// TestRepliesFlowWhileWritesStall: with every takeover of a connection in
+// a stalled device call (a hold's closed write gate), reads still get
+// their replies. Before, the next inline write ran on the reader, which
+// then read no request and sent none of the finished replies until the
+// device returned.
+func TestRepliesFlowWhileWritesStall(t *testing.T) {
+	t.Parallel()
+	g := &gateVolume{memVolume: newMemVolume("vol", 1<<20), gateOff: -1, release: make(chan struct{}), inWriteC: make(chan int64, 4)}
+	_, tc := serveOne(t, g, Options{Workers: 1}, false)
+	var once sync.Once
+	open := func() { once.Do(func() { close(g.release) }) }
+	defer open()
+	// Bounds the test when the server is stuck: the writes then end, and
+	// the order of the replies shows it.
+	stuck := time.AfterFunc(10*time.Second, open)
+	defer stuck.Stop()
+	payload := make([]byte, 4096)
+	w1 := tc.send(cmdWrite, 0, 0, 4096, payload)
+	<-g.inWriteC // w1 keeps the reader; a takeover reads on
+	w2 := tc.send(cmdWrite, 0, 4096, 4096, payload)
+	<-g.inWriteC // every takeover the connection may make is in use
+	rd := tc.send(cmdRead, 0, 8192, 4096, nil)
+	if r := tc.recv(); r.handle != rd || r.errno != 0 {
+		t.Fatalf("first reply: handle %d errno %d, want the read's (%d) while writes %d and %d stall", r.handle, r.errno, rd, w1, w2)
+	}
+	open()
+	for range 2 {
+		if r := tc.recv(); r.errno != 0 {
+			t.Fatalf("write: errno %d", r.errno)
+		}
 	}
 	tc.disconnect()
 }

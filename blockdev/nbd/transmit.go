@@ -273,7 +273,13 @@ func (c *serverConn) reader(ctx context.Context) (err error, final bool) {
 				c.charge(r, int64(h.Length))
 			}
 		}
-		if !inline(r) {
+		// Once every takeover a connection may make is in a device call
+		// (writes held behind a closed write gate, say), an inline write
+		// could not be taken over: it would keep the reader, so no
+		// request would be read and the finished replies in the batch
+		// would wait for as long as the device takes. It goes to the
+		// workers instead, and reads go on inline.
+		if !inline(r) || (r.Type == cmdWrite && c.taken.Load() >= int32(c.s.opts.Workers)) {
 			select {
 			case c.reqs <- r:
 			default:
@@ -574,7 +580,10 @@ func (c *serverConn) readSparse(ctx context.Context, r *request, data []byte, ex
 		if ee <= es {
 			continue
 		}
-		if !add(pos-start, es-pos, false) || !add(es-start, ee-es, e.Kind != blockdev.ExtentData) {
+		// Only what the device calls zeros or a hole goes out as a hole
+		// chunk; any other kind (an unknown one included) is read.
+		zero := e.Kind == blockdev.ExtentZero || e.Kind == blockdev.ExtentHole
+		if !add(pos-start, es-pos, false) || !add(es-start, ee-es, zero) {
 			return false
 		}
 		pos = ee
