@@ -14,8 +14,7 @@ fi
 echo "deps: using $(go version)"
 
 # Commands the tests need, as "command:debian-package". A package is installed
-# only when its command is missing. Future entries look like:
-#   "nbdinfo:libnbd-bin"  "fio:fio"  "mkfs.ext4:e2fsprogs"
+# only when its command is missing.
 # gcc and the C library headers are needed by `go test -race` (cgo).
 required=(
 	"gcc:gcc"
@@ -28,6 +27,11 @@ required=(
 	"qemu-storage-daemon:qemu-system-common"
 	"qemu-img:qemu-utils"
 	"fio:fio"
+	# Real NBD clients the blockdev/nbd tests run (nbdsh is libnbd's
+	# Python shell, used for the flush/FUA/trim/zero semantics tests).
+	"nbdinfo:libnbd-bin"
+	"nbdcopy:libnbd-bin"
+	"nbdsh:python3-libnbd"
 )
 
 missing=()
