@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/plugins"
@@ -64,7 +65,10 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 			// The backups could not all be read (a target that does not
 			// answer): a full backup would hide that and cost the volume.
 			return nil, fmt.Errorf("backup of volume %q: finding the newest backup, the parent of an incremental: %w", volume, err)
-		case err == nil && parent.Snapshot != snap && SameSnapshot(info, parent):
+		case err == nil && parent.Snapshot != snap && SameSnapshot(info, parent) && parent.SnapshotCreated.Before(si.Created):
+			// (A parent snapshot newer than snap, when an older snapshot
+			// is backed up after it: no changes lead from it to snap, so
+			// the backup is full.)
 			changed, err := m.Changed(ctx, volume, parent.Snapshot, snap)
 			if err != nil {
 				return nil, fmt.Errorf("backup of volume %q: changed extents from %q to %q: %w", volume, parent.Snapshot, snap, err)
@@ -73,9 +77,35 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 				changed = []Extent{}
 			}
 			opts.Parent, opts.Changed = parent.ID, changed
+			if err := stillSame(ctx, m, volume, snap, si.Created, &parent); err != nil {
+				return nil, err
+			}
+			return r.Backup(ctx, opts)
 		}
 	}
+	if err := stillSame(ctx, m, volume, snap, si.Created, nil); err != nil {
+		return nil, err
+	}
 	return r.Backup(ctx, opts)
+}
+
+// stillSame checks, once the snapshot is open and the changed extents are
+// known, that snapshot snap (and the parent's, if any) are still the ones
+// identified before: a snapshot deleted or reverted away and made again
+// under its name meanwhile (listing the target's backups can take
+// seconds) would make the view, the extents and the recorded identity
+// describe different snapshots, and the incremental would silently miss
+// writes.
+func stillSame(ctx context.Context, m *blockdev.Manager, volume, snap string, created time.Time, parent *BackupInfo) error {
+	info, err := m.Volume(ctx, volume)
+	if err != nil {
+		return fmt.Errorf("backup of volume %q: %w", volume, err)
+	}
+	si, ok := info.Snapshot(snap)
+	if !ok || !si.Created.Equal(created) || (parent != nil && !SameSnapshot(info, *parent)) {
+		return fmt.Errorf("backup of volume %q: its snapshots changed while the backup was being prepared (snapshot %q deleted, reverted away or made again); run it again: %w", volume, snap, ErrBusy)
+	}
+	return nil
 }
 
 // SameSnapshot reports whether the volume info describes still has the

@@ -291,6 +291,17 @@ func TestBackupVolume(t *testing.T) {
 		sv := device(t, m, "vol-a@"+tc.snap)
 		backupd.MustEqual(t, tc.snap+" restored", restoreInto(t, m, r, res.ManifestKey, "r-"+tc.snap, size), readAll(t, sv))
 	}
+	// An older snapshot backed up after newer ones: a full backup (the
+	// newest backup's snapshot lies above it, so no changes lead from it;
+	// before, the backup failed).
+	res, err := r.BackupVolume(ctx, m, "vol-a", "s1", backupd.BackupOptions{})
+	if err != nil {
+		t.Fatalf("backup of s1 after s5's: %v", err)
+	}
+	if res.Manifest.Parent != "" {
+		t.Fatalf("backup of s1 after s5's has parent %q, want a full backup", res.Manifest.Parent)
+	}
+	backupd.MustEqual(t, "s1 restored again", restoreInto(t, m, r, res.ManifestKey, "r-s1-again", size), readAll(t, device(t, m, "vol-a@s1")))
 }
 
 // TestRestoreOverExisting restores into an existing volume full of other

@@ -116,14 +116,16 @@ func (sv *sharedView) release() {
 	// the layers its snapshot holds anyway.
 }
 
-// orphanViewsLocked orphans the cached views whose snapshot is gone.
+// orphanViewsLocked orphans the cached views whose snapshot is gone: by
+// name and creation time, so that a snapshot deleted and made again under
+// its name never gets the old one's view.
 func (mv *managed) orphanViewsLocked() {
-	live := make(map[string]bool)
+	live := make(map[string]time.Time)
 	for _, si := range mv.v.Snapshots() {
-		live[si.Name] = true
+		live[si.Name] = si.Created
 	}
 	for name, sv := range mv.views {
-		if !live[name] {
+		if created, ok := live[name]; !ok || !created.Equal(sv.vw.Created()) {
 			delete(mv.views, name)
 			sv.orphan()
 		}
@@ -493,6 +495,16 @@ func (m *Manager) Open(ctx context.Context, export string) (Volume, func(), erro
 		return mv.dev, m.releaser(func() { mv.users-- }), nil
 	}
 	sv := mv.views[snap]
+	if sv != nil {
+		// A snapshot deleted and made again under the name since the
+		// view was cached (the deletion's own cleanup may not have run
+		// yet) must not be served from the old one's view.
+		if created, ok := mv.v.SnapshotCreated(snap); !ok || !created.Equal(sv.vw.Created()) {
+			delete(mv.views, snap)
+			sv.orphan()
+			sv = nil
+		}
+	}
 	if sv == nil {
 		vw, err := mv.v.OpenSnapshot(ctx, snap)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // View is a read-only view of one snapshot: an io.ReaderAt plus allocation
@@ -13,9 +14,10 @@ import (
 // when done. It is safe for concurrent use.
 type View struct {
 	s    *Store
-	vol  string
-	name string
-	size int64
+	vol     string
+	name    string
+	size    int64
+	created time.Time // the snapshot's creation time: with name, its identity
 
 	ci     chainIndex
 	mu     sync.RWMutex
@@ -38,7 +40,7 @@ func (v *Volume) OpenSnapshot(ctx context.Context, name string) (*View, error) {
 	if pos < 0 {
 		return nil, fmt.Errorf("volume %q: snapshot %q: %w", v.name, name, ErrNotFound)
 	}
-	vw := &View{s: v.s, vol: v.name, name: name, size: v.meta.Layers[pos].Size}
+	vw := &View{s: v.s, vol: v.name, name: name, size: v.meta.Layers[pos].Size, created: v.meta.Layers[pos].Created}
 	vw.layers = append([]*layer(nil), v.chain[:pos+1]...)
 	v.s.mu.Lock()
 	for _, l := range vw.layers {
@@ -51,6 +53,10 @@ func (v *Volume) OpenSnapshot(ctx context.Context, name string) (*View, error) {
 
 // Name returns "vol@snap".
 func (vw *View) Name() string { return vw.vol + "@" + vw.name }
+
+// Created returns the snapshot's creation time: a snapshot made later
+// under the same name has another.
+func (vw *View) Created() time.Time { return vw.created }
 
 // Size returns the snapshot's volume size.
 func (vw *View) Size() int64 { return vw.size }

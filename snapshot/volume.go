@@ -247,6 +247,17 @@ func (v *Volume) Snapshots() []SnapshotInfo {
 	return out
 }
 
+// SnapshotCreated returns the creation time of snapshot name, which with
+// the name identifies it (cheap, unlike Snapshots).
+func (v *Volume) SnapshotCreated(name string) (time.Time, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if pos := v.meta.findSnapshot(name); pos >= 0 {
+		return v.meta.Layers[pos].Created, true
+	}
+	return time.Time{}, false
+}
+
 // Depth returns the number of layers in the chain, head included.
 func (v *Volume) Depth() int {
 	v.mu.RLock()
