@@ -13,7 +13,7 @@ import (
 // the snapshot is deleted or the volume closed while it is open. Close it
 // when done. It is safe for concurrent use.
 type View struct {
-	s    *Store
+	s       *Store
 	vol     string
 	name    string
 	size    int64
