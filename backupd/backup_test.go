@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"sync"
 	"testing"
 
 	"github.com/strata-block/strata/plugins"
@@ -274,5 +275,36 @@ func TestIndexCache(t *testing.T) {
 	key, err := r.FindBackup(ctx, first.ID)
 	if err != nil || key != first.ManifestKey {
 		t.Errorf("FindBackup = %q, %v; want %s", key, err, first.ManifestKey)
+	}
+}
+
+// TestVerifyProgress: verify --read-data's progress events carry the bytes
+// it will read (BytesTotal), so a progress bar has an end; they were 0,
+// and the CLI showed no bar for the longest operation there is.
+func TestVerifyProgress(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	r := Open(NewFSTarget(t, t.TempDir()), &Options{PackSize: 1 << 20})
+	res, err := r.Backup(ctx, BackupOptions{Volume: "v", Snapshot: "s", Source: &memSource{data: RandomData(rand.New(rand.NewPCG(7, 8)), 4<<20)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []Progress
+	var mu sync.Mutex
+	rep, err := r.Verify(ctx, []string{res.ManifestKey}, VerifyOptions{ReadData: true, Progress: func(p Progress) {
+		mu.Lock()
+		evs = append(evs, p)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) == 0 {
+		t.Fatal("no progress events")
+	}
+	for _, ev := range evs {
+		if ev.BytesTotal != rep.BytesRead {
+			t.Fatalf("verify progress: total %d, want the %d bytes verify read", ev.BytesTotal, rep.BytesRead)
+		}
 	}
 }

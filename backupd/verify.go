@@ -225,6 +225,10 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 		var read atomic.Int64
 		var done atomic.Int64
 		ranges := planFetch(idx, items)
+		var total int64 // the bytes the ranges read: the progress bar's end
+		for _, fr := range ranges {
+			total += fr.end - fr.off
+		}
 		err := forEach(ctx, len(ranges), opts.Parallel, func(ctx context.Context, i int) error {
 			fr := ranges[i]
 			err := r.fetchRange(ctx, fr, &read, func(it fetchItem, rec []byte, err error) error {
@@ -259,7 +263,7 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 				return nil
 			})
 			if opts.Progress != nil {
-				opts.Progress(Progress{Op: "verify", Phase: PhaseVerify, BytesScanned: read.Load(), Chunks: done.Load(), Time: time.Now()})
+				opts.Progress(Progress{Op: "verify", Phase: PhaseVerify, BytesTotal: total, BytesScanned: read.Load(), Chunks: done.Load(), Time: time.Now()})
 			}
 			return err
 		})
