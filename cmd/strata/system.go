@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,7 +69,16 @@ func systemBackupCreateCmd() *cobra.Command {
 			if noWait {
 				fmt.Fprintf(cmd.ErrOrStderr(), "system backup %s accepted; \"strata system backup info %s\" shows its state\n", s.ID, s.ID)
 			} else {
-				fmt.Fprintf(cmd.ErrOrStderr(), "system backup %s committed: %s, manifest on %s\n", s.ID, plural(len(s.Volumes), "volume"), strings.Join(s.Targets, ", "))
+				var on []string // the targets holding the manifest now
+				for _, t := range s.Targets {
+					if !slices.Contains(s.CopiesPending, t) {
+						on = append(on, t)
+					}
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "system backup %s committed: %s, manifest on %s\n", s.ID, plural(len(s.Volumes), "volume"), strings.Join(on, ", "))
+				if len(s.CopiesPending) > 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: the manifest's copies on %s failed and are retried; until they land, a wiped host cannot restore from those targets\n", strings.Join(s.CopiesPending, ", "))
+				}
 			}
 			_, err = fmt.Fprintln(cmd.OutOrStdout(), s.ID)
 			return err

@@ -14,8 +14,8 @@ import (
 func TestVerifyFailure(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name       string
-		rep        backupd.VerifyReport
+		name        string
+		rep         backupd.VerifyReport
 		want, avoid string
 	}{
 		{"damaged chunk", backupd.VerifyReport{BadChunks: []backupd.BadChunk{{ID: "ab12", Err: "xxhash differs"}}}, "--full", "--backup-key"},
