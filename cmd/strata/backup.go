@@ -429,7 +429,7 @@ func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.
 		tty = isatty.IsTerminal(f.Fd())
 	}
 	return service.StreamEvents(cmd.Context(), clientFor(cmd), path, in, func(ev *service.Event, line []byte) error {
-		if asJSON && ev.Event != "error" {
+		if asJSON { // the error event too, as the system verbs print it: a program gets the code
 			if _, err := fmt.Fprintf(out, "%s\n", line); err != nil {
 				return err
 			}
