@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -97,7 +98,10 @@ func agentRmCmd() *cobra.Command {
 		Short: "Unregister an agent",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return clientFor(cmd).Do(cmd.Context(), http.MethodDelete, "/v1/agents/"+args[0], nil, nil)
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodDelete, "/v1/agents/"+url.PathEscape(args[0]), nil, nil); err != nil {
+				return err
+			}
+			return done(cmd, "agent "+args[0]+" removed", map[string]any{"agent": args[0]})
 		},
 	}
 }

@@ -354,6 +354,15 @@ that keeps nothing is refused.`,
 					for _, b := range r.Deleted {
 						fmt.Fprintf(w, "  %s %s %s@%s\n", verb, b.ID, b.Volume, b.Snapshot)
 					}
+					for _, b := range r.Held {
+						fmt.Fprintf(w, "  kept %s %s@%s: held by a system backup\n", b.ID, b.Volume, b.Snapshot)
+					}
+					for _, b := range r.Future {
+						fmt.Fprintf(w, "  kept %s %s@%s: dated in the future (%s), counted by no rule\n", b.ID, b.Volume, b.Snapshot, b.Created.Format(time.RFC3339))
+					}
+					for _, m := range r.Skipped {
+						fmt.Fprintf(w, "  skipped %s: it does not load (%s); neither kept nor deleted\n", m.Key, oneLine(m.Err))
+					}
 				}
 				return nil
 			})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -127,7 +128,7 @@ func systemBackupInfoCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var s coordinator.Summary
-			if err := clientFor(cmd).Do(cmd.Context(), http.MethodGet, "/v1/system/backups/"+args[0], nil, &s); err != nil {
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodGet, "/v1/system/backups/"+url.PathEscape(args[0]), nil, &s); err != nil {
 				return err
 			}
 			return output(cmd, &s, func(w io.Writer) error {
@@ -164,14 +165,10 @@ func systemBackupRmCmd() *cobra.Command {
 		Short: "Remove a system backup: its manifests, then the volume backups no other system backup names",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := clientFor(cmd).Do(cmd.Context(), http.MethodDelete, "/v1/system/backups/"+args[0], nil, nil); err != nil {
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodDelete, "/v1/system/backups/"+url.PathEscape(args[0]), nil, nil); err != nil {
 				return err
 			}
-			if jsonFlag(cmd) {
-				return nil
-			}
-			_, err := fmt.Fprintf(cmd.ErrOrStderr(), "system backup %s removed\n", args[0])
-			return err
+			return done(cmd, "system backup "+args[0]+" removed", map[string]any{"id": args[0]})
 		},
 	}
 }
