@@ -76,7 +76,11 @@ go mod download
 # report "git" to --version, so the module version comes from the binary's
 # build info).
 versitygw_version=v1.8.0
-versitygw_bin="$(go env GOPATH)/bin/versitygw"
+# Installed into the first GOPATH entry's bin (GOBIN set for the install),
+# where the tests look for it when it is not on PATH, whatever GOBIN the
+# environment has.
+versitygw_dir="$(go env GOPATH | cut -d: -f1)/bin"
+versitygw_bin="$versitygw_dir/versitygw"
 versitygw_have=""
 if [ -x "$versitygw_bin" ]; then
 	versitygw_have="$(go version -m "$versitygw_bin" 2>/dev/null | awk '$1 == "mod" && $2 == "github.com/versity/versitygw" { print $3 }')"
@@ -85,7 +89,7 @@ if [ "$versitygw_have" = "$versitygw_version" ]; then
 	echo "deps: versitygw $versitygw_version present"
 else
 	echo "deps: go install versitygw $versitygw_version (found: ${versitygw_have:-none})"
-	go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version"
+	GOBIN="$versitygw_dir" go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version"
 fi
 
 echo "deps: done"
