@@ -57,6 +57,15 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 			if err := agent.LoadConfig(file, must, &fileCfg); err != nil {
 				return err
 			}
+			// The file's data_dir counts when nothing else names one (in
+			// DIR/strata.toml it can only name DIR itself).
+			if fileCfg.DataDir != "" && fileCfg.DataDir != dataDir {
+				if dataDirFlag(cmd) == defaultDataDir && os.Getenv("STRATA_DATA_DIR") == "" && !cmd.Flags().Changed("data-dir") {
+					dataDir = fileCfg.DataDir
+				} else {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s sets data_dir %s; using %s (--data-dir or STRATA_DATA_DIR)\n", file, fileCfg.DataDir, dataDir)
+				}
+			}
 			// Flags given on the command line win over the file.
 			merged := fileCfg
 			merged.DataDir = dataDir

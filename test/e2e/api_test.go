@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -210,4 +211,48 @@ func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// TestConfigDataDir: a --config file's data_dir is the data directory when
+// neither --data-dir nor STRATA_DATA_DIR names one. Before, it was silently
+// ignored for ./strata-data.
+func TestConfigDataDir(t *testing.T) {
+	needRoot(t)
+	dataDir := filepath.Join(t.TempDir(), "from-config")
+	cfg := filepath.Join(t.TempDir(), "strata.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("data_dir = %q\nfuse = \"off\"\n", dataDir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cwd := t.TempDir()
+	cmd := exec.Command(strataBin, "server", "--config", cfg)
+	cmd.Dir = cwd
+	cmd.Env = append(os.Environ(), "STRATA_DATA_DIR=")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	}()
+	sock := filepath.Join(dataDir, "strata.sock")
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if _, err := os.Stat(filepath.Join(cwd, "strata-data", "strata.sock")); err == nil {
+			t.Fatalf("the server serves ./strata-data although the config names %s", dataDir)
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("server exited (%v) without serving %s:\n%s", err, sock, out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cwd, "strata-data")); !os.IsNotExist(err) {
+		t.Errorf("./strata-data was used although the config names %s: %v", dataDir, err)
+	}
 }
