@@ -151,9 +151,8 @@ func (v *Volume) writeLocked(p []byte, off int64) error {
 		}
 		for done := int64(0); done < whole; done += piece {
 			if err := v.head.writeAt(p[done:min(done+piece, whole)], off+done); err != nil {
-				if done > 0 {
-					v.writeFailed(off, done)
-				}
+				// The failed piece may have been written in part too.
+				v.writeFailed(off, min(done+piece, whole))
 				return err
 			}
 		}

@@ -539,9 +539,13 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
+	// Without markers (a full filesystem cannot make them) the deletion
+	// goes on: a crash before the layers are removed then leaves them in
+	// layers/orphaned/, not lost, and a full disk must not stop the
+	// deletion that would free it.
 	marked, err := s.markFreedLocked(m.Layers, nil)
 	if err != nil {
-		return fmt.Errorf("volume %q: %w", name, err)
+		s.log.Warn("deleting a volume without .free markers", "volume", name, "err", err)
 	}
 	if err := os.Remove(filepath.Join(s.volDir, name+metaSuffix)); err != nil {
 		s.unmarkLocked(marked)

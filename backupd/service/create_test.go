@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/blockdev"
@@ -260,9 +261,10 @@ func TestStoppingCancelsStreams(t *testing.T) {
 }
 
 // TestInterruptedRestoreRemoved: a volume a restore created and never
-// finished (the process was killed: its pending mark is left) is removed
-// at the next start; other volumes stay, and a restore that finishes
-// leaves no mark. Before, the half-restored volume stayed and looked like
+// finished (the process was killed: its pending mark is left, naming the
+// volume by its creation time) is removed at the next start; other
+// volumes stay, also under marks that do not name them, and a restore
+// that finishes leaves no mark. Before, the half-restored volume stayed and looked like
 // any other.
 func TestInterruptedRestoreRemoved(t *testing.T) {
 	t.Parallel()
@@ -283,9 +285,22 @@ func TestInterruptedRestoreRemoved(t *testing.T) {
 	if ents, _ := os.ReadDir(marks); len(ents) != 0 {
 		t.Fatalf("a finished restore left marks: %v", ents)
 	}
-	// What a restore killed while filling "half" leaves.
-	if err := os.WriteFile(filepath.Join(marks, "half"), nil, 0o600); err != nil {
+	// What a restore killed while filling "half" leaves: a mark naming it
+	// by its creation time. A mark naming another "keep" than the one
+	// there (a stale one) and one written before its volume existed
+	// (empty) remove nothing.
+	half, err := e.c.Volume(ctx, "half")
+	if err != nil {
 		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		"half": half.Created.UTC().Format(time.RFC3339Nano),
+		"keep": half.Created.Add(-time.Hour).UTC().Format(time.RFC3339Nano),
+		"src":  "",
+	} {
+		if err := os.WriteFile(filepath.Join(marks, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)

@@ -857,7 +857,8 @@ type restoreJob struct {
 	m       *backupd.Manifest
 	to      string
 	created bool
-	done    func()
+	done    func() // ends the job: release, then the claim on the name
+	release func() // ends the Exclusive hold only (nil if none)
 }
 
 // prepareRestore finds the backup, checks the destination and creates it
@@ -889,7 +890,7 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 	info, err := s.cfg.Manager.Volume(ctx, req.To)
 	switch {
 	case errors.Is(err, blockdev.ErrNotFound):
-		if err := s.markPending(req.To); err != nil {
+		if err := s.markPending(req.To, time.Time{}); err != nil {
 			return fail(fmt.Errorf("restore of backup %s into volume %q: %w", id, req.To, err))
 		}
 		if err := s.agentCall(ctx, http.MethodPost, "/v1/volumes", map[string]any{"name": req.To, "size": m.Size}); err != nil {
@@ -897,12 +898,22 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 			return fail(fmt.Errorf("restore of backup %s: create volume %q: %w", id, req.To, err))
 		}
 		j.created = true
+		// The mark names the volume by its creation time too, so that the
+		// next start removes this volume and never another of the name.
+		if vi, err := s.cfg.Manager.Volume(ctx, req.To); err == nil {
+			if err := s.markPending(req.To, vi.Created); err != nil {
+				j.removeCreated(ctx)
+				return fail(fmt.Errorf("restore of backup %s into volume %q: %w", id, req.To, err))
+			}
+		}
 	case err != nil:
 		return fail(fmt.Errorf("restore of backup %s into volume %q: %w", id, req.To, err))
 	case s.cfg.Attached(req.To):
 		return fail(fmt.Errorf("restore of backup %s: volume %q is attached; detach it first (an attached volume is never overwritten): %w", id, req.To, blockdev.ErrInUse))
 	case info.Size != m.Size:
 		return fail(fmt.Errorf("restore of backup %s: volume %q is %d bytes, the backup %d: restore into a new volume or one of the same size: %w", id, req.To, info.Size, m.Size, blockdev.ErrInvalidArgument))
+	default:
+		s.clearPending(req.To) // an existing volume the operator restores into is no one's leftover
 	}
 	if s.cfg.Exclusive != nil {
 		// Also a volume just created: its file is in the mount already.
@@ -913,6 +924,7 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 			}
 			return fail(fmt.Errorf("restore of backup %s into volume %q (a volume in use is never overwritten): %w", id, req.To, err))
 		}
+		j.release = release
 		j.done = func() {
 			release()
 			done()
@@ -938,8 +950,10 @@ func (j *restoreJob) removeCreated(ctx context.Context) {
 // half-restored volume (removeInterrupted).
 const pendingDir = "restore-pending"
 
-// markPending durably records that a restore is about to create vol.
-func (s *Service) markPending(vol string) error {
+// markPending durably records that a restore is about to create vol (zero
+// created) or has created it (the volume's creation time, which with the
+// name identifies it).
+func (s *Service) markPending(vol string, created time.Time) error {
 	if s.cfg.DataDir == "" {
 		return nil
 	}
@@ -947,19 +961,32 @@ func (s *Service) markPending(vol string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("restore mark: %w", err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, vol), nil); err != nil {
+	var b []byte
+	if !created.IsZero() {
+		b = []byte(created.UTC().Format(time.RFC3339Nano))
+	}
+	if err := atomicfile.Write(filepath.Join(dir, vol), b); err != nil {
 		return fmt.Errorf("restore mark: %w", err)
 	}
 	return nil
 }
 
-// clearPending removes vol's mark: its restore finished, or its volume is
-// gone.
+// clearPending removes vol's mark, durably: its restore finished, or its
+// volume is gone or no leftover (a mark coming back after a crash could
+// otherwise remove a volume at the next start).
 func (s *Service) clearPending(vol string) {
 	if s.cfg.DataDir == "" {
 		return
 	}
-	if err := os.Remove(filepath.Join(s.cfg.DataDir, pendingDir, vol)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	dir := filepath.Join(s.cfg.DataDir, pendingDir)
+	err := os.Remove(filepath.Join(dir, vol))
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err == nil {
+		err = atomicfile.SyncDir(dir)
+	}
+	if err != nil {
 		s.log.Warn("restore mark", "volume", vol, "err", err)
 	}
 }
@@ -983,24 +1010,33 @@ func (s *Service) removeInterrupted(ctx context.Context) {
 		if !blockdev.ValidName(vol) {
 			continue
 		}
-		err := s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol), nil)
-		if err != nil && !errors.Is(err, blockdev.ErrNotFound) {
-			s.log.Error("a volume an interrupted restore created could not be removed; it holds part of a backup", "volume", vol, "err", err)
-			continue
-		}
-		if err == nil {
-			s.log.Warn("removed a volume an interrupted restore created (it held part of a backup)", "volume", vol)
+		// Only the very volume the restore created: named by the mark's
+		// creation time (a mark without one was written before the
+		// volume existed, and names none).
+		b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, pendingDir, vol))
+		created, perr := time.Parse(time.RFC3339Nano, string(b))
+		vi, verr := s.cfg.Manager.Volume(ctx, vol)
+		if err == nil && perr == nil && verr == nil && vi.Created.Equal(created) {
+			if err := s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol), nil); err != nil {
+				// Tried once: the mark goes, so that a volume an operator
+				// keeps is never removed at a later start.
+				s.log.Error("a volume an interrupted restore created could not be removed; it holds part of a backup: delete it by hand", "volume", vol, "err", err)
+			} else {
+				s.log.Warn("removed a volume an interrupted restore created (it held part of a backup)", "volume", vol)
+			}
 		}
 		s.clearPending(vol)
 	}
 }
 
-// releaseAndRemove ends the job's hold on the volume (Exclusive, which a
-// deletion would meet as in use) and removes the volume it created; the
-// deferred done that follows finds the hold already released.
+// releaseAndRemove ends the job's Exclusive hold on the volume (which a
+// deletion would meet as in use) and removes the volume it created. The
+// claim on the name stays until the deferred done: another restore must
+// not take the name before the deletion.
 func (j *restoreJob) releaseAndRemove(ctx context.Context) {
-	j.done()
-	j.done = func() {}
+	if j.release != nil {
+		j.release() // idempotent: done calls it again
+	}
 	j.removeCreated(ctx)
 }
 

@@ -342,6 +342,14 @@ func (e exportsAdapter) Open(ctx context.Context, name string) (blockdev.Volume,
 		}
 		return nil, nil, err
 	}
+	if !strings.Contains(name, "@") {
+		// Taken while this opened it (Exclusive's InUse may have run
+		// just before the open).
+		if err := e.a.notExclusive(name); err != nil {
+			release()
+			return nil, nil, err
+		}
+	}
 	return e.a.met.instrument(dev), release, nil
 }
 
@@ -528,26 +536,29 @@ func (a *Agent) revert(ctx context.Context, name, snap string) error {
 func (a *Agent) Exclusive(name string) (release func(), err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// Taken first, then checked idle: a refresh or an NBD open racing
+	// this sees the volume taken (or is seen by InUse).
 	a.exMu.Lock()
-	taken := a.exclusive[name]
-	a.exMu.Unlock()
-	if taken {
+	if a.exclusive[name] {
+		a.exMu.Unlock()
 		return nil, fmt.Errorf("volume %q is being restored: %w", name, blockdev.ErrInUse)
 	}
-	err = a.idle(name)
-	if err == nil {
-		err = a.mgr.InUse(name)
-	}
-	if err != nil {
-		a.volumesChanged()
-		return nil, err
-	}
-	a.exMu.Lock()
 	if a.exclusive == nil {
 		a.exclusive = make(map[string]bool)
 	}
 	a.exclusive[name] = true
 	a.exMu.Unlock()
+	err = a.idle(name)
+	if err == nil {
+		err = a.mgr.InUse(name)
+	}
+	if err != nil {
+		a.exMu.Lock()
+		delete(a.exclusive, name)
+		a.exMu.Unlock()
+		a.volumesChanged()
+		return nil, err
+	}
 	var once sync.Once
 	return func() {
 		once.Do(func() {

@@ -131,7 +131,10 @@ func (h *host) refresh() {
 			continue
 		}
 		if strings.Contains(name, "@") {
-			if err := h.fs.Detach(name, release); err != nil && !errors.Is(err, fuse.ErrNotFound) {
+			err := h.fs.Detach(name, release)
+			if errors.Is(err, fuse.ErrNotFound) {
+				release() // not in the mount: nothing else releases it
+			} else if err != nil {
 				h.a.log.Warn("fuse: remove snapshot file", "export", name, "err", err)
 				continue
 			}
