@@ -130,18 +130,19 @@ func (h *host) refresh() {
 		if slices.Contains(names, name) {
 			continue
 		}
-		if strings.Contains(name, "@") {
-			err := h.fs.Detach(name, release)
-			if errors.Is(err, fuse.ErrNotFound) {
-				release() // not in the mount: nothing else releases it
-			} else if err != nil {
-				h.a.log.Warn("fuse: remove snapshot file", "export", name, "err", err)
-				continue
-			}
-			delete(h.files, name)
+		// A snapshot's file leaves at once even while open; a volume's
+		// only once closed (ErrBusy: a later refresh removes it).
+		err := h.fs.Detach(name, release)
+		switch {
+		case errors.Is(err, fuse.ErrNotFound):
+			release() // not in the mount: nothing else releases it
+		case errors.Is(err, fuse.ErrBusy):
+			continue
+		case err != nil:
+			h.a.log.Warn("fuse: remove file", "export", name, "err", err)
 			continue
 		}
-		_ = h.removeFileLocked(name, release)
+		delete(h.files, name)
 	}
 	for _, name := range names {
 		if _, ok := h.files[name]; ok {

@@ -60,7 +60,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 			// The file's data_dir counts when nothing else names one (in
 			// DIR/strata.toml it can only name DIR itself).
 			if fileCfg.DataDir != "" && fileCfg.DataDir != dataDir {
-				if dataDirFlag(cmd) == defaultDataDir && os.Getenv("STRATA_DATA_DIR") == "" && !cmd.Flags().Changed("data-dir") {
+				if !cmd.Flags().Changed("data-dir") && os.Getenv("STRATA_DATA_DIR") == "" {
 					dataDir = fileCfg.DataDir
 				} else {
 					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s sets data_dir %s; using %s (--data-dir or STRATA_DATA_DIR)\n", file, fileCfg.DataDir, dataDir)
