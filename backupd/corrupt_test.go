@@ -17,6 +17,20 @@ import (
 	"github.com/strata-block/strata/plugins"
 )
 
+// flipRecordBit flips one bit inside the payload of the chunk record at
+// loc in pack file file.
+func flipRecordBit(t *testing.T, file string, loc chunkLoc) {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[int(loc.offset)+recordHeaderSize+100] ^= 0x10
+	if err := os.WriteFile(file, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // chunkLocation returns the pack file and record of the first data chunk
 // of backup key.
 func chunkLocation(t *testing.T, r *Repository, dir, key string) (ChunkID, string, chunkLoc) {
@@ -79,14 +93,7 @@ func TestFlippedBit(t *testing.T) {
 				t.Fatal(err)
 			}
 			id, file, loc := chunkLocation(t, r, dir, resA.ManifestKey)
-			raw, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			raw[int(loc.offset)+recordHeaderSize+100] ^= 0x10
-			if err := os.WriteFile(file, raw, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			flipRecordBit(t, file, loc)
 
 			if rep, err := r.Verify(ctx, nil, VerifyOptions{}); err != nil || !rep.OK() {
 				t.Errorf("Verify without data: %v (a flipped bit is found only by reading)", err)
@@ -420,15 +427,7 @@ func TestRestoreStateKeepsDamagedWindow(t *testing.T) {
 			if !ok {
 				t.Fatal("chunk not in the index")
 			}
-			file := filepath.Join(dir, packKey(idx.packs[loc.pack]))
-			raw, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			raw[int(loc.offset)+recordHeaderSize+100] ^= 0x10
-			if err := os.WriteFile(file, raw, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			flipRecordBit(t, filepath.Join(dir, packKey(idx.packs[loc.pack])), loc)
 			state := filepath.Join(t.TempDir(), "state")
 			opts := RestoreOptions{StatePath: state, SkipDamaged: true}
 			for run := range 2 {
