@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -321,4 +322,75 @@ func TestInterruptedRestoreRemoved(t *testing.T) {
 	if ents, _ := os.ReadDir(marks); len(ents) != 0 {
 		t.Errorf("marks after the restart: %v", ents)
 	}
+}
+
+// TestOldBackupSnapshotsDropped: once a backup that took its own snapshot
+// is committed, the snapshots earlier backups took are deleted, except
+// the one of each target's newest backup (the next incremental's base
+// there); snapshots the user made or named stay. Before, every backup
+// left its backup-<time> snapshot, each holding a copy-on-write layer.
+func TestOldBackupSnapshotsDropped(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "vol-s", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"mine", "backup-keep", "backup-20200101-000000.000x"} {
+		if _, err := e.c.CreateSnapshot(ctx, "vol-s", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := func() []string {
+		t.Helper()
+		ss, err := e.c.Snapshots(ctx, "vol-s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, s := range ss {
+			out = append(out, s.Name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	user := []string{"backup-20200101-000000.000x", "backup-keep", "mine"}
+	want := func(what string, snaps ...string) {
+		t.Helper()
+		w := slices.Sorted(slices.Values(append(slices.Clone(user), snaps...)))
+		if got := names(); !slices.Equal(got, w) {
+			t.Errorf("%s: snapshots %q, want %q", what, got, w)
+		}
+	}
+	backup := func(target string, off int64) *Backup {
+		t.Helper()
+		e.write(t, "vol-s", bytes.Repeat([]byte{byte(off >> 12)}, 4096), off)
+		// Taken names are to the millisecond.
+		time.Sleep(2 * time.Millisecond)
+		return e.backup(t, CreateRequest{Volume: "vol-s", Target: target})
+	}
+
+	m1 := backup("main", 0)
+	want("first backup", m1.Snapshot)
+	x1 := backup("extra", 4096)
+	want("first backup to extra", m1.Snapshot, x1.Snapshot)
+	m2 := backup("main", 8192)
+	want("second backup to main", x1.Snapshot, m2.Snapshot)
+	m3 := backup("main", 12288)
+	want("third backup to main", x1.Snapshot, m3.Snapshot)
+	if m3.Parent != m2.ID {
+		t.Errorf("third backup to main: parent %q, want %s", m3.Parent, m2.ID)
+	}
+	// A backup of a named snapshot deletes nothing.
+	if b := e.backup(t, CreateRequest{Volume: "vol-s", Target: "main", Snapshot: "mine"}); b.Snapshot != "mine" {
+		t.Fatalf("backup of snapshot mine: %+v", b)
+	}
+	want("backup of a named snapshot", x1.Snapshot, m3.Snapshot)
+	// extra's base was kept: its next backup is incremental.
+	x2 := backup("extra", 16384)
+	if x2.Parent != x1.ID {
+		t.Errorf("second backup to extra: parent %q, want %s (its base snapshot kept)", x2.Parent, x1.ID)
+	}
+	// main's newest backup is now of snapshot mine: m3's is no base.
+	want("second backup to extra", x2.Snapshot)
 }

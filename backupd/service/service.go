@@ -721,7 +721,7 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 	}
 	snap := req.Snapshot
 	if snap == "" {
-		snap = "backup-" + strings.ToLower(time.Now().UTC().Format("20060102-150405.000"))
+		snap = takenSnapshotName(time.Now())
 		if err := s.agentCall(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(req.Volume)+"/snapshots", map[string]string{"name": snap}); err != nil {
 			p.close()
 			done()
@@ -814,7 +814,86 @@ func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Ba
 	b.Stats = &res.Stats
 	j.s.log.Info("backup committed", "volume", j.volume, "snapshot", j.snap, "target", j.p.name, "id", res.ID,
 		"parent", b.Parent, "bytes_uploaded", res.BytesUploaded, "elapsed", time.Since(start).Round(time.Millisecond))
+	if j.took {
+		// Still under the volume's claim: no other backup of it runs.
+		j.s.dropTakenSnapshots(ctx, j.volume, j.snap)
+	}
 	return b, nil
+}
+
+// takenSnapshotName names the snapshot a backup takes for itself at t:
+// backup-<UTC time to the millisecond>.
+func takenSnapshotName(t time.Time) string {
+	return "backup-" + strings.ToLower(t.UTC().Format(takenSnapshotLayout))
+}
+
+const takenSnapshotLayout = "20060102-150405.000"
+
+// isTakenSnapshot reports whether name is one takenSnapshotName makes
+// (and not a user's backup-before-upgrade).
+func isTakenSnapshot(name string) bool {
+	ts, ok := strings.CutPrefix(name, "backup-")
+	if !ok {
+		return false
+	}
+	t, err := time.Parse(takenSnapshotLayout, ts)
+	return err == nil && takenSnapshotName(t) == name
+}
+
+// dropTakenSnapshots deletes the snapshots earlier backups of volume took
+// for themselves (isTakenSnapshot) once a backup of snapshot snap, also
+// taken for itself, is committed: each held a copy-on-write layer for
+// good, so a volume backed up daily grew its chain by a layer a day. An
+// incremental needs only the snapshot of the newest backup on its target,
+// so those of the newest backup of the volume on every registered target
+// stay, as do snapshots newer than snap. When a target cannot be asked,
+// nothing is deleted (a kept snapshot costs space; a deleted one makes
+// that target's next backup a full one). A failure is logged: the backup
+// is committed either way.
+func (s *Service) dropTakenSnapshots(ctx context.Context, volume, snap string) {
+	log := s.log.With("volume", volume, "snapshot", snap)
+	info, err := s.cfg.Manager.Volume(ctx, volume)
+	if err != nil {
+		log.Warn("old backup snapshots left: volume", "err", err)
+		return
+	}
+	cur, ok := info.Snapshot(snap)
+	if !ok {
+		return
+	}
+	names, err := s.targetNames("")
+	if err != nil {
+		log.Warn("old backup snapshots left: targets", "err", err)
+		return
+	}
+	keep := map[string]bool{snap: true}
+	for _, n := range names {
+		p, err := s.open(ctx, n)
+		if err != nil {
+			log.Warn("old backup snapshots left: a target's newest backup unknown", "target", n, "err", err)
+			return
+		}
+		latest, err := p.r.Latest(ctx, volume)
+		p.close()
+		if errors.Is(err, plugins.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			log.Warn("old backup snapshots left: a target's newest backup unknown", "target", n, "err", err)
+			return
+		}
+		keep[latest.Snapshot] = true
+	}
+	for _, si := range info.Snapshots {
+		if keep[si.Name] || !isTakenSnapshot(si.Name) || !si.Created.Before(cur.Created) {
+			continue
+		}
+		if err := s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(volume)+"/snapshots/"+url.PathEscape(si.Name), nil); err != nil {
+			log.Warn("delete an old backup snapshot", "old", si.Name, "err", err)
+			continue
+		}
+		log.Info("old backup snapshot deleted", "old", si.Name)
+	}
 }
 
 // compare reads volume req.To whole and tells whether it holds exactly

@@ -51,7 +51,9 @@ func backupCreateCmd() *cobra.Command {
 		Short: "Back up a volume (a new snapshot of it, or --snapshot) and print the backup id",
 		Long: `Back up a volume. Without --snapshot the server takes a new snapshot named
 backup-<UTC time> and backs it up; keep it: the next backup of the volume
-is incremental to it (change tracking needs both snapshots).
+is incremental to it (change tracking needs both snapshots). Once the backup
+is committed, the snapshots earlier backups took this way are deleted,
+except the one of the volume's newest backup on each target.
 
 --no-wait returns as soon as the server accepted the job: the backup runs
 on in the server, detached from this command, and "strata backup ls" shows
