@@ -34,6 +34,16 @@ func sizeClass(n int) int {
 // classCap is the capacity of the buffers of class c.
 func classCap(c int) int { return 1<<(c+minClassShift) + replyHeadroom }
 
+// bufCharge is what a buffer of n bytes from getBuf holds: the capacity
+// of its class (up to twice n), which is what the in-flight budget must
+// count.
+func bufCharge(n int) int64 {
+	if c := sizeClass(n); c < len(bufPools) {
+		return int64(classCap(c))
+	}
+	return int64(n)
+}
+
 // getBuf returns a buffer of length n (contents undefined) from its size
 // class. Callers return it with putBuf.
 func getBuf(n int) *[]byte {

@@ -36,10 +36,11 @@ type Options struct {
 	// so at most 2×Workers+1 requests of one connection are in the
 	// device at once.
 	Workers int
-	// MaxInFlightBytes caps the payload bytes (write data read and read
-	// data to send) held by one connection's requests in flight; the
-	// request reader waits when it is reached (default 64 MiB, at least
-	// MaxPayload).
+	// MaxInFlightBytes caps the memory of the payload buffers (write data
+	// read, read data and block status replies to send, each counted by
+	// its pooled buffer's capacity) held by one connection's requests in
+	// flight; the request reader waits when it is reached (default 64 MiB,
+	// at least MaxPayload).
 	MaxInFlightBytes int64
 	// HandshakeTimeout bounds the option negotiation of one connection
 	// (default 30 s).

@@ -457,8 +457,9 @@ func (g *gateVolume) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 }
 
 func (g *gateVolume) WriteAt(ctx context.Context, p []byte, off int64, f blockdev.WriteFlags) (int, error) {
+	// Counted by capacity: the memory the payload's buffer holds.
 	g.mu.Lock()
-	g.inWrite += int64(len(p))
+	g.inWrite += int64(cap(p))
 	g.peak = max(g.peak, g.inWrite)
 	in := g.inWrite
 	g.mu.Unlock()
@@ -468,7 +469,7 @@ func (g *gateVolume) WriteAt(ctx context.Context, p []byte, off int64, f blockde
 	}
 	n, err := g.memVolume.WriteAt(ctx, p, off, f)
 	g.mu.Lock()
-	g.inWrite -= int64(len(p))
+	g.inWrite -= int64(cap(p))
 	g.mu.Unlock()
 	return n, err
 }
@@ -490,23 +491,36 @@ func TestOutOfOrderReplies(t *testing.T) {
 	tc.disconnect()
 }
 
-// TestInFlightCap checks the reader stops taking writes while their
-// payloads in the device reach MaxInFlightBytes.
+// TestInFlightCap checks the reader stops taking writes while the
+// buffers of their payloads in the device reach MaxInFlightBytes. A
+// payload just over a power of two takes a buffer of the next class, twice
+// its length: before, the cap counted lengths, and let twice the memory be
+// held.
 func TestInFlightCap(t *testing.T) {
 	t.Parallel()
-	const wsize = 1 << 20
+	for _, wsize := range []int{1 << 20, 1<<20 + 4096} {
+		t.Run(fmt.Sprint(wsize), func(t *testing.T) {
+			t.Parallel()
+			testInFlightCap(t, wsize)
+		})
+	}
+}
+
+func testInFlightCap(t *testing.T, wsize int) {
+	const limit = 32 << 20
+	unit := int64(classCap(sizeClass(wsize))) // one payload's buffer
 	g := &gateVolume{memVolume: newMemVolume("vol", 128<<20), gateOff: -1, release: make(chan struct{}), inWriteC: make(chan int64)}
 	// More workers than the cap has room for, so only the cap limits.
-	_, tc := serveOne(t, g, Options{Workers: 64, MaxInFlightBytes: 32 << 20}, false)
+	_, tc := serveOne(t, g, Options{Workers: 64, MaxInFlightBytes: limit}, false)
 	const n = 64
 	payload := make([]byte, wsize)
 	go func() {
 		for i := range n {
-			tc.send(cmdWrite, 0, uint64(i)*wsize, wsize, payload)
+			tc.send(cmdWrite, 0, uint64(i*wsize), uint32(wsize), payload)
 		}
 	}()
-	// Wait until writes holding the whole cap are inside the device.
-	for in := int64(0); in < 32<<20; {
+	// Wait until writes filling the cap are inside the device.
+	for in := int64(0); in+unit <= limit; {
 		in = <-g.inWriteC
 	}
 	// Drain the rest until the replies are in. Closing inWriteC instead
@@ -523,6 +537,9 @@ func TestInFlightCap(t *testing.T) {
 			}
 		}
 	}()
+	// A reader that ignored the cap would now take more writes into the
+	// device; give it the time to show it.
+	time.Sleep(200 * time.Millisecond)
 	close(g.release)
 	for range n {
 		if r := tc.recv(); r.errno != 0 {
@@ -532,8 +549,8 @@ func TestInFlightCap(t *testing.T) {
 	g.mu.Lock()
 	peak := g.peak
 	g.mu.Unlock()
-	if peak > 32<<20 {
-		t.Fatalf("%d bytes of writes in flight at once, cap %d", peak, 32<<20)
+	if peak > limit {
+		t.Fatalf("payload buffers of %d bytes in flight at once, cap %d", peak, limit)
 	}
 	tc.disconnect()
 }

@@ -259,7 +259,7 @@ func (c *serverConn) reader(ctx context.Context) (err error, final bool) {
 				c.writev(&r.reply)
 				continue
 			}
-			c.charge(r, int64(h.Length))
+			c.charge(r, bufCharge(int(h.Length)))
 			r.buf = getBuf(int(h.Length))
 			if c.br.Buffered() < int(h.Length) {
 				c.flushBatch()
@@ -270,8 +270,14 @@ func (c *serverConn) reader(ctx context.Context) (err error, final bool) {
 			}
 		case cmdRead:
 			if h.Length <= MaxPayload {
-				c.charge(r, int64(h.Length))
+				c.charge(r, bufCharge(replyHeadroom+int(h.Length)))
 			}
+		case cmdBlockStatus:
+			n := maxDescriptors
+			if h.CommandFlags&cmdFlagReqOne != 0 {
+				n = 1
+			}
+			c.charge(r, bufCharge(blockStatusBuf(n)))
 		}
 		// Once every takeover a connection may make is in a device call
 		// (writes held behind a closed write gate, say), an inline write
@@ -650,7 +656,7 @@ func (c *serverConn) blockStatus(ctx context.Context, r *request) {
 	if r.CommandFlags&cmdFlagReqOne != 0 {
 		limit = 1
 	}
-	r.buf = getBuf(chunkHeaderSize + 4 + 8*min(len(exts)+1, limit))
+	r.buf = getBuf(blockStatusBuf(min(len(exts)+1, limit)))
 	b := (*r.buf)[:chunkHeaderSize+4]
 	binary.BigEndian.PutUint32(b[chunkHeaderSize:], metaBaseAllocationID)
 	nd := 0
@@ -681,6 +687,9 @@ func (c *serverConn) blockStatus(ctx context.Context, r *request) {
 	putChunkHeader(b, replyFlagDone, replyTypeBlockStatus, r.Handle, uint32(len(b)-chunkHeaderSize))
 	r.reply = append(r.reply[:0], b)
 }
+
+// blockStatusBuf is the size of a BLOCK_STATUS reply of n descriptors.
+func blockStatusBuf(n int) int { return chunkHeaderSize + 4 + 8*n }
 
 // allocationState maps an extent kind to base:allocation status flags.
 func allocationState(k blockdev.ExtentKind) uint32 {
