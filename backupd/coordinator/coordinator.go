@@ -248,7 +248,8 @@ type BackupOptions struct {
 	// ConsistencyGroup snapshots every volume at one instant, with
 	// writes held on every agent meanwhile.
 	ConsistencyGroup bool `json:"consistency_group,omitempty"`
-	// Timeout bounds the whole system backup (default 6h).
+	// Timeout bounds the whole system backup (0: 6h; negative is
+	// refused).
 	Timeout Duration `json:"timeout,omitempty"`
 }
 
@@ -341,7 +342,10 @@ func (c *Coordinator) Backup(ctx context.Context, opts BackupOptions, progress f
 		return nil, fmt.Errorf("policy %q: want %s or %s: %w", opts.Policy, PolicyAlways, PolicyIfUnchanged, ErrInvalid)
 	}
 	timeout := time.Duration(opts.Timeout)
-	if timeout <= 0 {
+	switch {
+	case timeout < 0:
+		return nil, fmt.Errorf("timeout %v: want a positive duration (or none for 6h): %w", timeout, ErrInvalid)
+	case timeout == 0:
 		timeout = 6 * time.Hour
 	}
 	id := newSystemID(time.Now())

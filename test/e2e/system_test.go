@@ -744,6 +744,9 @@ func startTwoVolumes(t *testing.T) (*server, []byte) {
 func TestSystemBackupPolicies(t *testing.T) {
 	needRoot(t)
 	s, _ := startTwoVolumes(t)
+	// A negative timeout is refused (it silently became the 6h default).
+	s.fails(t, "want a positive duration", "system", "backup", "create", "--timeout", "-5m")
+	s.fails(t, "policy \"sometimes\"", "system", "backup", "create", "--policy", "sometimes")
 	first := s.mustSystemBackup("--policy", "if-unchanged")
 	byVol := func(sys *systemSummaryJSON) map[string]string {
 		m := map[string]string{}
