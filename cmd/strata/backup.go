@@ -44,7 +44,7 @@ func backupCreateCmd() *cobra.Command {
 	var (
 		req    service.CreateRequest
 		noWait bool
-		tags   map[string]string
+		tags   []string
 	)
 	cmd := &cobra.Command{
 		Use:   "create VOLUME",
@@ -61,7 +61,10 @@ it once it is committed; a failure is only in the server's log.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Volume = args[0]
-			req.Tags = tags
+			var err error
+			if req.Tags, err = parseTags(tags); err != nil {
+				return err
+			}
 			if noWait {
 				f := false
 				req.Wait = &f
@@ -104,7 +107,7 @@ it once it is committed; a failure is only in the server's log.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Target, "target", "", "target name (default: the volume's target, else the default target)")
-	f.StringToStringVar(&tags, "tag", nil, "record KEY=VALUE in the backup's manifest (repeatable; keys [a-z0-9._-]{1,64})")
+	f.StringArrayVar(&tags, "tag", nil, "record KEY=VALUE in the backup's manifest (repeatable; keys [a-z0-9._-]{1,64}; the value is all after the first '=')")
 	f.StringVar(&req.Policy, "policy", "", `"always" (default) or "if-unchanged": reuse the newest backup if the volume has not been written since its snapshot`)
 	f.StringVar(&req.Snapshot, "snapshot", "", "back up this existing snapshot instead of taking a new one")
 	f.BoolVar(&req.Full, "full", false, "upload every chunk again instead of only the changes (heals damaged chunks)")
@@ -456,4 +459,24 @@ func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.
 		}
 		return nil
 	})
+}
+
+// parseTags turns --tag KEY=VALUE flags into a map: the value is all after
+// the first '=', commas included; a key given twice is refused.
+func parseTags(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(flags))
+	for _, f := range flags {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			return nil, fmt.Errorf("--tag %q: want KEY=VALUE", f)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("--tag %q given twice", k)
+		}
+		out[k] = v
+	}
+	return out, nil
 }

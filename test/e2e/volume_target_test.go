@@ -56,10 +56,13 @@ func TestVolumeTarget(t *testing.T) {
 	s.fails(t, "contradict", "volume", "set", "vol-b", "--target", "extra", "--default-target")
 
 	// Backups without --target follow the volume's target.
-	b := s.backup("vol-a", "--tag", "run=1")
-	if b.Target != "extra" || !strings.HasPrefix(b.TargetURL, "file://") || b.Tags["run"] != "1" || b.Reused {
-		t.Errorf("backup of vol-a: %+v, want a new backup on extra tagged run=1", b)
+	// A tag's value may hold commas and '=' (they were split as a list).
+	b := s.backup("vol-a", "--tag", "run=1", "--tag", "note=a,b=c")
+	if b.Target != "extra" || !strings.HasPrefix(b.TargetURL, "file://") || len(b.Tags) != 2 || b.Tags["run"] != "1" || b.Tags["note"] != "a,b=c" || b.Reused {
+		t.Errorf("backup of vol-a: %+v, want a new backup on extra tagged run=1 and note=a,b=c", b)
 	}
+	s.fails(t, `--tag "run": want KEY=VALUE`, "backup", "create", "vol-a", "--tag", "run")
+	s.fails(t, `--tag "run" given twice`, "backup", "create", "vol-a", "--tag", "run=1", "--tag", "run=2")
 	if b2 := s.backup("vol-b"); b2.Target != "main" {
 		t.Errorf("backup of vol-b: target %q, want main (the default)", b2.Target)
 	}
