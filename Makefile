@@ -20,9 +20,10 @@ build:
 # (./strata-data): volumes over NBD (strata-data/nbd.sock) and as files in a
 # FUSE mount (strata-data/mnt), control API on strata-data/strata.sock.
 # Ctrl-C (SIGINT) or SIGTERM stops it cleanly. The first start registers
-# strata-data/backups as the default backup target "local".
+# DATA_DIR/backups (strata-data/backups, or under STRATA_DATA_DIR) as the
+# default backup target "local".
 run: build
-	./$(BIN) server --bootstrap-target file://$(CURDIR)/strata-data/backups
+	./$(BIN) server --bootstrap-target datadir
 
 deps:
 	scripts/deps.sh

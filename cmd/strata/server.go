@@ -95,7 +95,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 			if err != nil {
 				return err
 			}
-			if err := bootstrapTarget(tsvc.Registry(), bootstrap, log); err != nil {
+			if err := bootstrapTarget(tsvc.Registry(), bootstrap, dataDir, log); err != nil {
 				_ = tsvc.Close()
 				return err
 			}
@@ -153,7 +153,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
 	f.StringVar(&backupKey, "backup-key", "", "repository key file: encrypts new backups and decrypts encrypted ones")
 	f.BoolVar(&runCoord, "coordinator", true, "run the coordinator (system backups); --coordinator=false runs an agent only, driven by another host's coordinator")
-	f.StringVar(&bootstrap, "bootstrap-target", "", "when no backup target is registered, register this URL as the default target \"local\" (make run: file://DIR/backups)")
+	f.StringVar(&bootstrap, "bootstrap-target", "", "when no backup target is registered, register this URL as the default target \"local\"; \"datadir\" is DATA_DIR/backups (make run)")
 	f.StringVar(&pluginDir, "plugin-dir", "", "directory of external target plugins (strata-target-<kind> executables)")
 	f.DurationVar(&backupMaxDur, "backup-max-duration", backupd.DefaultMaxDuration,
 		"a volume backup that runs longer fails (ErrTooSlow); backup gc refuses a --grace not longer than this plus --backup-gc-margin")
@@ -165,10 +165,15 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 }
 
 // bootstrapTarget registers rawURL as the default target "local" when the
-// registry is empty; a file:// directory is created.
-func bootstrapTarget(reg *targets.Registry, rawURL string, log *slog.Logger) error {
+// registry is empty; a file:// directory is created. "datadir" stands for
+// the directory backups in dataDir (make run's: a working directory whose
+// path holds a space, or STRATA_DATA_DIR, need no quoting in the Makefile).
+func bootstrapTarget(reg *targets.Registry, rawURL, dataDir string, log *slog.Logger) error {
 	if rawURL == "" || len(reg.List()) > 0 {
 		return nil
+	}
+	if rawURL == "datadir" {
+		rawURL = "file://" + filepath.Join(dataDir, "backups")
 	}
 	if dir, ok := strings.CutPrefix(rawURL, "file://"); ok {
 		abs, err := filepath.Abs(dir)

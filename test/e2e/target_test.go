@@ -137,3 +137,25 @@ func startVersitygw(t *testing.T, access, secret, bucket string) string {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestBootstrapTarget: `--bootstrap-target datadir` (make run's) registers
+// DATA_DIR/backups as the default target "local" on the first start, for
+// a data directory whose path holds a space too, and backups land there.
+// Before, make run passed file://$(CURDIR)/strata-data/backups unquoted:
+// a space in the path broke it, and STRATA_DATA_DIR was not followed.
+func TestBootstrapTarget(t *testing.T) {
+	needRoot(t)
+	dataDir := filepath.Join(t.TempDir(), "my data")
+	s := startServer(t, dataDir, "--fuse", "off", "--bootstrap-target", "datadir")
+	var ts []map[string]any
+	s.mustJSON(&ts, "target", "ls")
+	want := "file://" + filepath.Join(dataDir, "backups")
+	if len(ts) != 1 || ts[0]["name"] != "local" || ts[0]["url"] != want || ts[0]["default"] != true {
+		t.Fatalf("target ls: %v; want the default target local at %s", ts, want)
+	}
+	s.must("volume", "create", "vol-a", "1MiB")
+	b := s.backup("vol-a")
+	if _, err := os.Stat(filepath.Join(dataDir, "backups", b.ManifestKey)); err != nil {
+		t.Errorf("backup %s is not under the data directory's backups: %v", b.ID, err)
+	}
+}
