@@ -227,4 +227,37 @@ func TestSweepStaleTemps(t *testing.T) {
 			t.Errorf("%s: %v, want it removed", tt.name, err)
 		}
 	}
+
+	// Within sweepEvery of that sweep, New does not walk the tree again
+	// (it did at every plugin start); after it, it does.
+	stale := filepath.Join(dir, "d", ".tmp-3333333333333333")
+	if err := os.WriteFile(stale, []byte("partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	sweep := func() {
+		t.Helper()
+		tg, err := New(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-tg.swept
+		if err := tg.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sweep()
+	if _, err := os.Lstat(stale); err != nil {
+		t.Fatalf("swept again within %v of the last sweep: %v", sweepEvery, err)
+	}
+	marked := time.Now().Add(-sweepEvery - time.Minute)
+	if err := os.Chtimes(filepath.Join(dir, sweptMarker), marked, marked); err != nil {
+		t.Fatal(err)
+	}
+	sweep()
+	if _, err := os.Lstat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("not swept %v after the last sweep: %v", sweepEvery, err)
+	}
 }

@@ -113,13 +113,29 @@ func ParseURL(rawURL string) (string, error) {
 	return path.Clean(u.Path), nil
 }
 
+// sweepEvery is how often the temporary files are swept: New sweeps only
+// if the last complete sweep (the modification time of sweptMarker) is
+// older. A plugin process is started for each use of a target, and the
+// sweep walks the whole tree, which for a repository of millions of
+// objects is a lot of I/O to repeat at every backup.
+const sweepEvery = time.Hour
+
+// sweptMarker is the file whose modification time records the last
+// complete sweep (hidden: no key begins a segment with ".").
+const sweptMarker = ".swept"
+
 // New opens the target on dir, creating it (0700) if it does not exist.
 // In the background it removes the temporary files Puts of dead processes
-// left, those untouched for staleTempAge; Close stops that.
+// left, those untouched for staleTempAge, unless another New did within
+// sweepEvery; Close stops that.
 func New(dir string) (*Target, error) {
 	t, err := open(dir)
 	if err != nil {
 		return nil, err
+	}
+	if fi, err := t.root.Stat(sweptMarker); err == nil && time.Since(fi.ModTime()).Abs() < sweepEvery {
+		close(t.swept)
+		return t, nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.stopSweep = cancel
@@ -129,11 +145,30 @@ func New(dir string) (*Target, error) {
 		switch {
 		case err != nil && ctx.Err() == nil:
 			slog.Warn("fs target: removing stale temporary files", "dir", dir, "removed", n, "err", err)
-		case n > 0:
-			slog.Info("fs target: removed stale temporary files", "dir", dir, "removed", n)
+		case err != nil:
+		default:
+			if n > 0 {
+				slog.Info("fs target: removed stale temporary files", "dir", dir, "removed", n)
+			}
+			if err := t.markSwept(); err != nil {
+				slog.Warn("fs target: recording the sweep", "dir", dir, "err", err)
+			}
 		}
 	}()
 	return t, nil
+}
+
+// markSwept sets sweptMarker's modification time to now (creating it).
+func (t *Target) markSwept() error {
+	f, err := t.root.OpenFile(sweptMarker, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	now := time.Now()
+	return t.root.Chtimes(sweptMarker, now, now)
 }
 
 // open is New without the sweep.
