@@ -35,7 +35,9 @@ func startVersitygw(t *testing.T) string {
 	bin, err := exec.LookPath("versitygw")
 	if err != nil {
 		out, _ := exec.CommandContext(t.Context(), "go", "env", "GOPATH").Output()
-		bin = filepath.Join(strings.TrimSpace(string(out)), "bin", "versitygw")
+		// deps.sh installs it in the first GOPATH entry's bin.
+		first, _, _ := strings.Cut(strings.TrimSpace(string(out)), string(filepath.ListSeparator))
+		bin = filepath.Join(first, "bin", "versitygw")
 		if _, err := os.Stat(bin); err != nil {
 			msg := "versitygw not found in PATH or $(go env GOPATH)/bin; run scripts/deps.sh (make deps)"
 			if os.Getenv("CI") == "true" {

@@ -13,12 +13,17 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 echo "deps: using $(go version)"
 
-# Commands the tests need, as "command:debian-package". A package is installed
-# only when its command is missing.
+# Commands the tests need, as "command:debian-package" (or "/path:package"
+# for a file that is no command). A package is installed only when its
+# command or file is missing.
 # gcc and the C library headers are needed by `go test -race` (cgo).
 required=(
 	"gcc:gcc"
-	"gcc:libc6-dev"
+	"/usr/include/stdio.h:libc6-dev"
+	# TestKernelNBD loads nbd.ko where the kernel has it.
+	"modprobe:kmod"
+	# The e2e kill tests find a server's plugin processes.
+	"pgrep:procps"
 	# FUSE export and host attach (blockdev/fuse, blockdev/attach).
 	"fusermount3:fuse3"
 	"mkfs.ext4:e2fsprogs"
@@ -38,9 +43,10 @@ missing=()
 for pair in "${required[@]}"; do
 	cmd="${pair%%:*}"
 	pkg="${pair#*:}"
-	if command -v "$cmd" >/dev/null 2>&1; then
-		continue
-	fi
+	case "$cmd" in
+	/*) [ -e "$cmd" ] && continue ;;
+	*) command -v "$cmd" >/dev/null 2>&1 && continue ;;
+	esac
 	case " ${missing[*]-} " in
 	*" $pkg "*) ;;
 	*) missing+=("$pkg") ;;

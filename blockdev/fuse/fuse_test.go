@@ -390,7 +390,7 @@ func allocated(t *testing.T, dir string) int64 {
 // (io_uring, O_DIRECT, queue depth 32, mixed block sizes).
 func TestFioVerify(t *testing.T) {
 	if _, err := exec.LookPath("fio"); err != nil {
-		t.Skip("needs fio (scripts/deps.sh installs it)")
+		skipOrFail(t, "needs fio (scripts/deps.sh installs it)")
 	}
 	s, _ := testStore(t)
 	v := testVolume(t, s, "vol-fio", 128*mib)

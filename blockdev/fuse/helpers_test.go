@@ -23,6 +23,13 @@ func requireFUSE(t testing.TB) {
 	if reason == "" {
 		return
 	}
+	skipOrFail(t, reason)
+}
+
+// skipOrFail skips the test for reason, or fails it under CI=true (where
+// make test installed every tool).
+func skipOrFail(t testing.TB, reason string) {
+	t.Helper()
 	if os.Getenv("CI") == "true" {
 		t.Fatalf("CI=true but %s", reason)
 	}
