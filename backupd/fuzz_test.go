@@ -6,8 +6,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Every decoder of on-target data gets hostile input: it must return an
@@ -46,9 +49,16 @@ func FuzzDecodeRecord(f *testing.F) {
 func FuzzDecodeIndex(f *testing.F) {
 	var pack ChunkID
 	pack[0] = 1
-	f.Add(encodeIndex(pack, []indexEntry{{ID: ChunkID{2}, Offset: 0, Length: 100}, {ID: ChunkID{3}, Offset: 100, Length: 50}}))
-	f.Add(encodeIndex(pack, nil))
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Add(encodeIndex(pack, []indexEntry{{ID: ChunkID{2}, Offset: 0, Length: 100}, {ID: ChunkID{3}, Offset: 100, Length: 50}}), true)
+	f.Add(encodeIndex(pack, nil), false)
+	f.Add(encodeIndex(pack, []indexEntry{{ID: ChunkID{2}, Offset: 0, Length: 100}, {ID: ChunkID{3}, Offset: 99, Length: 50}}), true)
+	f.Add(encodeIndex(pack, []indexEntry{{ID: ChunkID{}, Offset: 0, Length: 100}}), true)
+	f.Fuzz(func(t *testing.T, b []byte, fixSum bool) {
+		// With fixSum the trailer is made to match, so that mutations
+		// reach the checks behind the checksum.
+		if fixSum && len(b) >= 8 {
+			b = binary.LittleEndian.AppendUint64(slices.Clone(b[:len(b)-8]), xxhash.Sum64(b[:len(b)-8]))
+		}
 		es, err := decodeIndex(b, pack)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
@@ -58,6 +68,13 @@ func FuzzDecodeIndex(f *testing.F) {
 		}
 		if !bytes.Equal(encodeIndex(pack, es), b) {
 			t.Fatalf("decoded index does not encode back to the input")
+		}
+		var end uint64
+		for i, e := range es {
+			if e.ID.IsZero() || uint64(e.Offset) < end || e.Length < recordHeaderSize {
+				t.Fatalf("accepted entry %d: %+v after end %d", i, e, end)
+			}
+			end = uint64(e.Offset) + uint64(e.Length)
 		}
 	})
 }

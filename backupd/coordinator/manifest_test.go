@@ -110,10 +110,19 @@ func FuzzDecodeManifest(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add(b)
-	f.Add([]byte("{}"))
-	f.Add([]byte(`{"format":"strata-system-backup","version":1}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Add(b, false)
+	f.Add(b, true)
+	f.Add([]byte("{}"), false)
+	f.Add([]byte(`{"format":"strata-system-backup","version":1}`), true)
+	f.Fuzz(func(t *testing.T, b []byte, fixSum bool) {
+		// With fixSum, what decodes as JSON gets a matching checksum, so
+		// that mutations reach Validate behind it.
+		if fixSum {
+			var m Manifest
+			if json.Unmarshal(b, &m) == nil {
+				b = encodeUnchecked(t, &m)
+			}
+		}
 		m, err := DecodeManifest(b)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {

@@ -2,11 +2,14 @@ package nbd
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"io"
+	"log/slog"
 	"net"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -147,9 +150,24 @@ func TestOversizedWriteSkipped(t *testing.T) {
 	tc.disconnect()
 }
 
+// panicCounter is a slog.Handler that counts the server's "request
+// panicked" records: handle recovers a panic and answers EIO, so without
+// it a fuzz input that panics past negotiation would pass.
+type panicCounter struct{ n *atomic.Int64 }
+
+func (h panicCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h panicCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h panicCounter) WithGroup(string) slog.Handler            { return h }
+func (h panicCounter) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "nbd: request panicked" {
+		h.n.Add(1)
+	}
+	return nil
+}
+
 // fuzzServer is one server whose connections the fuzz targets drive over
-// in-memory pipes.
-func fuzzServer(tb testing.TB) *Server {
+// in-memory pipes; panics counts the requests that panicked.
+func fuzzServer(tb testing.TB) (s *Server, panics *atomic.Int64) {
 	e := NewMapExports()
 	rw := newMemVolume("vol", 1<<20)
 	ro := newMemVolume("vol@s", 1<<20)
@@ -159,31 +177,44 @@ func fuzzServer(tb testing.TB) *Server {
 			tb.Fatal(err)
 		}
 	}
-	s, err := NewServer(e, Options{Workers: 4, DefaultExport: "vol"})
+	panics = new(atomic.Int64)
+	s, err := NewServer(e, Options{Workers: 4, DefaultExport: "vol", Logger: slog.New(panicCounter{panics})})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return s
+	return s, panics
 }
 
 // runSession feeds in to one server connection as the client stream and
 // discards the server's output; it returns when the connection ends.
 func runSession(s *Server, in []byte) {
-	cli, srv := net.Pipe()
-	c := newServerConn(s, srv)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.serve()
-	}()
-	go func() { _, _ = io.Copy(io.Discard, cli) }()
-	_, _ = cli.Write(in)
-	_ = cli.Close()
-	<-done
+	newServerConn(s, &scriptConn{r: bytes.NewReader(in)}).serve()
 }
 
+// scriptConn is a connection whose client sent the bytes of r and then
+// closed its write side, and reads and discards whatever the server sends.
+// (A net.Pipe closed after the input failed the server's first reply
+// write after it, so no session got past negotiation.)
+type scriptConn struct{ r *bytes.Reader }
+
+func (c *scriptConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *scriptConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c *scriptConn) Close() error                     { return nil }
+func (c *scriptConn) LocalAddr() net.Addr              { return scriptAddr{} }
+func (c *scriptConn) RemoteAddr() net.Addr             { return scriptAddr{} }
+func (c *scriptConn) SetDeadline(time.Time) error      { return nil }
+func (c *scriptConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *scriptConn) SetWriteDeadline(time.Time) error { return nil }
+
+type scriptAddr struct{}
+
+func (scriptAddr) Network() string { return "script" }
+func (scriptAddr) String() string  { return "script" }
+
 // FuzzSession drives negotiation and transmission with arbitrary client
-// bytes. Properties: no panic, no hang, no leaked goroutine.
+// bytes. Properties: no panic (a request's panic, which the server
+// answers with EIO, included), no hang. (TestMisbehavingClients checks that
+// no goroutine is left.)
 func FuzzSession(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(newClientStream().b)
@@ -196,9 +227,13 @@ func FuzzSession(f *testing.F) {
 		request(cmdBlockStatus, 0, 3, 0, 1<<20, nil).request(cmdRead, 0, 4, 0, 1<<20, nil).request(cmdRead, cmdFlagDF, 5, 0, 1<<20, nil).b)
 	f.Add(newClientStream().option(optGo, infoData("vol@s")).request(cmdWrite, 0, 1, 0, 4, []byte("abcd")).request(cmdRead, 0, 2, 1<<20, 1, nil).b)
 	f.Add(goStream().request(cmdWrite, 0, 1, 0, MaxPayload+1, nil).b)
-	s := fuzzServer(f)
+	s, panics := fuzzServer(f)
 	f.Fuzz(func(t *testing.T, in []byte) {
+		before := panics.Load()
 		runSession(s, in)
+		if n := panics.Load() - before; n > 0 {
+			t.Fatalf("%d requests panicked (answered EIO)", n)
+		}
 	})
 }
 
