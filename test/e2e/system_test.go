@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -39,27 +38,29 @@ type systemEventJSON struct {
 }
 
 type systemSummaryJSON struct {
-	ID            string          `json:"id"`
-	Token         uint64          `json:"token"`
-	State         string          `json:"state"`
-	Started       time.Time       `json:"started"`
-	Finished      time.Time       `json:"finished"`
-	Error         string          `json:"error"`
-	Targets       []string        `json:"targets"`
-	CopiesPending []string        `json:"copies_pending"`
-	Config        json.RawMessage `json:"config"`
-	Volumes       []struct {
-		Agent       string `json:"agent"`
-		Volume      string `json:"volume"`
-		Target      string `json:"target"`
-		BackupID    string `json:"backup_id"`
-		ManifestKey string `json:"manifest_key"`
-		Digest      string `json:"digest"`
-		Size        int64  `json:"size"`
-		Snapshot    string `json:"snapshot"`
-		Reused      bool   `json:"reused"`
-	} `json:"volumes"`
-	Known bool `json:"known"`
+	ID            string             `json:"id"`
+	Token         uint64             `json:"token"`
+	State         string             `json:"state"`
+	Started       time.Time          `json:"started"`
+	Finished      time.Time          `json:"finished"`
+	Error         string             `json:"error"`
+	Targets       []string           `json:"targets"`
+	CopiesPending []string           `json:"copies_pending"`
+	Config        json.RawMessage    `json:"config"`
+	Volumes       []volumeBackupJSON `json:"volumes"`
+	Known         bool               `json:"known"`
+}
+
+type volumeBackupJSON struct {
+	Agent       string `json:"agent"`
+	Volume      string `json:"volume"`
+	Target      string `json:"target"`
+	BackupID    string `json:"backup_id"`
+	ManifestKey string `json:"manifest_key"`
+	Digest      string `json:"digest"`
+	Size        int64  `json:"size"`
+	Snapshot    string `json:"snapshot"`
+	Reused      bool   `json:"reused"`
 }
 
 // startServerEnv is startServer with extra environment (fault injection).
@@ -372,17 +373,34 @@ func TestSystemBackupKills(t *testing.T) {
 		s.must("target", "add", "a", "file://"+fsA, "--default")
 		s.must("volume", "create", "vol-a", "256MiB")
 		want := s.fillRandom("vol-a", 0, 128<<20)
+		kills, restored := 0, 0
 		for round := range 3 {
 			// Kill every plugin process of the server while the system
-			// backup runs, a little later each round.
-			done := make(chan struct{})
+			// backup runs, a little later each round: the first ones that
+			// exist after the delay.
+			stop, killed := make(chan struct{}), make(chan int, 1)
 			go func() {
-				defer close(done)
-				time.Sleep(time.Duration(100+200*round) * time.Millisecond)
-				killChildren(t, s.cmd.Process.Pid, "plugin")
+				n := 0
+				defer func() { killed <- n }()
+				select {
+				case <-time.After(time.Duration(100+200*round) * time.Millisecond):
+				case <-stop:
+					return
+				}
+				for n == 0 {
+					if n = killChildren(t, s.cmd.Process.Pid, "plugin"); n > 0 {
+						return
+					}
+					select {
+					case <-stop:
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
 			}()
 			ev, err := s.systemBackup()
-			<-done
+			close(stop)
+			kills += <-killed
 			if err != nil {
 				ids := manifestsIn(t, fsA)
 				if ev == nil || ev.System != nil && slicesContains(ids, ev.System.ID) {
@@ -393,14 +411,35 @@ func TestSystemBackupKills(t *testing.T) {
 			s.must("volume", "rm", "vol-a")
 			s.must("system", "restore", ev.System.ID)
 			MustEqualBytes(t, "vol-a", s.readVolume("vol-a", 0, 128<<20), want)
+			restored++
 		}
-		// Whatever happened, every manifest that exists restores.
-		for _, id := range manifestsIn(t, fsA) {
+		if kills == 0 {
+			t.Fatal("no plugin process was killed during any round's system backup: nothing was tested")
+		}
+		// Whatever happened, every manifest that exists restores; and one
+		// system backup at least must have been committed.
+		ids := manifestsIn(t, fsA)
+		if len(ids) == 0 {
+			s.mustSystemBackup()
+			ids = manifestsIn(t, fsA)
+		}
+		for _, id := range ids {
 			s.must("volume", "rm", "vol-a")
 			s.must("system", "restore", id)
 			MustEqualBytes(t, "vol-a from "+id, s.readVolume("vol-a", 0, 128<<20), want)
+			restored++
 		}
+		t.Logf("%d plugin processes killed in 3 rounds; %d restores compared", kills, restored)
 	})
+}
+
+// byVolume maps a system backup's volumes by name.
+func byVolume(sys *systemSummaryJSON) map[string]volumeBackupJSON {
+	m := map[string]volumeBackupJSON{}
+	for _, v := range sys.Volumes {
+		m[v.Volume] = v
+	}
+	return m
 }
 
 func slicesContains(s []string, v string) bool {
@@ -412,12 +451,26 @@ func slicesContains(s []string, v string) bool {
 	return false
 }
 
-// childPIDs lists the child processes of pid.
+// childPIDs lists the child processes of pid (from /proc: pgrep is not
+// on every machine).
 func childPIDs(pid int) []int {
-	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(pid)).Output()
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		if c, err := strconv.Atoi(f); err == nil {
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
+			continue
+		}
+		if c, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
 			pids = append(pids, c)
 		}
 	}
@@ -425,15 +478,17 @@ func childPIDs(pid int) []int {
 }
 
 // killChildren SIGKILLs the child processes of pid whose command line
-// contains substr.
-func killChildren(t *testing.T, pid int, substr string) {
+// contains substr, and returns how many it killed.
+func killChildren(t *testing.T, pid int, substr string) int {
+	n := 0
 	for _, c := range childPIDs(pid) {
 		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(c) + "/cmdline")
-		if bytes.Contains(cmdline, []byte(substr)) {
-			_ = syscall.Kill(c, syscall.SIGKILL)
+		if bytes.Contains(cmdline, []byte(substr)) && syscall.Kill(c, syscall.SIGKILL) == nil {
 			t.Logf("killed plugin process %d", c)
+			n++
 		}
 	}
+	return n
 }
 
 // apiClient talks to a server's control socket directly.
@@ -788,10 +843,8 @@ func TestSystemBackupPolicies(t *testing.T) {
 	// That backup still carries the first system backup's tag, so it
 	// cannot be named again as held: if-unchanged takes a new one of
 	// vol-b instead of failing the system backup.
-	for _, v := range s.mustSystemBackup("--policy", "if-unchanged").Volumes {
-		if v.Volume == "vol-b" && (v.Reused || v.BackupID == b2["vol-b"]) {
-			t.Errorf("vol-b after its backup's system backup was removed: reused %v, backup %s (was %s); want a new one", v.Reused, v.BackupID, b2["vol-b"])
-		}
+	if b3 := byVolume(s.mustSystemBackup("--policy", "if-unchanged")); b3["vol-b"].BackupID == "" || b3["vol-b"].Reused || b3["vol-b"].BackupID == b2["vol-b"] {
+		t.Errorf("vol-b after its backup's system backup was removed: %+v (was %s); want a new backup", b3["vol-b"], b2["vol-b"])
 	}
 
 	// Attached: refused, then --force.
@@ -938,10 +991,22 @@ func TestSystemBackupAgentKills(t *testing.T) {
 	done = make(chan struct{})
 	go func() {
 		defer close(done)
-		time.Sleep(500 * time.Millisecond)
+		// As soon as the restore has made vol-b again on b (a fixed
+		// sleep could miss the restore, and the rerun then tested
+		// nothing).
+		meta := filepath.Join(bDir, "store", "volumes", "vol-b.meta")
+		deadline := time.Now().Add(time.Minute)
+		for time.Now().Before(deadline) {
+			if _, err := os.Stat(meta); err == nil {
+				break
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
 		_ = a.cmd.Process.Kill()
 	}()
-	_, _ = a.run("system", "restore", sys.ID)
+	if out, err := a.run("system", "restore", sys.ID); err == nil {
+		t.Fatalf("system restore finished before its coordinator was killed: the rerun would test nothing\n%s", out)
+	}
 	<-done
 	<-a.exited
 	a = startServer(t, aDir)
