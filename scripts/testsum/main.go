@@ -29,7 +29,7 @@ type skip struct {
 type summary struct {
 	out       io.Writer
 	allow     *regexp.Regexp
-	verbose   bool // print passed tests' output too
+	verbose   bool                        // print passed tests' output too
 	buf       map[string]*strings.Builder // output per package/test
 	started   map[string]bool             // packages without a result yet
 	failed    int
