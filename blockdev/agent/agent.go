@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -160,7 +161,10 @@ func (a *Agent) Attached(name string) (Attachment, bool) { return a.state.get(na
 // volume.
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer func() {
-		for _, x := range a.exts {
+		// Last registered, first closed: an extension may use those
+		// registered before it (the backup service the targets service's
+		// plugins, which must outlive its jobs' last calls).
+		for _, x := range slices.Backward(a.exts) {
 			if cerr := x.Close(); cerr != nil {
 				a.log.Warn("close api extension", "err", cerr)
 			}
@@ -178,7 +182,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			}
 		})
 	}
-	runCtx, cancel := context.WithCancel(ctx)
+	// Not ctx's child: the NBD server must outlive the shutdown's unmounts
+	// (a kernel NBD device's filesystem writes back through it), so it is
+	// stopped explicitly below, after them.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 
 	// NBD.
@@ -222,7 +229,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		cancel()
 		wg.Wait()
-		a.host.stop(context.Background(), false)
+		a.host.stop(context.Background(), true) // a failed start forgets nothing
 		return err
 	}
 	serve("api", func() error { return usrv.Serve(ul) })
@@ -232,7 +239,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			cancel()
 			_ = usrv.Close()
 			wg.Wait()
-			a.host.stop(context.Background(), false)
+			a.host.stop(context.Background(), true) // a failed start forgets nothing
 			return err
 		}
 		servers = append(servers, srv)
@@ -246,8 +253,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	case err = <-errc:
 		a.log.Error("agent: a listener failed; shutting down", "err", err)
 	}
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout.Duration)
-	defer scancel()
+	// Each step gets ShutdownTimeout of its own: a slow drain of the API
+	// must not leave the unmounts no time at all.
+	step := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout.Duration)
+	}
 	a.log.Info("agent shutting down")
 	for _, x := range a.exts {
 		if s, ok := x.(Stopper); ok {
@@ -255,13 +265,21 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 	}
 	a.releaseAllHolds()
+	sctx, scancel := step()
 	for _, s := range servers {
 		_ = s.Shutdown(sctx)
 	}
-	if serr := a.nbd.Shutdown(sctx); serr != nil {
+	scancel()
+	// Unmount and detach before the NBD server stops: a filesystem on a
+	// kernel NBD device writes its dirty pages back through it.
+	hctx, hcancel := step()
+	a.host.stop(hctx, true)
+	hcancel()
+	nctx, ncancel := step()
+	if serr := a.nbd.Shutdown(nctx); serr != nil {
 		a.log.Warn("nbd shutdown", "err", serr)
 	}
-	a.host.stop(sctx, true)
+	ncancel()
 	cancel()
 	wg.Wait()
 	return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -258,5 +259,41 @@ func TestStateSaveFailureChangesNothing(t *testing.T) {
 	}
 	if got := s.settings("vol-a").Target; got != "t1" {
 		t.Errorf("after a failed save: target %q, want t1 unchanged", got)
+	}
+}
+
+// closeRecorder is an Extension that records when it is closed.
+type closeRecorder struct {
+	name   string
+	closed *[]string
+}
+
+func (closeRecorder) Routes(*http.ServeMux, func(http.ResponseWriter, error), func(http.ResponseWriter, int, any)) {
+}
+func (r closeRecorder) Close() error { *r.closed = append(*r.closed, r.name); return nil }
+
+// TestExtensionsClosedInReverse: the last extension registered closes
+// first. The server registers the targets service before the backup
+// service, whose jobs call the target plugins until they stop; closed in
+// registration order, the plugins were killed under the jobs' last calls.
+func TestExtensionsClosedInReverse(t *testing.T) {
+	t.Parallel()
+	var closed []string
+	a, err := New(t.Context(), Config{DataDir: t.TempDir(), FUSE: "off"}, "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"targets", "backups", "coordinator"} {
+		a.Extend(closeRecorder{name: n, closed: &closed})
+	}
+	stop, err := a.Start(context.WithoutCancel(t.Context()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"coordinator", "backups", "targets"}; !slices.Equal(closed, want) {
+		t.Errorf("closed %v, want %v", closed, want)
 	}
 }

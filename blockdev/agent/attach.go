@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/blockdev/attach"
@@ -13,11 +15,16 @@ import (
 
 // attach attaches a volume (or "vol@snap") to a host device and records it.
 func (a *Agent) attach(ctx context.Context, name string, req AttachRequest) (Attachment, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.attachLocked(ctx, name, req)
+}
+
+// attachLocked is attach; callers hold a.mu.
+func (a *Agent) attachLocked(ctx context.Context, name string, req AttachRequest) (Attachment, error) {
 	if _, _, err := blockdev.SplitExport(name); err != nil {
 		return Attachment{}, err
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if _, err := a.mgr.Volume(ctx, volumeOf(name)); err != nil {
 		return Attachment{}, err
 	}
@@ -29,11 +36,22 @@ func (a *Agent) attach(ctx context.Context, name string, req AttachRequest) (Att
 		return Attachment{}, err
 	}
 	if err := a.state.set(name, &at); err != nil {
-		_ = a.host.detach(ctx, name, false)
+		a.undoAttach(ctx, name, false)
 		return Attachment{}, err
 	}
 	a.log.Info("attached", "volume", name, "device", at.Device, "kind", at.Kind)
 	return at, nil
+}
+
+// undoAttach detaches what a failed request attached, whatever became of
+// the request's context (a client gone during mkfs must not leave the
+// device attached and recorded).
+func (a *Agent) undoAttach(ctx context.Context, name string, forget bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := a.host.detach(ctx, name, forget); err != nil {
+		a.log.Error("detaching after a failed request", "volume", name, "err", err)
+	}
 }
 
 func (a *Agent) detach(ctx context.Context, name string) error {
@@ -72,6 +90,10 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 		return Attachment{}, fmt.Errorf("mount point %s: inside the data directory %s: %w", req.Dir, a.cfg.DataDir, blockdev.ErrInvalidArgument)
 	}
 	req.Dir = dir
+	// All under a.mu: two mounts of one volume (or a detach racing a
+	// mount) must not both act on what they saw of its attachment.
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	// The live attachment, not the record: a record whose re-attach failed
 	// after a restart names a device (and mount point) that may now be
 	// another program's; attaching again replaces it.
@@ -80,16 +102,13 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 		return at, fmt.Errorf("volume %q is already mounted on %s: %w", name, at.MountPoint, blockdev.ErrExists)
 	}
 	if !attached {
-		var err error
-		if at, err = a.attach(ctx, name, AttachRequest{}); err != nil {
+		if at, err = a.attachLocked(ctx, name, AttachRequest{}); err != nil {
 			return Attachment{}, err
 		}
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	undo := func() {
 		if !attached {
-			_ = a.host.detach(ctx, name, true)
+			a.undoAttach(ctx, name, true)
 		}
 	}
 	fstype := req.MkFS
@@ -109,12 +128,19 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 		undo()
 		return Attachment{}, err
 	}
-	at, err = a.host.setMount(name, req.Dir, fstype)
-	if err != nil {
-		return Attachment{}, err
+	if at, err = a.host.setMount(name, req.Dir, fstype); err == nil {
+		err = a.state.set(name, &at)
 	}
-	if err := a.state.set(name, &at); err != nil {
-		return at, err
+	if err != nil {
+		// Not recorded: nothing would unmount it.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if uerr := attach.Unmount(uctx, req.Dir); uerr != nil {
+			a.log.Error("unmounting after a failed mount request", "volume", name, "dir", req.Dir, "err", uerr)
+		} else if _, serr := a.host.setMount(name, "", ""); serr == nil {
+			undo()
+		}
+		return Attachment{}, err
 	}
 	a.log.Info("mounted", "volume", name, "device", at.Device, "dir", req.Dir, "fs", fstype)
 	return at, nil
@@ -151,14 +177,27 @@ func (a *Agent) umount(ctx context.Context, name string) error {
 // (after a restart). Failures are logged and the record kept, so that a
 // person can see and retry them.
 func (a *Agent) restoreAttachments(ctx context.Context) {
-	for name, saved := range a.state.all() {
+	all := a.state.all()
+	mounts := make(map[string]string, len(all))
+	for name, saved := range all {
+		mounts[name] = saved.MountPoint
+	}
+	// Outer mount points before those inside them (stopOrder reversed).
+	for _, name := range slices.Backward(stopOrder(mounts)) {
+		saved := all[name]
 		at, err := a.host.attach(ctx, name, saved.Kind == "nbd")
 		if err != nil {
 			a.log.Error("restore attachment", "volume", name, "err", err)
 			continue
 		}
 		if saved.MountPoint != "" {
-			if err := attach.Mount(ctx, at.Device, saved.MountPoint, saved.FSType, mountOptions(name, saved.FSType)); err != nil {
+			// mount(2) follows symlinks: a directory on the recorded
+			// path replaced by a symlink since must not take the
+			// filesystem elsewhere (a symlink to /etc, say). mount
+			// recorded the path with every symlink resolved.
+			if real, err := filepath.EvalSymlinks(saved.MountPoint); err != nil || real != saved.MountPoint {
+				a.log.Error("restore mount: the recorded mount point is no longer a directory on that path (a symlink now, or gone); not mounting", "volume", name, "dir", saved.MountPoint, "resolves_to", real, "err", err)
+			} else if err := attach.Mount(ctx, at.Device, saved.MountPoint, saved.FSType, mountOptions(name, saved.FSType)); err != nil {
 				// The mount stays recorded (the next start tries again;
 				// umount forgets it), and nothing acts on the directory
 				// unless it holds this device's filesystem.

@@ -30,7 +30,8 @@ type Config struct {
 	// FUSE: "auto" (default: mount if possible, warn and serve NBD only if
 	// not), "on" (fail if FUSE is unusable) or "off".
 	FUSE string `toml:"fuse"`
-	// ShutdownTimeout bounds the drain on SIGTERM (default 30 s).
+	// ShutdownTimeout bounds each step of the shutdown on SIGTERM (default
+	// 30 s): draining the API, unmounting and detaching, draining NBD.
 	ShutdownTimeout duration `toml:"shutdown_timeout"`
 	// LogLevel: debug, info (default), warn, error.
 	LogLevel string `toml:"log_level"`

@@ -228,12 +228,19 @@ func (h *host) grown(ctx context.Context, name string) error {
 // attachments stay recorded so that the next start restores them.
 func (h *host) stop(ctx context.Context, keep bool) {
 	h.mu.Lock()
-	names := make([]string, 0, len(h.devs))
-	for name := range h.devs {
-		names = append(names, name)
+	mounts := make(map[string]string, len(h.devs))
+	for name, d := range h.devs {
+		mounts[name] = d.at.MountPoint
 	}
 	h.mu.Unlock()
-	for _, name := range names {
+	var failed []string
+	for _, name := range stopOrder(mounts) {
+		if err := h.detach(ctx, name, !keep); err != nil {
+			failed = append(failed, name)
+		}
+	}
+	// Once more: one still busy may have been so for a moment only.
+	for _, name := range failed {
 		if err := h.detach(ctx, name, !keep); err != nil {
 			h.a.log.Error("shutdown: detach", "volume", name, "err", err)
 			h.syncMount(name)
@@ -252,6 +259,30 @@ func (h *host) stop(ctx context.Context, keep bool) {
 		delete(h.files, name)
 	}
 	h.fs = nil
+}
+
+// stopOrder orders the attached volumes (name to mount point, "" if not
+// mounted) for detaching: a filesystem mounted inside another one's tree
+// before that one (the other's unmount fails while it is there), that is
+// deeper mount points first; then by name.
+func stopOrder(mounts map[string]string) []string {
+	names := make([]string, 0, len(mounts))
+	for name := range mounts {
+		names = append(names, name)
+	}
+	depth := func(dir string) int {
+		if dir == "" {
+			return 0
+		}
+		return strings.Count(filepath.Clean(dir), string(filepath.Separator)) + 1
+	}
+	slices.SortFunc(names, func(x, y string) int {
+		if d := depth(mounts[y]) - depth(mounts[x]); d != 0 {
+			return d
+		}
+		return strings.Compare(x, y)
+	})
+	return names
 }
 
 // attach attaches volume name (or "vol@snap", read-only) as a loop device
