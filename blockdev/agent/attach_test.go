@@ -28,6 +28,17 @@ func isMountPoint(t *testing.T, dir string) bool {
 	return st.Dev != parent.Dev
 }
 
+// mountNew creates a 64 MiB volume and mounts it on dir with a new ext4.
+func mountNew(t *testing.T, c *Client, name, dir string) {
+	t.Helper()
+	if _, err := c.CreateVolume(t.Context(), CreateVolumeRequest{Name: name, Size: 64 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Mount(t.Context(), name, dir, "ext4"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestStopOrder(t *testing.T) {
 	tests := []struct {
 		mounts map[string]string
@@ -100,13 +111,8 @@ func TestFailedStartKeepsAttachments(t *testing.T) {
 	dataDir := t.TempDir()
 	_, c, stop := startFUSEAgentOn(t, dataDir)
 	ctx := t.Context()
-	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "vol", Size: 64 * mib}); err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	if _, err := c.Mount(ctx, "vol", dir, "ext4"); err != nil {
-		t.Fatal(err)
-	}
+	mountNew(t, c, "vol", dir)
 	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
 	if err := stop(); err != nil {
 		t.Errorf("agent.Run: %v", err)
@@ -141,17 +147,12 @@ func TestRestoreMountNotThroughSymlink(t *testing.T) {
 	dataDir := t.TempDir()
 	_, c, stop := startFUSEAgentOn(t, dataDir)
 	ctx := t.Context()
-	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "vol", Size: 64 * mib}); err != nil {
-		t.Fatal(err)
-	}
 	parent := t.TempDir()
 	dir := filepath.Join(parent, "mnt")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Mount(ctx, "vol", dir, "ext4"); err != nil {
-		t.Fatal(err)
-	}
+	mountNew(t, c, "vol", dir)
 	if err := stop(); err != nil {
 		t.Errorf("agent.Run: %v", err)
 	}
@@ -183,12 +184,7 @@ func TestRestoreMountNotThroughSymlink(t *testing.T) {
 func TestConcurrentMounts(t *testing.T) {
 	a, c := startFUSEAgent(t)
 	ctx := t.Context()
-	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "vol", Size: 64 * mib}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Mount(ctx, "vol", t.TempDir(), "ext4"); err != nil {
-		t.Fatal(err)
-	}
+	mountNew(t, c, "vol", t.TempDir())
 	if err := c.Umount(ctx, "vol"); err != nil {
 		t.Fatal(err)
 	}

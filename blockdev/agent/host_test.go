@@ -203,13 +203,8 @@ func TestExclusive(t *testing.T) {
 func TestForeignMountUntouched(t *testing.T) {
 	a, c := startFUSEAgent(t)
 	ctx := t.Context()
-	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "vol", Size: 64 * mib}); err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	if _, err := c.Mount(ctx, "vol", dir, "ext4"); err != nil {
-		t.Fatal(err)
-	}
+	mountNew(t, c, "vol", dir)
 	// Behind the agent's back: the volume's filesystem goes, a tmpfs
 	// (someone else's) takes the directory.
 	if err := unix.Unmount(dir, 0); err != nil {
@@ -249,13 +244,8 @@ func TestStopWithBusyMount(t *testing.T) {
 	dataDir := t.TempDir()
 	_, c, stop := startFUSEAgentOn(t, dataDir)
 	ctx := t.Context()
-	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "vol", Size: 64 * mib}); err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	if _, err := c.Mount(ctx, "vol", dir, "ext4"); err != nil {
-		t.Fatal(err)
-	}
+	mountNew(t, c, "vol", dir)
 	want := bytes.Repeat([]byte("kept across the restart\n"), 1000)
 	if err := os.WriteFile(filepath.Join(dir, "data"), want, 0o644); err != nil {
 		t.Fatal(err)
