@@ -87,6 +87,14 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 	// The clock starts before gc/ is listed: GC's protocol needs the
 	// manifest written within MaxDuration of that listing.
 	started := opts.Now()
+	// Past that the backup cannot commit (ErrTooSlow): stop it a little
+	// after (as long again, at most a minute), whatever it is waiting on
+	// (a target or plugin that stopped answering would otherwise hold it,
+	// and its volume, for good). The withdrawal of a late manifest has a
+	// context of its own.
+	ctx, cancel := context.WithTimeoutCause(ctx, opts.MaxDuration+min(opts.MaxDuration, time.Minute),
+		fmt.Errorf("backup of volume %q stopped: still running well past its maximum duration %v: %w", opts.Volume, opts.MaxDuration, ErrTooSlow))
+	defer cancel()
 	idx, err := r.loadIndex(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: loading the chunk index: %w", opts.Volume, err)
@@ -110,6 +118,9 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 	}
 	m, err := b.run(ctx)
 	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, ErrTooSlow) {
+			return nil, fmt.Errorf("%w (%v)", cause, err)
+		}
 		return nil, fmt.Errorf("backup of volume %q snapshot %q: %w", opts.Volume, opts.Snapshot, err)
 	}
 	b.progress(PhaseManifest)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/strata-block/strata/plugins"
 )
@@ -483,5 +484,47 @@ func TestVerifyChecksDigest(t *testing.T) {
 	}
 	if _, _, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{}); !errors.Is(err, ErrMismatch) {
 		t.Errorf("restore of a backup with swapped pages: %v, want ErrMismatch", err)
+	}
+}
+
+// hangingTarget blocks every Put of a key with prefix until its context
+// ends: a target (or plugin) that stopped answering.
+type hangingTarget struct {
+	plugins.Target
+	prefix string
+}
+
+func (h *hangingTarget) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if strings.HasPrefix(key, h.prefix) {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return h.Target.Put(ctx, key, r, size)
+}
+
+// TestBackupStopsPastMaxDuration: a backup whose upload hangs is stopped
+// soon after its MaxDuration, past which it could not commit anyway, with
+// ErrTooSlow. Before, it waited for as long as its caller's context (a
+// detached backup's: for good), holding its volume.
+func TestBackupStopsPastMaxDuration(t *testing.T) {
+	t.Parallel()
+	tg := &hangingTarget{Target: NewFSTarget(t, t.TempDir()), prefix: "packs/"}
+	r := Open(tg, &Options{Logger: testLogger(t)})
+	const maxDur = 200 * time.Millisecond
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Backup(context.Background(), BackupOptions{Volume: "vol", Snapshot: "s", Source: &memSource{data: RandomData(rand.New(rand.NewPCG(1, 2)), 1<<20)}, MaxDuration: maxDur})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrTooSlow) {
+			t.Fatalf("backup with a hung upload: %v, want ErrTooSlow", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("backup with a hung upload still running 30 s after its MaxDuration of 200 ms")
+	}
+	if ms, err := r.ListManifests(t.Context(), ""); err != nil || len(ms.Backups)+len(ms.Skipped) != 0 {
+		t.Errorf("manifests after the stopped backup: %+v, %v; want none", ms, err)
 	}
 }

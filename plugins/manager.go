@@ -321,6 +321,10 @@ func (m *Manager) forget(r *Remote) {
 
 // process is one running plugin and the client shim talking to it.
 type process struct {
+	// cmd is the plugin's command, for a SIGKILL that cannot reach
+	// another process that reused the pid (os.Process knows once it was
+	// waited for, and signals through a pidfd).
+	cmd    *exec.Cmd
 	client *plugin.Client
 	target *client
 	plane  *hostPlane // nil without a data plane
@@ -360,8 +364,36 @@ func removeSocketDirsOfDeadHosts(log *slog.Logger) {
 
 // kill stops the process and closes its data plane: calls still using
 // them fail (transiently) and are retried on the next process.
-func (p *process) kill() {
-	p.client.Kill()
+func (p *process) kill() { p.stop(false) }
+
+// killGrace bounds go-plugin's graceful stop of a plugin (a Shutdown call
+// to it), which a process that stopped answering never completes.
+const killGrace = 5 * time.Second
+
+// stop ends the plugin process: gracefully (go-plugin's Kill: a Shutdown
+// call, then SIGKILL) unless hung, in which case it is SIGKILLed first;
+// a graceful stop that takes longer than killGrace is cut short the same
+// way.
+func (p *process) stop(hung bool) {
+	sigkill := func() {
+		if p.cmd != nil && p.cmd.Process != nil {
+			_ = p.cmd.Process.Kill()
+		}
+	}
+	if hung {
+		sigkill()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.client.Kill()
+	}()
+	select {
+	case <-done:
+	case <-time.After(killGrace):
+		sigkill()
+		<-done
+	}
 	if p.plane != nil {
 		_ = p.plane.close()
 	}
@@ -424,7 +456,7 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 		GRPCDialOptions: dialOptions(),
 	})
 	fail := func(err error) (*process, error) {
-		(&process{client: c, plane: plane, sockDir: sockDir}).kill()
+		(&process{cmd: cmd, client: c, plane: plane, sockDir: sockDir}).kill()
 		return nil, err
 	}
 	rpc, err := c.Client()
@@ -447,7 +479,7 @@ func (r *Remote) startProcess(ctx context.Context) (*process, error) {
 		_ = plane.close()
 		plane = nil
 	}
-	p := &process{client: c, target: tc, plane: plane, sockDir: sockDir}
+	p := &process{cmd: cmd, client: c, target: tc, plane: plane, sockDir: sockDir}
 	if rc := c.ReattachConfig(); rc != nil {
 		p.pid = rc.Pid
 	}

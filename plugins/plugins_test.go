@@ -1,11 +1,14 @@
 package plugins_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/strata-block/strata/plugins"
 	"github.com/strata-block/strata/plugins/targettest"
@@ -171,4 +174,57 @@ func TestManagerHostDataPlaneEnv(t *testing.T) {
 	if err := r.Put(t.Context(), "k", strings.NewReader("v"), 1); err != nil {
 		t.Fatalf("Put: %v", err)
 	}
+}
+
+// TestHungPluginReplaced: a plugin process that stops answering (here
+// SIGSTOP) is found out once a call to it ends with its caller's context,
+// killed, and the next call gets a new process. Before, only a transient
+// error led to a health check, a context's end counted as permanent, and
+// every later call went to the stopped process until its caller gave up.
+func TestHungPluginReplaced(t *testing.T) {
+	t.Parallel()
+	m := plugins.NewManager(plugins.ManagerConfig{Logger: targettest.Logger(t), PluginDir: memPluginDir(t)})
+	t.Cleanup(func() { _ = m.Close() })
+	r, err := m.Open(t.Context(), plugins.TargetConfig{Name: "mem", URL: "mem:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	pid := r.PluginPID()
+	if pid <= 0 {
+		t.Fatalf("no plugin process: pid %d", pid)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	for !stopped(t, pid) {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	_, err = r.Info(ctx)
+	cancel()
+	if err == nil {
+		t.Fatal("Info on a stopped plugin succeeded")
+	}
+	// Well within the keepalive's 40 s: only the health check can help.
+	ctx, cancel = context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if _, err := r.Info(ctx); err != nil {
+		t.Fatalf("Info after the stopped plugin's call timed out: %v (the process was not replaced)", err)
+	}
+	if got := r.PluginPID(); got == pid || got <= 0 {
+		t.Errorf("plugin pid %d after the hang, was %d: want a new process", got, pid)
+	}
+}
+
+// stopped reports whether process pid is stopped (state T in its stat).
+func stopped(t *testing.T, pid int) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'T'
 }

@@ -149,7 +149,7 @@ func (r *Remote) checkHealth(p *process, cause error) {
 	r.proc = nil
 	r.mu.Unlock()
 	r.logger.Warn("plugin is gone; it will be restarted", "pid", p.pid, "err", cause)
-	p.kill()
+	p.stop(true)
 }
 
 // retry runs fn on the running plugin until it succeeds, fails with a
@@ -168,8 +168,16 @@ func (r *Remote) retryN(ctx context.Context, op string, attempts int, fn func(ct
 			if err == nil {
 				return nil
 			}
-			if Classify(err) == ClassTransient {
+			switch {
+			case Classify(err) == ClassTransient:
 				r.checkHealth(p, err)
+			case ctx.Err() != nil:
+				// The call outlived its caller: the plugin may have
+				// stopped answering (stopped, deadlocked, stuck on its
+				// storage). Find out in the background (the ping is
+				// bounded), so that a hung process is replaced rather
+				// than handed every later call.
+				go r.checkHealth(p, err)
 			}
 		}
 		if Classify(err) != ClassTransient || ctx.Err() != nil {
