@@ -101,10 +101,12 @@ type TargetConfig struct {
 // LogValue logs the name, the URL without any query or user info, and the
 // credential names.
 func (c TargetConfig) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("name", c.Name), slog.String("url", redactURL(c.URL)), slog.Any("credentials", c.Credentials))
+	return slog.GroupValue(slog.String("name", c.Name), slog.String("url", RedactURL(c.URL)), slog.Any("credentials", c.Credentials))
 }
 
-func redactURL(raw string) string {
+// RedactURL is raw without user information or query, for messages and
+// logs: a URL a person typed may carry a secret.
+func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable)"
@@ -120,16 +122,16 @@ func KindOf(rawURL string) (string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		// url's error quotes the URL, which could hold a secret.
-		return "", fmt.Errorf("target URL %q does not parse: %w", redactURL(rawURL), ErrPermanent)
+		return "", fmt.Errorf("target URL %q does not parse: %w", RedactURL(rawURL), ErrPermanent)
 	}
 	if u.User != nil {
-		return "", fmt.Errorf("target URL %s carries user info: put credentials in a credentials file: %w", redactURL(rawURL), ErrPermanent)
+		return "", fmt.Errorf("target URL %s carries user info: put credentials in a credentials file: %w", RedactURL(rawURL), ErrPermanent)
 	}
 	if k, ok := builtinSchemes[u.Scheme]; ok {
 		return k, nil
 	}
 	if !validKind(u.Scheme) {
-		return "", fmt.Errorf("target URL %s: scheme %q names no plugin (want file, s3 or [a-z][a-z0-9-]*): %w", redactURL(rawURL), u.Scheme, ErrPermanent)
+		return "", fmt.Errorf("target URL %s: scheme %q names no plugin (want file, s3 or [a-z][a-z0-9-]*): %w", RedactURL(rawURL), u.Scheme, ErrPermanent)
 	}
 	return u.Scheme, nil
 }

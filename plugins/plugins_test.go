@@ -228,3 +228,40 @@ func stopped(t *testing.T, pid int) bool {
 	i := strings.LastIndexByte(string(b), ')')
 	return i >= 0 && i+2 < len(b) && b[i+2] == 'T'
 }
+
+// hungTarget's Has and Delete wait for their context to end: a target
+// that stopped answering after a Put.
+type hungTarget struct{ plugins.Target }
+
+func (h hungTarget) Has(ctx context.Context, _ []string) ([]bool, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (h hungTarget) Delete(ctx context.Context, _ []string) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestRoundTripHungTarget: RoundTrip against a target that stops
+// answering returns once its context ends; the clean-up Delete of its
+// probe is bounded too. Before, that Delete ran without a deadline and
+// `strata target add` or `target test` never returned.
+func TestRoundTripHungTarget(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := plugins.RoundTrip(ctx, hungTarget{targettest.NewMemory()}, 4096)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("RoundTrip against a hung target succeeded")
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatal("RoundTrip against a hung target still running 45 s after its context ended")
+	}
+}

@@ -56,8 +56,11 @@ func RoundTrip(ctx context.Context, t Target, size int64) (res RoundTripResult, 
 	res.PutLatency = time.Since(start)
 	defer func() {
 		if res.DeleteLatency == 0 {
-			// A failed check must not leave the probe behind.
-			_ = t.Delete(context.WithoutCancel(ctx), []string{key})
+			// A failed check must not leave the probe behind; bounded,
+			// since the failure may be a target that stopped answering.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			_ = t.Delete(dctx, []string{key})
 		}
 	}()
 

@@ -162,7 +162,7 @@ func (c *Coordinator) locate(ctx context.Context, opts RestoreOptions) (*Manifes
 	}
 	tg, err := c.opts.Targets.OpenUnregistered(ctx, targets.Target{Name: "restore-source", URL: opts.FromURL, CredentialsFile: opts.FromCredentials})
 	if err != nil {
-		return nil, "", fmt.Errorf("--from %s: %w", opts.FromURL, err)
+		return nil, "", fmt.Errorf("--from %s: %w", plugins.RedactURL(opts.FromURL), err)
 	}
 	defer tg.Close()
 	m, err := loadManifestFrom(ctx, tg, opts.FromURL, opts.ID)

@@ -164,7 +164,6 @@ func (r *Registry) Add(t Target) (Target, error) {
 	if err := r.saveLocked(ts); err != nil {
 		return Target{}, err
 	}
-	r.ts = ts
 	return t, nil
 }
 
@@ -180,21 +179,23 @@ func (r *Registry) Remove(name string) error {
 	if r.ts[i].Default && len(r.ts) > 1 {
 		return fmt.Errorf("target %q is the default; add another with --default first: %w", name, blockdev.ErrInUse)
 	}
-	ts := slices.Delete(slices.Clone(r.ts), i, i+1)
-	if err := r.saveLocked(ts); err != nil {
-		return err
-	}
-	r.ts = ts
-	return nil
+	return r.saveLocked(slices.Delete(slices.Clone(r.ts), i, i+1))
 }
 
-// saveLocked writes ts atomically: temp file, fsync, rename, fsync dir.
+// saveLocked writes ts atomically (temp file, fsync, rename, fsync dir)
+// and makes it the registry's list once the file holds it: also when only
+// the directory's sync failed (atomicfile.ErrUncertain), since the file
+// names the new list from then on and the next start reads it.
 func (r *Registry) saveLocked(ts []Target) error {
 	b, err := json.MarshalIndent(registryFile{Version: 1, Targets: ts}, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(r.path, b); err != nil {
+	err = atomicfile.Write(r.path, b)
+	if err == nil || errors.Is(err, atomicfile.ErrUncertain) {
+		r.ts = ts
+	}
+	if err != nil {
 		return fmt.Errorf("save target registry: %w", err)
 	}
 	return nil

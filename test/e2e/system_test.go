@@ -213,6 +213,11 @@ func TestSystemBackupRestore(t *testing.T) {
 	// A wiped host: a fresh data directory that knows no target.
 	w := startServer(t, t.TempDir())
 	w.fails(t, "--from", "system", "restore", sys.ID)
+	// A URL with a secret in it is refused without showing the secret
+	// (the error quoted the URL whole).
+	if out, err := w.run("system", "restore", sys.ID, "--from", "s3://AKIA:SECRETVALUE@bkt/p"); err == nil || strings.Contains(afterCommand(err)+out, "SECRETVALUE") {
+		t.Errorf("restore --from a URL with user info: %v\n%s; want an error that does not show the secret", err, out)
+	}
 	w.must("system", "restore", sys.ID, "--from", "file://"+fsDir, "--credentials", "extra="+creds)
 	MustEqualBytes(t, "vol-a on a wiped host", w.readVolume("vol-a", 4<<20, n), wantA)
 	MustEqualBytes(t, "vol-b on a wiped host", w.readVolume("vol-b", 20<<20, n), wantB)
@@ -431,6 +436,13 @@ func TestSystemBackupKills(t *testing.T) {
 		}
 		t.Logf("%d plugin processes killed in 3 rounds; %d restores compared", kills, restored)
 	})
+}
+
+// afterCommand is what a CLI error from server.run says after the command
+// line it quotes.
+func afterCommand(err error) string {
+	_, msg, _ := strings.Cut(err.Error(), ": exit status ")
+	return msg
 }
 
 // byVolume maps a system backup's volumes by name.
