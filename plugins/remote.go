@@ -340,8 +340,14 @@ func (g *resumingReader) Read(p []byte) (int, error) {
 		n, err := g.rc.Read(p)
 		g.offset += int64(n)
 		g.remaining -= int64(n)
-		if err == nil || errors.Is(err, io.EOF) || n > 0 || Classify(err) != ClassTransient || g.resumes == 0 {
+		if err == nil || errors.Is(err, io.EOF) || Classify(err) != ClassTransient || g.resumes == 0 {
 			return n, err
+		}
+		if n > 0 {
+			// Data and a transient failure together (a file section's
+			// short read with ESTALE): deliver the data; the next Read
+			// meets the failure again and resumes.
+			return n, nil
 		}
 		g.resumes--
 		g.r.logger.Warn("get: resuming after a failure", "key", g.key, "offset", g.offset, "err", err)
