@@ -816,7 +816,7 @@ func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Ba
 		"parent", b.Parent, "bytes_uploaded", res.BytesUploaded, "elapsed", time.Since(start).Round(time.Millisecond))
 	if j.took {
 		// Still under the volume's claim: no other backup of it runs.
-		j.s.dropTakenSnapshots(ctx, j.volume, j.snap)
+		j.s.dropTakenSnapshots(ctx, j.volume, j.snap, j.p.name)
 	}
 	return b, nil
 }
@@ -845,12 +845,13 @@ func isTakenSnapshot(name string) bool {
 // taken for itself, is committed: each held a copy-on-write layer for
 // good, so a volume backed up daily grew its chain by a layer a day. An
 // incremental needs only the snapshot of the newest backup on its target,
-// so those of the newest backup of the volume on every registered target
-// stay, as do snapshots newer than snap. When a target cannot be asked,
-// nothing is deleted (a kept snapshot costs space; a deleted one makes
-// that target's next backup a full one). A failure is logged: the backup
-// is committed either way.
-func (s *Service) dropTakenSnapshots(ctx context.Context, volume, snap string) {
+// so those of the newest backup of the volume on every other registered
+// target stay (on target, the one just made is the newest), as do
+// snapshots newer than snap. When a target cannot be asked, nothing is
+// deleted (a kept snapshot costs space; a deleted one makes that target's
+// next backup a full one). A failure is logged: the backup is committed
+// either way.
+func (s *Service) dropTakenSnapshots(ctx context.Context, volume, snap, target string) {
 	log := s.log.With("volume", volume, "snapshot", snap)
 	info, err := s.cfg.Manager.Volume(ctx, volume)
 	if err != nil {
@@ -868,6 +869,9 @@ func (s *Service) dropTakenSnapshots(ctx context.Context, volume, snap string) {
 	}
 	keep := map[string]bool{snap: true}
 	for _, n := range names {
+		if n == target {
+			continue
+		}
 		p, err := s.open(ctx, n)
 		if err != nil {
 			log.Warn("old backup snapshots left: a target's newest backup unknown", "target", n, "err", err)
