@@ -94,6 +94,30 @@ func (c *Coordinator) listManifests(ctx context.Context, target string) ([]strin
 	return listManifestIDs(ctx, tg)
 }
 
+// namedElsewhere reports whether a system manifest on tg (target name)
+// other than id's names volume backup backup; one that does not load
+// counts as naming it (unsure: keep the backup).
+func (c *Coordinator) namedElsewhere(ctx context.Context, tg plugins.Target, name, id, backup string) (bool, error) {
+	ids, err := listManifestIDs(ctx, tg)
+	if err != nil {
+		return false, err
+	}
+	for _, other := range ids {
+		if other == id {
+			continue
+		}
+		om, err := loadManifestFrom(ctx, tg, name, other)
+		if err != nil {
+			c.log.Warn("keeping a volume backup: another system manifest does not load", "backup", backup, "other", other, "target", name, "err", err)
+			return true, nil
+		}
+		if slices.ContainsFunc(om.Volumes, func(o VolumeBackup) bool { return o.BackupID == backup }) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 func listManifestIDs(ctx context.Context, tg plugins.Target) ([]string, error) {
 	var ids []string
 	for o, err := range tg.List(ctx, manifestPrefix, "") {
@@ -207,11 +231,8 @@ func (c *Coordinator) Remove(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	reg := c.opts.Targets.Registry()
-	for _, t := range m.Config.Targets {
-		if _, err := reg.Get(t.Name); err != nil {
-			return fmt.Errorf("system backup %s has a copy on target %q (%s), which is not registered: register it again (strata target add %s URL) so that the copy goes with it: %w", id, t.Name, t.URL, t.Name, ErrInvalid)
-		}
+	if err := c.sameTargets(id, m.Config); err != nil {
+		return err
 	}
 	cfg := m.Config
 	rec := &Run{ID: id, Token: m.Token, State: StateRemoving, Started: m.Started, Finished: m.Committed, Config: &cfg, Acks: map[string]Ack{}}
@@ -224,16 +245,38 @@ func (c *Coordinator) Remove(ctx context.Context, id string) error {
 	return c.finishRemove(ctx, rec)
 }
 
+// sameTargets checks that every target of system backup id's
+// configuration is registered here under its name with the URL it had:
+// a copy on a target no longer registered, or on the old URL of a name
+// registered again elsewhere, would outlive the removal and keep naming
+// the backups deleted with it.
+func (c *Coordinator) sameTargets(id string, cfg Config) error {
+	reg := c.opts.Targets.Registry()
+	for _, t := range cfg.Targets {
+		rt, err := reg.Get(t.Name)
+		if err != nil {
+			return fmt.Errorf("system backup %s has a copy on target %q (%s), which is not registered: register it again (strata target add %s URL) so that the copy goes with it: %w", id, t.Name, t.URL, t.Name, ErrInvalid)
+		}
+		if rt.URL != t.URL {
+			return fmt.Errorf("system backup %s has a copy on target %q at %s, but %q is registered at %s now: register the old location under a name of its own (or again as %q) so that the copy goes with it: %w", id, t.Name, t.URL, t.Name, rt.URL, t.Name, ErrInvalid)
+		}
+	}
+	return nil
+}
+
 // finishRemove deletes a removing run's manifest copies, then releases
 // its backups, then its record.
 func (c *Coordinator) finishRemove(ctx context.Context, r *Run) error {
+	if err := c.sameTargets(r.ID, *r.Config); err != nil {
+		return err
+	}
 	for _, t := range r.Config.Targets {
 		if err := c.deleteManifest(ctx, t.Name, r.ID); err != nil {
 			return fmt.Errorf("remove system backup %s from target %q: %w", r.ID, t.Name, err)
 		}
 	}
 	for _, a := range r.Acks {
-		if err := c.releaseBackup(ctx, r.ID, a); err != nil {
+		if err := c.releaseBackup(ctx, r.ID, r.Config, a); err != nil {
 			return err
 		}
 	}
@@ -246,8 +289,10 @@ func (c *Coordinator) finishRemove(ctx context.Context, r *Run) error {
 
 // releaseBackup deletes the volume backup a names unless another system
 // backup names it: a run this coordinator recorded (not failed), or a
-// manifest on the backup's target.
-func (c *Coordinator) releaseBackup(ctx context.Context, id string, a Ack) error {
+// manifest on any target of system backup id's configuration cfg (a later
+// system backup's manifest may be on its default target only, its copy
+// on the backup's target still pending).
+func (c *Coordinator) releaseBackup(ctx context.Context, id string, cfg *Config, a Ack) error {
 	runs, err := c.st.runs()
 	if err != nil {
 		return err
@@ -255,26 +300,26 @@ func (c *Coordinator) releaseBackup(ctx context.Context, id string, a Ack) error
 	if slices.ContainsFunc(runs, func(o *Run) bool { return o.ID != id && o.State != StateFailed && o.namesBackup(a.BackupID) }) {
 		return nil
 	}
-	return c.withRepo(ctx, a.Target, func(tg plugins.Target, repo *backupd.Repository) error {
-		ids, err := listManifestIDs(ctx, tg)
-		if err != nil {
+	names := []string{a.Target}
+	for _, t := range cfg.Targets {
+		if !slices.Contains(names, t.Name) {
+			names = append(names, t.Name)
+		}
+	}
+	for _, name := range names {
+		named := false
+		if err := c.withRepo(ctx, name, func(tg plugins.Target, _ *backupd.Repository) error {
+			named, err = c.namedElsewhere(ctx, tg, name, id, a.BackupID)
 			return err
+		}); err != nil {
+			return fmt.Errorf("remove system backup %s: whether another system backup names volume %q backup %s, on target %q: %w", id, a.Volume, a.BackupID, name, err)
 		}
-		for _, other := range ids {
-			if other == id {
-				continue
-			}
-			om, err := loadManifestFrom(ctx, tg, a.Target, other)
-			if err != nil {
-				// Unsure whether it names the backup: keep the backup.
-				c.log.Warn("keeping a volume backup: another system manifest does not load", "backup", a.BackupID, "other", other, "err", err)
-				return nil
-			}
-			if slices.ContainsFunc(om.Volumes, func(o VolumeBackup) bool { return o.BackupID == a.BackupID }) {
-				return nil
-			}
+		if named {
+			return nil
 		}
-		err = repo.DeleteHeld(ctx, a.Volume, a.BackupID)
+	}
+	return c.withRepo(ctx, a.Target, func(_ plugins.Target, repo *backupd.Repository) error {
+		err := repo.DeleteHeld(ctx, a.Volume, a.BackupID)
 		if err != nil && !errors.Is(err, plugins.ErrNotFound) {
 			return fmt.Errorf("remove system backup %s: volume %q backup %s: %w", id, a.Volume, a.BackupID, err)
 		}

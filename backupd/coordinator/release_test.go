@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -142,5 +143,62 @@ func TestReleaseFailedNeedsEveryManifest(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReleaseBackupSeesEveryTarget: removing system backup S4 keeps its
+// volume backup B when another system backup S5 names B in a manifest
+// that is on the configuration's default target only (its copy to B's
+// target still pending, and S5 unknown to this coordinator: a new host).
+// Before, only B's own target was searched, and B was deleted.
+func TestReleaseBackupSeesEveryTarget(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	open := func() (plugins.Target, string) {
+		dir := t.TempDir()
+		tg, err := fs.New(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tg.Close() })
+		return tg, dir
+	}
+	def, defDir := open()
+	x, xDir := open()
+	st, err := openStore(filepath.Join(t.TempDir(), StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.close() })
+	c := &Coordinator{log: slog.New(slog.DiscardHandler), st: st,
+		pool: &targetPool{open: map[string]plugins.Target{"d": def, "x": x}}}
+
+	const s4, s5 = "20261127t010203z-0a1b2c3d", "20261128t010203z-0a1b2c3d"
+	res, err := backupd.Open(x, nil).Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "sys-" + s4, Source: make(dataSource, 64<<10),
+		Tags: map[string]string{backupd.TagSystem: s4, backupd.TagToken: "3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		Agents:   []AgentConfig{{Name: LocalAgent, Addr: "/d/strata.sock"}},
+		Targets:  []TargetConfig{{Name: "d", URL: "file://" + defDir, Kind: "fs", Default: true}, {Name: "x", URL: "file://" + xDir, Kind: "fs"}},
+		Volumes:  []VolumeConfig{{Agent: LocalAgent, Name: "vol-a", Size: 64 << 10, Target: "x", TargetSetting: "x"}},
+		Settings: Settings{Policy: PolicyIfUnchanged},
+	}
+	vb := VolumeBackup{Agent: LocalAgent, Volume: "vol-a", Target: "x", BackupID: res.ID, ManifestKey: res.ManifestKey, Digest: res.Digest, Size: 64 << 10, Snapshot: "sys-" + s4}
+	m5 := &Manifest{ID: s5, Token: 4, Started: time.Now().UTC(), Committed: time.Now().UTC(), Config: cfg, Volumes: []VolumeBackup{vb}}
+	b, err := m5.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := def.Put(ctx, ManifestKey(s5), bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := c.releaseBackup(ctx, s4, &cfg, Ack{System: s4, Token: 3, VolumeBackup: vb}); err != nil {
+		t.Fatal(err)
+	}
+	if has, err := x.Has(ctx, []string{res.ManifestKey}); err != nil || !has[0] {
+		t.Fatalf("backup %s, which system backup %s on the default target names, was deleted (%v)", res.ID, s5, err)
 	}
 }

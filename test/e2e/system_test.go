@@ -1069,3 +1069,36 @@ func TestSystemRestoreRerun(t *testing.T) {
 	MustEqualBytes(t, "vol-a restored again", s.readVolume("vol-a", 0, 1<<20), wantA)
 	MustEqualBytes(t, "vol-a's later write undone", s.readVolume("vol-a", 4<<20, 1<<20), make([]byte, 1<<20))
 }
+
+// TestSystemBackupRmTargetMoved: `system backup rm` refuses when a target
+// of the system backup is registered again at another URL: the copy at
+// the old URL would outlive the removal and name the volume backups
+// deleted with it. Before, only the name was checked; the delete of the
+// copy went to the new URL and found nothing.
+func TestSystemBackupRmTargetMoved(t *testing.T) {
+	needRoot(t)
+	s := startServer(t, t.TempDir(), "--fuse", "off")
+	dirA, dirX, dirY := t.TempDir(), t.TempDir(), t.TempDir()
+	s.must("target", "add", "a", "file://"+dirA, "--default")
+	s.must("target", "add", "x", "file://"+dirX)
+	s.must("volume", "create", "vol-a", "4MiB")
+	sys := s.mustSystemBackup()
+	s.must("target", "rm", "x")
+	s.must("target", "add", "x", "file://"+dirY)
+	s.fails(t, "registered at file://"+dirY, "system", "backup", "rm", sys.ID)
+	if got := manifestsIn(t, dirX); !slicesContains(got, sys.ID) {
+		t.Fatalf("the copy at the old location is gone: %v", got)
+	}
+	var bs []backupJSON
+	s.mustJSON(&bs, "backup", "ls", "vol-a")
+	if len(bs) != 1 || bs[0].ID != byVolume(sys)["vol-a"].BackupID {
+		t.Fatalf("vol-a's backups after the refused removal: %+v", bs)
+	}
+	// Registered again at its old location, the removal goes through.
+	s.must("target", "rm", "x")
+	s.must("target", "add", "x", "file://"+dirX)
+	s.must("system", "backup", "rm", sys.ID)
+	if got := manifestsIn(t, dirX); slicesContains(got, sys.ID) {
+		t.Fatalf("the copy is left after the removal: %v", got)
+	}
+}
