@@ -69,6 +69,29 @@ type Options struct {
 	Fault string
 	// Parallel bounds concurrent volume backups (default 4).
 	Parallel int
+	// BackupMaxDuration is the agents' volume backup maximum duration
+	// (strata server --backup-max-duration; default
+	// backupd.DefaultMaxDuration): a failed system backup's volume backups
+	// may still be committed by an agent for that long after it failed,
+	// so its release is retried until then (lateWindow).
+	BackupMaxDuration time.Duration
+}
+
+// lateMargin is added to the late window of a failed run: the clock
+// difference between the coordinator's host and an agent's, and the
+// manifest write that ends a backup.
+const lateMargin = 15 * time.Minute
+
+// lateWindow is how long after a run failed a volume backup of it may
+// still be committed: a backup an agent started before the failure stops
+// within its maximum duration and as much again (at most a minute; see
+// backupd.Repository.Backup).
+func (c *Coordinator) lateWindow() time.Duration {
+	d := c.opts.BackupMaxDuration
+	if d <= 0 {
+		d = backupd.DefaultMaxDuration
+	}
+	return d + min(d, time.Minute) + lateMargin
 }
 
 // Coordinator runs system backups and restores. Create it with New.
@@ -188,6 +211,9 @@ func (c *Coordinator) recover(ctx context.Context) {
 	for _, r := range runs {
 		switch {
 		case r.State == StateOpen:
+			if c.committedAfterAll(ctx, r) {
+				continue
+			}
 			c.failRun(ctx, r, errors.New("the coordinator stopped while the system backup was open"))
 		case r.State == StateFailing:
 			c.failRun(ctx, r, errors.New(r.Error))
@@ -203,6 +229,49 @@ func (c *Coordinator) recover(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// committedAfterAll reports whether open run r must not be failed: its
+// committed manifest is on its default target (this coordinator's state
+// is older than the targets: a data directory restored from a file backup
+// taken while the run was open), in which case r is recorded committed as
+// the manifest says, or that target cannot be read (retried later).
+// Failing it would delete the volume backups the manifest names.
+func (c *Coordinator) committedAfterAll(ctx context.Context, r *Run) bool {
+	if r.Config == nil {
+		return false // not captured: no volume was backed up for it
+	}
+	def := r.Config.DefaultTarget()
+	m, err := c.loadManifest(ctx, def, r.ID)
+	switch {
+	case errors.Is(err, plugins.ErrNotFound):
+		return false
+	case err != nil && !errors.Is(err, ErrCorrupt):
+		c.log.Warn("open system backup left open: its default target cannot be read to see whether it committed; retried at the next start or system backup", "system", r.ID, "target", def, "err", err)
+		return true
+	case err != nil || m.Token != r.Token:
+		return false // damaged, or another run's: not committed as recorded
+	}
+	if _, err := c.st.update(r.ID, func(x *Run) error {
+		if x.State != StateOpen {
+			return fmt.Errorf("system backup %s is %s", x.ID, x.State)
+		}
+		cfg := m.Config
+		x.State, x.Finished, x.Config, x.CopiesPending = StateCommitted, m.Committed, &cfg, otherTargets(&cfg, def)
+		x.Acks = map[string]Ack{}
+		for _, v := range m.Volumes {
+			x.Acks[ackKey(v.Agent, v.Volume)] = Ack{System: m.ID, Token: m.Token, VolumeBackup: v}
+		}
+		return nil
+	}); err != nil {
+		c.log.Error("record a system backup committed on its target", "system", r.ID, "err", err)
+		return true
+	}
+	c.log.Warn("system backup recorded as open is committed on its default target (this coordinator's state is older than the target's): recorded as committed", "system", r.ID, "target", def)
+	if nr, err := c.st.run(r.ID); err == nil {
+		c.copyPending(ctx, nr)
+	}
+	return true
 }
 
 // settle decides a committing run from its default target.
@@ -935,9 +1004,18 @@ func (c *Coordinator) releaseFailed(ctx context.Context, r *Run) {
 			ok = false
 		}
 	}
-	if ok {
-		_, _ = c.st.update(r.ID, func(x *Run) error { x.Released = true; return nil })
+	if !ok {
+		return
 	}
+	if until := r.Finished.Add(c.lateWindow()); time.Now().Before(until) {
+		// An agent may still commit a backup it started for the run
+		// (one cut off from the coordinator, say); released, the run
+		// would not be looked at again and that backup would stay held
+		// for good. Retried until then.
+		c.log.Debug("failed system backup's volume backups released so far; looked at again until its late window ends", "system", r.ID, "until", until)
+		return
+	}
+	_, _ = c.st.update(r.ID, func(x *Run) error { x.Released = true; return nil })
 }
 
 // withRepo opens target name and runs fn with it and its repository.

@@ -218,6 +218,10 @@ func (c *Coordinator) Remove(ctx context.Context, id string) error {
 		case StateFailed:
 			c.releaseFailed(ctx, r)
 			if r, err := c.st.run(id); err == nil && !r.Released {
+				if until := r.Finished.Add(c.lateWindow()); time.Now().Before(until) {
+					return fmt.Errorf("system backup %s failed at %s; an agent may still commit a volume backup it started for it until %s, which its record is needed to delete: try again after that: %w",
+						id, r.Finished.Format(time.RFC3339), until.Format(time.RFC3339), ErrBusy)
+				}
 				return fmt.Errorf("system backup %s failed and its volume backups could not all be deleted yet (see the server log); try again", id)
 			}
 			return c.st.deleteRun(id)

@@ -62,6 +62,30 @@ func (g *getFaultTarget) Get(ctx context.Context, key string, off, n int64) (io.
 	return g.Target.Get(ctx, key, off, n)
 }
 
+// fsTarget opens an fs target on a new directory, closed with the test.
+func fsTarget(t *testing.T) (plugins.Target, string) {
+	t.Helper()
+	dir := t.TempDir()
+	tg, err := fs.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tg.Close() })
+	return tg, dir
+}
+
+// testCoordinator is a Coordinator on a new state file whose operation
+// uses targets (by name), without agents.
+func testCoordinator(t *testing.T, targets map[string]plugins.Target) (*Coordinator, *store) {
+	t.Helper()
+	st, err := openStore(filepath.Join(t.TempDir(), StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.close() })
+	return &Coordinator{log: slog.New(slog.DiscardHandler), st: st, pool: &targetPool{open: targets}}, st
+}
+
 // TestReleaseFailedNeedsEveryManifest: a failed run is marked released
 // only once every manifest of its volumes was read and those tagged with it
 // deleted. A manifest whose Get fails (a target that does not answer) or
@@ -94,20 +118,9 @@ func TestReleaseFailedNeedsEveryManifest(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
-			dir := t.TempDir()
-			fst, err := fs.New(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = fst.Close() })
+			fst, dir := fsTarget(t)
 			tg := &getFaultTarget{Target: fst}
-			st, err := openStore(filepath.Join(t.TempDir(), StateFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = st.close() })
-			c := &Coordinator{log: slog.New(slog.DiscardHandler), st: st,
-				pool: &targetPool{open: map[string]plugins.Target{"t": tg}}}
+			c, st := testCoordinator(t, map[string]plugins.Target{"t": tg})
 
 			run := &Run{ID: "20261127t010203z-0a1b2c3d", Token: 3, State: StateFailed, Started: time.Now().UTC(), Config: &Config{
 				Targets: []TargetConfig{{Name: "t", URL: "file://" + dir, Kind: "fs", Default: true}},
@@ -154,24 +167,9 @@ func TestReleaseFailedNeedsEveryManifest(t *testing.T) {
 func TestReleaseBackupSeesEveryTarget(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	open := func() (plugins.Target, string) {
-		dir := t.TempDir()
-		tg, err := fs.New(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = tg.Close() })
-		return tg, dir
-	}
-	def, defDir := open()
-	x, xDir := open()
-	st, err := openStore(filepath.Join(t.TempDir(), StateFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.close() })
-	c := &Coordinator{log: slog.New(slog.DiscardHandler), st: st,
-		pool: &targetPool{open: map[string]plugins.Target{"d": def, "x": x}}}
+	def, defDir := fsTarget(t)
+	x, xDir := fsTarget(t)
+	c, _ := testCoordinator(t, map[string]plugins.Target{"d": def, "x": x})
 
 	const s4, s5 = "20261127t010203z-0a1b2c3d", "20261128t010203z-0a1b2c3d"
 	res, err := backupd.Open(x, nil).Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "sys-" + s4, Source: make(dataSource, 64<<10),
@@ -200,5 +198,115 @@ func TestReleaseBackupSeesEveryTarget(t *testing.T) {
 	}
 	if has, err := x.Has(ctx, []string{res.ManifestKey}); err != nil || !has[0] {
 		t.Fatalf("backup %s, which system backup %s on the default target names, was deleted (%v)", res.ID, s5, err)
+	}
+}
+
+// TestLateBackupOfFailedRun: a volume backup an agent commits for a
+// system backup after that one failed (an agent cut off from the
+// coordinator finishes it) is deleted by a later recovery, as long as the
+// late window lasts; the run is marked released only after it. Before,
+// the run was released at once and never looked at again, and the late
+// backup stayed held for good.
+func TestLateBackupOfFailedRun(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	tg, dir := fsTarget(t)
+	c, st := testCoordinator(t, map[string]plugins.Target{"t": tg})
+	c.opts.BackupMaxDuration = time.Hour
+	run := &Run{ID: "20261127t010203z-0a1b2c3d", Token: 3, State: StateFailed, Started: time.Now().UTC(), Finished: time.Now().UTC(), Config: &Config{
+		Targets: []TargetConfig{{Name: "t", URL: "file://" + dir, Kind: "fs", Default: true}},
+		Volumes: []VolumeConfig{{Agent: LocalAgent, Name: "vol-a", Size: 64 << 10, Target: "t"}},
+	}}
+	if err := st.put(run); err != nil {
+		t.Fatal(err)
+	}
+	repo := backupd.Open(tg, nil)
+	backup := func() string {
+		t.Helper()
+		res, err := repo.Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "sys-x", Source: make(dataSource, 64<<10),
+			Tags: map[string]string{backupd.TagSystem: run.ID, backupd.TagToken: "3"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.ManifestKey
+	}
+	gone := func(what, key string) {
+		t.Helper()
+		if has, err := tg.Has(ctx, []string{key}); err != nil || has[0] {
+			t.Fatalf("%s backup of the failed run left (%v)", what, err)
+		}
+	}
+	released := func() bool {
+		t.Helper()
+		r, err := st.run(run.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Released
+	}
+
+	early := backup()
+	c.recover(ctx)
+	gone("early", early)
+	if released() {
+		t.Fatal("run released within its late window")
+	}
+	late := backup() // committed after the failure
+	c.recover(ctx)
+	gone("late", late)
+
+	// Past the late window: released.
+	if _, err := st.update(run.ID, func(r *Run) error { r.Finished = time.Now().Add(-c.lateWindow() - time.Minute); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	c.recover(ctx)
+	if !released() {
+		t.Fatal("run not released after its late window")
+	}
+}
+
+// TestRecoverOpenRunCommittedOnTarget: a run this coordinator's state
+// records as open, whose committed manifest is on its default target (the
+// state is older than the target: a data directory restored from a file
+// backup), is recorded as committed at recovery and its volume backup
+// kept. Before, it was failed and its volume backups deleted, which the
+// committed manifest still named.
+func TestRecoverOpenRunCommittedOnTarget(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	tg, dir := fsTarget(t)
+	c, st := testCoordinator(t, map[string]plugins.Target{"t": tg})
+	cfg := Config{
+		Agents:   []AgentConfig{{Name: LocalAgent, Addr: "/d/strata.sock"}},
+		Targets:  []TargetConfig{{Name: "t", URL: "file://" + dir, Kind: "fs", Default: true}},
+		Volumes:  []VolumeConfig{{Agent: LocalAgent, Name: "vol-a", Size: 64 << 10, Target: "t"}},
+		Settings: Settings{Policy: PolicyAlways},
+	}
+	run := &Run{ID: "20261127t010203z-0a1b2c3d", Token: 3, State: StateOpen, Started: time.Now().UTC(), Config: &cfg}
+	if err := st.put(run); err != nil {
+		t.Fatal(err)
+	}
+	res, err := backupd.Open(tg, nil).Backup(ctx, backupd.BackupOptions{Volume: "vol-a", Snapshot: "sys-" + run.ID, Source: make(dataSource, 64<<10),
+		Tags: map[string]string{backupd.TagSystem: run.ID, backupd.TagToken: "3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vb := VolumeBackup{Agent: LocalAgent, Volume: "vol-a", Target: "t", BackupID: res.ID, ManifestKey: res.ManifestKey, Digest: res.Digest, Size: 64 << 10, Snapshot: "sys-" + run.ID}
+	m := &Manifest{ID: run.ID, Token: 3, Started: run.Started, Committed: time.Now().UTC(), Config: cfg, Volumes: []VolumeBackup{vb}}
+	b, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Put(ctx, ManifestKey(run.ID), bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+
+	c.recover(ctx)
+	got, err := st.run(run.ID)
+	if err != nil || got.State != StateCommitted || !got.namesBackup(res.ID) {
+		t.Fatalf("run after recovery: %+v, %v; want committed, naming backup %s", got, err, res.ID)
+	}
+	if has, err := tg.Has(ctx, []string{res.ManifestKey}); err != nil || !has[0] {
+		t.Fatalf("the committed system backup's volume backup was deleted (%v)", err)
 	}
 }

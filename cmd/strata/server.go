@@ -107,6 +107,9 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 					Targets:     tsvc,
 					Logger:      log.With("component", "coordinator"),
 					Fault:       os.Getenv(coordinator.FaultEnv),
+					// The agents' backups: those of a failed system
+					// backup may be committed for that long after.
+					BackupMaxDuration: backupMaxDur,
 				})
 				if err != nil {
 					_ = tsvc.Close()
