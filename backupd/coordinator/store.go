@@ -81,7 +81,7 @@ type AgentRecord struct {
 	Addr      string    `json:"addr"`
 	TokenFile string    `json:"token_file,omitempty"`
 	CAFile    string    `json:"ca_file,omitempty"`
-	Added     time.Time `json:"added"`
+	Added     time.Time `json:"added,omitzero"` // zero for the local agent
 }
 
 // restoreRecord lists the volumes a system restore finished.

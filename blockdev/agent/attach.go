@@ -76,7 +76,9 @@ func (a *Agent) mount(ctx context.Context, name string, req MountRequest) (Attac
 	if req.MkFS != "" && req.MkFS != attach.Ext4 && req.MkFS != attach.XFS {
 		return Attachment{}, fmt.Errorf("mkfs %q: want ext4 or xfs: %w", req.MkFS, blockdev.ErrInvalidArgument)
 	}
-	if fi, err := os.Stat(req.Dir); err != nil || !fi.IsDir() {
+	if fi, err := os.Stat(req.Dir); err != nil {
+		return Attachment{}, fmt.Errorf("mount point: %w: %w", err, blockdev.ErrInvalidArgument)
+	} else if !fi.IsDir() {
 		return Attachment{}, fmt.Errorf("mount point %s: not a directory: %w", req.Dir, blockdev.ErrInvalidArgument)
 	}
 	// Recorded, and later unmounted, by its real path: a symlink on the

@@ -185,7 +185,12 @@ func backupInfoCmd() *cobra.Command {
 				for _, k := range slices.Sorted(maps.Keys(b.Tags)) {
 					fmt.Fprintf(w, "tag       %s=%s\n", k, b.Tags[k])
 				}
-				if b.Stats != nil {
+				switch {
+				case b.Stats == nil:
+				case b.BytesScanned == 0 && b.Parent != "":
+					// Only the maps and the manifest: nothing changed.
+					fmt.Fprintf(w, "uploaded  %s (no block changed since backup %s)\n", humanSize(b.BytesUploaded), b.Parent)
+				default:
 					fmt.Fprintf(w, "uploaded  %s of %s scanned; chunks new %d, dedup %d, zero %d\n",
 						humanSize(b.BytesUploaded), humanSize(b.BytesScanned), b.ChunksNew, b.ChunksDedup, b.ChunksZero)
 				}

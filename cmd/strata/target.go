@@ -33,11 +33,19 @@ func targetAddCmd() *cobra.Command {
 		def   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "add NAME URL",
+		Use:   "add NAME URL|DIR",
 		Short: "Register a target (it must answer now); the first one becomes the default",
-		Args:  cobra.ExactArgs(2),
+		Long: `Register a backup target: file:///path (or an absolute directory path), or
+s3://bucket/prefix?endpoint=URL&region=R with --credentials FILE. It must
+answer now; the first one registered becomes the default.`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := targets.AddRequest{Name: args[0], URL: args[1], Default: def}
+			u := args[1]
+			if filepath.IsAbs(u) {
+				// A directory: the fs target's URL.
+				u = "file://" + filepath.Clean(u)
+			}
+			req := targets.AddRequest{Name: args[0], URL: u, Default: def}
 			if creds != "" {
 				abs, err := filepath.Abs(creds)
 				if err != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -49,10 +50,13 @@ func printVolume(w io.Writer, v agent.VolumeStatus) error {
 	}
 	fmt.Fprintf(w, "layers:    %d\n", v.Depth)
 	fmt.Fprintf(w, "snapshots: %d\n", len(v.Snapshots))
+	// Aligned whatever the names' length (backup-<time> and sys-<id> are
+	// longer than a column of fixed width).
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, s := range v.Snapshots {
-		fmt.Fprintf(w, "  %-24s %s  size %s  owns %s\n", s.Name, s.Created.Format("2006-01-02 15:04:05Z07:00"), humanSize(s.Size), humanSize(s.Owned))
+		fmt.Fprintf(tw, "  %s\t%s\tsize %s\towns %s\n", s.Name, s.Created.Format("2006-01-02 15:04:05Z07:00"), humanSize(s.Size), humanSize(s.Owned))
 	}
-	return nil
+	return tw.Flush()
 }
 
 // targetName shows a volume's backup target ("default" when unset).

@@ -55,6 +55,13 @@ func TestTargets(t *testing.T) {
 	// Bad input changes nothing.
 	s.fails(t, "user info", "target", "add", "x", "s3://"+access+":"+secret+"@bkt/p")
 	s.fails(t, "already exists", "target", "add", "local", "file://"+dir)
+	// An absolute directory path is taken for its file:// URL.
+	plain := t.TempDir()
+	s.mustJSON(&tg, "target", "add", "plain", plain)
+	if tg["url"] != "file://"+plain || tg["kind"] != "fs" {
+		t.Fatalf("target add plain %s: %v, want url file://%s", plain, tg, plain)
+	}
+	s.must("target", "rm", "plain")
 	s.fails(t, "is the default", "target", "rm", "remote")
 	s.fails(t, "not found", "target", "test", "nope")
 	s.fails(t, "invalid name", "target", "add", "../x", "file://"+dir)
