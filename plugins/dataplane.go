@@ -329,6 +329,10 @@ func parseRights(oob []byte) ([]*os.File, error) {
 	}
 	var files []*os.File
 	for _, m := range msgs {
+		// Whole descriptors only: ParseUnixRights indexes past the end
+		// of a payload that is not a multiple of 4 bytes (the kernel
+		// never sends one, but those it holds are ours to close).
+		m.Data = m.Data[:len(m.Data)&^3]
 		fds, err := unix.ParseUnixRights(&m)
 		if err != nil {
 			continue

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -339,6 +340,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	var n float64
 	if err := json.Unmarshal(b, &n); err != nil {
 		return fmt.Errorf("duration: want \"90s\" or seconds, got %s", b)
+	}
+	if ns := n * float64(time.Second); ns >= math.MaxInt64 || ns <= math.MinInt64 {
+		return fmt.Errorf("duration: %s seconds is out of range", b)
 	}
 	*d = Duration(n * float64(time.Second))
 	return nil

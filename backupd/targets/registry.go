@@ -71,13 +71,26 @@ func OpenRegistry(path string) (*Registry, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("target registry %s: %w", path, err)
 	}
+	if dec.More() {
+		return nil, fmt.Errorf("target registry %s: data after the registry's object: %w", path, ErrInvalid)
+	}
 	if f.Version != 1 {
 		return nil, fmt.Errorf("target registry %s: version %d, this build reads 1", path, f.Version)
 	}
-	for _, t := range f.Targets {
+	defaults := 0
+	for i, t := range f.Targets {
 		if err := validate(t); err != nil {
 			return nil, fmt.Errorf("target registry %s: %w", path, err)
 		}
+		if slices.ContainsFunc(f.Targets[:i], func(o Target) bool { return o.Name == t.Name }) {
+			return nil, fmt.Errorf("target registry %s: target %q is listed twice (edited by hand?): %w", path, t.Name, ErrInvalid)
+		}
+		if t.Default {
+			defaults++
+		}
+	}
+	if len(f.Targets) > 0 && defaults != 1 {
+		return nil, fmt.Errorf("target registry %s: %d targets marked default, want exactly one (edited by hand?): %w", path, defaults, ErrInvalid)
 	}
 	r.ts = f.Targets
 	return r, nil

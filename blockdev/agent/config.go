@@ -48,6 +48,10 @@ func (d *duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// MarshalText writes the duration as UnmarshalText reads it, so that a
+// Config encodes back to TOML.
+func (d duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
 // Paths inside the data directory.
 const (
 	storeDir   = "store"
@@ -95,7 +99,10 @@ func (c *Config) validate() error {
 	if c.APIListen != "" && (c.TLSCert == "" || c.TLSKey == "" || c.TokenFile == "") {
 		return fmt.Errorf("config: api_listen %s needs tls_cert, tls_key and token_file: the TCP control API is never served without TLS and a token", c.APIListen)
 	}
-	if c.ShutdownTimeout.Duration == 0 {
+	switch {
+	case c.ShutdownTimeout.Duration < 0:
+		return fmt.Errorf("config: shutdown_timeout = %v: want a positive duration", c.ShutdownTimeout.Duration)
+	case c.ShutdownTimeout.Duration == 0:
 		c.ShutdownTimeout.Duration = 30 * time.Second
 	}
 	abs, err := filepath.Abs(c.DataDir)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -34,9 +35,13 @@ func parseMountInfo(b []byte) ([]mountEntry, error) {
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		// Fields are separated by single spaces; the kernel escapes a
+		// space, tab, newline or backslash inside one (octal), and no
+		// other byte: strings.Fields would also split at \v, \f, \r or
+		// a Unicode space in a mount point's name.
 		pre, post, ok := strings.Cut(line, " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 5 || len(g) < 2 {
+		f, g := strings.Split(pre, " "), strings.Split(post, " ")
+		if !ok || len(f) < 5 || len(g) < 2 || slices.Contains(f[:5], "") || slices.Contains(g[:2], "") {
 			return nil, fmt.Errorf("mountinfo: malformed line %q", line)
 		}
 		maj, min, ok := strings.Cut(f[2], ":")
