@@ -69,7 +69,7 @@ unit:
 	$(GO) test -json -count=1 -timeout 10m -run '^TestIndexMemory1TiB$$' ./snapshot/ | bin/testsum -v
 	cd benchmarks/report && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-# Each fuzz target for 6 s (42 targets: about 6 minutes with the builds);
+# Each fuzz target for 6 s (40 targets: about 6 minutes with the builds);
 # make fuzz runs them longer.
 fuzz-smoke:
 	GO=$(GO) FUZZTIME=6s scripts/fuzz-smoke.sh
