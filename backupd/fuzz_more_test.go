@@ -158,6 +158,7 @@ func FuzzGCLease(f *testing.F) {
 	f.Add([]byte(`null`))
 	f.Add([]byte(`{`))
 	f.Add([]byte{})
+	f.Add(append(lease(now), bytes.Repeat([]byte{' '}, 4096)...)) // live, but larger than any lease
 	const otherKey = prefixLocks + "gc-0123456789abcdef"
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ctx := t.Context()
@@ -169,25 +170,14 @@ func FuzzGCLease(f *testing.F) {
 		// The lease's reading: what the protocol (FORMAT.md, "Garbage
 		// collection") says makes another lease live.
 		var other leaseBody
-		decodes := json.Unmarshal(body, &other) == nil && !other.Renewed.IsZero()
+		// Larger than any lease (4 KiB): damage, removed like a lease
+		// that does not decode (it blocked every GC with ErrCorrupt).
+		decodes := len(body) <= 4096 && json.Unmarshal(body, &other) == nil && !other.Renewed.IsZero()
 		age := now.Sub(other.Renewed)
 		live := decodes && age >= -leaseStale && age <= leaseStale
 		l, err := r.takeGCLease(ctx, func() time.Time { return now })
 		left := SortedKeys(t, tg, prefixLocks)
 		switch {
-		case len(body) > 4096:
-			// Larger than any lease: getAll refuses it (see the report
-			// of this fuzz target); GC must fail, not take the lease.
-			if err == nil {
-				l.release()
-				t.Fatalf("took the lease next to a %d-byte lease object", len(body))
-			}
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("takeGCLease next to a %d-byte lease object: %v, want ErrCorrupt", len(body), err)
-			}
-			if len(left) != 1 || left[0] != otherKey {
-				t.Fatalf("leases left after failing: %v, want only %s", left, otherKey)
-			}
 		case live:
 			if !errors.Is(err, ErrBusy) {
 				if err == nil {

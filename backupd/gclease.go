@@ -86,12 +86,12 @@ func (r *Repository) takeGCLease(ctx context.Context, now func() time.Time) (*gc
 		if errors.Is(err, plugins.ErrNotFound) {
 			continue // released meanwhile
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, ErrCorrupt) {
 			busy = fmt.Errorf("gc: reading lease %s: %w", o.Key, err)
 			break
 		}
 		var other leaseBody
-		if err := json.Unmarshal(b, &other); err != nil || other.Renewed.IsZero() {
+		if err != nil || json.Unmarshal(b, &other) != nil || other.Renewed.IsZero() {
 			// Leases are written whole (Put is atomic), so this is
 			// damage, not a GC's lease in the making.
 			r.log.Warn("removing a GC lease that does not decode", "op", "gc", "lease", o.Key)
