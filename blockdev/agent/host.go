@@ -240,10 +240,12 @@ func (h *host) stop(ctx context.Context, keep bool) {
 		}
 	}
 	// Once more: one still busy may have been so for a moment only.
+	left := false
 	for _, name := range failed {
 		if err := h.detach(ctx, name, !keep); err != nil {
 			h.a.log.Error("shutdown: detach", "volume", name, "err", err)
 			h.syncMount(name)
+			left = true
 		}
 	}
 	h.mu.Lock()
@@ -251,7 +253,13 @@ func (h *host) stop(ctx context.Context, keep bool) {
 	if h.fs == nil {
 		return
 	}
-	if err := h.fs.Close(ctx); err != nil {
+	closeFS := h.fs.Close
+	if left {
+		// A loop device stays attached over a file in the mount: the
+		// mount stays too (dead), for the next start to clean both up.
+		closeFS = h.fs.Abandon
+	}
+	if err := closeFS(ctx); err != nil {
 		h.a.log.Error("shutdown: fuse unmount", "err", err)
 	}
 	for name, release := range h.files {

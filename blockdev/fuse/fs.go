@@ -504,23 +504,44 @@ func (f *FS) Names() []string {
 // mount, even if ctx has ended. The devices stay the caller's. Close is
 // idempotent and returns the first call's result.
 func (f *FS) Close(ctx context.Context) error {
-	f.closeOnce.Do(func() { f.closeErr = f.close(ctx) })
+	f.closeOnce.Do(func() { f.closeErr = f.close(ctx, false) })
 	return f.closeErr
 }
 
-func (f *FS) close(ctx context.Context) error {
+// Abandon is Close for a mount that must stay where it is: something still
+// uses a file in it that could not be let go (a filesystem mounted on a
+// loop device over it, busy at shutdown). The connection is aborted rather
+// than the mount detached, so the dead mount stays at Dir, and the next
+// start's attach.CleanStale finds those loop devices by their backing
+// files' paths below it (a lazily detached mount renames them out of
+// sight, and they stayed attached for good).
+func (f *FS) Abandon(ctx context.Context) error {
+	f.closeOnce.Do(func() { f.closeErr = f.close(ctx, true) })
+	return f.closeErr
+}
+
+func (f *FS) close(ctx context.Context, keepMount bool) error {
 	f.mu.Lock()
 	f.closed = true
 	f.mu.Unlock()
 	var errs []error
-	if err := detach(f.dir); err != nil {
-		errs = append(errs, fmt.Errorf("fuse unmount %s: %w", f.dir, err))
-	}
-	select {
-	case <-f.served:
-	case <-ctx.Done():
-		if err := f.abortAndWait(ctx); err != nil {
+	if keepMount {
+		f.log.Warn("leaving the FUSE mount in place, dead: files in it are still in use (the next start cleans up)")
+		if err := f.abort(); err != nil {
+			errs = append(errs, fmt.Errorf("fuse abandon %s: %w", f.dir, err))
+		} else {
+			<-f.served
+		}
+	} else {
+		if err := detach(f.dir); err != nil {
 			errs = append(errs, fmt.Errorf("fuse unmount %s: %w", f.dir, err))
+		}
+		select {
+		case <-f.served:
+		case <-ctx.Done():
+			if err := f.abortAndWait(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("fuse unmount %s: %w", f.dir, err))
+			}
 		}
 	}
 	flushCtx := context.WithoutCancel(ctx)
