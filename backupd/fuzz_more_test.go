@@ -239,6 +239,9 @@ func FuzzReadRestoreState(f *testing.F) {
 		if st.PagesDone < 0 {
 			t.Fatalf("accepted pages_done %d", st.PagesDone)
 		}
+		if d := json.NewDecoder(bytes.NewReader(b)); d.Decode(new(any)) != nil || d.More() {
+			t.Fatalf("accepted %q: not one JSON value", b)
+		}
 		path2 := filepath.Join(dir, "state2")
 		if err := writeRestoreState(path2, st); err != nil {
 			t.Fatal(err)

@@ -581,6 +581,9 @@ func readRestoreState(path string) (restoreState, error) {
 	if err := d.Decode(&st); err != nil || st.PagesDone < 0 {
 		return restoreState{}, fmt.Errorf("restore state %s: %v: %w", path, err, ErrCorrupt)
 	}
+	if d.More() {
+		return restoreState{}, fmt.Errorf("restore state %s: data after the state's object: %w", path, ErrCorrupt)
+	}
 	return st, nil
 }
 
