@@ -76,6 +76,10 @@ type Manager struct {
 	closed bool
 	vols   map[string]*managed
 	broken map[string]error // volumes that failed to open
+
+	// revertHook, if set (tests), runs in Revert once the volume is
+	// claimed and m.mu released, before the revert itself.
+	revertHook func()
 }
 
 type managed struct {
@@ -83,6 +87,9 @@ type managed struct {
 	dev   headVolume // every head device handed out; its gate holds writes
 	users int        // open head devices
 	views map[string]*sharedView
+	// reverting is set while Revert runs (outside m.mu): the head must
+	// not be opened meanwhile, its content is about to be replaced.
+	reverting bool
 }
 
 func newManaged(v *snapshot.Volume) *managed {
@@ -316,12 +323,19 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 	if n := mv.usersLocked(); n > 0 {
 		return fmt.Errorf("volume %q: %d devices open on it: %w", name, n, ErrInUse)
 	}
+	if mv.reverting {
+		return fmt.Errorf("volume %q: being reverted: %w", name, ErrInUse)
+	}
 	for snap, sv := range mv.views {
 		delete(mv.views, snap)
 		sv.orphan()
 	}
 	if err := mv.v.Close(); err != nil {
-		return fmt.Errorf("volume %q: close before delete: %w", name, err)
+		// Closed all the same (Close releases the volume whatever it
+		// returns): a failed flush or a full disk must not keep a
+		// closed volume registered, nor stop the deletion that would
+		// free space.
+		m.log.Warn("volume did not close cleanly; deleting it anyway", "volume", name, "err", err)
 	}
 	delete(m.vols, name)
 	if err := m.store.Delete(ctx, name); err != nil {
@@ -373,10 +387,19 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, name, snap string) error {
 		return err
 	}
 	err = mv.v.DeleteSnapshot(ctx, snap)
-	m.mu.Lock()
-	mv.orphanViewsLocked()
-	m.mu.Unlock()
+	m.settleViews(name, mv)
 	return err
+}
+
+// settleViews drops the cached views of volume name whose snapshot is gone
+// after a DeleteSnapshot or Revert of mv, unless the volume was deleted
+// (or made again) meanwhile.
+func (m *Manager) settleViews(name string, mv *managed) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.vols[name] == mv {
+		mv.orphanViewsLocked()
+	}
 }
 
 // InUse returns ErrInUse if a device is open on volume name's head.
@@ -391,8 +414,12 @@ func (m *Manager) InUse(name string) error {
 // its head. Callers hold m.mu.
 func (m *Manager) idleLocked(name string) (*managed, error) {
 	mv, err := m.lookup(name)
-	if err == nil && mv.users > 0 {
+	switch {
+	case err != nil:
+	case mv.users > 0:
 		err = fmt.Errorf("volume %q: %d devices open on it: %w", name, mv.users, ErrInUse)
+	case mv.reverting:
+		err = fmt.Errorf("volume %q: being reverted: %w", name, ErrInUse)
 	}
 	return mv, err
 }
@@ -402,14 +429,26 @@ func (m *Manager) idleLocked(name string) (*managed, error) {
 func (m *Manager) Revert(ctx context.Context, name, snap string) error {
 	m.mu.Lock()
 	mv, err := m.idleLocked(name)
+	if err == nil {
+		// Until it is done no head device opens (it could read and
+		// write the content the revert replaces), nor a second Revert
+		// or a Delete starts.
+		mv.reverting = true
+	}
 	m.mu.Unlock()
 	if err != nil {
 		return err
 	}
+	defer func() {
+		m.mu.Lock()
+		mv.reverting = false
+		m.mu.Unlock()
+	}()
+	if m.revertHook != nil {
+		m.revertHook()
+	}
 	err = mv.v.Revert(ctx, snap)
-	m.mu.Lock()
-	mv.orphanViewsLocked()
-	m.mu.Unlock()
+	m.settleViews(name, mv)
 	return err
 }
 
@@ -491,6 +530,9 @@ func (m *Manager) Open(ctx context.Context, export string) (Volume, func(), erro
 		return nil, nil, err
 	}
 	if snap == "" {
+		if mv.reverting {
+			return nil, nil, fmt.Errorf("volume %q: being reverted: %w", vol, ErrInUse)
+		}
 		mv.users++
 		return mv.dev, m.releaser(func() { mv.users-- }), nil
 	}

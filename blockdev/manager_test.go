@@ -295,3 +295,79 @@ func TestViewOfRecreatedSnapshot(t *testing.T) {
 		t.Fatalf("vol@t made again reads %q..., want the new snapshot's 2", got[:1])
 	}
 }
+
+// managerWithSnapshot is a Manager with 1 MiB volume v and its snapshot a.
+func managerWithSnapshot(t *testing.T) *Manager {
+	t.Helper()
+	m := openTestManager(t, t.TempDir())
+	if _, err := m.Create(t.Context(), "v", 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Snapshot(t.Context(), "v", "a"); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestManagerRevertClaimsVolume: while a Revert runs (outside the
+// Manager's lock: it writes a new layer and waits for the volume's other
+// operations), the head cannot be opened, nor the volume deleted or
+// reverted again. Before, the idle check was the only guard, and an NBD
+// client opening the head meanwhile had its writes replaced under it.
+func TestManagerRevertClaimsVolume(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	m := managerWithSnapshot(t)
+	var during []error
+	m.revertHook = func() {
+		_, rel, err := m.Open(ctx, "v")
+		if err == nil {
+			rel()
+		}
+		during = append(during, err, m.Delete(ctx, "v"), m.Revert(ctx, "v", "a"))
+	}
+	if err := m.Revert(ctx, "v", "a"); err != nil {
+		t.Fatal(err)
+	}
+	m.revertHook = nil
+	for i, what := range []string{"open of the head", "delete", "second revert"} {
+		if !errors.Is(during[i], ErrInUse) {
+			t.Errorf("%s during a revert: %v, want ErrInUse", what, during[i])
+		}
+	}
+	// Claimed no more once done.
+	_, rel, err := m.Open(ctx, "v")
+	if err != nil {
+		t.Fatalf("open after the revert: %v", err)
+	}
+	rel()
+}
+
+// TestManagerClosedVolumeInfo: a volume whose Close failed is deleted all
+// the same, and the snapshot list of a closed volume is empty. Before,
+// Snapshots of a closed volume indexed its released chain and panicked,
+// which a volume left registered after a failed Close reached through
+// every listing (an NBD export list crashed the agent).
+func TestManagerClosedVolumeInfo(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	m := managerWithSnapshot(t)
+	m.mu.Lock()
+	v := m.vols["v"].v
+	m.mu.Unlock()
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Snapshots(); len(got) != 0 {
+		t.Errorf("snapshots of a closed volume: %+v, want none", got)
+	}
+	if _, err := m.Volumes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Delete(ctx, "v"); err != nil {
+		t.Fatalf("delete of a closed volume: %v", err)
+	}
+	if _, err := m.Volume(ctx, "v"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("volume after delete: %v, want ErrNotFound", err)
+	}
+}

@@ -232,6 +232,9 @@ type SnapshotInfo struct {
 func (v *Volume) Snapshots() []SnapshotInfo {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
+	if v.closed {
+		return nil // its chain is released
+	}
 	var out []SnapshotInfo
 	for i, lm := range v.meta.Layers[:len(v.meta.Layers)-1] {
 		if lm.Snapshot == "" {
