@@ -237,22 +237,24 @@ func TestUploadFailure(t *testing.T) {
 	}
 }
 
+// rewrite replaces the file at path with fn of its content.
+func rewrite(t *testing.T, path string, fn func([]byte) []byte) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, fn(b), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestDamage damages one object of vol-a's backup in each way a disk or a
 // hostile target can: Verify reports it, restoring vol-a fails with a
 // clear error naming the volume, and vol-b's backup still restores.
 func TestDamage(t *testing.T) {
 	t.Parallel()
 	type damage func(t *testing.T, dir string, r *Repository, key string)
-	rewrite := func(t *testing.T, path string, fn func([]byte) []byte) {
-		t.Helper()
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, fn(b), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 	page0 := func(t *testing.T, r *Repository, key string) string {
 		m, err := r.LoadManifest(context.Background(), key)
 		if err != nil {
@@ -526,5 +528,38 @@ func TestBackupStopsPastMaxDuration(t *testing.T) {
 	}
 	if ms, err := r.ListManifests(t.Context(), ""); err != nil || len(ms.Backups)+len(ms.Skipped) != 0 {
 		t.Errorf("manifests after the stopped backup: %+v, %v; want none", ms, err)
+	}
+}
+
+// TestVerifyReadsIndexesFromTarget: with an index cache that holds a good
+// copy, a pack index damaged on the target still fails verify, and the
+// cached copy is dropped (backups stop deduplicating against the pack).
+// Before, verify read the cached copy and passed a backup that no other
+// host, and no restore after this one's loss, could restore.
+func TestVerifyReadsIndexesFromTarget(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir, cache := t.TempDir(), t.TempDir()
+	r := Open(NewFSTarget(t, dir), &Options{PackSize: 256 << 10, CacheDir: cache})
+	data := RandomData(rand.New(rand.NewPCG(7, 8)), 1<<20)
+	res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Verify(ctx, nil, VerifyOptions{}); err != nil {
+		t.Fatal(err) // fills the cache
+	}
+	_, file, _ := chunkLocation(t, r, dir, res.ManifestKey)
+	pack := filepath.Base(file)
+	if _, err := os.Stat(filepath.Join(cache, "index", pack)); err != nil {
+		t.Fatalf("the index of pack %s is not cached: %v", pack, err)
+	}
+	rewrite(t, filepath.Join(dir, "index", pack), func(b []byte) []byte { b[50] ^= 1; return b })
+	rep, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true})
+	if err == nil || rep.OK() {
+		t.Fatalf("verify with the index of pack %s damaged on the target: %v, %+v; want it to fail", pack, err, rep)
+	}
+	if _, err := os.Stat(filepath.Join(cache, "index", pack)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the cached copy of the damaged index is still there: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -190,6 +191,16 @@ func (r *Repository) listIDs(ctx context.Context, prefix string) ([]ChunkID, err
 // loadIndex lists index/ once and loads every pack index (8 at a time),
 // lists gc/ for the GC candidates, and packs/ for the packs that exist.
 func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
+	return r.loadIndexFrom(ctx, false)
+}
+
+// loadIndexFrom is loadIndex; with fromTarget the pack indexes are read
+// from the target even where the cache has a copy (Verify: the cache
+// would hide an index damaged on the target, which every other host and
+// a restore after this one's loss read), and a cached copy of an index
+// that does not decode there is dropped, so that backups stop
+// deduplicating against its pack.
+func (r *Repository) loadIndexFrom(ctx context.Context, fromTarget bool) (*chunkIndex, error) {
 	x := &chunkIndex{chunks: map[ChunkID]chunkLoc{}, candPacks: map[ChunkID]bool{}, candPages: map[ChunkID]bool{},
 		gone: map[ChunkID]bool{}, alts: map[ChunkID][]chunkLoc{}}
 	// gc/ first: a mark written after this listing is covered by the
@@ -235,9 +246,11 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 	entries := make([][]indexEntry, len(packs))
 	var badMu sync.Mutex
 	if err := forEach(ctx, len(packs), 8, func(ctx context.Context, i int) error {
-		if es, ok := r.cachedIndex(packs[i]); ok {
-			entries[i] = es
-			return nil
+		if !fromTarget {
+			if es, ok := r.cachedIndex(packs[i]); ok {
+				entries[i] = es
+				return nil
+			}
 		}
 		b, err := r.getAll(ctx, indexKey(packs[i]), indexHeadSize+indexEntrySize*maxIndexCount+8)
 		if errors.Is(err, plugins.ErrNotFound) {
@@ -252,6 +265,7 @@ func (r *Repository) loadIndex(ctx context.Context) (*chunkIndex, error) {
 			// its chunks count as unknown (backups upload them again,
 			// restore and verify report them missing) and Verify lists it.
 			r.log.Warn("pack index does not decode; ignoring it", "pack", packs[i].String(), "err", err)
+			r.uncacheIndex(packs[i])
 			badMu.Lock()
 			x.badIndexes = append(x.badIndexes, err.Error())
 			badMu.Unlock()
@@ -546,6 +560,16 @@ func (r *Repository) cachedIndex(pack ChunkID) ([]indexEntry, bool) {
 		return nil, false
 	}
 	return es, true
+}
+
+// uncacheIndex drops the cached copy of pack's index, if any.
+func (r *Repository) uncacheIndex(pack ChunkID) {
+	if r.opts.CacheDir == "" {
+		return
+	}
+	if err := os.Remove(filepath.Join(r.opts.CacheDir, "index", pack.String())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		r.log.Warn("index cache", "pack", pack.String(), "err", err)
+	}
 }
 
 // cacheIndex stores an index in the cache (temp and rename; a failure

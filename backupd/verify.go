@@ -83,7 +83,7 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 		}
 		manifestKeys = all
 	}
-	idx, err := r.loadIndex(ctx)
+	idx, err := r.loadIndexFrom(ctx, true)
 	if err != nil {
 		return nil, fmt.Errorf("verify: loading the chunk index: %w", err)
 	}
