@@ -563,3 +563,31 @@ func TestVerifyReadsIndexesFromTarget(t *testing.T) {
 		t.Errorf("the cached copy of the damaged index is still there: %v", err)
 	}
 }
+
+// TestVerifyProgressOneAtATime: Verify calls its Progress from one
+// goroutine at a time, as ProgressFunc promises (the service's progress
+// writer keeps unlocked state). Before, each range's worker called it.
+func TestVerifyProgressOneAtATime(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	r := Open(NewFSTarget(t, t.TempDir()), &Options{PackSize: 64 << 10})
+	data := RandomData(rand.New(rand.NewPCG(9, 10)), 2<<20)
+	if _, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: data}}); err != nil {
+		t.Fatal(err)
+	}
+	var in, calls, overlaps atomic.Int64
+	progress := func(Progress) {
+		calls.Add(1)
+		if in.Add(1) != 1 {
+			overlaps.Add(1)
+		}
+		time.Sleep(time.Millisecond)
+		in.Add(-1)
+	}
+	if _, err := r.Verify(ctx, nil, VerifyOptions{ReadData: true, Parallel: 4, Progress: progress}); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() < 4 || overlaps.Load() != 0 {
+		t.Errorf("%d progress calls, %d while another ran; want several and none", calls.Load(), overlaps.Load())
+	}
+}

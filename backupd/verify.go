@@ -224,6 +224,9 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 	if opts.ReadData {
 		var read atomic.Int64
 		var done atomic.Int64
+		// Progress is called from one goroutine at a time (ProgressFunc);
+		// the ranges are checked by several.
+		var progressMu sync.Mutex
 		ranges := planFetch(idx, items)
 		var total int64 // the bytes the ranges read: the progress bar's end
 		for _, fr := range ranges {
@@ -263,7 +266,9 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 				return nil
 			})
 			if opts.Progress != nil {
+				progressMu.Lock()
 				opts.Progress(Progress{Op: "verify", Phase: PhaseVerify, BytesTotal: total, BytesScanned: read.Load(), Chunks: done.Load(), Time: time.Now()})
+				progressMu.Unlock()
 			}
 			return err
 		})
