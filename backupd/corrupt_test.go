@@ -591,3 +591,68 @@ func TestVerifyProgressOneAtATime(t *testing.T) {
 		t.Errorf("%d progress calls, %d while another ran; want several and none", calls.Load(), overlaps.Load())
 	}
 }
+
+// slowGetTarget delays the Gets of one key by a quarter second.
+type slowGetTarget struct {
+	plugins.Target
+	key string
+}
+
+func (s *slowGetTarget) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, int64, error) {
+	if key == s.key {
+		time.Sleep(250 * time.Millisecond)
+	}
+	return s.Target.Get(ctx, key, off, n)
+}
+
+// flushWaitsDest is a memDest whose Flush waits for its context to end:
+// a flush still running when a later window fails.
+type flushWaitsDest struct{ *memDest }
+
+func (d flushWaitsDest) Flush(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestRestoreDamageNamedDuringFlush: a damaged chunk found in a later
+// window while an earlier one's flush runs (a resumable restore flushes
+// each window before recording it) fails the restore with the chunk's
+// error. Before, the flush's "context canceled" was returned instead,
+// naming neither the chunk nor the damage.
+func TestRestoreDamageNamedDuringFlush(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir := t.TempDir()
+	slow := &slowGetTarget{Target: NewFSTarget(t, dir)}
+	r := Open(slow, nil)
+	const size = 64 << 20 // two windows of restoreWindowChunks
+	data := RandomData(rand.New(rand.NewPCG(11, 12)), size)
+	res, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: data}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Damage the last chunk of the second window, whose pack is read
+	// slowly: it is found once the first window is done and flushing.
+	m, err := r.LoadManifest(ctx, res.ManifestKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := r.keyFor(m)
+	p, err := r.loadPage(ctx, m, k, len(m.Pages)-1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := r.loadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := p.IDs[len(p.IDs)-1]
+	loc := idx.chunks[id]
+	flipRecordBit(t, filepath.Join(dir, packKey(idx.packs[loc.pack])), loc)
+	slow.key = packKey(idx.packs[loc.pack])
+
+	_, err = r.Restore(ctx, res.ManifestKey, flushWaitsDest{&memDest{data: make([]byte, size)}}, RestoreOptions{StatePath: filepath.Join(t.TempDir(), "state")})
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), id.String()) {
+		t.Fatalf("restore with chunk %s damaged: %v, want ErrCorrupt naming the chunk", id, err)
+	}
+}

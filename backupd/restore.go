@@ -182,6 +182,11 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		dmu.Unlock()
 		if opts.StatePath != "" && !stateHeld {
 			if err := dst.Flush(ctx); err != nil {
+				if ctx.Err() != nil {
+					// A later window failed meanwhile (a damaged chunk):
+					// its error, which names the chunk, not the flush's.
+					return context.Cause(ctx)
+				}
 				return fmt.Errorf("%s: flush: %w", where, err)
 			}
 			if err := writeRestoreState(opts.StatePath, restoreState{Manifest: manifestKey, Digest: m.Digest, PagesDone: wr.end}); err != nil {
