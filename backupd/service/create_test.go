@@ -286,6 +286,20 @@ func TestInterruptedRestoreRemoved(t *testing.T) {
 	if ents, _ := os.ReadDir(marks); len(ents) != 0 {
 		t.Fatalf("a finished restore left marks: %v", ents)
 	}
+	// A restore that fails (its packs are gone) removes the volume it
+	// created, and its mark.
+	if err := os.RemoveAll(filepath.Join(e.dirs["main"], "packs")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := StreamEvents(ctx, e.c, "/v1/backups/"+b.ID+"/restore", RestoreRequest{To: "failed"}, nil); err == nil {
+		t.Fatal("restore of a backup without its packs succeeded")
+	}
+	if _, err := e.c.Volume(ctx, "failed"); !errors.Is(err, blockdev.ErrNotFound) {
+		t.Fatalf("the volume a failed restore created: %v, want it removed", err)
+	}
+	if ents, _ := os.ReadDir(marks); len(ents) != 0 {
+		t.Fatalf("a failed restore left marks: %v", ents)
+	}
 	// What a restore killed while filling "half" leaves: a mark naming it
 	// by its creation time. A mark naming another "keep" than the one
 	// there (a stale one) and one written before its volume existed

@@ -1057,21 +1057,23 @@ func (s *Service) markPending(vol string, created time.Time) error {
 // clearPending removes vol's mark, durably: its restore finished, or its
 // volume is gone or no leftover (a mark coming back after a crash could
 // otherwise remove a volume at the next start).
-func (s *Service) clearPending(vol string) {
+func (s *Service) clearPending(vol string) error {
 	if s.cfg.DataDir == "" {
-		return
+		return nil
 	}
 	dir := filepath.Join(s.cfg.DataDir, pendingDir)
 	err := os.Remove(filepath.Join(dir, vol))
 	if errors.Is(err, fs.ErrNotExist) {
-		return
+		return nil
 	}
 	if err == nil {
 		err = atomicfile.SyncDir(dir)
 	}
 	if err != nil {
 		s.log.Warn("restore mark", "volume", vol, "err", err)
+		return fmt.Errorf("restore mark %s: %w", filepath.Join(dir, vol), err)
 	}
+	return nil
 }
 
 // removeInterrupted deletes the volumes restores created and never
@@ -1112,15 +1114,17 @@ func (s *Service) removeInterrupted(ctx context.Context) {
 	}
 }
 
-// releaseAndRemove ends the job's Exclusive hold on the volume (which a
-// deletion would meet as in use) and removes the volume it created. The
+// removeAndRelease removes the volume the job created, then ends its
+// Exclusive hold on it (a deletion does not meet the hold; released first,
+// the half-restored volume came back for a moment, its FUSE file and NBD
+// opens with it, and a user of it could keep it from being deleted). The
 // claim on the name stays until the deferred done: another restore must
 // not take the name before the deletion.
-func (j *restoreJob) releaseAndRemove(ctx context.Context) {
+func (j *restoreJob) removeAndRelease(ctx context.Context) {
+	j.removeCreated(ctx)
 	if j.release != nil {
 		j.release() // idempotent: done calls it again
 	}
-	j.removeCreated(ctx)
 }
 
 func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*RestoreResult, error) {
@@ -1146,13 +1150,16 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 	}()
 	if err != nil {
 		if j.created {
-			j.releaseAndRemove(ctx)
+			j.removeAndRelease(ctx)
 		}
 		s.log.Warn("restore failed", "id", j.m.ID, "to", j.to, "target", j.p.name, "err", err)
 		return nil, fmt.Errorf("restore of backup %s (volume %q) into volume %q: %w", j.m.ID, j.m.Volume, j.to, err)
 	}
 	if j.created {
-		s.clearPending(j.to)
+		if err := s.clearPending(j.to); err != nil {
+			// Not a success: the next start would remove the volume.
+			return nil, fmt.Errorf("restore of backup %s into volume %q finished, but its pending mark could not be removed, so the next start would remove the volume as a restore that never finished; remove the mark by hand to keep it: %w", j.m.ID, j.to, err)
+		}
 	}
 	s.log.Info("backup restored", "id", j.m.ID, "volume", j.m.Volume, "to", j.to, "target", j.p.name)
 	return &RestoreResult{ID: j.m.ID, Target: j.p.name, Volume: j.m.Volume, To: j.to, Created: j.created, Digest: j.m.Digest,
