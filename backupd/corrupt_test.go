@@ -656,3 +656,33 @@ func TestRestoreDamageNamedDuringFlush(t *testing.T) {
 		t.Fatalf("restore with chunk %s damaged: %v, want ErrCorrupt naming the chunk", id, err)
 	}
 }
+
+// TestVerifyUnrelatedBadIndex: a pack index that does not decode, which
+// the verified backup does not need, is reported (BadIndexes) but does not
+// fail verify. Before, one such index (a deleted backup's pack, which GC
+// keeps since its index cannot be read) failed every verify of every
+// backup on the target, for good, and blamed the backup verified.
+func TestVerifyUnrelatedBadIndex(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir := t.TempDir()
+	r := Open(NewFSTarget(t, dir), &Options{PackSize: 256 << 10})
+	rng := rand.New(rand.NewPCG(13, 14))
+	resA, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: RandomData(rng, 1<<20)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resB, err := r.Backup(ctx, BackupOptions{Volume: "vol-b", Snapshot: "s1", Source: &memSource{data: RandomData(rng, 1<<20)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, file, _ := chunkLocation(t, r, dir, resA.ManifestKey)
+	rewrite(t, filepath.Join(dir, "index", filepath.Base(file)), func(b []byte) []byte { b[50] ^= 1; return b })
+	if err := r.Delete(ctx, "vol-a", resA.ID); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.Verify(ctx, []string{resB.ManifestKey}, VerifyOptions{ReadData: true})
+	if err != nil || !rep.OK() || len(rep.BadIndexes) != 1 {
+		t.Fatalf("verify of vol-b next to an undecodable index of vol-a's deleted backup: %v, %+v; want OK with the index reported", err, rep)
+	}
+}

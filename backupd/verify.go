@@ -58,14 +58,19 @@ type VerifyReport struct {
 	BytesRead  int64       `json:"bytes_read"`
 	BadChunks  []BadChunk  `json:"bad_chunks,omitempty"`
 	BadBackups []BadBackup `json:"bad_backups,omitempty"`
-	// BadIndexes are pack indexes that do not decode; their chunks are
-	// reported missing if referenced. A Full backup heals them.
+	// BadIndexes are pack indexes on the target that do not decode. Their
+	// chunks cannot be found: a verified backup referencing one has it
+	// among BadChunks (missing), and a Full backup heals it. On their own
+	// they are a warning, not a failure of the backups verified: one bad
+	// index no verified backup needs failed every verify for good, since
+	// GC keeps a pack whose index does not decode.
 	BadIndexes []string `json:"bad_indexes,omitempty"`
 }
 
-// OK reports whether nothing was found wrong.
+// OK reports whether the backups verified are sound: no bad chunk and no
+// bad backup (BadIndexes alone is a warning).
 func (v *VerifyReport) OK() bool {
-	return len(v.BadChunks) == 0 && len(v.BadBackups) == 0 && len(v.BadIndexes) == 0
+	return len(v.BadChunks) == 0 && len(v.BadBackups) == 0
 }
 
 // Verify checks the backups under manifestKeys (nil: every backup on the
@@ -279,6 +284,9 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 	}
 	slices.SortFunc(rep.BadChunks, func(a, b BadChunk) int { return strings.Compare(a.ID, b.ID) })
 	if rep.OK() {
+		if len(rep.BadIndexes) > 0 {
+			r.log.Warn("verify: pack indexes on the target do not decode; no verified backup references their chunks", "count", len(rep.BadIndexes), "first", rep.BadIndexes[0])
+		}
 		return rep, nil
 	}
 	if len(rep.BadChunks) > 0 {
@@ -292,10 +300,7 @@ func (r *Repository) Verify(ctx context.Context, manifestKeys []string, opts Ver
 		return rep, fmt.Errorf("verify: %d bad chunks in %d volumes (%v); first referenced by %v: %w",
 			len(rep.BadChunks), len(vols), slices.Sorted(maps.Keys(vols)), b.Backups, b.err)
 	}
-	if len(rep.BadBackups) > 0 {
-		return rep, fmt.Errorf("verify: %d backups are bad (do not load, or their map does not give their digest); first: %w", len(rep.BadBackups), rep.BadBackups[0].err)
-	}
-	return rep, fmt.Errorf("verify: %d pack indexes do not decode (no verified backup references their chunks); first: %s: %w", len(rep.BadIndexes), rep.BadIndexes[0], ErrCorrupt)
+	return rep, fmt.Errorf("verify: %d backups are bad (do not load, or their map does not give their digest); first: %w", len(rep.BadBackups), rep.BadBackups[0].err)
 }
 
 // backupDamage reports whether err, from loading a manifest or a map page,

@@ -261,6 +261,9 @@ func backupVerifyCmd() *cobra.Command {
 			if req.ReadData {
 				how = "every chunk re-read and re-hashed"
 			}
+			if n := len(v.Report.BadIndexes); n > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d pack indexes on target %s do not decode (this backup needs none of them; GC keeps their packs): %s\n", n, v.Target, oneLine(v.Report.BadIndexes[0]))
+			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "backup %s of %s on %s OK: %d chunks, %s\n", v.ID, v.Volume, v.Target, v.Report.Chunks, how)
 			return err
 		},
@@ -303,9 +306,6 @@ func verifyFailure(v *service.VerifyResult) string {
 	}
 	if n := len(rep.BadBackups); n > 0 {
 		parts = append(parts, fmt.Sprintf("%d backups are bad (%s)", n, oneLine(rep.BadBackups[0].Err)))
-	}
-	if n := len(rep.BadIndexes); n > 0 {
-		parts = append(parts, fmt.Sprintf("%d pack indexes do not decode", n))
 	}
 	if len(parts) == 0 {
 		parts = append(parts, oneLine(v.Error))
