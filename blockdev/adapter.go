@@ -133,3 +133,81 @@ func (s viewVolume) Trim(context.Context, int64, int64, WriteFlags) error {
 func (s viewVolume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
 	return s.vw.Extents(ctx, off, length)
 }
+
+// swapView is the device of a Manager's shared snapshot view. Its view
+// can be replaced by a fresh view of the same snapshot (swap) while
+// devices are open on it: a snapshot's content never changes, but a view
+// holds the layers of the chain it was opened on, and after a snapshot
+// below it is deleted (its layer merged up) only a new view lets that
+// layer go.
+type swapView struct {
+	mu sync.RWMutex // held for reading by each call on the view
+	vw *snapshot.View
+}
+
+func (s *swapView) cur() viewVolume {
+	return viewVolume{s.vw}
+}
+
+func (s *swapView) Name() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur().Name()
+}
+
+func (s *swapView) Size() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur().Size()
+}
+
+func (s *swapView) ReadOnly() bool { return true }
+
+func (s *swapView) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur().ReadAt(ctx, p, off)
+}
+
+func (s *swapView) WriteAt(ctx context.Context, p []byte, off int64, f WriteFlags) (int, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur().WriteAt(ctx, p, off, f)
+}
+
+func (s *swapView) Flush(ctx context.Context) error { return ctx.Err() }
+
+func (s *swapView) Zero(ctx context.Context, off, n int64, f WriteFlags) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur().Zero(ctx, off, n, f)
+}
+
+func (s *swapView) Trim(ctx context.Context, off, n int64, f WriteFlags) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur().Trim(ctx, off, n, f)
+}
+
+func (s *swapView) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur().Extents(ctx, off, length)
+}
+
+// view returns the current view.
+func (s *swapView) view() *snapshot.View {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.vw
+}
+
+// swap makes vw the view, once no call is on the old one, and returns
+// the old one for the caller to close.
+func (s *swapView) swap(vw *snapshot.View) *snapshot.View {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.vw
+	s.vw = vw
+	return old
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -97,19 +98,26 @@ func newManaged(v *snapshot.Volume) *managed {
 }
 
 type sharedView struct {
-	vw    *snapshot.View
-	dev   Volume
+	sw    *swapView // the devices handed out; holds the view
 	users int
 	// orphaned: the view is no longer reachable by name (its snapshot was
 	// deleted or reverted away); the last release closes it.
 	orphaned bool
 }
 
+func newSharedView(vw *snapshot.View) *sharedView { return &sharedView{sw: &swapView{vw: vw}} }
+
+// created is the creation time of the view's snapshot.
+func (sv *sharedView) created() time.Time { return sv.sw.view().Created() }
+
+// close closes the view.
+func (sv *sharedView) close() error { return sv.sw.view().Close() }
+
 // orphan detaches sv from its name, closing it now if idle. Callers hold m.mu.
 func (sv *sharedView) orphan() {
 	sv.orphaned = true
 	if sv.users == 0 {
-		_ = sv.vw.Close()
+		_ = sv.close()
 	}
 }
 
@@ -117,7 +125,7 @@ func (sv *sharedView) orphan() {
 func (sv *sharedView) release() {
 	sv.users--
 	if sv.users == 0 && sv.orphaned {
-		_ = sv.vw.Close()
+		_ = sv.close()
 	}
 	// An idle view that is not orphaned stays cached: it holds no more than
 	// the layers its snapshot holds anyway.
@@ -132,7 +140,7 @@ func (mv *managed) orphanViewsLocked() {
 		live[si.Name] = si.Created
 	}
 	for name, sv := range mv.views {
-		if created, ok := live[name]; !ok || !created.Equal(sv.vw.Created()) {
+		if created, ok := live[name]; !ok || !created.Equal(sv.created()) {
 			delete(mv.views, name)
 			sv.orphan()
 		}
@@ -196,7 +204,7 @@ func (m *Manager) Close() error {
 	var errs []error
 	for _, mv := range m.vols {
 		for _, sv := range mv.views {
-			errs = append(errs, sv.vw.Close())
+			errs = append(errs, sv.close())
 		}
 		errs = append(errs, mv.v.Close())
 	}
@@ -388,7 +396,45 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, name, snap string) error {
 	}
 	err = mv.v.DeleteSnapshot(ctx, snap)
 	m.settleViews(name, mv)
+	if err == nil {
+		m.rebaseViews(ctx, name, mv)
+	}
 	return err
+}
+
+// rebaseViews gives the cached views of volume name's other snapshots a
+// fresh view on the chain as it is now, closing the old ones: after a
+// snapshot's deletion merged its layer up, a view opened before still
+// held that layer, and its space stayed taken for as long as the view
+// (the FUSE file of every snapshot keeps one open), with its blocks now
+// also copied into the layer above. Devices open on a view keep working:
+// the content is the same. A view that cannot be opened again keeps the
+// old one.
+func (m *Manager) rebaseViews(ctx context.Context, name string, mv *managed) {
+	m.mu.Lock()
+	if m.vols[name] != mv {
+		m.mu.Unlock()
+		return
+	}
+	snaps := slices.Collect(maps.Keys(mv.views))
+	m.mu.Unlock()
+	for _, snap := range snaps {
+		vw, err := mv.v.OpenSnapshot(context.WithoutCancel(ctx), snap)
+		if err != nil {
+			m.log.Warn("snapshot view kept on the old chain after a deletion below it", "volume", name, "snapshot", snap, "err", err)
+			continue
+		}
+		m.mu.Lock()
+		sv := mv.views[snap]
+		if m.vols[name] != mv || sv == nil || sv.orphaned || !sv.created().Equal(vw.Created()) {
+			m.mu.Unlock()
+			_ = vw.Close()
+			continue
+		}
+		old := sv.sw.swap(vw)
+		m.mu.Unlock()
+		_ = old.Close()
+	}
 }
 
 // settleViews drops the cached views of volume name whose snapshot is gone
@@ -541,7 +587,7 @@ func (m *Manager) Open(ctx context.Context, export string) (Volume, func(), erro
 		// A snapshot deleted and made again under the name since the
 		// view was cached (the deletion's own cleanup may not have run
 		// yet) must not be served from the old one's view.
-		if created, ok := mv.v.SnapshotCreated(snap); !ok || !created.Equal(sv.vw.Created()) {
+		if created, ok := mv.v.SnapshotCreated(snap); !ok || !created.Equal(sv.created()) {
 			delete(mv.views, snap)
 			sv.orphan()
 			sv = nil
@@ -552,11 +598,11 @@ func (m *Manager) Open(ctx context.Context, export string) (Volume, func(), erro
 		if err != nil {
 			return nil, nil, err
 		}
-		sv = &sharedView{vw: vw, dev: FromView(vw)}
+		sv = newSharedView(vw)
 		mv.views[snap] = sv
 	}
 	sv.users++
-	return sv.dev, m.releaser(sv.release), nil
+	return sv.sw, m.releaser(sv.release), nil
 }
 
 // releaser wraps fn to run once under m.mu.
