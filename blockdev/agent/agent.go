@@ -627,9 +627,13 @@ func (a *Agent) idle(name string) error {
 	return a.host.release(name)
 }
 
-// volumesChanged tells the FUSE mount to refresh its file list.
+// volumesChanged tells the FUSE mount to refresh its file list, and drops
+// the metrics of exports that are gone.
 func (a *Agent) volumesChanged() {
 	if a.host != nil {
 		a.host.refresh()
+	}
+	if names, err := a.mgr.Exports(context.Background()); err == nil {
+		a.met.prune(names)
 	}
 }

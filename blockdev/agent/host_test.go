@@ -295,3 +295,47 @@ func mountsOn(t *testing.T, dir string) int {
 	}
 	return n
 }
+
+// TestMetricsOfDeletedExports: the per-export series of a deleted
+// snapshot leave the metrics. Before, every snapshot's FUSE file made
+// series that stayed for good (each backup-<time> snapshot added ~96).
+func TestMetricsOfDeletedExports(t *testing.T) {
+	a, c := startFUSEAgent(t)
+	ctx := t.Context()
+	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "vol", Size: 4 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateSnapshot(ctx, "vol", "s"); err != nil {
+		t.Fatal(err)
+	}
+	series := func(export string) int {
+		t.Helper()
+		mfs, err := a.met.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "volume" && l.GetValue() == export {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+	if series("vol@s") == 0 {
+		t.Fatal("no series for the snapshot's FUSE file")
+	}
+	if err := c.DeleteSnapshot(ctx, "vol", "s"); err != nil {
+		t.Fatal(err)
+	}
+	if n := series("vol@s"); n != 0 {
+		t.Errorf("%d series of the deleted snapshot vol@s left", n)
+	}
+	if series("vol") == 0 {
+		t.Error("the volume's own series went too")
+	}
+}

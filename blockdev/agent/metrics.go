@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,9 @@ type metrics struct {
 	latency *prometheus.HistogramVec // volume, op
 	volumes prometheus.GaugeFunc
 	api     *prometheus.CounterVec // route, code
+
+	mu    sync.Mutex
+	named map[string]bool // exports with series
 }
 
 func newMetrics(volumeCount func() float64) *metrics {
@@ -44,6 +48,7 @@ func newMetrics(volumeCount func() float64) *metrics {
 			Name: "strata_api_requests_total", Help: "Control API requests, by route and HTTP status.",
 		}, []string{"route", "code"}),
 	}
+	m.named = map[string]bool{}
 	m.reg.MustRegister(m.ops, m.errs, m.bytes, m.latency, m.volumes, m.api,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -75,6 +80,9 @@ type instrumented struct {
 }
 
 func (m *metrics) instrument(v blockdev.Volume) blockdev.Volume {
+	m.mu.Lock()
+	m.named[v.Name()] = true
+	m.mu.Unlock()
 	iv := &instrumented{Volume: v}
 	for op, name := range opNames {
 		iv.m[op] = opMetrics{
@@ -85,6 +93,31 @@ func (m *metrics) instrument(v blockdev.Volume) blockdev.Volume {
 		}
 	}
 	return iv
+}
+
+// prune deletes the series of exports not in live (deleted volumes and
+// snapshots): each backup-<time> or sys-<id> snapshot's FUSE file made
+// series that stayed for good. A device still open on a deleted export
+// counts on, unscraped.
+func (m *metrics) prune(live []string) {
+	keep := make(map[string]bool, len(live))
+	for _, n := range live {
+		keep[n] = true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name := range m.named {
+		if keep[name] {
+			continue
+		}
+		for _, op := range opNames {
+			m.ops.DeleteLabelValues(name, op)
+			m.errs.DeleteLabelValues(name, op)
+			m.bytes.DeleteLabelValues(name, op)
+			m.latency.DeleteLabelValues(name, op)
+		}
+		delete(m.named, name)
+	}
 }
 
 func (iv *instrumented) done(op int, t0 time.Time, n int64, err error) {
