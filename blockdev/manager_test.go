@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"slices"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
