@@ -272,6 +272,14 @@ func (m *Manager) Volumes(ctx context.Context) ([]VolumeInfo, error) {
 	return out, nil
 }
 
+// Served is the number of volumes the Manager serves (those that failed to
+// open not counted): cheap, unlike Volumes, for a metrics scrape.
+func (m *Manager) Served() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.vols)
+}
+
 // Volume describes one volume.
 func (m *Manager) Volume(ctx context.Context, name string) (VolumeInfo, error) {
 	if err := ctx.Err(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -435,5 +436,37 @@ func TestDeleteSnapshotFreesLayerUnderOpenView(t *testing.T) {
 	}
 	if !bytes.Equal(before, after) {
 		t.Error("the open device of v@s2 reads other data after the deletion below it")
+	}
+}
+
+// TestManagerServed: Served counts the volumes served, not one that failed
+// to open (Volumes lists it, with its error), and takes no volume's lock.
+func TestManagerServed(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir := t.TempDir()
+	m := openTestManager(t, dir)
+	for _, v := range []string{"a", "b"} {
+		if _, err := m.Create(ctx, v, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := m.Served(); n != 2 {
+		t.Fatalf("Served = %d, want 2", n)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// b's metadata damaged: it no longer opens.
+	if err := os.WriteFile(filepath.Join(dir, "volumes", "b.meta"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m = openTestManager(t, dir)
+	vs, err := m.Volumes(ctx)
+	if err != nil || len(vs) != 2 {
+		t.Fatalf("Volumes = %+v, %v; want a and the broken b", vs, err)
+	}
+	if n := m.Served(); n != 1 {
+		t.Fatalf("Served with b broken = %d, want 1", n)
 	}
 }

@@ -81,10 +81,7 @@ func New(ctx context.Context, cfg Config, version string, log *slog.Logger, exts
 		return nil, fmt.Errorf("open volume store in %s: %w", cfg.DataDir, err)
 	}
 	a := &Agent{cfg: cfg, version: version, log: log, started: time.Now().UTC(), mgr: mgr, exts: exts, ready: make(chan struct{})}
-	a.met = newMetrics(func() float64 {
-		vs, _ := mgr.Volumes(context.Background())
-		return float64(len(vs))
-	})
+	a.met = newMetrics(func() float64 { return float64(mgr.Served()) })
 	if a.state, err = openState(filepath.Join(cfg.DataDir, stateName)); err != nil {
 		_ = mgr.Close()
 		return nil, err
