@@ -86,6 +86,15 @@ func (a *Agent) hold(ctx context.Context, req HoldRequest) (HoldInfo, error) {
 	if err != nil {
 		return HoldInfo{}, err
 	}
+	// Again now that the gates are closed: a restore that took a volume
+	// meanwhile writes to it, and a snapshot under this hold would catch
+	// it half-restored.
+	for _, v := range req.Volumes {
+		if err := a.notExclusive(v); err != nil {
+			h.Release()
+			return HoldInfo{}, err
+		}
+	}
 	id := rand.Text()
 	hw := &heldWrites{h: h, info: HoldInfo{ID: id, Volumes: h.Volumes(), Expires: time.Now().Add(timeout).UTC()}}
 	a.holds.mu.Lock()
@@ -141,6 +150,11 @@ func (a *Agent) snapshotHold(ctx context.Context, id, snap string) ([]blockdev.V
 	a.holds.mu.Unlock()
 	if !ok {
 		return nil, errNoHold(id)
+	}
+	for _, v := range hw.info.Volumes {
+		if err := a.notExclusive(v); err != nil {
+			return nil, err
+		}
 	}
 	out, err := hw.h.Snapshot(ctx, snap)
 	if err != nil {

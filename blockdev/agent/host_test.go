@@ -192,6 +192,21 @@ func TestExclusive(t *testing.T) {
 	if _, err := c.CreateSnapshot(ctx, "vol", "s"); err != nil {
 		t.Errorf("snapshot after release: %v", err)
 	}
+	// A hold taken before a restore took the volume: a snapshot under it
+	// is refused (it would catch the volume half-restored).
+	h, err := c.Hold(ctx, []string{"vol"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.ReleaseHold(ctx, h.ID) }()
+	release, err = a.Exclusive("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if _, err := c.SnapshotHold(ctx, h.ID, "s2"); !errors.Is(err, blockdev.ErrInUse) {
+		t.Errorf("snapshot under a hold of a volume a restore took since: %v, want ErrInUse", err)
+	}
 }
 
 // TestForeignMountUntouched: when the directory a volume was mounted on
