@@ -852,6 +852,10 @@ func isTakenSnapshot(name string) bool {
 // next backup a full one). A failure is logged: the backup is committed
 // either way.
 func (s *Service) dropTakenSnapshots(ctx context.Context, volume, snap, target string) {
+	// Bounded: the volume stays claimed meanwhile, and an unreachable
+	// target must not keep it so (nothing is deleted then).
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
 	log := s.log.With("volume", volume, "snapshot", snap)
 	info, err := s.cfg.Manager.Volume(ctx, volume)
 	if err != nil {
