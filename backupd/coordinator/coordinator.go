@@ -247,6 +247,9 @@ func (c *Coordinator) committedAfterAll(ctx context.Context, r *Run) bool {
 	switch {
 	case errors.Is(err, plugins.ErrNotFound):
 		return false
+	case errors.Is(err, blockdev.ErrNotFound):
+		c.log.Error("open system backup left open: its default target is not registered, so whether it committed cannot be known; register it again (strata target add) to settle it", "system", r.ID, "target", def, "err", err)
+		return true
 	case err != nil && !errors.Is(err, ErrCorrupt):
 		c.log.Warn("open system backup left open: its default target cannot be read to see whether it committed; retried at the next start or system backup", "system", r.ID, "target", def, "err", err)
 		return true

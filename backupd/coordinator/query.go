@@ -235,7 +235,7 @@ func (c *Coordinator) Remove(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.sameTargets(id, m.Config); err != nil {
+	if err := c.sameTargets(ctx, id, m.Config); err != nil {
 		return err
 	}
 	cfg := m.Config
@@ -249,31 +249,37 @@ func (c *Coordinator) Remove(ctx context.Context, id string) error {
 	return c.finishRemove(ctx, rec)
 }
 
-// sameTargets checks that every target of system backup id's
-// configuration is registered here under its name with the URL it had:
-// a copy on a target no longer registered, or on the old URL of a name
+// sameTargets checks, before a removal starts, that every target of
+// system backup id's configuration is registered here under its name, and
+// that one registered at another URL than the configuration's holds the
+// copy (the same storage reached another way, a share mounted elsewhere):
+// a copy on a target no longer registered, or at the old URL of a name
 // registered again elsewhere, would outlive the removal and keep naming
 // the backups deleted with it.
-func (c *Coordinator) sameTargets(id string, cfg Config) error {
+func (c *Coordinator) sameTargets(ctx context.Context, id string, cfg Config) error {
 	reg := c.opts.Targets.Registry()
 	for _, t := range cfg.Targets {
 		rt, err := reg.Get(t.Name)
 		if err != nil {
 			return fmt.Errorf("system backup %s has a copy on target %q (%s), which is not registered: register it again (strata target add %s URL) so that the copy goes with it: %w", id, t.Name, t.URL, t.Name, ErrInvalid)
 		}
-		if rt.URL != t.URL {
-			return fmt.Errorf("system backup %s has a copy on target %q at %s, but %q is registered at %s now: register the old location under a name of its own (or again as %q) so that the copy goes with it: %w", id, t.Name, t.URL, t.Name, rt.URL, t.Name, ErrInvalid)
+		if rt.URL == t.URL {
+			continue
 		}
+		_, lerr := c.loadManifest(ctx, t.Name, id)
+		if lerr == nil {
+			continue
+		}
+		return fmt.Errorf("system backup %s has a copy on target %q at %s, but %q is registered at %s now, which does not hold it (%v): register the old location under a name of its own (or again as %q) so that the copy goes with it: %w", id, t.Name, t.URL, t.Name, rt.URL, lerr, t.Name, ErrInvalid)
 	}
 	return nil
 }
 
 // finishRemove deletes a removing run's manifest copies, then releases
-// its backups, then its record.
+// its backups, then its record. (Its targets were checked when the
+// removal started: an interrupted one is finished wherever they are now
+// registered, or a target that died meanwhile would keep it forever.)
 func (c *Coordinator) finishRemove(ctx context.Context, r *Run) error {
-	if err := c.sameTargets(r.ID, *r.Config); err != nil {
-		return err
-	}
 	for _, t := range r.Config.Targets {
 		if err := c.deleteManifest(ctx, t.Name, r.ID); err != nil {
 			return fmt.Errorf("remove system backup %s from target %q: %w", r.ID, t.Name, err)

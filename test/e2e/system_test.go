@@ -1094,9 +1094,15 @@ func TestSystemBackupRmTargetMoved(t *testing.T) {
 	if len(bs) != 1 || bs[0].ID != byVolume(sys)["vol-a"].BackupID {
 		t.Fatalf("vol-a's backups after the refused removal: %+v", bs)
 	}
-	// Registered again at its old location, the removal goes through.
+	// Registered again at another URL that reaches the same storage (a
+	// share mounted elsewhere; here a symlink) and holds the copy, the
+	// removal goes through.
+	alias := filepath.Join(t.TempDir(), "alias")
+	if err := os.Symlink(dirX, alias); err != nil {
+		t.Fatal(err)
+	}
 	s.must("target", "rm", "x")
-	s.must("target", "add", "x", "file://"+dirX)
+	s.must("target", "add", "x", "file://"+alias)
 	s.must("system", "backup", "rm", sys.ID)
 	if got := manifestsIn(t, dirX); slicesContains(got, sys.ID) {
 		t.Fatalf("the copy is left after the removal: %v", got)
