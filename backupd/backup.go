@@ -72,7 +72,7 @@ type Result struct {
 // exists: one whose Put failed, returned past the deadline or did not
 // read back is withdrawn (deleted), even if ctx was cancelled. Only if
 // that delete fails too may it remain; the error then says so.
-func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, error) {
+func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (_ *Result, err error) {
 	if err := r.checkBackupOptions(&opts); err != nil {
 		return nil, err
 	}
@@ -88,13 +88,22 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (*Result, e
 	// manifest written within MaxDuration of that listing.
 	started := opts.Now()
 	// Past that the backup cannot commit (ErrTooSlow): stop it a little
-	// after (as long again, at most a minute), whatever it is waiting on
-	// (a target or plugin that stopped answering would otherwise hold it,
-	// and its volume, for good). The withdrawal of a late manifest has a
-	// context of its own.
-	ctx, cancel := context.WithTimeoutCause(ctx, opts.MaxDuration+min(opts.MaxDuration, time.Minute),
+	// after (as long again, from 10 s to a minute), whatever it is waiting
+	// on (a target or plugin that stopped answering would otherwise hold
+	// it, and its volume, for good). The withdrawal of a late manifest
+	// has a context of its own.
+	ctx, cancel := context.WithTimeoutCause(ctx, opts.MaxDuration+min(max(opts.MaxDuration, 10*time.Second), time.Minute),
 		fmt.Errorf("backup of volume %q stopped: still running well past its maximum duration %v: %w", opts.Volume, opts.MaxDuration, ErrTooSlow))
 	defer cancel()
+	defer func() {
+		// Whatever step the deadline cut short (the manifest's Put or
+		// read-back too), the error says why.
+		if err != nil && !errors.Is(err, ErrTooSlow) {
+			if cause := context.Cause(ctx); errors.Is(cause, ErrTooSlow) {
+				err = fmt.Errorf("%w (%v)", cause, err)
+			}
+		}
+	}()
 	idx, err := r.loadIndex(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: loading the chunk index: %w", opts.Volume, err)
