@@ -434,7 +434,7 @@ func (m *Manager) rebaseViews(ctx context.Context, name string, mv *managed) {
 		}
 		m.mu.Lock()
 		sv := mv.views[snap]
-		if m.vols[name] != mv || sv == nil || sv.orphaned || !sv.created().Equal(vw.Created()) {
+		if m.closed || m.vols[name] != mv || sv == nil || sv.orphaned || !sv.created().Equal(vw.Created()) {
 			m.mu.Unlock()
 			_ = vw.Close()
 			continue

@@ -129,15 +129,13 @@ const (
 	bufferSize = 1 << 20
 )
 
-// Keepalive: the host pings an idle or busy connection every
-// keepaliveTime and drops it if no answer comes in keepaliveTimeout, so a
-// call to a plugin process that stopped running (SIGSTOP, a frozen
-// cgroup) fails as Unavailable (transient: the process is replaced)
-// instead of waiting for as long as its caller's context allows.
-const (
-	keepaliveTime    = 30 * time.Second
-	keepaliveTimeout = 10 * time.Second
-)
+// keepaliveTime is the shortest interval between keepalive pings a plugin
+// accepts. The host sends none: a plugin built before this policy
+// (gRPC's default allows one ping per 5 minutes) would close the
+// connection as "too many pings". A plugin that stops answering is found
+// by the host's health check instead, once a call to it ends with its
+// caller's context (Remote.retryN).
+const keepaliveTime = 30 * time.Second
 
 func serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
@@ -151,7 +149,6 @@ func serverOptions() []grpc.ServerOption {
 
 func dialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
 		grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(windowSize),
 		grpc.WithWriteBufferSize(bufferSize), grpc.WithReadBufferSize(bufferSize),

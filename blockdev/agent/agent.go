@@ -630,7 +630,8 @@ func (a *Agent) volumesChanged() {
 	if a.host != nil {
 		a.host.refresh()
 	}
+	at := a.met.mark()
 	if names, err := a.mgr.Exports(context.Background()); err == nil {
-		a.met.prune(names)
+		a.met.prune(names, at)
 	}
 }

@@ -181,9 +181,24 @@ func (a *Agent) snapshotGroup(ctx context.Context, req GroupSnapshotRequest) ([]
 			return nil, err
 		}
 	}
+	if !blockdev.ValidName(req.Name) {
+		return nil, fmt.Errorf("snapshot name %q: must match [a-z0-9][a-z0-9._-]{0,62}: %w", req.Name, blockdev.ErrInvalidName)
+	}
 	wctx, cancel := context.WithTimeout(ctx, DefaultHoldTimeout)
 	defer cancel()
-	out, err := a.mgr.SnapshotGroup(wctx, req.Volumes, req.Name)
+	h, err := a.mgr.Hold(wctx, req.Volumes)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Release()
+	// Again with the gates closed, as hold does: a restore that took a
+	// volume meanwhile would be caught half-done.
+	for _, v := range req.Volumes {
+		if err := a.notExclusive(v); err != nil {
+			return nil, err
+		}
+	}
+	out, err := h.Snapshot(wctx, req.Name)
 	if err != nil {
 		return nil, err
 	}

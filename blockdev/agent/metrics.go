@@ -22,7 +22,8 @@ type metrics struct {
 	api     *prometheus.CounterVec // route, code
 
 	mu    sync.Mutex
-	named map[string]bool // exports with series
+	seq   uint64            // counts instrument calls
+	named map[string]uint64 // exports with series: seq of the latest instrument
 }
 
 func newMetrics(volumeCount func() float64) *metrics {
@@ -48,7 +49,7 @@ func newMetrics(volumeCount func() float64) *metrics {
 			Name: "strata_api_requests_total", Help: "Control API requests, by route and HTTP status.",
 		}, []string{"route", "code"}),
 	}
-	m.named = map[string]bool{}
+	m.named = map[string]uint64{}
 	m.reg.MustRegister(m.ops, m.errs, m.bytes, m.latency, m.volumes, m.api,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -81,7 +82,8 @@ type instrumented struct {
 
 func (m *metrics) instrument(v blockdev.Volume) blockdev.Volume {
 	m.mu.Lock()
-	m.named[v.Name()] = true
+	m.seq++
+	m.named[v.Name()] = m.seq
 	m.mu.Unlock()
 	iv := &instrumented{Volume: v}
 	for op, name := range opNames {
@@ -95,19 +97,28 @@ func (m *metrics) instrument(v blockdev.Volume) blockdev.Volume {
 	return iv
 }
 
+// mark returns the point prune's export list is taken at.
+func (m *metrics) mark() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.seq
+}
+
 // prune deletes the series of exports not in live (deleted volumes and
-// snapshots): each backup-<time> or sys-<id> snapshot's FUSE file made
-// series that stayed for good. A device still open on a deleted export
-// counts on, unscraped.
-func (m *metrics) prune(live []string) {
+// snapshots), a list taken after mark returned at: each backup-<time> or
+// sys-<id> snapshot's FUSE file made series that stayed for good. Those
+// instrumented since the mark stay (an export made meanwhile, missing
+// from the list). A device still open on a deleted export counts on,
+// unscraped.
+func (m *metrics) prune(live []string, at uint64) {
 	keep := make(map[string]bool, len(live))
 	for _, n := range live {
 		keep[n] = true
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for name := range m.named {
-		if keep[name] {
+	for name, seq := range m.named {
+		if keep[name] || seq > at {
 			continue
 		}
 		for _, op := range opNames {
