@@ -109,8 +109,8 @@ func (h *Hold) Snapshot(ctx context.Context, snap string) ([]VolumeSnapshot, err
 	if h.released {
 		return nil, fmt.Errorf("hold on volumes %s: released: %w", strings.Join(h.names, ", "), ErrClosed)
 	}
-	if !ValidName(snap) {
-		return nil, fmt.Errorf("snapshot name %q: must match [a-z0-9][a-z0-9._-]{0,62}: %w", snap, ErrInvalidName)
+	if err := CheckSnapshotName(snap); err != nil {
+		return nil, err
 	}
 	for _, name := range h.names {
 		vi, err := h.m.Volume(ctx, name)
@@ -166,8 +166,8 @@ func (h *Hold) Release() {
 // crash-consistent instant: it holds their writes, snapshots each and
 // releases them (Hold, then Hold.Snapshot).
 func (m *Manager) SnapshotGroup(ctx context.Context, names []string, snap string) ([]VolumeSnapshot, error) {
-	if !ValidName(snap) {
-		return nil, fmt.Errorf("snapshot name %q: must match [a-z0-9][a-z0-9._-]{0,62}: %w", snap, ErrInvalidName)
+	if err := CheckSnapshotName(snap); err != nil {
+		return nil, err
 	}
 	h, err := m.Hold(ctx, names)
 	if err != nil {

@@ -35,6 +35,15 @@ type SnapshotInfo = snapshot.SnapshotInfo
 // ValidName reports whether s is a valid volume or snapshot name.
 func ValidName(s string) bool { return snapshot.ValidName(s) }
 
+// CheckSnapshotName returns an ErrInvalidName error naming snap unless it
+// is a valid snapshot name.
+func CheckSnapshotName(snap string) error {
+	if !ValidName(snap) {
+		return fmt.Errorf("snapshot name %q: must match [a-z0-9][a-z0-9._-]{0,62}: %w", snap, ErrInvalidName)
+	}
+	return nil
+}
+
 // VolumeInfo describes a volume the Manager holds.
 type VolumeInfo struct {
 	Name    string    `json:"name"`
@@ -91,6 +100,15 @@ type managed struct {
 	// reverting is set while Revert runs (outside m.mu): the head must
 	// not be opened meanwhile, its content is about to be replaced.
 	reverting bool
+}
+
+// revertingErr is ErrInUse while a Revert of volume name runs, else nil.
+// Callers hold m.mu.
+func (mv *managed) revertingErr(name string) error {
+	if mv.reverting {
+		return fmt.Errorf("volume %q: being reverted: %w", name, ErrInUse)
+	}
+	return nil
 }
 
 func newManaged(v *snapshot.Volume) *managed {
@@ -339,8 +357,8 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 	if n := mv.usersLocked(); n > 0 {
 		return fmt.Errorf("volume %q: %d devices open on it: %w", name, n, ErrInUse)
 	}
-	if mv.reverting {
-		return fmt.Errorf("volume %q: being reverted: %w", name, ErrInUse)
+	if err := mv.revertingErr(name); err != nil {
+		return err
 	}
 	for snap, sv := range mv.views {
 		delete(mv.views, snap)
@@ -472,8 +490,8 @@ func (m *Manager) idleLocked(name string) (*managed, error) {
 	case err != nil:
 	case mv.users > 0:
 		err = fmt.Errorf("volume %q: %d devices open on it: %w", name, mv.users, ErrInUse)
-	case mv.reverting:
-		err = fmt.Errorf("volume %q: being reverted: %w", name, ErrInUse)
+	default:
+		err = mv.revertingErr(name)
 	}
 	return mv, err
 }
@@ -584,8 +602,8 @@ func (m *Manager) Open(ctx context.Context, export string) (Volume, func(), erro
 		return nil, nil, err
 	}
 	if snap == "" {
-		if mv.reverting {
-			return nil, nil, fmt.Errorf("volume %q: being reverted: %w", vol, ErrInUse)
+		if err := mv.revertingErr(vol); err != nil {
+			return nil, nil, err
 		}
 		mv.users++
 		return mv.dev, m.releaser(func() { mv.users-- }), nil

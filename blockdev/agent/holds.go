@@ -75,10 +75,8 @@ func (a *Agent) hold(ctx context.Context, req HoldRequest) (HoldInfo, error) {
 	if err != nil {
 		return HoldInfo{}, err
 	}
-	for _, v := range req.Volumes {
-		if err := a.notExclusive(v); err != nil {
-			return HoldInfo{}, err
-		}
+	if err := a.noneExclusive(req.Volumes); err != nil {
+		return HoldInfo{}, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -89,11 +87,9 @@ func (a *Agent) hold(ctx context.Context, req HoldRequest) (HoldInfo, error) {
 	// Again now that the gates are closed: a restore that took a volume
 	// meanwhile writes to it, and a snapshot under this hold would catch
 	// it half-restored.
-	for _, v := range req.Volumes {
-		if err := a.notExclusive(v); err != nil {
-			h.Release()
-			return HoldInfo{}, err
-		}
+	if err := a.noneExclusive(req.Volumes); err != nil {
+		h.Release()
+		return HoldInfo{}, err
 	}
 	id := rand.Text()
 	hw := &heldWrites{h: h, info: HoldInfo{ID: id, Volumes: h.Volumes(), Expires: time.Now().Add(timeout).UTC()}}
@@ -115,6 +111,16 @@ func (a *Agent) hold(ctx context.Context, req HoldRequest) (HoldInfo, error) {
 	a.holds.mu.Unlock()
 	a.log.Info("writes held", "hold", id, "volumes", hw.info.Volumes, "timeout", timeout)
 	return hw.info, nil
+}
+
+// noneExclusive is notExclusive for each of vols.
+func (a *Agent) noneExclusive(vols []string) error {
+	for _, v := range vols {
+		if err := a.notExclusive(v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // endHold releases hold id; false if there is no such hold (any more).
@@ -151,10 +157,8 @@ func (a *Agent) snapshotHold(ctx context.Context, id, snap string) ([]blockdev.V
 	if !ok {
 		return nil, errNoHold(id)
 	}
-	for _, v := range hw.info.Volumes {
-		if err := a.notExclusive(v); err != nil {
-			return nil, err
-		}
+	if err := a.noneExclusive(hw.info.Volumes); err != nil {
+		return nil, err
 	}
 	out, err := hw.h.Snapshot(ctx, snap)
 	if err != nil {
@@ -176,13 +180,11 @@ func (a *Agent) lookupHold(id string) (*heldWrites, bool) {
 
 // snapshotGroup holds, snapshots and releases req.Volumes.
 func (a *Agent) snapshotGroup(ctx context.Context, req GroupSnapshotRequest) ([]blockdev.VolumeSnapshot, error) {
-	for _, v := range req.Volumes {
-		if err := a.notExclusive(v); err != nil {
-			return nil, err
-		}
+	if err := a.noneExclusive(req.Volumes); err != nil {
+		return nil, err
 	}
-	if !blockdev.ValidName(req.Name) {
-		return nil, fmt.Errorf("snapshot name %q: must match [a-z0-9][a-z0-9._-]{0,62}: %w", req.Name, blockdev.ErrInvalidName)
+	if err := blockdev.CheckSnapshotName(req.Name); err != nil {
+		return nil, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, DefaultHoldTimeout)
 	defer cancel()
@@ -193,10 +195,8 @@ func (a *Agent) snapshotGroup(ctx context.Context, req GroupSnapshotRequest) ([]
 	defer h.Release()
 	// Again with the gates closed, as hold does: a restore that took a
 	// volume meanwhile would be caught half-done.
-	for _, v := range req.Volumes {
-		if err := a.notExclusive(v); err != nil {
-			return nil, err
-		}
+	if err := a.noneExclusive(req.Volumes); err != nil {
+		return nil, err
 	}
 	out, err := h.Snapshot(wctx, req.Name)
 	if err != nil {
