@@ -67,6 +67,13 @@ type Result struct {
 	Stats
 }
 
+// StopAfter is how long after it starts a backup of maximum duration
+// maxDur is stopped (ErrTooSlow): maxDur and as much again, from 10 s to a
+// minute. No backup commits later than that.
+func StopAfter(maxDur time.Duration) time.Duration {
+	return maxDur + min(max(maxDur, 10*time.Second), time.Minute)
+}
+
 // Backup backs up opts.Source and returns only once the backup is
 // acknowledged (FORMAT.md, "Commit order"). On error no manifest for it
 // exists: one whose Put failed, returned past the deadline or did not
@@ -88,11 +95,10 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (_ *Result,
 	// manifest written within MaxDuration of that listing.
 	started := opts.Now()
 	// Past that the backup cannot commit (ErrTooSlow): stop it a little
-	// after (as long again, from 10 s to a minute), whatever it is waiting
-	// on (a target or plugin that stopped answering would otherwise hold
-	// it, and its volume, for good). The withdrawal of a late manifest
-	// has a context of its own.
-	ctx, cancel := context.WithTimeoutCause(ctx, opts.MaxDuration+min(max(opts.MaxDuration, 10*time.Second), time.Minute),
+	// after (StopAfter), whatever it is waiting on (a target or plugin that
+	// stopped answering would otherwise hold it, and its volume, for
+	// good). The withdrawal of a late manifest has a context of its own.
+	ctx, cancel := context.WithTimeoutCause(ctx, StopAfter(opts.MaxDuration),
 		fmt.Errorf("backup of volume %q stopped: still running well past its maximum duration %v: %w", opts.Volume, opts.MaxDuration, ErrTooSlow))
 	defer cancel()
 	defer func() {

@@ -83,16 +83,18 @@ type Options struct {
 // manifest write that ends a backup.
 const lateMargin = 15 * time.Minute
 
+// lateUntil is when failed run r's late window ends.
+func (c *Coordinator) lateUntil(r *Run) time.Time { return r.Finished.Add(c.lateWindow()) }
+
 // lateWindow is how long after a run failed a volume backup of it may
-// still be committed: a backup an agent started before the failure stops
-// within its maximum duration and as much again (at most a minute; see
-// backupd.Repository.Backup).
+// still be committed: a backup an agent started before the failure is
+// stopped by backupd.StopAfter of its maximum duration.
 func (c *Coordinator) lateWindow() time.Duration {
 	d := c.opts.BackupMaxDuration
 	if d <= 0 {
 		d = backupd.DefaultMaxDuration
 	}
-	return d + min(d, time.Minute) + lateMargin
+	return backupd.StopAfter(d) + lateMargin
 }
 
 // Coordinator runs system backups and restores. Create it with New.
@@ -232,6 +234,16 @@ func (c *Coordinator) recover(ctx context.Context) {
 	}
 }
 
+// acks are the acknowledgements the volume backups m names stand for, as
+// a run records them.
+func (m *Manifest) acks() map[string]Ack {
+	out := make(map[string]Ack, len(m.Volumes))
+	for _, v := range m.Volumes {
+		out[ackKey(v.Agent, v.Volume)] = Ack{System: m.ID, Token: m.Token, VolumeBackup: v}
+	}
+	return out
+}
+
 // committedAfterAll reports whether open run r must not be failed: its
 // committed manifest is on its default target (this coordinator's state
 // is older than the targets: a data directory restored from a file backup
@@ -262,10 +274,7 @@ func (c *Coordinator) committedAfterAll(ctx context.Context, r *Run) bool {
 		}
 		cfg := m.Config
 		x.State, x.Finished, x.Config, x.CopiesPending = StateCommitted, m.Committed, &cfg, otherTargets(&cfg, def)
-		x.Acks = map[string]Ack{}
-		for _, v := range m.Volumes {
-			x.Acks[ackKey(v.Agent, v.Volume)] = Ack{System: m.ID, Token: m.Token, VolumeBackup: v}
-		}
+		x.Acks = m.acks()
 		return nil
 	}); err != nil {
 		c.log.Error("record a system backup committed on its target", "system", r.ID, "err", err)
@@ -1014,7 +1023,7 @@ func (c *Coordinator) releaseFailed(ctx context.Context, r *Run) {
 	if !ok {
 		return
 	}
-	if until := r.Finished.Add(c.lateWindow()); time.Now().Before(until) {
+	if until := c.lateUntil(r); time.Now().Before(until) {
 		// An agent may still commit a backup it started for the run
 		// (one cut off from the coordinator, say); released, the run
 		// would not be looked at again and that backup would stay held

@@ -94,30 +94,6 @@ func (c *Coordinator) listManifests(ctx context.Context, target string) ([]strin
 	return listManifestIDs(ctx, tg)
 }
 
-// namedElsewhere reports whether a system manifest on tg (target name)
-// other than id's names volume backup backup; one that does not load
-// counts as naming it (unsure: keep the backup).
-func (c *Coordinator) namedElsewhere(ctx context.Context, tg plugins.Target, name, id, backup string) (bool, error) {
-	ids, err := listManifestIDs(ctx, tg)
-	if err != nil {
-		return false, err
-	}
-	for _, other := range ids {
-		if other == id {
-			continue
-		}
-		om, err := loadManifestFrom(ctx, tg, name, other)
-		if err != nil {
-			c.log.Warn("keeping a volume backup: another system manifest does not load", "backup", backup, "other", other, "target", name, "err", err)
-			return true, nil
-		}
-		if slices.ContainsFunc(om.Volumes, func(o VolumeBackup) bool { return o.BackupID == backup }) {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 func listManifestIDs(ctx context.Context, tg plugins.Target) ([]string, error) {
 	var ids []string
 	for o, err := range tg.List(ctx, manifestPrefix, "") {
@@ -218,7 +194,7 @@ func (c *Coordinator) Remove(ctx context.Context, id string) error {
 		case StateFailed:
 			c.releaseFailed(ctx, r)
 			if r, err := c.st.run(id); err == nil && !r.Released {
-				if until := r.Finished.Add(c.lateWindow()); time.Now().Before(until) {
+				if until := c.lateUntil(r); time.Now().Before(until) {
 					return fmt.Errorf("system backup %s failed at %s; an agent may still commit a volume backup it started for it until %s, which its record is needed to delete: try again after that: %w",
 						id, r.Finished.Format(time.RFC3339), until.Format(time.RFC3339), ErrBusy)
 				}
@@ -239,10 +215,7 @@ func (c *Coordinator) Remove(ctx context.Context, id string) error {
 		return err
 	}
 	cfg := m.Config
-	rec := &Run{ID: id, Token: m.Token, State: StateRemoving, Started: m.Started, Finished: m.Committed, Config: &cfg, Acks: map[string]Ack{}}
-	for _, v := range m.Volumes {
-		rec.Acks[ackKey(v.Agent, v.Volume)] = Ack{System: id, Token: m.Token, VolumeBackup: v}
-	}
+	rec := &Run{ID: id, Token: m.Token, State: StateRemoving, Started: m.Started, Finished: m.Committed, Config: &cfg, Acks: m.acks()}
 	if err := c.st.put(rec); err != nil {
 		return err
 	}
@@ -285,8 +258,12 @@ func (c *Coordinator) finishRemove(ctx context.Context, r *Run) error {
 			return fmt.Errorf("remove system backup %s from target %q: %w", r.ID, t.Name, err)
 		}
 	}
+	held, err := c.heldElsewhere(ctx, r)
+	if err != nil {
+		return err
+	}
 	for _, a := range r.Acks {
-		if err := c.releaseBackup(ctx, r.ID, r.Config, a); err != nil {
+		if err := c.releaseBackup(ctx, r.ID, a, held); err != nil {
 			return err
 		}
 	}
@@ -297,36 +274,76 @@ func (c *Coordinator) finishRemove(ctx context.Context, r *Run) error {
 	return nil
 }
 
-// releaseBackup deletes the volume backup a names unless another system
-// backup names it: a run this coordinator recorded (not failed), or a
-// manifest on any target of system backup id's configuration cfg (a later
-// system backup's manifest may be on its default target only, its copy
-// on the backup's target still pending).
-func (c *Coordinator) releaseBackup(ctx context.Context, id string, cfg *Config, a Ack) error {
+// heldSet is what keeps volume backups of a system backup being removed
+// alive: the backup ids other system backups name. unsure is set when a
+// system manifest does not load: it may name any of them.
+type heldSet struct {
+	ids    map[string]bool
+	unsure bool
+}
+
+func (h *heldSet) holds(id string) bool { return h.unsure || h.ids[id] }
+
+// heldElsewhere reads, once per removal of run r, what other system
+// backups name: the runs this coordinator recorded (not failed) and the
+// manifests on every target of r's configuration and of its backups (a
+// later system backup's manifest may be on its default target only, its
+// copy on a backup's target still pending).
+func (c *Coordinator) heldElsewhere(ctx context.Context, r *Run) (*heldSet, error) {
+	held := &heldSet{ids: map[string]bool{}}
 	runs, err := c.st.runs()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if slices.ContainsFunc(runs, func(o *Run) bool { return o.ID != id && o.State != StateFailed && o.namesBackup(a.BackupID) }) {
-		return nil
+	for _, o := range runs {
+		if o.ID != r.ID && o.State != StateFailed {
+			for _, a := range o.Acks {
+				held.ids[a.BackupID] = true
+			}
+		}
 	}
-	names := []string{a.Target}
-	for _, t := range cfg.Targets {
-		if !slices.Contains(names, t.Name) {
-			names = append(names, t.Name)
+	var names []string
+	for _, t := range r.Config.Targets {
+		names = append(names, t.Name)
+	}
+	for _, a := range r.Acks {
+		if !slices.Contains(names, a.Target) {
+			names = append(names, a.Target)
 		}
 	}
 	for _, name := range names {
-		named := false
 		if err := c.withRepo(ctx, name, func(tg plugins.Target, _ *backupd.Repository) error {
-			named, err = c.namedElsewhere(ctx, tg, name, id, a.BackupID)
-			return err
-		}); err != nil {
-			return fmt.Errorf("remove system backup %s: whether another system backup names volume %q backup %s, on target %q: %w", id, a.Volume, a.BackupID, name, err)
-		}
-		if named {
+			ids, err := listManifestIDs(ctx, tg)
+			if err != nil {
+				return err
+			}
+			for _, other := range ids {
+				if other == r.ID {
+					continue
+				}
+				om, err := loadManifestFrom(ctx, tg, name, other)
+				if err != nil {
+					c.log.Warn("keeping the volume backups: another system manifest does not load", "system", r.ID, "other", other, "target", name, "err", err)
+					held.unsure = true
+					continue
+				}
+				for _, v := range om.Volumes {
+					held.ids[v.BackupID] = true
+				}
+			}
 			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("remove system backup %s: which volume backups other system backups name, on target %q: %w", r.ID, name, err)
 		}
+	}
+	return held, nil
+}
+
+// releaseBackup deletes the volume backup a names unless held says
+// another system backup names it.
+func (c *Coordinator) releaseBackup(ctx context.Context, id string, a Ack, held *heldSet) error {
+	if held.holds(a.BackupID) {
+		return nil
 	}
 	return c.withRepo(ctx, a.Target, func(_ plugins.Target, repo *backupd.Repository) error {
 		err := repo.DeleteHeld(ctx, a.Volume, a.BackupID)

@@ -193,7 +193,12 @@ func TestReleaseBackupSeesEveryTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := c.releaseBackup(ctx, s4, &cfg, Ack{System: s4, Token: 3, VolumeBackup: vb}); err != nil {
+	ack := Ack{System: s4, Token: 3, VolumeBackup: vb}
+	held, err := c.heldElsewhere(ctx, &Run{ID: s4, Token: 3, State: StateRemoving, Config: &cfg, Acks: map[string]Ack{ackKey(ack.Agent, ack.Volume): ack}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.releaseBackup(ctx, s4, ack, held); err != nil {
 		t.Fatal(err)
 	}
 	if has, err := x.Has(ctx, []string{res.ManifestKey}); err != nil || !has[0] {
