@@ -80,6 +80,15 @@ func (d *memDest) WriteAt(_ context.Context, p []byte, off int64) (int, error) {
 
 func (d *memDest) Flush(context.Context) error { return nil }
 
+func (d *memDest) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off+int64(len(p)) > int64(len(d.data)) {
+		return 0, fmt.Errorf("read %d+%d past %d", off, len(p), len(d.data))
+	}
+	return copy(p, d.data[off:]), nil
+}
+
 // CountingTarget counts the bytes Put through it (exported for the
 // external tests).
 type CountingTarget struct {

@@ -43,9 +43,13 @@ type RestoreOptions struct {
 	DestZeroed bool
 	// StatePath, if set, names a small file recording how many map pages
 	// are restored and flushed; a rerun with the same path and manifest
-	// skips them. It is removed when the restore succeeds. A window in
-	// which SkipDamaged skipped a chunk is not recorded, nor any after
-	// it: a rerun restores it again. Without it a rerun rewrites
+	// does not fetch them again: it reads their chunks back from a
+	// destination that implements DestinationReader and restores only
+	// those that do not hold what the map says (written to since, or by
+	// another restore), so a rerun is bit-exact whatever happened to the
+	// destination in between. It is removed when the restore succeeds. A
+	// window in which SkipDamaged skipped a chunk is not recorded, nor any
+	// after it: a rerun restores it again. Without it a rerun rewrites
 	// everything, which is also correct (restore is idempotent).
 	StatePath string
 	// SkipDamaged restores past chunks that fail their checks or whose
@@ -75,8 +79,20 @@ type RestoreResult struct {
 	Digest       string
 	BytesWritten int64
 	BytesFetched int64
-	Resumed      int // map pages skipped thanks to the state file
-	Damaged      []DamagedRange
+	// Resumed is the number of map pages the state file recorded as
+	// restored: read back and checked instead of fetched.
+	Resumed int
+	// Repaired is the number of chunks of those pages that did not hold
+	// what the map says and were restored again.
+	Repaired int64
+	Damaged  []DamagedRange
+}
+
+// DestinationReader is a Destination that reads back what it holds
+// (VolumeDestination, FileDestination): a restore resumed from its state
+// file checks the chunks it restored before instead of trusting them.
+type DestinationReader interface {
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 }
 
 type restoreState struct {
@@ -122,7 +138,8 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 			res.Resumed = start
 		}
 	}
-	var written, fetched atomic.Int64
+	var cnt restoreCounts
+	written, fetched := &cnt.written, &cnt.fetched
 	report := func(ph Phase) {
 		if opts.Progress != nil {
 			opts.Progress(Progress{Op: "restore", Volume: m.Volume, Phase: ph, BytesTotal: m.Size,
@@ -213,9 +230,8 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 				dg.add(int64(pr.i)*int64(m.PageChunks)+int64(c), pr.p.leaf(c))
 			}
 		}
-		if w+len(win) <= start {
-			continue // restored before the kill
-		}
+		// A window restored before the kill is read back and checked.
+		verify := w+len(win) <= start
 		wr := &windowRun{from: w, end: w + len(win), done: make(chan struct{})}
 		fail := func(c int64, id ChunkID, err error) error {
 			off := c * int64(m.ChunkSize)
@@ -232,7 +248,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		running = append(running, wr)
 		go func() {
 			defer close(wr.done)
-			if wr.err = r.restoreWindow(ctx, m, k, idx, win, dst, opts, sem, &written, &fetched, fail); wr.err != nil {
+			if wr.err = r.restoreWindow(ctx, m, k, idx, win, verify, dst, opts, sem, &cnt, fail); wr.err != nil {
 				cancel(wr.err)
 			}
 		}()
@@ -250,7 +266,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	if err := dst.Flush(ctx); err != nil {
 		return nil, fmt.Errorf("%s: flush: %w", where, err)
 	}
-	res.BytesWritten, res.BytesFetched, res.Damaged = written.Load(), fetched.Load(), damaged
+	res.BytesWritten, res.BytesFetched, res.Repaired, res.Damaged = written.Load(), fetched.Load(), cnt.repaired.Load(), damaged
 	slices.SortFunc(res.Damaged, func(a, b DamagedRange) int { return int(a.Offset - b.Offset) })
 	if len(damaged) > 0 {
 		return res, fmt.Errorf("%s: %d damaged chunks skipped, first at offset %d (chunk %s): %w", where, len(damaged), res.Damaged[0].Offset, res.Damaged[0].Chunk, ErrCorrupt)
@@ -264,7 +280,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		}
 	}
 	report(PhaseDone)
-	r.log.Info("restore done", "op", "restore", "volume", m.Volume, "id", m.ID, "written", res.BytesWritten, "resumed_pages", res.Resumed)
+	r.log.Info("restore done", "op", "restore", "volume", m.Volume, "id", m.ID, "written", res.BytesWritten, "resumed_pages", res.Resumed, "repaired_chunks", res.Repaired)
 	return res, nil
 }
 
@@ -433,8 +449,25 @@ func (w *coalescer) flush(ctx context.Context) error {
 	return nil
 }
 
-// restoreWindow restores the chunks of a window of pages.
-func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx *chunkIndex, win []pageResult, dst Destination, opts RestoreOptions, sem chan struct{}, written, fetched *atomic.Int64, fail func(int64, ChunkID, error) error) error {
+// restoreCounts are a restore's counters, shared by its windows.
+type restoreCounts struct {
+	written, fetched atomic.Int64 // bytes
+	repaired         atomic.Int64 // chunks of verified windows restored again
+}
+
+// restoreWindow restores the chunks of a window of pages; with verify
+// (the state file says the window was restored before), only those the
+// destination does not hold.
+func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx *chunkIndex, win []pageResult, verify bool, dst Destination, opts RestoreOptions, sem chan struct{}, cnt *restoreCounts, fail func(int64, ChunkID, error) error) error {
+	written, fetched := &cnt.written, &cnt.fetched
+	var held []bool // verify: per chunk of the window, whether dst holds it
+	if verify {
+		var err error
+		if held, err = heldChunks(ctx, m, win, dst); err != nil {
+			return err
+		}
+	}
+	first := int64(win[0].i) * int64(m.PageChunks)
 	var items []fetchItem
 	zeroStart := int64(-1)
 	flushZeros := func(end int64) error {
@@ -447,8 +480,19 @@ func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx
 	for _, pr := range win {
 		for c, id := range pr.p.IDs {
 			cn := int64(pr.i)*int64(m.PageChunks) + int64(c)
+			if held != nil {
+				if held[cn-first] {
+					if err := flushZeros(cn); err != nil {
+						return err
+					}
+					continue
+				}
+				cnt.repaired.Add(1)
+			}
 			if id.IsZero() {
-				if !opts.DestZeroed && zeroStart < 0 {
+				// A checked chunk that is not zero is no longer known
+				// zero, DestZeroed or not.
+				if (!opts.DestZeroed || held != nil) && zeroStart < 0 {
 					zeroStart = cn
 				}
 				continue
@@ -556,6 +600,45 @@ func (r *Repository) tryAlts(ctx context.Context, idx *chunkIndex, id ChunkID, f
 
 var zeroBuf = make([]byte, 1<<20)
 
+// heldChunks reads the chunks of win back from dst and reports, per chunk
+// of the window, whether it holds what the map says: zeros for a zero
+// chunk, else plaintext whose SHA-256 is the chunk's leaf. It returns nil
+// (hold nothing: restore everything) if dst cannot read back.
+func heldChunks(ctx context.Context, m *Manifest, win []pageResult, dst Destination) ([]bool, error) {
+	rd, ok := dst.(DestinationReader)
+	if !ok {
+		return nil, nil
+	}
+	bp := readBackBufs.Get().(*[]byte)
+	defer readBackBufs.Put(bp)
+	per := max(1, len(*bp)/m.ChunkSize) // chunks per read
+	var held []bool
+	for _, pr := range win {
+		for c := 0; c < len(pr.p.IDs); c += per {
+			n := min(per, len(pr.p.IDs)-c)
+			cn := int64(pr.i)*int64(m.PageChunks) + int64(c)
+			off := cn * int64(m.ChunkSize)
+			buf := (*bp)[:min(int64(n)*int64(m.ChunkSize), m.Size-off)]
+			if got, err := rd.ReadAt(ctx, buf, off); err != nil && !(errors.Is(err, io.EOF) && got == len(buf)) {
+				return nil, fmt.Errorf("restore of volume %q backup %s: reading back what an earlier run restored at %d: %w", m.Volume, m.ID, off, err)
+			}
+			for j := range n {
+				p := buf[j*m.ChunkSize : min((j+1)*m.ChunkSize, len(buf))]
+				leaf := pr.p.leaf(c + j)
+				if leaf.IsZero() {
+					held = append(held, allZero(p))
+				} else {
+					held = append(held, ChunkID(sha256.Sum256(p)) == leaf)
+				}
+			}
+		}
+	}
+	return held, nil
+}
+
+// readBackBufs holds the 1 MiB buffers heldChunks reads into.
+var readBackBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
 func writeZeros(ctx context.Context, dst Destination, off, end int64, written *atomic.Int64) error {
 	if z, ok := dst.(Zeroer); ok {
 		if err := z.Zero(ctx, off, end-off); err != nil {
@@ -592,6 +675,17 @@ func readRestoreState(path string) (restoreState, error) {
 	return st, nil
 }
 
+// RestoreStateOf reads the state file of an interrupted restore (see
+// RestoreOptions.StatePath): the manifest key it restores and how many
+// map pages it recorded as restored.
+func RestoreStateOf(path string) (manifestKey string, pagesDone int, err error) {
+	st, err := readRestoreState(path)
+	if err != nil {
+		return "", 0, err
+	}
+	return st.Manifest, st.PagesDone, nil
+}
+
 // writeRestoreState replaces the state file atomically (temp, fsync,
 // rename, fsync dir).
 func writeRestoreState(path string, st restoreState) error {
@@ -621,3 +715,11 @@ func (d FileDestination) WriteAt(ctx context.Context, p []byte, off int64) (int,
 
 // Flush fsyncs the file.
 func (d FileDestination) Flush(context.Context) error { return d.F.Sync() }
+
+// ReadAt reads back what the file holds at off.
+func (d FileDestination) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return d.F.ReadAt(p, off)
+}

@@ -30,6 +30,11 @@ func (d VolumeDestination) Zero(ctx context.Context, off, length int64) error {
 // Flush flushes the device.
 func (d VolumeDestination) Flush(ctx context.Context) error { return d.V.Flush(ctx) }
 
+// ReadAt reads back what the device holds at off.
+func (d VolumeDestination) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	return d.V.ReadAt(ctx, p, off)
+}
+
 // BackupVolume backs up snapshot snap of volume, held by m: an incremental
 // to the newest backup of the volume on r if that backup's snapshot still
 // exists (the changed extents come from m.Changed between the two

@@ -44,7 +44,7 @@ func newEnv(t *testing.T) *env {
 // startEnv starts an env on data directory dir until stop. dirs are the
 // targets' directories of an earlier env on dir (nil: a new dir, whose
 // targets are made and registered).
-func startEnv(t *testing.T, dir string, dirs map[string]string) (e *env, stop func() error) {
+func startEnv(t *testing.T, dir string, dirs map[string]string, opts ...func(*Config)) (e *env, stop func() error) {
 	t.Helper()
 	log := targettest.Logger(t)
 	ts, err := targets.NewService(dir, "", "", log)
@@ -66,7 +66,11 @@ func startEnv(t *testing.T, dir string, dirs map[string]string) (e *env, stop fu
 		t.Fatal(err)
 	}
 	e.a = a
-	e.svc = New(Config{Manager: a.Manager(), Targets: ts, VolumeTarget: a.VolumeTarget, DataDir: dir, Logger: log})
+	cfg := Config{Manager: a.Manager(), Targets: ts, VolumeTarget: a.VolumeTarget, Exclusive: a.Exclusive, DataDir: dir, Logger: log}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	e.svc = New(cfg)
 	a.SetTargetCheck(e.svc.CheckTarget)
 	a.Extend(e.svc)
 

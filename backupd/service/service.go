@@ -62,7 +62,14 @@ type Config struct {
 	// GCMargin is GCOptions.Margin (default 15 minutes): how much longer
 	// than MaxDuration a GC grace must be.
 	GCMargin time.Duration
+	// ResumeKeep is how long the volume of a restore killed with the
+	// process is kept, out of use, for a rerun of the restore to resume
+	// (default DefaultResumeKeep); then it is removed.
+	ResumeKeep time.Duration
 }
+
+// DefaultResumeKeep is Config.ResumeKeep's default.
+const DefaultResumeKeep = 24 * time.Hour
 
 // Service serves the backup routes. Create it with New.
 type Service struct {
@@ -81,6 +88,9 @@ type Service struct {
 
 	mu   sync.Mutex
 	busy map[string]string // volume -> what runs on it ("backup", "restore")
+	// kept holds the volumes of interrupted restores kept for a rerun to
+	// resume (recoverInterrupted), under mu.
+	kept map[string]*keptRestore
 }
 
 // New returns the service; it does no I/O.
@@ -95,8 +105,11 @@ func New(cfg Config) *Service {
 	if cfg.VolumeTarget == nil {
 		cfg.VolumeTarget = func(string) string { return "" }
 	}
+	if cfg.ResumeKeep <= 0 {
+		cfg.ResumeKeep = DefaultResumeKeep
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Service{cfg: cfg, log: log, ctx: ctx, cancel: cancel, busy: map[string]string{}}
+	return &Service{cfg: cfg, log: log, ctx: ctx, cancel: cancel, busy: map[string]string{}, kept: map[string]*keptRestore{}}
 }
 
 // Stopping cancels every backup, restore and verify, streamed or detached
@@ -106,6 +119,11 @@ func (s *Service) Stopping() { s.cancel() }
 // Close cancels detached backups and waits for them to stop.
 func (s *Service) Close() error {
 	s.cancel()
+	s.mu.Lock()
+	for _, k := range s.kept {
+		k.timer.Stop()
+	}
+	s.mu.Unlock()
 	s.jobs.Wait()
 	return nil
 }
@@ -283,6 +301,9 @@ type RestoreResult struct {
 	Digest       string `json:"digest"`
 	BytesWritten int64  `json:"bytes_written"`
 	BytesFetched int64  `json:"bytes_fetched"`
+	// ResumedBytes is how much of the volume an interrupted run of this
+	// restore had restored: read back and checked, not fetched again.
+	ResumedBytes int64 `json:"resumed_bytes,omitempty"`
 }
 
 // VerifyResult is the result of a verify: OK false when anything is bad.
@@ -663,7 +684,7 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 	mux.HandleFunc("POST /v1/backups/prune", jsonCall(decode, fail, writeJSON, s.prune))
 
 	// The agent's own routes are in mux already (it adds them first).
-	s.removeInterrupted(s.ctx)
+	s.recoverInterrupted(s.ctx)
 }
 
 // backupJob is a validated backup request with its target open.
@@ -944,6 +965,7 @@ type restoreJob struct {
 	m       *backupd.Manifest
 	to      string
 	created bool
+	resumed bool   // to is the volume an interrupted run of this restore created
 	done    func() // ends the job: release, then the claim on the name
 	release func() // ends the Exclusive hold only (nil if none)
 }
@@ -975,6 +997,30 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 		return nil, err
 	}
 	info, err := s.cfg.Manager.Volume(ctx, req.To)
+	if k := s.takeKept(req.To); k != nil {
+		switch {
+		case err == nil && info.Created.Equal(k.created) && k.manifest == key && info.Size == m.Size:
+			// The rerun of an interrupted restore: it resumes into the
+			// volume the first run created, under the hold kept since.
+			j.created, j.resumed = true, true
+			j.release = k.release
+			j.done = func() {
+				k.release()
+				done()
+			}
+			return j, nil
+		case err == nil && info.Created.Equal(k.created):
+			// Another backup into the kept volume: it holds part of a
+			// backup and nothing else; made again from scratch.
+			j.to = req.To
+			j.removeCreated(ctx)
+			k.release()
+			info, err = s.cfg.Manager.Volume(ctx, req.To)
+		default:
+			// Deleted (and maybe made again) since: not the kept volume.
+			k.release()
+		}
+	}
 	switch {
 	case errors.Is(err, blockdev.ErrNotFound):
 		if err := s.markPending(req.To, time.Time{}); err != nil {
@@ -1028,6 +1074,7 @@ func (j *restoreJob) removeCreated(ctx context.Context) {
 		j.s.log.Warn("remove partly restored volume", "volume", j.to, "err", err)
 		return
 	}
+	j.s.removeState(j.to)
 	j.s.clearPending(j.to)
 }
 
@@ -1080,42 +1127,169 @@ func (s *Service) clearPending(vol string) error {
 	return nil
 }
 
-// removeInterrupted deletes the volumes restores created and never
-// finished (the process was killed): they hold part of a backup, and
-// nobody was told the restore had succeeded.
-func (s *Service) removeInterrupted(ctx context.Context) {
+// stateDir holds the state file of each volume's restore
+// (RestoreOptions.StatePath), named by the destination volume: a restore
+// killed with the process is resumed by its rerun.
+const stateDir = "restore-state"
+
+// statePath is the state file of a restore into vol ("" without DataDir).
+func (s *Service) statePath(vol string) string {
+	if s.cfg.DataDir == "" {
+		return ""
+	}
+	return filepath.Join(s.cfg.DataDir, stateDir, vol)
+}
+
+// removeState removes the state file of a restore into vol.
+func (s *Service) removeState(vol string) {
+	if p := s.statePath(vol); p != "" {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("restore state", "volume", vol, "err", err)
+		}
+	}
+}
+
+// keptRestore is the volume of a restore killed with the process, kept
+// out of use (its Exclusive hold) for a rerun of the restore to resume
+// until the timer removes it.
+type keptRestore struct {
+	created  time.Time // the volume's creation time: it and the name identify it
+	manifest string    // the backup being restored
+	release  func()    // ends the hold (a no-op without Exclusive)
+	timer    *time.Timer
+}
+
+// takeKept hands the kept volume vol, if any, to a restore into it: its
+// timer no longer removes it.
+func (s *Service) takeKept(vol string) *keptRestore {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := s.kept[vol]
+	if k != nil {
+		k.timer.Stop()
+		delete(s.kept, vol)
+	}
+	return k
+}
+
+// recoverInterrupted deals with the restores the process was killed
+// during, at start. A volume one created (its pending mark names it by
+// its creation time) and recorded progress on is kept for ResumeKeep
+// from its last progress, out of use, for a rerun of the restore to
+// resume; one without progress, or kept too long, is removed: it holds
+// part of a backup, and nobody was told the restore had succeeded. The
+// state files of restores into existing volumes stay (their rerun
+// resumes, checking what the first run wrote) until ResumeKeep old.
+func (s *Service) recoverInterrupted(ctx context.Context) {
 	if s.cfg.DataDir == "" {
 		return
 	}
+	marked := map[string]bool{}
 	ents, err := os.ReadDir(filepath.Join(s.cfg.DataDir, pendingDir))
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("restore marks", "err", err)
-		}
-		return
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("restore marks", "err", err)
 	}
 	for _, e := range ents {
 		vol := e.Name()
 		if !blockdev.ValidName(vol) {
 			continue
 		}
+		marked[vol] = true
 		// Only the very volume the restore created: named by the mark's
 		// creation time (a mark without one was written before the
 		// volume existed, and names none).
 		b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, pendingDir, vol))
 		created, perr := time.Parse(time.RFC3339Nano, string(b))
 		vi, verr := s.cfg.Manager.Volume(ctx, vol)
-		if err == nil && perr == nil && verr == nil && vi.Created.Equal(created) {
-			if err := s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol), nil); err != nil {
-				// Tried once: the mark goes, so that a volume an operator
-				// keeps is never removed at a later start.
-				s.log.Error("a volume an interrupted restore created could not be removed; it holds part of a backup: delete it by hand", "volume", vol, "err", err)
-			} else {
-				s.log.Warn("removed a volume an interrupted restore created (it held part of a backup)", "volume", vol)
-			}
+		if err != nil || perr != nil || verr != nil || !vi.Created.Equal(created) {
+			s.removeState(vol)
+			s.clearPending(vol)
+			continue
 		}
+		if s.keep(vol, created) {
+			continue
+		}
+		if err := s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol), nil); err != nil {
+			// Tried once: the mark goes, so that a volume an operator
+			// keeps is never removed at a later start.
+			s.log.Error("a volume an interrupted restore created could not be removed; it holds part of a backup: delete it by hand", "volume", vol, "err", err)
+		} else {
+			s.log.Warn("removed a volume an interrupted restore created (it held part of a backup)", "volume", vol)
+		}
+		s.removeState(vol)
 		s.clearPending(vol)
 	}
+	states, _ := os.ReadDir(filepath.Join(s.cfg.DataDir, stateDir))
+	for _, e := range states {
+		if fi, err := e.Info(); err == nil && !marked[e.Name()] && time.Since(fi.ModTime()) > s.cfg.ResumeKeep {
+			s.removeState(e.Name())
+		}
+	}
+}
+
+// keep keeps the volume vol (created at created) of an interrupted
+// restore if its state file records progress younger than ResumeKeep and
+// the volume can be taken out of use; it reports whether it did.
+func (s *Service) keep(vol string, created time.Time) bool {
+	path := s.statePath(vol)
+	key, pages, err := backupd.RestoreStateOf(path)
+	fi, serr := os.Stat(path)
+	if err != nil || serr != nil || pages == 0 {
+		return false
+	}
+	left := s.cfg.ResumeKeep - time.Since(fi.ModTime())
+	if left <= 0 {
+		return false
+	}
+	release := func() {}
+	if s.cfg.Exclusive != nil {
+		r, err := s.cfg.Exclusive(vol)
+		if err != nil {
+			// In use already (an NBD client came first): not kept out of
+			// use, so not kept at all.
+			s.log.Warn("the volume of an interrupted restore is in use; not kept for a rerun", "volume", vol, "err", err)
+			return false
+		}
+		release = r
+	}
+	k := &keptRestore{created: created, manifest: key, release: release}
+	s.mu.Lock()
+	k.timer = time.AfterFunc(left, func() { s.expireKept(vol, k) })
+	s.kept[vol] = k
+	s.mu.Unlock()
+	id := key
+	if _, bid, err := backupd.ParseManifestKey(key); err == nil {
+		id = bid
+	}
+	s.log.Warn("kept the volume of an interrupted restore for its rerun to resume: restore the same backup into it again, or delete it", "volume", vol, "backup", id, "until", time.Now().Add(left).UTC().Format(time.RFC3339))
+	return true
+}
+
+// expireKept removes the kept volume vol of an interrupted restore that
+// no rerun took.
+func (s *Service) expireKept(vol string, k *keptRestore) {
+	s.mu.Lock()
+	if s.kept[vol] != k {
+		s.mu.Unlock()
+		return // taken by a restore
+	}
+	delete(s.kept, vol)
+	s.mu.Unlock()
+	done, err := s.claim(vol, "restore")
+	if err != nil {
+		k.release()
+		return // a restore runs into a new volume of the name
+	}
+	defer done()
+	j := &restoreJob{s: s, to: vol, release: k.release}
+	if vi, err := s.cfg.Manager.Volume(s.ctx, vol); err == nil && vi.Created.Equal(k.created) {
+		s.log.Warn("removing the volume of an interrupted restore no rerun resumed", "volume", vol)
+		j.removeAndRelease(s.ctx)
+		return
+	}
+	s.removeState(vol)
+	s.clearPending(vol)
+	k.release()
 }
 
 // removeAndRelease removes the volume the job created, then ends its
@@ -1143,7 +1317,14 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 		}
 		defer release()
 		var err2 error
-		res, err2 = j.p.r.Restore(ctx, j.key, backupd.VolumeDestination{V: dev}, backupd.RestoreOptions{DestZeroed: j.created, Progress: progress})
+		state := s.statePath(j.to)
+		if state != "" {
+			if err := os.MkdirAll(filepath.Dir(state), 0o700); err != nil {
+				s.log.Warn("restore state: a kill would restart this restore", "volume", j.to, "err", err)
+				state = ""
+			}
+		}
+		res, err2 = j.p.r.Restore(ctx, j.key, backupd.VolumeDestination{V: dev}, backupd.RestoreOptions{DestZeroed: j.created, StatePath: state, Progress: progress})
 		if err2 != nil {
 			return err2
 		}
@@ -1167,7 +1348,8 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 	}
 	s.log.Info("backup restored", "id", j.m.ID, "volume", j.m.Volume, "to", j.to, "target", j.p.name)
 	return &RestoreResult{ID: j.m.ID, Target: j.p.name, Volume: j.m.Volume, To: j.to, Created: j.created, Digest: j.m.Digest,
-		BytesWritten: res.BytesWritten, BytesFetched: res.BytesFetched}, nil
+		BytesWritten: res.BytesWritten, BytesFetched: res.BytesFetched,
+		ResumedBytes: min(int64(res.Resumed)*int64(j.m.PageChunks)*int64(j.m.ChunkSize), j.m.Size)}, nil
 }
 
 func (s *Service) list(ctx context.Context, volume, target string) ([]Backup, error) {

@@ -46,7 +46,7 @@ type Agent struct {
 	mu sync.Mutex // serialises attach, detach, mount, umount, delete, revert, settings
 
 	exMu      sync.Mutex
-	exclusive map[string]bool // volumes taken by Exclusive (a restore into them)
+	exclusive map[string]*exHold // volumes taken by Exclusive (a restore into them)
 }
 
 // Extension adds routes to the control API: the server binary uses it to
@@ -517,6 +517,9 @@ func (a *Agent) deleteVolume(ctx context.Context, name string) error {
 	if err := a.mgr.Delete(ctx, name); err != nil {
 		return err
 	}
+	// A hold on it ends with it: a volume created again under the name
+	// is not the one a restore took.
+	a.dropExclusive(name, nil)
 	// The volume is gone: a setting that outlives it is only logged (the
 	// next start or a volume created with this name replaces it).
 	if err := a.state.setSettings(name, volumeSettings{}); err != nil {
@@ -542,47 +545,56 @@ func (a *Agent) revert(ctx context.Context, name, snap string) error {
 	return a.mgr.Revert(ctx, name, snap)
 }
 
+// exHold is one Exclusive hold on a volume.
+type exHold struct{}
+
 // Exclusive takes volume name for a restore into it: it refuses with
 // ErrInUse while the volume is attached, open through its FUSE file or
-// open by an NBD client, or already taken; until release is called, the
-// volume's file stays out of the FUSE mount and attach, mount, snapshots,
-// holds and NBD opens of it are refused (ErrInUse), so nobody sees the
-// restore half done or writes into it meanwhile.
+// open by an NBD client, or already taken; until release is called or the
+// volume is deleted, the volume's file stays out of the FUSE mount and
+// attach, mount, snapshots, holds and NBD opens of it are refused
+// (ErrInUse), so nobody sees the restore half done or writes into it
+// meanwhile. A volume created again under the name is not held.
 func (a *Agent) Exclusive(name string) (release func(), err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	// Taken first, then checked idle: a refresh or an NBD open racing
 	// this sees the volume taken (or is seen by InUse).
+	h := &exHold{}
 	a.exMu.Lock()
-	if a.exclusive[name] {
+	if a.exclusive[name] != nil {
 		a.exMu.Unlock()
 		return nil, fmt.Errorf("volume %q is being restored: %w", name, blockdev.ErrInUse)
 	}
 	if a.exclusive == nil {
-		a.exclusive = make(map[string]bool)
+		a.exclusive = make(map[string]*exHold)
 	}
-	a.exclusive[name] = true
+	a.exclusive[name] = h
 	a.exMu.Unlock()
 	err = a.idle(name)
 	if err == nil {
 		err = a.mgr.InUse(name)
 	}
 	if err != nil {
-		a.exMu.Lock()
-		delete(a.exclusive, name)
-		a.exMu.Unlock()
-		a.volumesChanged()
+		a.dropExclusive(name, h)
 		return nil, err
 	}
 	var once sync.Once
-	return func() {
-		once.Do(func() {
-			a.exMu.Lock()
-			delete(a.exclusive, name)
-			a.exMu.Unlock()
-			a.volumesChanged()
-		})
-	}, nil
+	return func() { once.Do(func() { a.dropExclusive(name, h) }) }, nil
+}
+
+// dropExclusive ends hold h on volume name (nil: whichever holds it), if
+// it still holds it.
+func (a *Agent) dropExclusive(name string, h *exHold) {
+	a.exMu.Lock()
+	cur := a.exclusive[name]
+	if cur == nil || (h != nil && cur != h) {
+		a.exMu.Unlock()
+		return
+	}
+	delete(a.exclusive, name)
+	a.exMu.Unlock()
+	a.volumesChanged()
 }
 
 // notExclusive refuses a use of export name (a volume, or vol@snap for
@@ -591,7 +603,7 @@ func (a *Agent) notExclusive(name string) error {
 	vol := volumeOf(name)
 	a.exMu.Lock()
 	defer a.exMu.Unlock()
-	if a.exclusive[vol] {
+	if a.exclusive[vol] != nil {
 		return fmt.Errorf("volume %q is being restored: %w", vol, blockdev.ErrInUse)
 	}
 	return nil

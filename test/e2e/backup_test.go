@@ -44,10 +44,11 @@ type backupEventJSON struct {
 	Snapshot string      `json:"snapshot"`
 	Backup   *backupJSON `json:"backup"`
 	Restore  *struct {
-		ID      string `json:"id"`
-		To      string `json:"to"`
-		Created bool   `json:"created"`
-		Digest  string `json:"digest"`
+		ID           string `json:"id"`
+		To           string `json:"to"`
+		Created      bool   `json:"created"`
+		Digest       string `json:"digest"`
+		ResumedBytes int64  `json:"resumed_bytes"`
 	} `json:"restore"`
 	Verify *struct {
 		OK bool `json:"ok"`

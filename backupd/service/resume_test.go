@@ -1,0 +1,182 @@
+package service
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/strata-block/strata/blockdev"
+	"github.com/strata-block/strata/blockdev/agent"
+)
+
+// interruptedRestore leaves, on env e's data directory dir, what a
+// restore of backup b (of data) into a new volume vol leaves when the
+// process is killed after its first window: the volume holding that
+// window, its pending mark and its state file. The window is then
+// written to at its first byte, as a user of the volume could have done.
+func interruptedRestore(t *testing.T, e *env, dir, vol string, b *Backup, data []byte) {
+	t.Helper()
+	ctx := t.Context()
+	vi, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: vol, Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const window = 32 << 20 // backupd's restore window: 4 pages of 1024 chunks of 8 KiB
+	e.write(t, vol, data[:window], 0)
+	e.write(t, vol, []byte{^data[0]}, 0)
+	if err := e.svc.markPending(vol, vi.Created); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := json.Marshal(map[string]any{"manifest": b.ManifestKey, "digest": b.Digest, "pages_done": 4})
+	if err := os.MkdirAll(filepath.Join(dir, stateDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, stateDir, vol), st, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readVolume reads volume vol whole.
+func (e *env) readVolume(t *testing.T, vol string) []byte {
+	t.Helper()
+	dev, release, err := e.a.Manager().Open(t.Context(), vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	p := make([]byte, dev.Size())
+	if _, err := dev.ReadAt(t.Context(), p, 0); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestInterruptedRestoreResumed: the volume a restore created and was
+// killed during, with progress recorded, is kept at the next start, out
+// of use; restoring the same backup into it again resumes: what the first
+// run restored is checked, not fetched (the byte written into it since is
+// restored again), and the volume ends bit-exact. Before, the next start
+// removed the volume and the rerun began again from nothing.
+func TestInterruptedRestoreResumed(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e, stop := startEnv(t, dir, nil)
+	ctx := t.Context()
+	const size = 40 << 20
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "src", Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "src", data, 0)
+	b := e.backup(t, CreateRequest{Volume: "src", Target: "main"})
+	interruptedRestore(t, e, dir, "half", b, data)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	e, stop = startEnv(t, dir, e.dirs)
+	t.Cleanup(func() { _ = stop() })
+	if _, err := e.c.Volume(ctx, "half"); err != nil {
+		t.Fatalf("the volume of the interrupted restore after the restart: %v, want it kept", err)
+	}
+	if release, err := e.a.Exclusive("half"); !errors.Is(err, blockdev.ErrInUse) {
+		if release != nil {
+			release()
+		}
+		t.Fatalf("Exclusive(half) after the restart: %v, want ErrInUse (kept out of use)", err)
+	}
+	ev, err := StreamEvents(ctx, e.c, "/v1/backups/"+b.ID+"/restore", RestoreRequest{To: "half"}, nil)
+	if err != nil {
+		t.Fatalf("rerun of the restore: %v", err)
+	}
+	res := ev.Restore
+	if res == nil || !res.Created || res.ResumedBytes != 32<<20 || res.BytesFetched >= size-(32<<20)+(1<<20) {
+		t.Fatalf("rerun result %+v; want created, 32 MiB resumed and only the rest fetched", res)
+	}
+	if !bytes.Equal(e.readVolume(t, "half"), data) {
+		t.Fatal("the resumed restore is not bit-exact")
+	}
+	for _, d := range []string{pendingDir, stateDir} {
+		if ents, _ := os.ReadDir(filepath.Join(dir, d)); len(ents) != 0 {
+			t.Errorf("%s after the resumed restore: %v", d, ents)
+		}
+	}
+	if release, err := e.a.Exclusive("half"); err != nil {
+		t.Errorf("the restored volume is still held: %v", err)
+	} else {
+		release()
+	}
+}
+
+// TestInterruptedRestoreExpires: a kept volume no rerun takes is removed
+// once ResumeKeep has passed; one deleted by hand meanwhile frees its
+// name (a volume made again under it is not held).
+func TestInterruptedRestoreExpires(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e, stop := startEnv(t, dir, nil)
+	ctx := t.Context()
+	const size = 40 << 20
+	data := bytes.Repeat([]byte{3, 1, 4, 1, 5}, size/5)
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "src", Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "src", data, 0)
+	b := e.backup(t, CreateRequest{Volume: "src", Target: "main"})
+	interruptedRestore(t, e, dir, "half", b, data)
+	interruptedRestore(t, e, dir, "gone", b, data)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	keep := 3 * time.Second
+	e, stop = startEnv(t, dir, e.dirs, func(c *Config) { c.ResumeKeep = keep })
+	t.Cleanup(func() { _ = stop() })
+	for _, v := range []string{"half", "gone"} {
+		if _, err := e.c.Volume(ctx, v); err != nil {
+			t.Fatalf("volume %s after the restart: %v, want it kept", v, err)
+		}
+	}
+	if err := e.c.DeleteVolume(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "gone", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if release, err := e.a.Exclusive("gone"); err != nil {
+		t.Fatalf("a volume made again under a kept name is held: %v", err)
+	} else {
+		release()
+	}
+	deadline := time.Now().Add(keep + 20*time.Second)
+	for {
+		_, err := e.c.Volume(ctx, "half")
+		if errors.Is(err, blockdev.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the kept volume %v after ResumeKeep (%v), want it removed", err, keep)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := e.c.Volume(ctx, "gone"); err != nil {
+		t.Errorf("the volume made again under a kept name: %v", err)
+	}
+	time.Sleep(time.Second) // "gone"'s timer too
+	for _, d := range []string{pendingDir, stateDir} {
+		if ents, _ := os.ReadDir(filepath.Join(dir, d)); len(ents) != 0 {
+			t.Errorf("%s after expiry: %v", d, ents)
+		}
+	}
+	if _, err := e.c.Volume(ctx, "gone"); err != nil {
+		t.Errorf("the volume made again under a kept name, after expiry: %v", err)
+	}
+}
