@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -407,4 +408,37 @@ func TestOldBackupSnapshotsDropped(t *testing.T) {
 	}
 	// main's newest backup is now of snapshot mine: m3's is no base.
 	want("second backup to extra", x2.Snapshot)
+}
+
+// TestIfUnchangedSnapshotRemadeMeanwhile: policy if-unchanged does not
+// reuse a backup when, while the target was listed, the backup's snapshot
+// was deleted, the volume written and the snapshot made again under its
+// name: the volume info read before the listing vouched for the old
+// snapshot. Before, the backup without the write was answered as current.
+func TestIfUnchangedSnapshotRemadeMeanwhile(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "vol-n", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.CreateSnapshot(ctx, "vol-n", "nightly"); err != nil {
+		t.Fatal(err)
+	}
+	first := e.backup(t, CreateRequest{Volume: "vol-n", Snapshot: "nightly"})
+	rotate := func() {
+		if err := e.c.DeleteSnapshot(ctx, "vol-n", "nightly"); err != nil {
+			t.Error(err)
+		}
+		e.write(t, "vol-n", []byte("written while the target was listed"), 4096)
+		if _, err := e.c.CreateSnapshot(ctx, "vol-n", "nightly"); err != nil {
+			t.Error(err)
+		}
+	}
+	var once sync.Once
+	e.svc.reusableHook = func() { once.Do(rotate) }
+	b := e.backup(t, CreateRequest{Volume: "vol-n", Snapshot: "nightly", Policy: PolicyIfUnchanged})
+	if b.Reused || b.ID == first.ID || b.Digest == first.Digest {
+		t.Fatalf("if-unchanged after the snapshot was made again with a write: %+v, want a new backup (not %s)", b, first.ID)
+	}
 }

@@ -91,6 +91,10 @@ type Service struct {
 	// kept holds the volumes of interrupted restores kept for a rerun to
 	// resume (recoverInterrupted), under mu.
 	kept map[string]*keptRestore
+
+	// reusableHook, if set (tests), runs in reusable once the target's
+	// newest backup is known.
+	reusableHook func()
 }
 
 // New returns the service; it does no I/O.
@@ -157,7 +161,8 @@ const (
 	// PolicyIfUnchanged answers the newest backup of the volume on the
 	// target, marked Reused, instead of backing up, when that backup's
 	// snapshot still exists and changed-block tracking reports no extent
-	// written since it (up to the head, or to the named Snapshot).
+	// written from it to the named Snapshot, or to a snapshot taken for
+	// the comparison (then deleted), as a backup would take it.
 	// Otherwise it backs up as PolicyAlways. A reused backup keeps the tags
 	// it was made with.
 	PolicyIfUnchanged = "if-unchanged"
@@ -729,19 +734,11 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 		}
 		return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
 	}
-	if req.Policy == PolicyIfUnchanged {
-		b, err := s.reusable(ctx, p, info, req.Snapshot)
-		if err != nil {
-			p.close()
-			done()
-			return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
-		}
-		if b != nil {
-			return &backupJob{s: s, p: p, volume: req.Volume, snap: b.Snapshot, done: done, reused: b}, nil
-		}
-	}
 	snap := req.Snapshot
 	if snap == "" {
+		// Taken before if-unchanged compares: through the agent, which
+		// freezes a filesystem it mounted, so writes still in its page
+		// cache count as changes, as they would in the backup.
 		snap = takenSnapshotName(time.Now())
 		if err := s.agentCall(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(req.Volume)+"/snapshots", map[string]string{"name": snap}); err != nil {
 			p.close()
@@ -749,17 +746,41 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 			return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, err)
 		}
 		s.log.Info("snapshot taken for backup", "volume", req.Volume, "snapshot", snap)
+		if info, err = s.cfg.Manager.Volume(ctx, req.Volume); err != nil {
+			p.close()
+			done()
+			return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
+		}
 	} else if _, ok := info.Snapshot(snap); !ok {
 		p.close()
 		done()
 		return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, blockdev.ErrNotFound)
 	}
-	return &backupJob{s: s, p: p, volume: req.Volume, snap: snap, took: req.Snapshot == "", full: req.Full, tags: req.Tags, done: done}, nil
+	job := &backupJob{s: s, p: p, volume: req.Volume, snap: snap, took: req.Snapshot == "", full: req.Full, tags: req.Tags, done: done}
+	if req.Policy == PolicyIfUnchanged {
+		b, err := s.reusable(ctx, p, info, snap)
+		if job.took && (err != nil || b != nil) {
+			// Not backed up: the snapshot taken for it goes (it holds
+			// no change since the reused backup's).
+			if derr := s.deleteSnapshot(context.WithoutCancel(ctx), req.Volume, snap); derr != nil {
+				s.log.Warn("delete the snapshot taken for a backup not run", "volume", req.Volume, "snapshot", snap, "err", derr)
+			}
+		}
+		if err == nil && b != nil {
+			job.snap, job.took, job.reused = b.Snapshot, false, b
+		}
+		if err != nil {
+			p.close()
+			done()
+			return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
+		}
+	}
+	return job, nil
 }
 
 // reusable returns the newest backup of volume info.Name on p if the
-// volume has not changed since its snapshot (up to the head, or to
-// snapshot snap if named), else nil: policy if-unchanged.
+// volume has not changed from its snapshot to snapshot snap, else nil:
+// policy if-unchanged.
 func (s *Service) reusable(ctx context.Context, p *repo, info blockdev.VolumeInfo, snap string) (*Backup, error) {
 	log := s.log.With("volume", info.Name, "target", p.name, "policy", PolicyIfUnchanged)
 	latest, err := p.r.Latest(ctx, info.Name)
@@ -769,6 +790,9 @@ func (s *Service) reusable(ctx context.Context, p *repo, info blockdev.VolumeInf
 	}
 	if err != nil {
 		return nil, fmt.Errorf("newest backup on target %q: %w", p.name, err)
+	}
+	if s.reusableHook != nil {
+		s.reusableHook()
 	}
 	if !backupd.SameSnapshot(info, latest) {
 		// Gone, or another snapshot given its name since (or one the
@@ -800,6 +824,21 @@ func (s *Service) reusable(ctx context.Context, p *repo, info blockdev.VolumeInf
 			return nil, nil
 		}
 	}
+	// info was read before the target was listed (seconds on S3): a
+	// snapshot deleted and made again under its name since, with writes
+	// between, passed the checks above on its old identity, and the
+	// changes were asked for by name. Both must still be the snapshots
+	// identified.
+	now, err := s.cfg.Manager.Volume(ctx, info.Name)
+	if err != nil {
+		return nil, err
+	}
+	was, _ := info.Snapshot(snap)
+	is, ok := now.Snapshot(snap)
+	if !backupd.SameSnapshot(now, latest) || !ok || !is.Created.Equal(was.Created) {
+		log.Info("snapshots changed while the newest backup was compared; backing up", "id", latest.ID, "snapshot", latest.Snapshot, "to", snap)
+		return nil, nil
+	}
 	m, err := p.r.LoadManifest(ctx, latest.Key)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s to reuse, on target %q: %w", latest.ID, p.name, err)
@@ -824,7 +863,7 @@ func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Ba
 			// No backup names the snapshot taken for this one (a failed
 			// Backup leaves no manifest): each retry would leave another,
 			// holding its copy-on-write layer.
-			if derr := j.s.agentCall(context.WithoutCancel(ctx), http.MethodDelete, "/v1/volumes/"+url.PathEscape(j.volume)+"/snapshots/"+url.PathEscape(j.snap), nil); derr != nil {
+			if derr := j.s.deleteSnapshot(context.WithoutCancel(ctx), j.volume, j.snap); derr != nil {
 				j.s.log.Warn("delete the snapshot taken for a failed backup", "volume", j.volume, "snapshot", j.snap, "err", derr)
 			}
 		}
@@ -917,7 +956,7 @@ func (s *Service) dropTakenSnapshots(ctx context.Context, volume, snap, target s
 		if keep[si.Name] || !isTakenSnapshot(si.Name) || !si.Created.Before(cur.Created) {
 			continue
 		}
-		if err := s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(volume)+"/snapshots/"+url.PathEscape(si.Name), nil); err != nil {
+		if err := s.deleteSnapshot(ctx, volume, si.Name); err != nil {
 			log.Warn("delete an old backup snapshot", "old", si.Name, "err", err)
 			continue
 		}
@@ -1070,7 +1109,7 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 // else, and a half-restored volume must not be left behind. Its pending
 // mark goes with it; if the deletion fails, the next start tries again.
 func (j *restoreJob) removeCreated(ctx context.Context) {
-	if err := j.s.agentCall(context.WithoutCancel(ctx), http.MethodDelete, "/v1/volumes/"+url.PathEscape(j.to), nil); err != nil {
+	if err := j.s.deleteVolume(context.WithoutCancel(ctx), j.to); err != nil {
 		j.s.log.Warn("remove partly restored volume", "volume", j.to, "err", err)
 		return
 	}
@@ -1209,7 +1248,7 @@ func (s *Service) recoverInterrupted(ctx context.Context) {
 		if s.keep(vol, created) {
 			continue
 		}
-		if err := s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol), nil); err != nil {
+		if err := s.deleteVolume(ctx, vol); err != nil {
 			// Tried once: the mark goes, so that a volume an operator
 			// keeps is never removed at a later start.
 			s.log.Error("a volume an interrupted restore created could not be removed; it holds part of a backup: delete it by hand", "volume", vol, "err", err)
@@ -1507,6 +1546,18 @@ func (s *Service) writeStream(w http.ResponseWriter, r *http.Request, fn func(ct
 }
 
 // agentCall serves one request with the agent's own routes, in process.
+// deleteVolume deletes volume vol through the agent's route (its FUSE
+// files and holds follow).
+func (s *Service) deleteVolume(ctx context.Context, vol string) error {
+	return s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol), nil)
+}
+
+// deleteSnapshot deletes snapshot snap of volume vol through the agent's
+// route.
+func (s *Service) deleteSnapshot(ctx context.Context, vol, snap string) error {
+	return s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol)+"/snapshots/"+url.PathEscape(snap), nil)
+}
+
 func (s *Service) agentCall(ctx context.Context, method, path string, in any) error {
 	if s.mux == nil {
 		return fmt.Errorf("%s %s: backup service not routed: %w", method, path, blockdev.ErrInvalidArgument)
