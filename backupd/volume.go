@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/strata-block/strata/blockdev"
@@ -70,7 +71,7 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 			// The backups could not all be read (a target that does not
 			// answer): a full backup would hide that and cost the volume.
 			return nil, fmt.Errorf("backup of volume %q: finding the newest backup, the parent of an incremental: %w", volume, err)
-		case err == nil && parent.Snapshot != snap && SameSnapshot(info, parent) && parent.SnapshotCreated.Before(si.Created):
+		case err == nil && parent.Snapshot != snap && SameSnapshot(info, parent) && below(info, parent.Snapshot, snap):
 			// (A parent snapshot newer than snap, when an older snapshot
 			// is backed up after it: no changes lead from it to snap, so
 			// the backup is full.)
@@ -92,6 +93,16 @@ func (r *Repository) BackupVolume(ctx context.Context, m *blockdev.Manager, volu
 		return nil, err
 	}
 	return r.Backup(ctx, opts)
+}
+
+// below reports whether snapshot a lies below snapshot b in the volume's
+// chain (info.Snapshots lists it bottom first): only then do changes lead
+// from a to b. Their creation times cannot say it: the clock may have
+// stepped back between the two.
+func below(info blockdev.VolumeInfo, a, b string) bool {
+	ia := slices.IndexFunc(info.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == a })
+	ib := slices.IndexFunc(info.Snapshots, func(si blockdev.SnapshotInfo) bool { return si.Name == b })
+	return ia >= 0 && ib >= 0 && ia < ib
 }
 
 // stillSame checks, once the snapshot is open and the changed extents are

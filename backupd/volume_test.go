@@ -3,14 +3,18 @@ package backupd_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/plugins"
@@ -431,4 +435,73 @@ func TestBackupVolumeParentUnreadable(t *testing.T) {
 		}
 		t.Fatalf("BackupVolume with the parent unreadable = %v (scanned %d bytes); want the target's error", err, scanned)
 	}
+}
+
+// TestBackupVolumeClockStepBack: when the clock stepped back between two
+// snapshots (the lower one in the chain has the later creation time),
+// backing up the lower one after the upper one's backup is a full backup.
+// Before, creation times ordered them, changes were asked for from the
+// upper to the lower snapshot, and every backup of it failed.
+func TestBackupVolumeClockStepBack(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	const size = 4 * mib
+	dir := t.TempDir()
+	m, err := blockdev.OpenManager(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx, "vol-a", size); err != nil {
+		t.Fatal(err)
+	}
+	v, rel, err := m.Open(ctx, "vol-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, v, bytes.Repeat([]byte{1}, size), 0)
+	snapshot(t, m, "vol-a", "x")
+	write(t, v, bytes.Repeat([]byte{2}, 4096), 0)
+	snapshot(t, m, "vol-a", "y")
+	rel()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// x, below y, gets a creation time an hour after y's.
+	metaPath := filepath.Join(dir, "volumes", "vol-a.meta")
+	b, err := os.ReadFile(metaPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta map[string]any
+	if err := json.Unmarshal(b[:bytes.IndexByte(b, '\n')], &meta); err != nil {
+		t.Fatal(err)
+	}
+	layers := meta["layers"].([]any)
+	ty, err := time.Parse(time.RFC3339Nano, layers[1].(map[string]any)["created"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers[0].(map[string]any)["created"] = ty.Add(time.Hour).Format(time.RFC3339Nano)
+	js, err := json.Marshal(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js = append(js, '\n')
+	if err := os.WriteFile(metaPath, fmt.Appendf(js, "xxh64=%016x\n", xxhash.Sum64(js)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	m = openManager(t, dir)
+	r := backupd.Open(backupd.NewFSTarget(t, t.TempDir()), nil)
+	if _, err := r.BackupVolume(ctx, m, "vol-a", "y", backupd.BackupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.BackupVolume(ctx, m, "vol-a", "x", backupd.BackupOptions{})
+	if err != nil {
+		t.Fatalf("backup of x after y's, x created later by the clock: %v", err)
+	}
+	if res.Manifest.Parent != "" {
+		t.Errorf("backup of x has parent %q, want a full backup", res.Manifest.Parent)
+	}
+	backupd.MustEqual(t, "x restored", restoreInto(t, m, r, res.ManifestKey, "r-x", size), readAll(t, device(t, m, "vol-a@x")))
 }

@@ -50,7 +50,8 @@ type VolumeInfo struct {
 	Size    int64     `json:"size"`
 	Created time.Time `json:"created"`
 	// Depth is the number of layers in the chain, head included.
-	Depth     int            `json:"depth"`
+	Depth int `json:"depth"`
+	// Snapshots are in chain order, the bottom (oldest) first.
 	Snapshots []SnapshotInfo `json:"snapshots"`
 	// Users counts the devices open on the volume or its snapshots.
 	Users int `json:"users"`
