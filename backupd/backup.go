@@ -284,7 +284,7 @@ func (b *backupRun) progress(ph Phase) {
 		return
 	}
 	b.opts.Progress(Progress{Op: "backup", Volume: b.opts.Volume, Phase: ph, BytesTotal: b.size,
-		BytesScanned: b.scanned.Load(), BytesUploaded: b.uploaded.Load(), Chunks: b.chunks.Load(), Time: time.Now()})
+		Position: min(b.chunks.Load()*ChunkSize, b.size), BytesScanned: b.scanned.Load(), BytesUploaded: b.uploaded.Load(), Chunks: b.chunks.Load(), Time: time.Now()})
 }
 
 // pageJob is one map page's worth of work moving through the pipeline.

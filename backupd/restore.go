@@ -140,9 +140,10 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	}
 	var cnt restoreCounts
 	written, fetched := &cnt.written, &cnt.fetched
+	var pos int64 // bytes of the volume restored, in order (finish)
 	report := func(ph Phase) {
 		if opts.Progress != nil {
-			opts.Progress(Progress{Op: "restore", Volume: m.Volume, Phase: ph, BytesTotal: m.Size,
+			opts.Progress(Progress{Op: "restore", Volume: m.Volume, Phase: ph, BytesTotal: m.Size, Position: pos,
 				BytesScanned: fetched.Load(), BytesWritten: written.Load(), Time: time.Now()})
 		}
 	}
@@ -210,6 +211,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 				return fmt.Errorf("%s: %w", where, err)
 			}
 		}
+		pos = min(int64(wr.end)*int64(m.PageChunks)*int64(m.ChunkSize), m.Size)
 		report(PhaseRestore)
 		return nil
 	}
@@ -279,6 +281,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 			r.log.Warn("removing restore state", "path", opts.StatePath, "err", err)
 		}
 	}
+	pos = m.Size
 	report(PhaseDone)
 	r.log.Info("restore done", "op", "restore", "volume", m.Volume, "id", m.ID, "written", res.BytesWritten, "resumed_pages", res.Resumed, "repaired_chunks", res.Repaired)
 	return res, nil

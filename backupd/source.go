@@ -42,10 +42,15 @@ const (
 // may drop events. BytesTotal is the volume size (backup, restore) or the
 // referenced data (verify).
 type Progress struct {
-	Op            string    `json:"op"` // "backup", "restore", "verify"
-	Volume        string    `json:"volume"`
-	Phase         Phase     `json:"phase"`
-	BytesTotal    int64     `json:"bytes_total"`
+	Op         string `json:"op"` // "backup", "restore", "verify"
+	Volume     string `json:"volume"`
+	Phase      Phase  `json:"phase"`
+	BytesTotal int64  `json:"bytes_total"`
+	// Position is how much of the volume, from its start, the operation
+	// has gone through (backup: chunks hashed and queued for upload, holes
+	// and unchanged ranges included; restore: windows restored): what a
+	// progress bar against BytesTotal shows.
+	Position      int64     `json:"position"`
 	BytesScanned  int64     `json:"bytes_scanned"`
 	BytesUploaded int64     `json:"bytes_uploaded,omitempty"`
 	BytesWritten  int64     `json:"bytes_written,omitempty"`
