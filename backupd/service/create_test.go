@@ -442,3 +442,41 @@ func TestIfUnchangedSnapshotRemadeMeanwhile(t *testing.T) {
 		t.Fatalf("if-unchanged after the snapshot was made again with a write: %+v, want a new backup (not %s)", b, first.ID)
 	}
 }
+
+// TestPruneGoesOnPastAFailedTarget: prune and GC over every target go on
+// past one that fails, and the error names what they did on the others.
+// Before, the first failing target stopped the run: the targets after it
+// were never pruned, and the deletions on those before it went unreported.
+func TestPruneGoesOnPastAFailedTarget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "vol-p", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	var olds []*Backup
+	for _, tg := range []string{"main", "extra"} {
+		olds = append(olds, e.backup(t, CreateRequest{Volume: "vol-p", Target: tg}))
+		e.write(t, "vol-p", []byte(tg), 0)
+		e.backup(t, CreateRequest{Volume: "vol-p", Target: tg})
+	}
+	// "extra", listed first, no longer answers: its directory is a file.
+	if err := os.RemoveAll(e.dirs["extra"]); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.dirs["extra"], nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := e.c.Do(ctx, http.MethodPost, "/v1/backups/prune", PruneRequest{Volume: "vol-p", KeepLast: 1}, nil)
+	if err == nil || !strings.Contains(err.Error(), `"extra"`) || !strings.Contains(err.Error(), `"main": 1 deleted, 1 kept`) {
+		t.Fatalf("prune with target extra broken: %v; want extra's failure and main's deletion named", err)
+	}
+	var b Backup
+	if err := e.c.Do(ctx, http.MethodGet, "/v1/backups/"+olds[0].ID+"?target=main", nil, &b); !errors.Is(err, blockdev.ErrNotFound) {
+		t.Errorf("backup %s on main after the prune: %v, want it deleted", olds[0].ID, err)
+	}
+	err = e.c.Do(ctx, http.MethodPost, "/v1/backups/gc", GCRequest{DryRun: true}, nil)
+	if err == nil || !strings.Contains(err.Error(), `"extra"`) || !strings.Contains(err.Error(), `"main": 0 packs`) {
+		t.Fatalf("gc with target extra broken: %v; want extra's failure and main's report named", err)
+	}
+}

@@ -1432,6 +1432,24 @@ func (s *Service) eachRepo(ctx context.Context, target string, fn func(p *repo) 
 	return nil
 }
 
+// eachRepoAll is eachRepo going on past a target that fails (prune and
+// GC: one target that does not answer must not stop the others' upkeep);
+// the error joins every failure.
+func (s *Service) eachRepoAll(ctx context.Context, target string, fn func(p *repo) error) error {
+	names, err := s.targetNames(target)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range names {
+		if ctx.Err() != nil {
+			return errors.Join(append(errs, ctx.Err())...)
+		}
+		errs = append(errs, s.eachRepo(ctx, n, fn))
+	}
+	return errors.Join(errs...)
+}
+
 // ParseKeepWithin reads a Go duration ("36h") or a number of days ("7d").
 func ParseKeepWithin(s string) (time.Duration, error) {
 	if s == "" {
@@ -1458,7 +1476,7 @@ func (s *Service) prune(ctx context.Context, req PruneRequest) ([]PruneResult, e
 		return nil, err
 	}
 	out := []PruneResult{}
-	err = s.eachRepo(ctx, req.Target, func(p *repo) error {
+	err = s.eachRepoAll(ctx, req.Target, func(p *repo) error {
 		res, err := p.r.Prune(ctx, backupd.PruneOptions{Volume: req.Volume, KeepLast: req.KeepLast, KeepWithin: within, DryRun: req.DryRun})
 		if err != nil {
 			return fmt.Errorf("target %q: %w", p.name, err)
@@ -1475,6 +1493,13 @@ func (s *Service) prune(ctx context.Context, req PruneRequest) ([]PruneResult, e
 		out = append(out, pr)
 		return nil
 	})
+	if err != nil && len(out) > 0 {
+		var done []string
+		for _, pr := range out {
+			done = append(done, fmt.Sprintf("%q: %d deleted, %d kept", pr.Target, len(pr.Deleted), len(pr.Kept)))
+		}
+		return nil, fmt.Errorf("prune: %w; done on the other targets: %s", err, strings.Join(done, "; "))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -1637,7 +1662,7 @@ func (s *Service) gc(ctx context.Context, req GCRequest) ([]GCResult, error) {
 	}
 	opts.DryRun = req.DryRun
 	out := []GCResult{}
-	err := s.eachRepo(ctx, req.Target, func(p *repo) error {
+	err := s.eachRepoAll(ctx, req.Target, func(p *repo) error {
 		rep, err := p.r.GC(ctx, opts)
 		if err != nil {
 			return fmt.Errorf("gc on target %q: %w", p.name, err)
@@ -1646,5 +1671,15 @@ func (s *Service) gc(ctx context.Context, req GCRequest) ([]GCResult, error) {
 		out = append(out, GCResult{Target: p.name, Report: rep})
 		return nil
 	})
-	return out, err
+	if err != nil && len(out) > 0 {
+		var done []string
+		for _, g := range out {
+			done = append(done, fmt.Sprintf("%q: %d packs (%d bytes) deleted", g.Target, g.Report.PacksDeleted, g.Report.BytesDeleted))
+		}
+		return nil, fmt.Errorf("%w; done on the other targets: %s", err, strings.Join(done, "; "))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
