@@ -18,7 +18,9 @@ import (
 // restore of backup b (of data) into a new volume vol leaves when the
 // process is killed after its first window: the volume holding that
 // window, its pending mark and its state file. The window is then
-// written to at its first byte, as a user of the volume could have done.
+// written to at its first byte, and the volume at 36 MiB (past the
+// window), as a user of the volume could have done (it is served at the
+// next start before the hold is taken again).
 func interruptedRestore(t *testing.T, e *env, dir, vol string, b *Backup, data []byte) {
 	t.Helper()
 	ctx := t.Context()
@@ -29,6 +31,7 @@ func interruptedRestore(t *testing.T, e *env, dir, vol string, b *Backup, data [
 	const window = 32 << 20 // backupd's restore window: 4 pages of 1024 chunks of 8 KiB
 	e.write(t, vol, data[:window], 0)
 	e.write(t, vol, []byte{^data[0]}, 0)
+	e.write(t, vol, []byte("written past the checkpoint"), 36<<20)
 	if err := e.svc.markPending(vol, vi.Created); err != nil {
 		t.Fatal(err)
 	}
@@ -73,12 +76,24 @@ func TestInterruptedRestoreResumed(t *testing.T) {
 	for i := range data {
 		data[i] = byte(rng.Uint32())
 	}
+	clear(data[36<<20 : 37<<20]) // zero chunks past the first window
 	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "src", Size: size}); err != nil {
 		t.Fatal(err)
 	}
 	e.write(t, "src", data, 0)
 	b := e.backup(t, CreateRequest{Volume: "src", Target: "main"})
 	interruptedRestore(t, e, dir, "half", b, data)
+	// A state file older than its volume: left by a restore into an
+	// earlier volume of the name, it records nothing this one holds.
+	interruptedRestore(t, e, dir, "stale", b, data)
+	stale, err := e.c.Volume(ctx, "stale")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := stale.Created.Add(-time.Hour)
+	if err := os.Chtimes(filepath.Join(dir, stateDir, "stale"), old, old); err != nil {
+		t.Fatal(err)
+	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +102,9 @@ func TestInterruptedRestoreResumed(t *testing.T) {
 	t.Cleanup(func() { _ = stop() })
 	if _, err := e.c.Volume(ctx, "half"); err != nil {
 		t.Fatalf("the volume of the interrupted restore after the restart: %v, want it kept", err)
+	}
+	if _, err := e.c.Volume(ctx, "stale"); !errors.Is(err, blockdev.ErrNotFound) {
+		t.Errorf("volume stale, its state file older than it: %v, want it removed at start", err)
 	}
 	if release, err := e.a.Exclusive("half"); !errors.Is(err, blockdev.ErrInUse) {
 		if release != nil {
@@ -145,6 +163,7 @@ func TestInterruptedRestoreExpires(t *testing.T) {
 			t.Fatalf("volume %s after the restart: %v, want it kept", v, err)
 		}
 	}
+
 	if err := e.c.DeleteVolume(ctx, "gone"); err != nil {
 		t.Fatal(err)
 	}

@@ -1004,9 +1004,12 @@ type restoreJob struct {
 	m       *backupd.Manifest
 	to      string
 	created bool
-	resumed bool   // to is the volume an interrupted run of this restore created
-	done    func() // ends the job: release, then the claim on the name
-	release func() // ends the Exclusive hold only (nil if none)
+	// createdAt identifies the volume restored into, with its name: its
+	// creation time (zero if unknown).
+	createdAt time.Time
+	resumed   bool   // to is the volume an interrupted run of this restore created
+	done      func() // ends the job: release, then the claim on the name
+	release   func() // ends the Exclusive hold only (nil if none)
 }
 
 // prepareRestore finds the backup, checks the destination and creates it
@@ -1041,7 +1044,7 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 		case err == nil && info.Created.Equal(k.created) && k.manifest == key && info.Size == m.Size:
 			// The rerun of an interrupted restore: it resumes into the
 			// volume the first run created, under the hold kept since.
-			j.created, j.resumed = true, true
+			j.created, j.resumed, j.createdAt = true, true, k.created
 			j.release = k.release
 			j.done = func() {
 				k.release()
@@ -1051,8 +1054,12 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 		case err == nil && info.Created.Equal(k.created):
 			// Another backup into the kept volume: it holds part of a
 			// backup and nothing else; made again from scratch.
-			j.to = req.To
-			j.removeCreated(ctx)
+			j.createdAt = k.created
+			if rerr := j.removeCreated(ctx); rerr != nil {
+				s.retryKept(req.To, k)
+				return fail(fmt.Errorf("restore of backup %s into volume %q: the volume holds an interrupted restore of another backup and could not be removed: %w", id, req.To, rerr))
+			}
+			j.createdAt = time.Time{}
 			k.release()
 			info, err = s.cfg.Manager.Volume(ctx, req.To)
 		default:
@@ -1062,6 +1069,9 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 	}
 	switch {
 	case errors.Is(err, blockdev.ErrNotFound):
+		// A state file left by a restore into an earlier volume of the
+		// name describes nothing the new one holds.
+		s.removeState(req.To)
 		if err := s.markPending(req.To, time.Time{}); err != nil {
 			return fail(fmt.Errorf("restore of backup %s into volume %q: %w", id, req.To, err))
 		}
@@ -1073,6 +1083,7 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 		// The mark names the volume by its creation time too, so that the
 		// next start removes this volume and never another of the name.
 		if vi, err := s.cfg.Manager.Volume(ctx, req.To); err == nil {
+			j.createdAt = vi.Created
 			if err := s.markPending(req.To, vi.Created); err != nil {
 				j.removeCreated(ctx)
 				return fail(fmt.Errorf("restore of backup %s into volume %q: %w", id, req.To, err))
@@ -1085,7 +1096,7 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 	case info.Size != m.Size:
 		return fail(fmt.Errorf("restore of backup %s: volume %q is %d bytes, the backup %d: restore into a new volume or one of the same size: %w", id, req.To, info.Size, m.Size, blockdev.ErrInvalidArgument))
 	default:
-		s.clearPending(req.To) // an existing volume the operator restores into is no one's leftover
+		j.createdAt = info.Created
 	}
 	if s.cfg.Exclusive != nil {
 		// Also a volume just created: its file is in the mount already.
@@ -1102,19 +1113,35 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 			done()
 		}
 	}
+	if !j.created {
+		// Once taken: an existing volume the operator restores into is no
+		// one's leftover.
+		s.clearPending(req.To)
+	}
 	return j, nil
 }
 
 // removeCreated deletes the volume the restore created: it holds nothing
-// else, and a half-restored volume must not be left behind. Its pending
-// mark goes with it; if the deletion fails, the next start tries again.
-func (j *restoreJob) removeCreated(ctx context.Context) {
-	if err := j.s.deleteVolume(context.WithoutCancel(ctx), j.to); err != nil {
+// else, and a half-restored volume must not be left behind. Only that very
+// volume (createdAt): one deleted and made again under the name is left.
+// Its pending mark and state file go with it; if the deletion fails, they
+// stay and the next start tries again.
+func (j *restoreJob) removeCreated(ctx context.Context) error {
+	ctx = context.WithoutCancel(ctx)
+	vi, err := j.s.cfg.Manager.Volume(ctx, j.to)
+	switch {
+	case errors.Is(err, blockdev.ErrNotFound), err == nil && !j.createdAt.IsZero() && !vi.Created.Equal(j.createdAt):
+		// Gone already, or another volume of the name: not the restore's.
+	case err == nil:
+		err = j.s.deleteVolume(ctx, j.to)
+	}
+	if err != nil {
 		j.s.log.Warn("remove partly restored volume", "volume", j.to, "err", err)
-		return
+		return err
 	}
 	j.s.removeState(j.to)
 	j.s.clearPending(j.to)
+	return nil
 }
 
 // pendingDir holds an empty file per volume a restore created and has not
@@ -1179,12 +1206,18 @@ func (s *Service) statePath(vol string) string {
 	return filepath.Join(s.cfg.DataDir, stateDir, vol)
 }
 
-// removeState removes the state file of a restore into vol.
+// removeState removes the state file of a restore into vol, durably.
 func (s *Service) removeState(vol string) {
-	if p := s.statePath(vol); p != "" {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("restore state", "volume", vol, "err", err)
-		}
+	p := s.statePath(vol)
+	if p == "" {
+		return
+	}
+	err := os.Remove(p)
+	if err == nil {
+		err = atomicfile.SyncDir(filepath.Dir(p))
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("restore state", "volume", vol, "err", err)
 	}
 }
 
@@ -1196,6 +1229,18 @@ type keptRestore struct {
 	manifest string    // the backup being restored
 	release  func()    // ends the hold (a no-op without Exclusive)
 	timer    *time.Timer
+}
+
+// retryKept puts k back as vol's kept volume, to be looked at again in a
+// minute (its removal failed, or the name was busy).
+func (s *Service) retryKept(vol string, k *keptRestore) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.kept[vol]; cur != nil && cur != k {
+		return
+	}
+	s.kept[vol] = k
+	k.timer.Reset(time.Minute)
 }
 
 // takeKept hands the kept volume vol, if any, to a restore into it: its
@@ -1273,7 +1318,9 @@ func (s *Service) keep(vol string, created time.Time) bool {
 	path := s.statePath(vol)
 	key, pages, err := backupd.RestoreStateOf(path)
 	fi, serr := os.Stat(path)
-	if err != nil || serr != nil || pages == 0 {
+	if err != nil || serr != nil || pages == 0 || !fi.ModTime().After(created) {
+		// No progress, or progress of a restore into an earlier volume of
+		// the name.
 		return false
 	}
 	left := s.cfg.ResumeKeep - time.Since(fi.ModTime())
@@ -1307,6 +1354,15 @@ func (s *Service) keep(vol string, created time.Time) bool {
 // expireKept removes the kept volume vol of an interrupted restore that
 // no rerun took.
 func (s *Service) expireKept(vol string, k *keptRestore) {
+	if s.ctx.Err() != nil {
+		return // stopping: the next start decides
+	}
+	done, err := s.claim(vol, "restore")
+	if err != nil {
+		s.retryKept(vol, k) // a restore or backup is being prepared on it
+		return
+	}
+	defer done()
 	s.mu.Lock()
 	if s.kept[vol] != k {
 		s.mu.Unlock()
@@ -1314,20 +1370,14 @@ func (s *Service) expireKept(vol string, k *keptRestore) {
 	}
 	delete(s.kept, vol)
 	s.mu.Unlock()
-	done, err := s.claim(vol, "restore")
-	if err != nil {
-		k.release()
-		return // a restore runs into a new volume of the name
-	}
-	defer done()
-	j := &restoreJob{s: s, to: vol, release: k.release}
-	if vi, err := s.cfg.Manager.Volume(s.ctx, vol); err == nil && vi.Created.Equal(k.created) {
-		s.log.Warn("removing the volume of an interrupted restore no rerun resumed", "volume", vol)
-		j.removeAndRelease(s.ctx)
+	s.log.Warn("removing the volume of an interrupted restore no rerun resumed", "volume", vol)
+	j := &restoreJob{s: s, to: vol, createdAt: k.created}
+	if err := j.removeCreated(s.ctx); err != nil {
+		if s.ctx.Err() == nil {
+			s.retryKept(vol, k) // kept out of use, and tried again
+		}
 		return
 	}
-	s.removeState(vol)
-	s.clearPending(vol)
 	k.release()
 }
 
@@ -1355,6 +1405,11 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 			return err
 		}
 		defer release()
+		// The volume prepared, not one deleted and made again under its
+		// name since (a deletion does not meet the hold).
+		if vi, err := s.cfg.Manager.Volume(ctx, j.to); err != nil || (!j.createdAt.IsZero() && !vi.Created.Equal(j.createdAt)) {
+			return fmt.Errorf("volume %q was deleted (and made again) while the restore was prepared: %w", j.to, blockdev.ErrInUse)
+		}
 		var err2 error
 		state := s.statePath(j.to)
 		if state != "" {
@@ -1363,7 +1418,12 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 				state = ""
 			}
 		}
-		res, err2 = j.p.r.Restore(ctx, j.key, backupd.VolumeDestination{V: dev}, backupd.RestoreOptions{DestZeroed: j.created, StatePath: state, Progress: progress})
+		res, err2 = j.p.r.Restore(ctx, j.key, backupd.VolumeDestination{V: dev}, backupd.RestoreOptions{
+			// A resumed volume may have been written to past the first
+			// run's last checkpoint (it was served before the hold was
+			// taken again at start): not known zero.
+			DestZeroed: j.created && !j.resumed,
+			StatePath:  state, Progress: progress})
 		if err2 != nil {
 			return err2
 		}
@@ -1373,7 +1433,12 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 		return nil
 	}()
 	if err != nil {
-		if j.created {
+		switch {
+		case j.created && s.ctx.Err() != nil && s.statePath(j.to) != "":
+			// The agent is stopping: the volume, its mark and its state
+			// stay for the next start to keep for a rerun to resume.
+			s.log.Warn("restore stopped by the shutdown; run it again after the restart to resume it", "id", j.m.ID, "to", j.to)
+		case j.created:
 			j.removeAndRelease(ctx)
 		}
 		s.log.Warn("restore failed", "id", j.m.ID, "to", j.to, "target", j.p.name, "err", err)
@@ -1570,7 +1635,6 @@ func (s *Service) writeStream(w http.ResponseWriter, r *http.Request, fn func(ct
 	fn(ctx, emit)
 }
 
-// agentCall serves one request with the agent's own routes, in process.
 // deleteVolume deletes volume vol through the agent's route (its FUSE
 // files and holds follow).
 func (s *Service) deleteVolume(ctx context.Context, vol string) error {
@@ -1583,6 +1647,7 @@ func (s *Service) deleteSnapshot(ctx context.Context, vol, snap string) error {
 	return s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol)+"/snapshots/"+url.PathEscape(snap), nil)
 }
 
+// agentCall serves one request with the agent's own routes, in process.
 func (s *Service) agentCall(ctx context.Context, method, path string, in any) error {
 	if s.mux == nil {
 		return fmt.Errorf("%s %s: backup service not routed: %w", method, path, blockdev.ErrInvalidArgument)

@@ -13,13 +13,21 @@ import (
 	"time"
 )
 
-// TestRestoreKilledResumes: `strata server` killed with SIGKILL during a
-// `backup restore` into a new volume; at the next start the volume is
-// kept out of use (no file in the FUSE mount), and running the same
-// restore again resumes it (resumed_bytes: what the first run restored is
-// checked, not fetched again) and ends bit-exact.
+// TestRestoreKilledResumes: `strata server` killed with SIGKILL, or
+// stopped with SIGTERM, during a `backup restore` into a new volume; at
+// the next start the volume is kept out of use (no file in the FUSE
+// mount), and running the same restore again resumes it (resumed_bytes:
+// what the first run restored is checked, not fetched again) and ends
+// bit-exact. Before, the next start removed the volume (and a SIGTERM
+// removed it at once), and the rerun began again from nothing.
 func TestRestoreKilledResumes(t *testing.T) {
 	needRoot(t)
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) { restoreKilled(t, sig) })
+	}
+}
+
+func restoreKilled(t *testing.T, sig syscall.Signal) {
 	dataDir := t.TempDir()
 	s := startServer(t, dataDir)
 	s.must("target", "add", "local", "file://"+t.TempDir())
@@ -60,7 +68,7 @@ func TestRestoreKilledResumes(t *testing.T) {
 			default:
 			}
 			if _, err := os.Stat(filepath.Join(state, to)); err == nil {
-				s.stop(syscall.SIGKILL)
+				s.stop(sig)
 				killed = true
 				<-cliDone
 				break
