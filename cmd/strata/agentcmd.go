@@ -53,7 +53,7 @@ func agentAddCmd() *cobra.Command {
 				}
 			}
 			var a coordinator.AgentRecord
-			if err := clientFor(cmd).Do(cmd.Context(), http.MethodPost, "/v1/agents", req, &a); err != nil {
+			if err := coordinatorDo(cmd, http.MethodPost, "/v1/agents", req, &a); err != nil {
 				return err
 			}
 			return output(cmd, a, func(w io.Writer) error {
@@ -74,7 +74,7 @@ func agentLsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var as []coordinator.AgentRecord
-			if err := clientFor(cmd).Do(cmd.Context(), http.MethodGet, "/v1/agents", nil, &as); err != nil {
+			if err := coordinatorDo(cmd, http.MethodGet, "/v1/agents", nil, &as); err != nil {
 				return err
 			}
 			return output(cmd, as, func(w io.Writer) error {
@@ -98,7 +98,7 @@ func agentRmCmd() *cobra.Command {
 		Short: "Unregister an agent",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := clientFor(cmd).Do(cmd.Context(), http.MethodDelete, "/v1/agents/"+url.PathEscape(args[0]), nil, nil); err != nil {
+			if err := coordinatorDo(cmd, http.MethodDelete, "/v1/agents/"+url.PathEscape(args[0]), nil, nil); err != nil {
 				return err
 			}
 			return done(cmd, "agent "+args[0]+" removed", map[string]any{"agent": args[0]})

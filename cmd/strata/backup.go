@@ -18,6 +18,7 @@ import (
 
 	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/backupd/service"
+	"github.com/strata-block/strata/blockdev"
 )
 
 func newBackupCmd() *cobra.Command {
@@ -70,6 +71,9 @@ it once it is committed; a failure is only in the server's log.`,
 				req.Wait = &f
 			}
 			ev, err := streamCall(cmd, "/v1/backups", req, "backing up "+req.Volume)
+			if !noWait {
+				err = cancelledOp(cmd, err, "the backup of "+req.Volume, `"--no-wait" lets a backup run on in the server without the command`)
+			}
 			if err != nil {
 				return err
 			}
@@ -210,10 +214,18 @@ func backupRestoreCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if req.To == "" {
-				return errors.New("restore: --to VOLUME is required")
+				return argsError(cmd, errors.New("--to VOLUME is required"))
 			}
+			// Whether the restore overwrites a volume: what an
+			// interruption leaves behind differs.
+			_, verr := clientFor(cmd).Volume(cmd.Context(), req.To)
+			existed := verr == nil
 			ev, err := streamCall(cmd, "/v1/backups/"+url.PathEscape(args[0])+"/restore", req, "restoring "+args[0])
-			if err != nil {
+			after := "the server removes the volume " + req.To + " the restore was creating"
+			if existed {
+				after = fmt.Sprintf("volume %s, which existed, may be left partly overwritten: run the restore again", req.To)
+			}
+			if err = cancelledOp(cmd, err, fmt.Sprintf("the restore of backup %s into %s", args[0], req.To), after); err != nil {
 				return err
 			}
 			if ev.Restore == nil {
@@ -244,7 +256,7 @@ func backupVerifyCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ev, err := streamCall(cmd, "/v1/backups/"+url.PathEscape(args[0])+"/verify", req, "verifying "+args[0])
-			if err != nil {
+			if err = cancelledOp(cmd, err, "the verify of backup "+args[0], ""); err != nil {
 				return err
 			}
 			v := ev.Verify
@@ -340,15 +352,21 @@ func backupPruneCmd() *cobra.Command {
 		Use:   "prune [VOLUME]",
 		Short: "Delete the backups a retention policy does not keep (per volume)",
 		Long: `Keep, per volume, the --keep-last newest backups and every backup created
-within --keep-within of the volume's newest one; delete the rest. A policy
-that keeps nothing is refused.`,
+at most --keep-within before the volume's newest backup, or before now if
+that is earlier (a volume whose backups stopped keeps its last ones however
+much time passes); delete the rest (their manifests: "backup gc" reclaims
+the space). Backups a system backup holds, and backups dated more than 10
+minutes in the future (a clock ahead, a damaged date), are always kept and
+count towards neither rule: the newest backup that sets the window is the
+newest of the others. Manifests that do not load are neither kept nor
+deleted. A policy that keeps nothing is refused.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
 				req.Volume = args[0]
 			}
 			if _, err := service.ParseKeepWithin(req.KeepWithin); err != nil {
-				return err
+				return fmt.Errorf("--%w", err) // "--keep-within ...": the flag
 			}
 			var res []service.PruneResult
 			if err := clientFor(cmd).Do(cmd.Context(), http.MethodPost, "/v1/backups/prune", req, &res); err != nil {
@@ -380,7 +398,7 @@ that keeps nothing is refused.`,
 	}
 	f := cmd.Flags()
 	f.IntVar(&req.KeepLast, "keep-last", 0, "keep the N newest backups of each volume")
-	f.StringVar(&req.KeepWithin, "keep-within", "", "keep backups within this long of the volume's newest (36h, 7d)")
+	f.StringVar(&req.KeepWithin, "keep-within", "", "keep backups created at most this long before the volume's newest backup, or now if earlier (36h, 7d)")
 	f.StringVar(&req.Target, "target", "", "prune only this target (default: every target)")
 	f.BoolVar(&req.DryRun, "dry-run", false, "print what would be deleted, delete nothing")
 	return cmd
@@ -396,15 +414,18 @@ what is unreferenced and deletes only what an earlier run marked at least
 --grace ago and is still unreferenced, so a backup running meanwhile never
 loses a chunk it uses (backupd/FORMAT.md, "Garbage collection"). Run it
 periodically, e.g. after prune; space comes back on the second run.
+The server's default --grace is the longer of twice its
+--backup-max-duration and --backup-max-duration plus twice its
+--backup-gc-margin: 12h with the defaults (6h and 15m). A grace not longer
+than --backup-max-duration plus --backup-gc-margin, or than the deadline
+any backup recorded on the target plus that margin, is refused.
 One GC runs per target at a time: another one fails as in use. A GC that
 was killed leaves its lease, which the next GC takes as abandoned after
 15 minutes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if req.Grace != "" {
-				if _, err := service.ParseKeepWithin(req.Grace); err != nil {
-					return err
-				}
+			if err := checkGrace(req.Grace); err != nil {
+				return err
 			}
 			var res []service.GCResult
 			if err := clientFor(cmd).Do(cmd.Context(), http.MethodPost, "/v1/backups/gc", req, &res); err != nil {
@@ -425,9 +446,21 @@ was killed leaves its lease, which the next GC takes as abandoned after
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Target, "target", "", "collect only this target (default: every target)")
-	f.StringVar(&req.Grace, "grace", "", "delete only what was marked at least this long ago (default 12h; must be longer than the server's --backup-max-duration plus its --backup-gc-margin)")
+	f.StringVar(&req.Grace, "grace", "", "delete only what was marked at least this long ago (36h, 2d; default: the longer of 2 × the server's --backup-max-duration and --backup-max-duration + 2 × --backup-gc-margin, 12h with their defaults; must be longer than --backup-max-duration + --backup-gc-margin)")
 	f.BoolVar(&req.DryRun, "dry-run", false, "report what a run would do; mark and delete nothing")
 	return cmd
+}
+
+// checkGrace checks backup gc's --grace (a Go duration or days, as
+// keep-within) before the request, with an error naming the flag.
+func checkGrace(grace string) error {
+	if grace == "" {
+		return nil
+	}
+	if _, err := service.ParseKeepWithin(grace); err != nil {
+		return fmt.Errorf("--grace %q: want a duration such as 13h or a number of days such as 2d: %w", grace, blockdev.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // streamCall POSTs in to path and reads the NDJSON answer: progress

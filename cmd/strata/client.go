@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/big"
 	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -74,18 +74,21 @@ func table(w io.Writer, header []string, rows [][]string) error {
 	return tw.Flush()
 }
 
-// parseSize reads a byte size: "4096", "512MiB", "1GiB", "10G" (binary
-// units: K, M, G, T, P with optional "i" and "B", case-insensitive).
+// parseSize reads a byte size: "4096", "512MiB", "1GiB", "10G", "1.5GiB"
+// (binary units: K, M, G, T, P with optional "i" and "B",
+// case-insensitive). A decimal is taken only when it comes to a whole
+// number of bytes ("1.5K" is 1536; "1.3K" is refused); a size is at most
+// 2^62 bytes.
 func parseSize(s string) (int64, error) {
 	t := strings.TrimSpace(s)
-	i := strings.IndexFunc(t, func(r rune) bool { return !unicode.IsDigit(r) })
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
 	num, unit := t, ""
 	if i >= 0 {
 		num, unit = t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
 	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || num == "" {
-		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 512MiB, 1GiB, 10G)", s)
+	whole, frac, dot := strings.Cut(num, ".")
+	if whole == "" || (dot && (frac == "" || strings.Contains(frac, "."))) {
+		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 512MiB, 1GiB, 10G, 1.5GiB)", s)
 	}
 	unit = strings.TrimSuffix(strings.TrimSuffix(unit, "b"), "i")
 	shift := map[string]uint{"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
@@ -93,10 +96,24 @@ func parseSize(s string) (int64, error) {
 	if !ok {
 		return 0, fmt.Errorf("size %q: unknown unit (use K, M, G, T or P, e.g. 512MiB)", s)
 	}
-	if n < 0 || n > (1<<62)>>sh {
+	// (whole.frac) << sh, exactly: the digits as one integer, shifted,
+	// divided by 10^len(frac).
+	n, ok := new(big.Int).SetString(whole+frac, 10)
+	if !ok {
+		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 512MiB, 1GiB, 10G, 1.5GiB)", s)
+	}
+	n.Lsh(n, sh)
+	if frac != "" {
+		var rem big.Int
+		n.QuoRem(n, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(len(frac))), nil), &rem)
+		if rem.Sign() != 0 {
+			return 0, fmt.Errorf("size %q: not a whole number of bytes (sizes count whole bytes: write it in a smaller unit or as a whole number)", s)
+		}
+	}
+	if n.Cmp(new(big.Int).Lsh(big.NewInt(1), 62)) > 0 {
 		return 0, fmt.Errorf("size %q: out of range", s)
 	}
-	return n << sh, nil
+	return n.Int64(), nil
 }
 
 // humanSize renders bytes with a binary unit.

@@ -55,6 +55,7 @@ func TestParseSize(t *testing.T) {
 		in   string
 		want int64
 		bad  bool
+		msg  string // in the error, if set
 	}{
 		{in: "4096", want: 4096},
 		{in: "512MiB", want: 512 << 20},
@@ -65,7 +66,21 @@ func TestParseSize(t *testing.T) {
 		{in: "", bad: true},
 		{in: "GiB", bad: true},
 		{in: "-1", bad: true},
-		{in: "1.5G", bad: true},
+		// Decimals that come to a whole number of bytes.
+		{in: "1.5G", want: 3 << 29},
+		{in: "1.5GiB", want: 3 << 29},
+		{in: "0.5K", want: 512},
+		{in: "2.25 MiB", want: 9 << 18},
+		{in: "1.0", want: 1},
+		{in: "0.001T", bad: true, msg: "not a whole number of bytes"},
+		{in: "1.3K", bad: true, msg: "not a whole number of bytes"},
+		{in: "1.5", bad: true, msg: "not a whole number of bytes"},
+		{in: "1.", bad: true},
+		{in: ".5G", bad: true},
+		{in: "1.2.3G", bad: true},
+		{in: "4096.0P", want: 1 << 62},
+		{in: "4096.5P", bad: true, msg: "out of range"},
+		{in: "12Q", bad: true, msg: "unknown unit"},
 		{in: "1XiB", bad: true},
 		{in: "99999999999P", bad: true},
 	} {
@@ -73,6 +88,8 @@ func TestParseSize(t *testing.T) {
 		if tc.bad {
 			if err == nil {
 				t.Errorf("parseSize(%q) = %d, want an error", tc.in, got)
+			} else if !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("parseSize(%q): error %q does not say %q", tc.in, err, tc.msg)
 			}
 			continue
 		}

@@ -57,6 +57,10 @@ func systemBackupCreateCmd() *cobra.Command {
 			}
 			req.Timeout = coordinator.Duration(timeout)
 			ev, err := systemStream(cmd, "/v1/system/backups", req, "system backup", !noWait)
+			if !noWait {
+				err = cancelledOp(cmd, err, "the system backup",
+					`it fails and commits no manifest unless it was already committing ("strata system backup ls" shows its state); "--no-wait" lets a system backup run on in the server`)
+			}
 			if err != nil {
 				return err
 			}
@@ -100,7 +104,7 @@ func systemBackupLsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var ss []*coordinator.Summary
-			if err := clientFor(cmd).Do(cmd.Context(), http.MethodGet, "/v1/system/backups", nil, &ss); err != nil {
+			if err := coordinatorDo(cmd, http.MethodGet, "/v1/system/backups", nil, &ss); err != nil {
 				return err
 			}
 			return output(cmd, ss, func(w io.Writer) error {
@@ -128,7 +132,7 @@ func systemBackupInfoCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var s coordinator.Summary
-			if err := clientFor(cmd).Do(cmd.Context(), http.MethodGet, "/v1/system/backups/"+url.PathEscape(args[0]), nil, &s); err != nil {
+			if err := coordinatorDo(cmd, http.MethodGet, "/v1/system/backups/"+url.PathEscape(args[0]), nil, &s); err != nil {
 				return err
 			}
 			return output(cmd, &s, func(w io.Writer) error {
@@ -165,7 +169,7 @@ func systemBackupRmCmd() *cobra.Command {
 		Short: "Remove a system backup: its manifests, then the volume backups no other system backup names",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := clientFor(cmd).Do(cmd.Context(), http.MethodDelete, "/v1/system/backups/"+url.PathEscape(args[0]), nil, nil); err != nil {
+			if err := coordinatorDo(cmd, http.MethodDelete, "/v1/system/backups/"+url.PathEscape(args[0]), nil, nil); err != nil {
 				return err
 			}
 			return done(cmd, "system backup "+args[0]+" removed", map[string]any{"id": args[0]})
@@ -218,6 +222,8 @@ again. An attached volume is refused unless --force.`,
 				return errors.New("a credentials file without NAME= is for --from URL")
 			}
 			ev, err := systemStream(cmd, "/v1/system/restore", req, "system restore", true)
+			err = cancelledOp(cmd, err, "the system restore",
+				"volumes it was restoring may be left partly written: run it again, it resumes where it stopped")
 			if ev != nil && ev.Restore != nil && !jsonFlag(cmd) {
 				printRestoreReport(cmd.OutOrStdout(), ev.Restore)
 			}
@@ -273,7 +279,8 @@ func systemStream(cmd *cobra.Command, path string, in any, what string, wait boo
 			_ = bar.Clear()
 		}
 	}()
-	err := clientFor(cmd).Stream(cmd.Context(), http.MethodPost, path, in, func(line []byte) error {
+	c := clientFor(cmd)
+	err := c.Stream(cmd.Context(), http.MethodPost, path, in, func(line []byte) error {
 		var ev coordinator.Event
 		if err := json.Unmarshal(line, &ev); err != nil {
 			return fmt.Errorf("decode server event %q: %w", line, err)
@@ -326,7 +333,7 @@ func systemStream(cmd *cobra.Command, path string, in any, what string, wait boo
 		return nil
 	})
 	if err != nil {
-		return final, err
+		return final, noCoordinator(c, err)
 	}
 	if final == nil || (final.Event != "done" && (wait || final.Event != "accepted")) {
 		return nil, errors.New("the server's answer ended before the operation finished (see the server log)")
@@ -355,6 +362,7 @@ func newByteBar(w io.Writer, total int64, what string) *progressbar.ProgressBar 
 		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription(what),
 		progressbar.OptionShowBytes(true),
+		progressbar.OptionUseIECUnits(true), // KiB, MiB/s: as every other line
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(100*time.Millisecond),

@@ -139,6 +139,6 @@ func targetTestCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&size, "size", "4MiB", "size of the probe object")
+	cmd.Flags().StringVar(&size, "size", "4MiB", "size of the probe object (4MiB, 1.5MiB: binary units, whole bytes)")
 	return cmd
 }

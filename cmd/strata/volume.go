@@ -72,9 +72,10 @@ func volumeCreateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create NAME SIZE [--target TARGET]",
 		Short: "Create an empty volume",
-		Long: `Create an empty volume of SIZE bytes (4096, 512MiB, 1GiB, 10G: a multiple
-of 4 KiB; --size SIZE works too). Its backups go to --target, else to the
-default target ("strata volume set" changes it later).`,
+		Long: `Create an empty volume of SIZE bytes (4096, 512MiB, 1GiB, 10G, 1.5GiB: a
+multiple of 4 KiB; units are binary, K = 1024; a decimal is taken when it
+comes to a whole number of bytes; --size SIZE works too). Its backups go to
+--target, else to the default target ("strata volume set" changes it later).`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
@@ -246,7 +247,7 @@ func volumeGrowCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&size, "size", "", "new size (larger than the current one)")
+	cmd.Flags().StringVar(&size, "size", "", "new size, larger than the current one (as for create: 20GiB, 1.5TiB)")
 	_ = cmd.MarkFlagRequired("size")
 	return cmd
 }
