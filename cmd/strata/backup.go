@@ -493,7 +493,7 @@ func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.
 			bar = newByteBar(stderr, ev.BytesTotal, what)
 		}
 		if bar != nil {
-			_ = bar.Set64(min(max(ev.BytesScanned, ev.BytesWritten), ev.BytesTotal))
+			_ = bar.Set64(barPosition(ev.Progress))
 		}
 		return nil
 	})

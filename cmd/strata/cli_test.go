@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/strata-block/strata/backupd"
 )
 
 // runCLI runs strata with args and returns its exit status, stdout and
@@ -422,6 +424,29 @@ func TestByteBarIEC(t *testing.T) {
 	out := buf.String()
 	if !strings.Contains(out, "50/100 MiB") || strings.Contains(out, " MB") {
 		t.Errorf("bar %q: want 50/100 MiB, no MB", out)
+	}
+}
+
+// TestBarPosition: a bar follows an operation's position through the
+// volume, so an incremental backup that scans little, or a restore into a
+// new volume that writes no zeros, still ends full; verify, which has no
+// position, follows the bytes it read.
+func TestBarPosition(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		p    backupd.Progress
+		want int64
+	}{
+		{"incremental", backupd.Progress{Op: "backup", BytesTotal: 1 << 30, Position: 1 << 30, BytesScanned: 4 << 20}, 1 << 30},
+		{"sparse restore", backupd.Progress{Op: "restore", BytesTotal: 1 << 30, Position: 512 << 20, BytesWritten: 1 << 20}, 512 << 20},
+		{"verify", backupd.Progress{Op: "verify", BytesTotal: 8 << 20, BytesScanned: 3 << 20}, 3 << 20},
+		{"past the total", backupd.Progress{Op: "verify", BytesTotal: 8 << 20, BytesScanned: 9 << 20}, 8 << 20},
+	}
+	for _, tc := range tests {
+		if got := barPosition(&tc.p); got != tc.want {
+			t.Errorf("%s: bar at %d, want %d", tc.name, got, tc.want)
+		}
 	}
 }
 

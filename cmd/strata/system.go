@@ -17,6 +17,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/backupd/coordinator"
 	"github.com/strata-block/strata/blockdev/agent"
 )
@@ -296,7 +297,7 @@ func systemStream(cmd *cobra.Command, path string, in any, what string, wait boo
 				return nil
 			}
 			k := ev.Agent + "/" + ev.Volume
-			totals[k], dones[k] = ev.BytesTotal, min(max(ev.BytesScanned, ev.BytesWritten), ev.BytesTotal)
+			totals[k], dones[k] = ev.BytesTotal, barPosition(ev.Progress)
 			var total, done int64
 			for k := range totals {
 				total, done = total+totals[k], done+dones[k]
@@ -354,6 +355,18 @@ func absPath(p string) (string, error) {
 		return "", fmt.Errorf("path %q: %w", p, err)
 	}
 	return a, nil
+}
+
+// barPosition is how far the operation of a progress event has come,
+// against its BytesTotal: its position through the volume (backup,
+// restore: holes and unchanged ranges count), else the bytes it read or
+// wrote (verify).
+func barPosition(p *backupd.Progress) int64 {
+	done := p.Position
+	if done == 0 {
+		done = max(p.BytesScanned, p.BytesWritten)
+	}
+	return min(done, p.BytesTotal)
 }
 
 // newByteBar is the progress bar long operations draw on a terminal.
