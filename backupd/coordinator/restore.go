@@ -286,7 +286,7 @@ func (c *Coordinator) restoreVolume(ctx context.Context, m *Manifest, vb VolumeB
 			return fail(fmt.Errorf("detach %s: %w", vb.Volume, err))
 		}
 	}
-	ev, err := service.StreamEvents(ctx, cl, "/v1/backups/"+vb.BackupID+"/restore", service.RestoreRequest{To: vb.Volume, Target: vb.Target}, func(ev *service.Event, _ []byte) error {
+	ev, err := service.StreamEvents(ctx, cl, "/v1/backups/"+vb.BackupID+"/restore", service.RestoreRequest{To: vb.Volume, Target: vb.Target, Overwrite: true}, func(ev *service.Event, _ []byte) error {
 		if ev.Event == "progress" {
 			progress(Event{Event: "progress", Agent: vb.Agent, Progress: ev.Progress})
 		}

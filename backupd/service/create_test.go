@@ -480,3 +480,36 @@ func TestPruneGoesOnPastAFailedTarget(t *testing.T) {
 		t.Fatalf("gc with target extra broken: %v; want extra's failure and main's report named", err)
 	}
 }
+
+// TestRestoreOverwriteAsked: a restore into an existing volume needs
+// Overwrite: without it the volume is refused (exists) and left as it
+// was. Before, any detached volume of the backup's size named by mistake
+// was overwritten.
+func TestRestoreOverwriteAsked(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	for _, v := range []string{"src", "dst"} {
+		if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: v, Size: 1 << 20}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.write(t, "src", bytes.Repeat([]byte{7}, 4096), 0)
+	mine := bytes.Repeat([]byte{9}, 4096)
+	e.write(t, "dst", mine, 0)
+	b := e.backup(t, CreateRequest{Volume: "src", Target: "main"})
+	path := "/v1/backups/" + b.ID + "/restore"
+	if _, err := StreamEvents(ctx, e.c, path, RestoreRequest{To: "dst"}, nil); !errors.Is(err, blockdev.ErrExists) || !strings.Contains(err.Error(), "overwrite") {
+		t.Fatalf("restore into an existing volume without overwrite: %v; want exists, naming overwrite", err)
+	}
+	if got := e.readVolume(t, "dst")[:4096]; !bytes.Equal(got, mine) {
+		t.Fatal("a refused restore changed the volume")
+	}
+	ev, err := StreamEvents(ctx, e.c, path, RestoreRequest{To: "dst", Overwrite: true}, nil)
+	if err != nil || ev.Restore == nil || ev.Restore.Created {
+		t.Fatalf("restore with overwrite: %+v, %v", ev, err)
+	}
+	if got := e.readVolume(t, "dst")[:4096]; !bytes.Equal(got, bytes.Repeat([]byte{7}, 4096)) {
+		t.Fatal("the restore with overwrite did not restore")
+	}
+}

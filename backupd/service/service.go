@@ -218,9 +218,15 @@ func (req *CreateRequest) validate() error {
 // RestoreRequest is the body of POST /v1/backups/{id}/restore.
 type RestoreRequest struct {
 	// To is the volume to restore into: created with the backup's size if
-	// it does not exist, else it must be detached and of that size.
+	// it does not exist, else it must be detached and of that size, and
+	// Overwrite set.
 	To     string `json:"to"`
 	Target string `json:"target,omitempty"`
+	// Overwrite allows restoring into an existing volume, whose content is
+	// replaced; without it an existing To is refused (exists), so that a
+	// mistyped name never costs a volume. (Not needed to resume an
+	// interrupted restore into the volume it created.)
+	Overwrite bool `json:"overwrite,omitempty"`
 }
 
 // CompareRequest is the body of POST /v1/backups/{id}/compare.
@@ -1095,6 +1101,8 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 		return fail(fmt.Errorf("restore of backup %s: volume %q is attached; detach it first (an attached volume is never overwritten): %w", id, req.To, blockdev.ErrInUse))
 	case info.Size != m.Size:
 		return fail(fmt.Errorf("restore of backup %s: volume %q is %d bytes, the backup %d: restore into a new volume or one of the same size: %w", id, req.To, info.Size, m.Size, blockdev.ErrInvalidArgument))
+	case !req.Overwrite:
+		return fail(fmt.Errorf("restore of backup %s: volume %q exists; restoring into it replaces all its data: ask to overwrite it (--overwrite), or restore into a new volume: %w", id, req.To, blockdev.ErrExists))
 	default:
 		j.createdAt = info.Created
 	}

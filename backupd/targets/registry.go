@@ -180,6 +180,24 @@ func (r *Registry) Add(t Target) (Target, error) {
 	return t, nil
 }
 
+// SetDefault makes name the default target (and no other).
+func (r *Registry) SetDefault(name string) (Target, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := slices.IndexFunc(r.ts, func(t Target) bool { return t.Name == name })
+	if i < 0 {
+		return Target{}, fmt.Errorf("target %q: %w", name, ErrNotFound)
+	}
+	ts := slices.Clone(r.ts)
+	for j := range ts {
+		ts[j].Default = j == i
+	}
+	if err := r.saveLocked(ts); err != nil {
+		return Target{}, err
+	}
+	return ts[i], nil
+}
+
 // Remove unregisters name. The default target can be removed only when it
 // is the last one (make another the default first).
 func (r *Registry) Remove(name string) error {
@@ -190,7 +208,7 @@ func (r *Registry) Remove(name string) error {
 		return fmt.Errorf("target %q: %w", name, ErrNotFound)
 	}
 	if r.ts[i].Default && len(r.ts) > 1 {
-		return fmt.Errorf("target %q is the default; add another with --default first: %w", name, blockdev.ErrInUse)
+		return fmt.Errorf("target %q is the default; make another the default first (strata target set NAME --default): %w", name, blockdev.ErrInUse)
 	}
 	return r.saveLocked(slices.Delete(slices.Clone(r.ts), i, i+1))
 }

@@ -152,6 +152,15 @@ func (s *Service) Routes(mux *http.ServeMux, writeErr func(http.ResponseWriter, 
 		s.log.Info("target removed", "target", r.PathValue("name"))
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST /v1/targets/{name}/default", func(w http.ResponseWriter, r *http.Request) {
+		t, err := s.reg.SetDefault(r.PathValue("name"))
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		s.log.Info("default target set", "target", t.Name)
+		writeJSON(w, http.StatusOK, t)
+	})
 	mux.HandleFunc("POST /v1/targets/{name}/test", func(w http.ResponseWriter, r *http.Request) {
 		var req TestRequest
 		if err := decode(r, &req); err != nil {

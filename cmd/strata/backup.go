@@ -209,9 +209,15 @@ func backupInfoCmd() *cobra.Command {
 func backupRestoreCmd() *cobra.Command {
 	var req service.RestoreRequest
 	cmd := &cobra.Command{
-		Use:   "restore ID --to VOLUME",
-		Short: "Restore a backup into a new volume, or an existing detached one of the same size",
-		Args:  cobra.ExactArgs(1),
+		Use:   "restore ID --to VOLUME [--overwrite]",
+		Short: "Restore a backup into a new volume, or (--overwrite) an existing detached one of the same size",
+		Long: `Restore backup ID into volume --to: a new volume of the backup's size, or,
+with --overwrite, an existing one, which must be detached, not in use and
+of that size, and whose data the backup's replaces. Every chunk and the
+whole-volume digest are checked. A restore killed with the server, or
+stopped by its shutdown, is resumed by running it again: what it restored
+is read back and checked rather than fetched again.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if req.To == "" {
 				return argsError(cmd, errors.New("--to VOLUME is required"))
@@ -223,7 +229,7 @@ func backupRestoreCmd() *cobra.Command {
 			ev, err := streamCall(cmd, "/v1/backups/"+url.PathEscape(args[0])+"/restore", req, "restoring "+args[0])
 			after := "the server removes the volume " + req.To + " the restore was creating"
 			if existed {
-				after = fmt.Sprintf("volume %s, which existed, may be left partly overwritten: run the restore again", req.To)
+				after = fmt.Sprintf("volume %s, which existed, may be left partly overwritten: run the restore again (with --overwrite)", req.To)
 			}
 			if err = cancelledOp(cmd, err, fmt.Sprintf("the restore of backup %s into %s", args[0], req.To), after); err != nil {
 				return err
@@ -239,11 +245,16 @@ func backupRestoreCmd() *cobra.Command {
 			if r.Created {
 				how = "new volume"
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s of %s from %s into %s %s (digest %s)\n", r.ID, r.Volume, r.Target, how, r.To, r.Digest)
+			resumed := ""
+			if r.ResumedBytes > 0 {
+				resumed = fmt.Sprintf("; resumed: %s restored before was checked, not fetched", humanSize(r.ResumedBytes))
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s of %s from %s into %s %s (digest %s%s)\n", r.ID, r.Volume, r.Target, how, r.To, r.Digest, resumed)
 			return err
 		},
 	}
 	cmd.Flags().StringVar(&req.To, "to", "", "volume to restore into (created if it does not exist)")
+	cmd.Flags().BoolVar(&req.Overwrite, "overwrite", false, "restore into --to even if it exists, replacing its data")
 	cmd.Flags().StringVar(&req.Target, "target", "", "look for the backup only on this target")
 	return cmd
 }

@@ -144,7 +144,7 @@ func TestArgErrorsNameCommand(t *testing.T) {
 		{args: []string{"volume", "create", "--size"}, want: "strata volume create: flag needs an argument: --size (usage: strata volume create NAME SIZE [--target TARGET] [flags])"},
 		{args: []string{"snapshot", "rm", "vol-a"}, want: "strata snapshot rm: accepts 2 arg(s), received 1 (usage: strata snapshot rm VOL SNAP [flags])"},
 		{args: []string{"backup", "gc", "extra"}, want: `strata backup gc: unknown command "extra" for "strata backup gc" (usage: strata backup gc [flags])`},
-		{args: []string{"backup", "restore", "0123"}, want: "strata backup restore: --to VOLUME is required (usage: strata backup restore ID --to VOLUME [flags])"},
+		{args: []string{"backup", "restore", "0123"}, want: "strata backup restore: --to VOLUME is required (usage: strata backup restore ID --to VOLUME [--overwrite] [flags])"},
 		{args: []string{"agent", "add", "b"}, want: "strata agent add: accepts 2 arg(s), received 1 (usage: strata agent add NAME ADDR [flags])"},
 		{args: []string{"system", "backup", "create", "--timeout", "soon"}, want: `strata system backup create: invalid argument "soon" for "--timeout" flag`},
 		{args: []string{"version", "x"}, want: `strata version: unknown command "x" for "strata version"`},

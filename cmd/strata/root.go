@@ -24,7 +24,7 @@ it references is acknowledged durable on its target.
 
 Start the agent with "strata server", then manage volumes with
 "strata volume ..." and "strata snapshot ...". Every verb that talks to the
-server (volume, snapshot, target, backup, system, agent) prints a human
+server (status, volume, snapshot, target, backup, system, agent) prints a human
 summary, or JSON with --json: one JSON document, or, for the long verbs
 (backup create, restore and verify, system backup create, system restore),
 one JSON event a line. "strata version --json" prints {"version": "..."};
@@ -47,7 +47,7 @@ operation ends that operation too: the server ties it to the request.`,
 		SilenceErrors: true,
 	}
 	root.SetVersionTemplate("strata {{.Version}}\n")
-	root.AddCommand(newVersionCmd(ver), newServerCmd(ver), newVolumeCmd(), newSnapshotCmd(), newTargetCmd(), newBackupCmd(), newSystemCmd(), newAgentCmd(), newPluginCmd())
+	root.AddCommand(newVersionCmd(ver), newServerCmd(ver), newStatusCmd(), newVolumeCmd(), newSnapshotCmd(), newTargetCmd(), newBackupCmd(), newSystemCmd(), newAgentCmd(), newPluginCmd())
 	// Cobra adds the completion command at Execute; add it now so that
 	// the walk below covers it too.
 	root.InitDefaultCompletionCmd()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,7 +24,7 @@ AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=...): strata records its path,
 never its content, and never prints or logs a secret.`,
 	}
 	addClientFlags(cmd)
-	cmd.AddCommand(targetAddCmd(), targetLsCmd(), targetRmCmd(), targetTestCmd())
+	cmd.AddCommand(targetAddCmd(), targetLsCmd(), targetSetCmd(), targetRmCmd(), targetTestCmd())
 	return cmd
 }
 
@@ -98,6 +99,30 @@ func targetLsCmd() *cobra.Command {
 			})
 		},
 	}
+}
+
+func targetSetCmd() *cobra.Command {
+	var def bool
+	cmd := &cobra.Command{
+		Use:   "set NAME --default",
+		Short: "Make a registered target the default (volumes without a target of their own use it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !def {
+				return argsError(cmd, errors.New("nothing to set: --default is the one setting"))
+			}
+			var t targets.Target
+			if err := clientFor(cmd).Do(cmd.Context(), http.MethodPost, "/v1/targets/"+url.PathEscape(args[0])+"/default", nil, &t); err != nil {
+				return err
+			}
+			return output(cmd, t, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "target %s is the default\n", t.Name)
+				return err
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&def, "default", false, "make NAME the default target")
+	return cmd
 }
 
 func targetRmCmd() *cobra.Command {

@@ -166,8 +166,14 @@ func TestBackupCLI(t *testing.T) {
 	if got := readAt(t, v.FUSEPath, size, 0); !bytes.Equal(got, want2) {
 		t.Fatal("vol-r does not hold vol-a's data at the second backup")
 	}
+	// Over an existing volume only when asked: a mistyped name must not
+	// cost a volume.
+	s.fails(t, "--overwrite", "backup", "restore", b1.ID, "--to", "vol-r")
+	if got := readAt(t, v.FUSEPath, size, 0); !bytes.Equal(got, want2) {
+		t.Fatal("a restore refused without --overwrite changed vol-r")
+	}
 	// Restore the first backup over it (existing, detached, same size).
-	if out := s.must("backup", "restore", b1.ID, "--to", "vol-r"); !strings.Contains(out, "existing volume vol-r") {
+	if out := s.must("backup", "restore", b1.ID, "--to", "vol-r", "--overwrite"); !strings.Contains(out, "existing volume vol-r") {
 		t.Fatalf("restore (human): %q", out)
 	}
 	if got := readAt(t, v.FUSEPath, size, 0); !bytes.Equal(got, want1) {
@@ -176,7 +182,7 @@ func TestBackupCLI(t *testing.T) {
 
 	// Refusals.
 	s.must("volume", "attach", "vol-r")
-	s.fails(t, "is attached", "backup", "restore", b1.ID, "--to", "vol-r")
+	s.fails(t, "is attached", "backup", "restore", b1.ID, "--to", "vol-r", "--overwrite")
 	s.must("volume", "detach", "vol-r")
 	// Open through its FUSE file (a VM using the file, say): in use, not
 	// overwritten; once closed, restored.
@@ -184,12 +190,12 @@ func TestBackupCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.fails(t, "in use", "backup", "restore", b2.ID, "--to", "vol-r")
+	s.fails(t, "in use", "backup", "restore", b2.ID, "--to", "vol-r", "--overwrite")
 	_ = user.Close()
 	if got := readAt(t, v.FUSEPath, size, 0); !bytes.Equal(got, want1) {
 		t.Fatal("a refused restore changed vol-r")
 	}
-	s.must("backup", "restore", b2.ID, "--to", "vol-r")
+	s.must("backup", "restore", b2.ID, "--to", "vol-r", "--overwrite")
 	if got := readAt(t, v.FUSEPath, size, 0); !bytes.Equal(got, want2) {
 		t.Fatal("vol-r does not hold vol-a's data at the second backup after the file was closed")
 	}

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCLIVerbs drives every volume and snapshot verb of the CLI against a
@@ -14,10 +15,27 @@ import (
 // FUSE files and the attached devices.
 func TestCLIVerbs(t *testing.T) {
 	needRoot(t)
-	s := startServer(t, t.TempDir())
+	dataDir := t.TempDir()
+	s := startServer(t, dataDir)
 
 	var v volumeJSON
 	s.mustJSON(&v, "volume", "create", "vol-a", "--size", "64MiB")
+	var st struct {
+		Version   string    `json:"version"`
+		Started   time.Time `json:"started"`
+		DataDir   string    `json:"data_dir"`
+		APISocket string    `json:"api_socket"`
+		NBDSocket string    `json:"nbd_socket"`
+		FUSEMount string    `json:"fuse_mount"`
+		Volumes   int       `json:"volumes"`
+	}
+	s.mustJSON(&st, "status")
+	if st.DataDir == "" || st.FUSEMount != filepath.Join(dataDir, "mnt") || st.Volumes != 1 || st.Started.IsZero() {
+		t.Fatalf("status --json: %+v", st)
+	}
+	if out := s.must("status"); !strings.Contains(out, "fuse mount: "+st.FUSEMount) || !strings.Contains(out, "volumes:    1") {
+		t.Fatalf("status (human): %q", out)
+	}
 	if v.Name != "vol-a" || v.Size != 64<<20 || v.FUSEPath == "" || !strings.Contains(v.NBDURI, "nbd+unix:///vol-a?socket=") {
 		t.Fatalf("create --json: %+v", v)
 	}

@@ -63,6 +63,20 @@ func TestTargets(t *testing.T) {
 	}
 	s.must("target", "rm", "plain")
 	s.fails(t, "is the default", "target", "rm", "remote")
+	// The default moves to an existing target, and back.
+	s.mustJSON(&tg, "target", "set", "local", "--default")
+	if tg["name"] != "local" || tg["default"] != true {
+		t.Fatalf("target set local --default: %v", tg)
+	}
+	s.mustJSON(&ts, "target", "ls")
+	if len(ts) != 2 || ts[0]["default"] != true || ts[1]["default"] != false {
+		t.Fatalf("target ls after set local --default: %v", ts)
+	}
+	if out := s.must("target", "set", "remote", "--default"); !strings.Contains(out, "target remote is the default") {
+		t.Fatalf("target set remote --default: %q", out)
+	}
+	s.fails(t, "not found", "target", "set", "nope", "--default")
+	s.fails(t, "--default", "target", "set", "local")
 	s.fails(t, "not found", "target", "test", "nope")
 	s.fails(t, "invalid name", "target", "add", "../x", "file://"+dir)
 	s.fails(t, "does not answer", "target", "add", "wrong", "s3://bkt/p?endpoint="+endpoint+"&region=us-east-1", "--credentials", writeFile(t, "AWS_ACCESS_KEY_ID=nobody\nAWS_SECRET_ACCESS_KEY=wrong-secret-0123456789\n"))
