@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -31,19 +32,56 @@ func dataDirFlag(cmd *cobra.Command) string {
 	return defaultDataDir
 }
 
-// addClientFlags adds the flags every verb that talks to the server has.
+// addClientFlags adds the flags every verb that talks to the server has,
+// and connects to the server they name before the verb runs (clientFor).
 func addClientFlags(cmd *cobra.Command) {
 	addDataDirFlag(cmd)
-	cmd.PersistentFlags().String("socket", "", "control socket of the server (default $STRATA_SOCKET, else DATA-DIR/strata.sock)")
-	cmd.PersistentFlags().Bool("json", false, "print the result as JSON")
+	f := cmd.PersistentFlags()
+	f.String("socket", "", "the server: its control socket, unix:///path, or https://host:port (a server with api_listen) (default $STRATA_SOCKET, else DATA-DIR/strata.sock)")
+	f.String("token-file", "", "file holding the bearer token of an https server (default $STRATA_TOKEN_FILE)")
+	f.String("ca-file", "", "PEM roots to verify an https server's certificate with (default $STRATA_CA_FILE, else the system's)")
+	f.Bool("json", false, "print the result as JSON")
+	cmd.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		cl, err := dialServer(c)
+		if err != nil {
+			return err
+		}
+		c.SetContext(context.WithValue(c.Context(), clientKey{}, cl))
+		return nil
+	}
 }
 
-func clientFor(cmd *cobra.Command) *agent.Client {
-	if s, _ := cmd.Flags().GetString("socket"); s != "" {
-		return agent.NewClient(s)
+// clientKey is the context key of the command's server client.
+type clientKey struct{}
+
+// flagOrEnv is the value of flag name, else of environment variable env.
+func flagOrEnv(cmd *cobra.Command, name, env string) string {
+	if v, _ := cmd.Flags().GetString(name); v != "" {
+		return v
 	}
-	if s := os.Getenv("STRATA_SOCKET"); s != "" {
-		return agent.NewClient(s)
+	return os.Getenv(env)
+}
+
+// dialServer returns the client of the server the command line names.
+func dialServer(cmd *cobra.Command) (*agent.Client, error) {
+	addr := flagOrEnv(cmd, "socket", "STRATA_SOCKET")
+	if addr == "" {
+		return agent.NewClient(agent.APISocket(dataDirFlag(cmd))), nil
+	}
+	c, err := agent.Dial(addr, agent.DialOptions{TokenFile: flagOrEnv(cmd, "token-file", "STRATA_TOKEN_FILE"), CAFile: flagOrEnv(cmd, "ca-file", "STRATA_CA_FILE")})
+	if err != nil {
+		return nil, fmt.Errorf("--socket: %w", err)
+	}
+	return c, nil
+}
+
+// clientFor is the client of the server the command talks to.
+func clientFor(cmd *cobra.Command) *agent.Client {
+	if c, ok := cmd.Context().Value(clientKey{}).(*agent.Client); ok {
+		return c
+	}
+	if c, err := dialServer(cmd); err == nil {
+		return c
 	}
 	return agent.NewClient(agent.APISocket(dataDirFlag(cmd)))
 }

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -84,6 +85,19 @@ func TestControlAPISecurity(t *testing.T) {
 			t.Errorf("Authorization %q: status %d, want %d", tc.auth, got, tc.want)
 		}
 	}
+	// The CLI reaches the server over TCP too, with the token and the CA.
+	remote := []string{"--socket", "https://" + addr, "--token-file", tokenFile, "--ca-file", certFile}
+	var vols []volumeJSON
+	s.mustJSON(&vols, append([]string{"volume", "ls"}, remote...)...)
+	if len(vols) != 0 {
+		t.Fatalf("volume ls over TCP: %+v", vols)
+	}
+	s.must(append([]string{"volume", "create", "vol-t", "--size", "1MiB"}, remote...)...)
+	if out := s.must("volume", "ls"); !strings.Contains(out, "vol-t") {
+		t.Fatalf("a volume created over TCP is not listed on the socket: %q", out)
+	}
+	s.fails(t, "bearer token", "volume", "ls", "--socket", "https://"+addr)
+	s.fails(t, "certificate", "volume", "ls", "--socket", "https://"+addr, "--token-file", tokenFile)
 	// Plain HTTP on the TLS port is refused.
 	resp, err := http.Get("http://" + addr + "/v1/volumes")
 	if err == nil {
