@@ -491,13 +491,20 @@ func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.
 	if f, ok := stderr.(*os.File); ok && !asJSON {
 		tty = isatty.IsTerminal(f.Fd())
 	}
+	lines := &progressLines{w: stderr, what: what, every: progressLineEvery}
 	return service.StreamEvents(cmd.Context(), clientFor(cmd), path, in, func(ev *service.Event, line []byte) error {
 		if asJSON { // the error event too, as the system verbs print it: a program gets the code
 			if _, err := fmt.Fprintf(out, "%s\n", line); err != nil {
 				return err
 			}
 		}
-		if ev.Event != "progress" || !tty || ev.Progress == nil {
+		if ev.Event != "progress" || ev.Progress == nil {
+			return nil
+		}
+		if !tty {
+			if !asJSON {
+				lines.show(ev.Progress)
+			}
 			return nil
 		}
 		if bar == nil && ev.BytesTotal > 0 {
@@ -508,6 +515,37 @@ func streamCall(cmd *cobra.Command, path string, in any, what string) (*service.
 		}
 		return nil
 	})
+}
+
+// progressLineEvery spaces the progress lines of a wait whose stderr is
+// not a terminal.
+const progressLineEvery = 30 * time.Second
+
+// progressLines prints a line of progress at most every every, the first
+// one every after the first event, where no bar can be drawn (stderr is
+// not a terminal: a cron job's log), so that an operation of hours is not
+// silent until its end, and one of seconds prints nothing more.
+type progressLines struct {
+	w     io.Writer
+	what  string
+	every time.Duration
+	next  time.Time
+}
+
+func (l *progressLines) show(p *backupd.Progress) {
+	now := time.Now()
+	if l.next.IsZero() || now.Before(l.next) {
+		if l.next.IsZero() {
+			l.next = now.Add(l.every)
+		}
+		return
+	}
+	l.next = now.Add(l.every)
+	pos, pct := barPosition(p), 0.0
+	if p.BytesTotal > 0 {
+		pct = 100 * float64(pos) / float64(p.BytesTotal)
+	}
+	fmt.Fprintf(l.w, "%s: %s %.0f%% (%s of %s)\n", l.what, p.Phase, pct, humanSize(pos), humanSize(p.BytesTotal))
 }
 
 // parseTags turns --tag KEY=VALUE flags into a map: the value is all after

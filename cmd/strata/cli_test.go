@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -505,5 +506,29 @@ func TestHelpMatchesCode(t *testing.T) {
 		if !strings.Contains(root.Long, w) {
 			t.Errorf("root help does not say %q", w)
 		}
+	}
+}
+
+// TestProgressLines: where no bar can be drawn, a wait prints a line of
+// progress every interval, none before the first interval has passed.
+// Before, a backup or restore of hours printed nothing until it ended.
+func TestProgressLines(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	l := &progressLines{w: &buf, what: "restoring 0123", every: time.Hour}
+	p := &backupd.Progress{Op: "restore", Phase: backupd.PhaseRestore, BytesTotal: 4 << 30, Position: 1 << 30}
+	l.show(p)
+	l.show(p)
+	if buf.Len() != 0 {
+		t.Fatalf("printed before the first interval: %q", buf.String())
+	}
+	l.next = time.Now().Add(-time.Second) // the interval has passed
+	l.show(p)
+	if got, want := buf.String(), "restoring 0123: restore 25% (1 GiB of 4 GiB)\n"; got != want {
+		t.Fatalf("progress line %q, want %q", got, want)
+	}
+	l.show(p)
+	if strings.Count(buf.String(), "\n") != 1 {
+		t.Fatalf("a second line within the interval: %q", buf.String())
 	}
 }
