@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,11 +29,14 @@ type Agent struct {
 	log     *slog.Logger
 	started time.Time
 
-	mgr   *blockdev.Manager
-	met   *metrics
-	nbd   *nbd.Server
-	state *stateFile
-	host  *host // FUSE mount and host attachments
+	mgr *blockdev.Manager
+	met *metrics
+	nbd *nbd.Server
+	// nbdTCP serves the NBD TCP listener (nil without one): the same
+	// exports, TLS and client certificates required.
+	nbdTCP *nbd.Server
+	state  *stateFile
+	host   *host // FUSE mount and host attachments
 
 	exts []Extension
 
@@ -196,13 +200,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	serve("nbd", func() error { return a.nbd.Serve(runCtx, nl) })
 	if a.cfg.NBDListen != "" {
-		tl, err := nbd.ListenTCP(a.cfg.NBDListen)
+		tl, err := a.listenNBDTCP()
 		if err != nil {
 			cancel()
 			wg.Wait()
 			return err
 		}
-		serve("nbd tcp", func() error { return a.nbd.Serve(runCtx, tl) })
+		serve("nbd tcp", func() error { return a.nbdTCP.Serve(runCtx, tl) })
 	}
 
 	// FUSE and the attachments of the previous run.
@@ -276,6 +280,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if serr := a.nbd.Shutdown(nctx); serr != nil {
 		a.log.Warn("nbd shutdown", "err", serr)
 	}
+	if a.nbdTCP != nil {
+		if serr := a.nbdTCP.Shutdown(nctx); serr != nil {
+			a.log.Warn("nbd tcp shutdown", "err", serr)
+		}
+	}
 	ncancel()
 	cancel()
 	wg.Wait()
@@ -302,6 +311,34 @@ func listenUnixAPI(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	return l, nil
+}
+
+// listenNBDTCP makes the NBD server of the TCP listener (the unix
+// socket's exports, but FORCEDTLS: clients must start TLS and present a
+// certificate the configured CA signed) and listens.
+func (a *Agent) listenNBDTCP() (net.Listener, error) {
+	cert, err := tls.LoadX509KeyPair(a.cfg.TLSCert, a.cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("nbd tls: %w", err)
+	}
+	pem, err := os.ReadFile(a.cfg.NBDClientCA)
+	if err != nil {
+		return nil, fmt.Errorf("nbd client ca: %w", err)
+	}
+	cas := x509.NewCertPool()
+	if !cas.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("nbd client ca %s: no PEM certificate in it", a.cfg.NBDClientCA)
+	}
+	a.nbdTCP, err = nbd.NewServer(exportsAdapter{a}, nbd.Options{
+		Logger:     a.log.With("component", "nbd", "listener", "tcp"),
+		RequireTLS: true,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: cas,
+			ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return nbd.ListenTCP(a.cfg.NBDListen)
 }
 
 func (a *Agent) tcpAPI(mux http.Handler) (*http.Server, net.Listener, error) {

@@ -18,8 +18,15 @@ type Config struct {
 	// DataDir holds the volume store, the sockets, the FUSE mount point and
 	// the agent's state.
 	DataDir string `toml:"data_dir"`
-	// NBDListen, if set, also serves NBD on this TCP address.
+	// NBDListen, if set, also serves NBD on this TCP address, which
+	// requires TLSCert, TLSKey and NBDClientCA: clients must start TLS
+	// (NBD_OPT_STARTTLS) and present a certificate NBDClientCA signed.
+	// Any host (any local user, on loopback) reaching the port could
+	// otherwise read and write every volume.
 	NBDListen string `toml:"nbd_listen"`
+	// NBDClientCA is a PEM file of the CAs whose client certificates the
+	// NBD TCP listener accepts.
+	NBDClientCA string `toml:"nbd_client_ca"`
 	// APIListen, if set, also serves the control API on this TCP address,
 	// which requires TLSCert, TLSKey and TokenFile.
 	APIListen string `toml:"api_listen"`
@@ -95,6 +102,9 @@ func (c *Config) validate() error {
 	case "", "auto", "on", "off":
 	default:
 		return fmt.Errorf("config: fuse = %q: want auto, on or off", c.FUSE)
+	}
+	if c.NBDListen != "" && (c.TLSCert == "" || c.TLSKey == "" || c.NBDClientCA == "") {
+		return fmt.Errorf("config: nbd_listen %s needs tls_cert, tls_key and nbd_client_ca: NBD over TCP is never served without TLS and client certificates", c.NBDListen)
 	}
 	if c.APIListen != "" && (c.TLSCert == "" || c.TLSKey == "" || c.TokenFile == "") {
 		return fmt.Errorf("config: api_listen %s needs tls_cert, tls_key and token_file: the TCP control API is never served without TLS and a token", c.APIListen)

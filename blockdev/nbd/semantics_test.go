@@ -12,10 +12,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -299,5 +302,57 @@ func TestTLS(t *testing.T) {
 		if _, err := c.Read(buf); err == nil {
 			t.Fatalf("TLS without a client certificate accepted")
 		}
+	}
+}
+
+// failingListener fails its first n Accepts with err, then accepts.
+type failingListener struct {
+	net.Listener
+	n   atomic.Int32
+	err error
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	if l.n.Add(-1) >= 0 {
+		return nil, l.err
+	}
+	return l.Listener.Accept()
+}
+
+// TestAcceptErrorsPass: an accept error other than a closed listener
+// (out of descriptors: EMFILE, not a timeout) is retried, and the server
+// goes on serving. Before, Serve returned on it, and the agent shut down
+// with its listener.
+func TestAcceptErrorsPass(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "nbdt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "nbd.sock")
+	ul, err := ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &failingListener{Listener: ul, err: &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.EMFILE)}}
+	l.n.Store(3)
+	exports, _, _ := memExports(t)
+	srv, err := NewServer(exports, Options{Logger: slog.New(slog.NewTextHandler(testLogWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), l) }()
+	tc := connect(t, sock, "vol", true)
+	if r := tc.do(cmdRead, 0, 0, 4096, nil); r.errno != 0 {
+		t.Fatalf("read after accept errors: errno %d", r.errno)
+	}
+	tc.disconnect()
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve returned %v, want ErrServerClosed", err)
 	}
 }

@@ -181,14 +181,20 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			if s.draining.Load() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("nbd: accept", "err", err, "retry", delay)
-				time.Sleep(delay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
 			}
-			return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
+			// Anything else (out of descriptors or buffers, a connection
+			// aborted before it was accepted, a timeout) passes: back off
+			// and accept again, as net/http does. Returning would stop the
+			// listener, and the agent with it.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("nbd: accept", "err", err, "retry", delay)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+			}
+			continue
 		}
 		delay = 0
 		c := newServerConn(s, nc)

@@ -150,7 +150,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	addDataDirFlag(cmd)
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "TOML config file (default DIR/strata.toml if it exists)")
-	f.StringVar(&cfg.NBDListen, "nbd-listen", "", "also serve NBD on this TCP address, e.g. 127.0.0.1:10809")
+	f.StringVar(&cfg.NBDListen, "nbd-listen", "", "also serve NBD on this TCP address, e.g. 127.0.0.1:10809: TLS with client certificates only (needs tls_cert, tls_key and nbd_client_ca in the config file)")
 	f.StringVar(&cfg.FUSE, "fuse", "auto", "FUSE mount of volume files: auto (warn and serve NBD only if unusable), on, off")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
