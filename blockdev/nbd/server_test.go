@@ -588,3 +588,42 @@ func TestRepliesFlowWhileWritesStall(t *testing.T) {
 	}
 	tc.disconnect()
 }
+
+// TestReadsFlowPastQueuedWrites: with every worker in a held write and
+// their queue full, more write-type requests (writes, FUA writes, trims)
+// do not keep the reader: a read sent after them is answered while they
+// wait. Before, the reader blocked on the full queue and no later request
+// was read until the writes ended (a hold lasts up to a minute).
+func TestReadsFlowPastQueuedWrites(t *testing.T) {
+	t.Parallel()
+	g := &gateVolume{memVolume: newMemVolume("vol", 1<<20), gateOff: -1, release: make(chan struct{}), inWriteC: make(chan int64, 64)}
+	_, tc := serveOne(t, g, Options{Workers: 1}, false)
+	var once sync.Once
+	open := func() { once.Do(func() { close(g.release) }) }
+	defer open()
+	stuck := time.AfterFunc(10*time.Second, open)
+	defer stuck.Stop()
+	payload := make([]byte, 4096)
+	tc.send(cmdWrite, 0, 0, 4096, payload)
+	<-g.inWriteC // the first keeps the reader; a takeover reads on
+	tc.send(cmdWrite, 0, 4096, 4096, payload)
+	<-g.inWriteC // every takeover and the worker are in use
+	n := 2
+	for i := range 6 { // the queue's room, then more
+		tc.send(cmdWrite, cmdFlagFUA, uint64(8192+4096*i), 4096, payload)
+		n++
+	}
+	tc.send(cmdTrim, 0, 65536, 4096, nil)
+	n++
+	rd := tc.send(cmdRead, 0, 131072, 4096, nil)
+	if r := tc.recv(); r.handle != rd || r.errno != 0 {
+		t.Fatalf("first reply: handle %d errno %d, want the read's (%d) while the writes are held", r.handle, r.errno, rd)
+	}
+	open()
+	for range n {
+		if r := tc.recv(); r.errno != 0 {
+			t.Fatalf("write: errno %d", r.errno)
+		}
+	}
+	tc.disconnect()
+}

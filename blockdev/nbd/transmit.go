@@ -290,7 +290,7 @@ func (c *serverConn) reader(ctx context.Context) (err error, final bool) {
 			case c.reqs <- r:
 			default:
 				c.flushBatch()
-				c.reqs <- r
+				c.spawn(ctx, r)
 			}
 			continue
 		}
@@ -311,6 +311,28 @@ func (c *serverConn) reader(ctx context.Context) (err error, final bool) {
 			c.flushBatch()
 		}
 	}
+}
+
+// spawnCharge is what a request run by spawn without a payload of its
+// own (TRIM, WRITE_ZEROES, FLUSH) is charged against the in-flight budget:
+// it bounds the goroutines (1024 with the default 64 MiB).
+const spawnCharge = 64 << 10
+
+// spawn runs r in a goroutine of its own: every worker is busy and their
+// queue is full (FUA writes, trims or large writes held behind a closed
+// write gate, say), and waiting for room would keep the reader, so every
+// read and flush behind them would go unread until the gate opens. The
+// in-flight budget bounds how many run.
+func (c *serverConn) spawn(ctx context.Context, r *request) {
+	if r.charge == 0 {
+		c.charge(r, spawnCharge)
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.handle(ctx, r)
+		c.send(r)
+	}()
 }
 
 // charge acquires n bytes of the budget for r, first sending the
