@@ -41,10 +41,15 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
+// envOpt changes how startEnv sets an env up: the service's Config, or
+// extensions registered before the service (their Routes run before its
+// own).
+type envOpt func(a *agent.Agent, cfg *Config, before *[]agent.Extension)
+
 // startEnv starts an env on data directory dir until stop. dirs are the
 // targets' directories of an earlier env on dir (nil: a new dir, whose
 // targets are made and registered).
-func startEnv(t *testing.T, dir string, dirs map[string]string, opts ...func(*Config)) (e *env, stop func() error) {
+func startEnv(t *testing.T, dir string, dirs map[string]string, opts ...envOpt) (e *env, stop func() error) {
 	t.Helper()
 	log := targettest.Logger(t)
 	ts, err := targets.NewService(dir, "", "", log)
@@ -67,11 +72,15 @@ func startEnv(t *testing.T, dir string, dirs map[string]string, opts ...func(*Co
 	}
 	e.a = a
 	cfg := Config{Manager: a.Manager(), Targets: ts, VolumeTarget: a.VolumeTarget, Exclusive: a.Exclusive, DataDir: dir, Logger: log}
+	var before []agent.Extension
 	for _, o := range opts {
-		o(&cfg)
+		o(a, &cfg, &before)
 	}
 	e.svc = New(cfg)
 	a.SetTargetCheck(e.svc.CheckTarget)
+	for _, x := range before {
+		a.Extend(x)
+	}
 	a.Extend(e.svc)
 
 	stop, err = a.Start(context.WithoutCancel(t.Context()))

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -43,6 +44,16 @@ func interruptedRestore(t *testing.T, e *env, dir, vol string, b *Backup, data [
 		t.Fatal(err)
 	}
 }
+
+// probeExt is an agent extension that runs routes when its routes are
+// added.
+type probeExt struct{ routes func() }
+
+func (p *probeExt) Routes(*http.ServeMux, func(http.ResponseWriter, error), func(http.ResponseWriter, int, any)) {
+	p.routes()
+}
+
+func (p *probeExt) Close() error { return nil }
 
 // readVolume reads volume vol whole.
 func (e *env) readVolume(t *testing.T, vol string) []byte {
@@ -98,8 +109,23 @@ func TestInterruptedRestoreResumed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	e, stop = startEnv(t, dir, e.dirs)
+	// An extension whose routes are added before the service's finds the
+	// volume held already: the service takes it at start, before the
+	// agent serves NBD or FUSE, where a client could open it first.
+	var heldEarly error
+	e, stop = startEnv(t, dir, e.dirs, func(a *agent.Agent, _ *Config, before *[]agent.Extension) {
+		*before = append(*before, &probeExt{routes: func() {
+			release, err := a.Exclusive("half")
+			if err == nil {
+				release()
+			}
+			heldEarly = err
+		}})
+	})
 	t.Cleanup(func() { _ = stop() })
+	if !errors.Is(heldEarly, blockdev.ErrInUse) {
+		t.Errorf("Exclusive(half) before the service's routes: %v, want ErrInUse (held from the start)", heldEarly)
+	}
 	if _, err := e.c.Volume(ctx, "half"); err != nil {
 		t.Fatalf("the volume of the interrupted restore after the restart: %v, want it kept", err)
 	}
@@ -156,7 +182,7 @@ func TestInterruptedRestoreExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	keep := 3 * time.Second
-	e, stop = startEnv(t, dir, e.dirs, func(c *Config) { c.ResumeKeep = keep })
+	e, stop = startEnv(t, dir, e.dirs, func(_ *agent.Agent, c *Config, _ *[]agent.Extension) { c.ResumeKeep = keep })
 	t.Cleanup(func() { _ = stop() })
 	for _, v := range []string{"half", "gone"} {
 		if _, err := e.c.Volume(ctx, v); err != nil {

@@ -1264,52 +1264,84 @@ func (s *Service) takeKept(vol string) *keptRestore {
 	return k
 }
 
-// recoverInterrupted deals with the restores the process was killed
-// during, at start. A volume one created (its pending mark names it by
-// its creation time) and recorded progress on is kept for ResumeKeep
-// from its last progress, out of use, for a rerun of the restore to
-// resume; one without progress, or kept too long, is removed: it holds
-// part of a backup, and nobody was told the restore had succeeded. The
-// state files of restores into existing volumes stay (their rerun
-// resumes, checking what the first run wrote) until ResumeKeep old.
-func (s *Service) recoverInterrupted(ctx context.Context) {
+// interruptedMark is a pending mark found at start.
+type interruptedMark struct {
+	vol     string
+	created time.Time // the creation time it names
+	ours    bool      // the volume of that name exists and has that creation time
+}
+
+// pendingMarks lists the pending marks left by restores the process was
+// stopped during.
+func (s *Service) pendingMarks(ctx context.Context) []interruptedMark {
 	if s.cfg.DataDir == "" {
-		return
+		return nil
 	}
-	marked := map[string]bool{}
 	ents, err := os.ReadDir(filepath.Join(s.cfg.DataDir, pendingDir))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.log.Warn("restore marks", "err", err)
 	}
+	var out []interruptedMark
 	for _, e := range ents {
 		vol := e.Name()
 		if !blockdev.ValidName(vol) {
 			continue
 		}
-		marked[vol] = true
 		// Only the very volume the restore created: named by the mark's
 		// creation time (a mark without one was written before the
 		// volume existed, and names none).
 		b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, pendingDir, vol))
 		created, perr := time.Parse(time.RFC3339Nano, string(b))
 		vi, verr := s.cfg.Manager.Volume(ctx, vol)
-		if err != nil || perr != nil || verr != nil || !vi.Created.Equal(created) {
-			s.removeState(vol)
-			s.clearPending(vol)
+		out = append(out, interruptedMark{vol: vol, created: created, ours: err == nil && perr == nil && verr == nil && vi.Created.Equal(created)})
+	}
+	return out
+}
+
+// Start keeps the volumes of restores interrupted by the last stop for
+// their reruns to resume (keep; agent.Starter): it runs before the agent
+// serves NBD or FUSE, so that no client opens one first and writes to
+// it (a kept volume is then restored from a start known to be its own).
+func (s *Service) Start(ctx context.Context) {
+	for _, m := range s.pendingMarks(ctx) {
+		if m.ours {
+			s.keep(m.vol, m.created)
+		}
+	}
+}
+
+// recoverInterrupted deals with the restores the process was stopped
+// during, once the agent's routes are up (Routes). A volume one created
+// (its pending mark names it by its creation time) that Start kept waits
+// for a rerun; any other is removed: it holds part of a backup, and
+// nobody was told the restore had succeeded. The state files of restores
+// into existing volumes stay (their rerun resumes, checking what the
+// first run wrote) until ResumeKeep old.
+func (s *Service) recoverInterrupted(ctx context.Context) {
+	if s.cfg.DataDir == "" {
+		return
+	}
+	marked := map[string]bool{}
+	for _, m := range s.pendingMarks(ctx) {
+		marked[m.vol] = true
+		s.mu.Lock()
+		_, kept := s.kept[m.vol]
+		s.mu.Unlock()
+		switch {
+		case kept:
 			continue
+		case !m.ours:
+		default:
+			if err := s.deleteVolume(ctx, m.vol); err != nil {
+				// Tried once: the mark goes, so that a volume an operator
+				// keeps is never removed at a later start.
+				s.log.Error("a volume an interrupted restore created could not be removed; it holds part of a backup: delete it by hand", "volume", m.vol, "err", err)
+			} else {
+				s.log.Warn("removed a volume an interrupted restore created (it held part of a backup)", "volume", m.vol)
+			}
 		}
-		if s.keep(vol, created) {
-			continue
-		}
-		if err := s.deleteVolume(ctx, vol); err != nil {
-			// Tried once: the mark goes, so that a volume an operator
-			// keeps is never removed at a later start.
-			s.log.Error("a volume an interrupted restore created could not be removed; it holds part of a backup: delete it by hand", "volume", vol, "err", err)
-		} else {
-			s.log.Warn("removed a volume an interrupted restore created (it held part of a backup)", "volume", vol)
-		}
-		s.removeState(vol)
-		s.clearPending(vol)
+		s.removeState(m.vol)
+		s.clearPending(m.vol)
 	}
 	states, _ := os.ReadDir(filepath.Join(s.cfg.DataDir, stateDir))
 	for _, e := range states {

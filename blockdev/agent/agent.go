@@ -63,6 +63,14 @@ type Extension interface {
 	Close() error
 }
 
+// Starter is an Extension with work to do at start, before the agent
+// serves anything (NBD, FUSE, the API): the backup service takes the
+// volumes of interrupted restores out of use (Exclusive) there, before a
+// client could open one.
+type Starter interface {
+	Start(ctx context.Context)
+}
+
 // Stopper is an Extension that wants to know when shutdown begins, before
 // the API servers drain their requests: Stopping should make long
 // requests (streams of a backup or a restore) end soon, so the drain does
@@ -188,6 +196,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	// stopped explicitly below, after them.
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+
+	for _, x := range a.exts {
+		if st, ok := x.(Starter); ok {
+			st.Start(ctx)
+		}
+	}
 
 	// NBD.
 	nl, err := nbd.ListenUnix(NBDSocket(a.cfg.DataDir))
@@ -669,6 +683,9 @@ func (a *Agent) idle(name string) error {
 		if volumeOf(export) == name {
 			return fmt.Errorf("volume %q: %s is attached as %s; detach it first: %w", name, export, at.Device, blockdev.ErrInUse)
 		}
+	}
+	if a.host == nil {
+		return nil // before the FUSE mount (a Starter): no file to take out
 	}
 	return a.host.release(name)
 }
