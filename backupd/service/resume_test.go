@@ -181,7 +181,15 @@ func TestInterruptedRestoreExpires(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	keep := 3 * time.Second
+	// The keep runs from the state files' last progress: now, whatever
+	// the writes above took on a loaded machine.
+	now := time.Now()
+	for _, v := range []string{"half", "gone"} {
+		if err := os.Chtimes(filepath.Join(dir, stateDir, v), now, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keep := 5 * time.Second
 	e, stop = startEnv(t, dir, e.dirs, func(_ *agent.Agent, c *Config, _ *[]agent.Extension) { c.ResumeKeep = keep })
 	t.Cleanup(func() { _ = stop() })
 	for _, v := range []string{"half", "gone"} {
@@ -215,13 +223,40 @@ func TestInterruptedRestoreExpires(t *testing.T) {
 	if _, err := e.c.Volume(ctx, "gone"); err != nil {
 		t.Errorf("the volume made again under a kept name: %v", err)
 	}
-	time.Sleep(time.Second) // "gone"'s timer too
-	for _, d := range []string{pendingDir, stateDir} {
-		if ents, _ := os.ReadDir(filepath.Join(dir, d)); len(ents) != 0 {
-			t.Errorf("%s after expiry: %v", d, ents)
+	for _, d := range []string{pendingDir, stateDir} { // "gone"'s timer too
+		for {
+			ents, _ := os.ReadDir(filepath.Join(dir, d))
+			if len(ents) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s after expiry: %v", d, ents)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	if _, err := e.c.Volume(ctx, "gone"); err != nil {
 		t.Errorf("the volume made again under a kept name, after expiry: %v", err)
+	}
+}
+
+// TestTakenKeptNotRearmed: once a restore has taken a kept volume, an
+// expiry that lost the race for the name's claim does not put it back
+// nor re-arm its timer. Before, it did, and removed the volume a minute
+// after its resumed restore had succeeded.
+func TestTakenKeptNotRearmed(t *testing.T) {
+	t.Parallel()
+	s := New(Config{})
+	k := &keptRestore{release: func() {}, timer: time.AfterFunc(time.Hour, func() {})}
+	s.kept["v"] = k
+	if got := s.takeKept("v"); got != k {
+		t.Fatalf("takeKept = %v, want the kept entry", got)
+	}
+	s.retryKept("v", k) // the expiry whose claim failed
+	if s.kept["v"] != nil {
+		t.Error("a taken volume is kept again")
+	}
+	if k.timer.Stop() {
+		t.Error("a taken volume's timer is armed again")
 	}
 }

@@ -753,6 +753,9 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 		}
 		s.log.Info("snapshot taken for backup", "volume", req.Volume, "snapshot", snap)
 		if info, err = s.cfg.Manager.Volume(ctx, req.Volume); err != nil {
+			if derr := s.deleteSnapshot(context.WithoutCancel(ctx), req.Volume, snap); derr != nil {
+				s.log.Warn("delete the snapshot taken for a backup not run", "volume", req.Volume, "snapshot", snap, "err", derr)
+			}
 			p.close()
 			done()
 			return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
@@ -1237,6 +1240,7 @@ type keptRestore struct {
 	manifest string    // the backup being restored
 	release  func()    // ends the hold (a no-op without Exclusive)
 	timer    *time.Timer
+	taken    bool // by a restore (takeKept), under Service.mu: no longer the timer's
 }
 
 // retryKept puts k back as vol's kept volume, to be looked at again in a
@@ -1244,8 +1248,8 @@ type keptRestore struct {
 func (s *Service) retryKept(vol string, k *keptRestore) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if cur := s.kept[vol]; cur != nil && cur != k {
-		return
+	if k.taken || (s.kept[vol] != nil && s.kept[vol] != k) {
+		return // a restore took it meanwhile
 	}
 	s.kept[vol] = k
 	k.timer.Reset(time.Minute)
@@ -1259,6 +1263,7 @@ func (s *Service) takeKept(vol string) *keptRestore {
 	k := s.kept[vol]
 	if k != nil {
 		k.timer.Stop()
+		k.taken = true
 		delete(s.kept, vol)
 	}
 	return k
@@ -1404,7 +1409,7 @@ func (s *Service) expireKept(vol string, k *keptRestore) {
 	}
 	defer done()
 	s.mu.Lock()
-	if s.kept[vol] != k {
+	if k.taken || s.kept[vol] != k {
 		s.mu.Unlock()
 		return // taken by a restore
 	}
@@ -1598,17 +1603,36 @@ func (s *Service) prune(ctx context.Context, req PruneRequest) ([]PruneResult, e
 		out = append(out, pr)
 		return nil
 	})
-	if err != nil && len(out) > 0 {
-		var done []string
-		for _, pr := range out {
-			done = append(done, fmt.Sprintf("%q: %d deleted, %d kept", pr.Target, len(pr.Deleted), len(pr.Kept)))
-		}
-		return nil, fmt.Errorf("prune: %w; done on the other targets: %s", err, strings.Join(done, "; "))
-	}
 	if err != nil {
-		return nil, err
+		done := make([]string, len(out))
+		for i, pr := range out {
+			done[i] = fmt.Sprintf("%q: %d %s, %d kept", pr.Target, len(pr.Deleted), deletedWord(req.DryRun), len(pr.Kept))
+		}
+		return nil, partialErr("prune", err, done)
 	}
 	return out, nil
+}
+
+// deletedWord is how a report says deleted: dry runs delete nothing.
+func deletedWord(dryRun bool) string {
+	if dryRun {
+		return "to delete"
+	}
+	return "deleted"
+}
+
+// partialErr is the error of an upkeep run over several targets (prune,
+// GC) that failed on some: op, the failures on one line, then what was
+// done on the others.
+func partialErr(op string, err error, done []string) error {
+	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	if len(done) > 0 {
+		msg += "; done on the other targets: " + strings.Join(done, "; ")
+	}
+	if op != "" {
+		msg = op + ": " + msg
+	}
+	return &classed{err: errors.New(msg), class: err}
 }
 
 // progressInterval spaces progress events (about five a second).
@@ -1776,15 +1800,12 @@ func (s *Service) gc(ctx context.Context, req GCRequest) ([]GCResult, error) {
 		out = append(out, GCResult{Target: p.name, Report: rep})
 		return nil
 	})
-	if err != nil && len(out) > 0 {
-		var done []string
-		for _, g := range out {
-			done = append(done, fmt.Sprintf("%q: %d packs (%d bytes) deleted", g.Target, g.Report.PacksDeleted, g.Report.BytesDeleted))
-		}
-		return nil, fmt.Errorf("%w; done on the other targets: %s", err, strings.Join(done, "; "))
-	}
 	if err != nil {
-		return nil, err
+		done := make([]string, len(out))
+		for i, g := range out {
+			done[i] = fmt.Sprintf("%q: %d packs (%d bytes) %s", g.Target, g.Report.PacksDeleted, g.Report.BytesDeleted, deletedWord(req.DryRun))
+		}
+		return nil, partialErr("", err, done) // "gc on target ...: ..."
 	}
 	return out, nil
 }

@@ -186,8 +186,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			// Anything else (out of descriptors or buffers, a connection
 			// aborted before it was accepted, a timeout) passes: back off
-			// and accept again, as net/http does. Returning would stop the
-			// listener, and the agent with it.
+			// (at most a second, one warning each time) and accept again,
+			// as net/http does for temporary errors. Returning would stop
+			// the listener, and the agent with it.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			s.log.Warn("nbd: accept", "err", err, "retry", delay)
 			select {

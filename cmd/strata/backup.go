@@ -229,7 +229,7 @@ is read back and checked rather than fetched again.`,
 			ev, err := streamCall(cmd, "/v1/backups/"+url.PathEscape(args[0])+"/restore", req, "restoring "+args[0])
 			after := "the server removes the volume " + req.To + " the restore was creating"
 			if existed {
-				after = fmt.Sprintf("volume %s, which existed, may be left partly overwritten: run the restore again (with --overwrite)", req.To)
+				after = fmt.Sprintf("volume %s, which existed, may be left partly overwritten (or, if an interrupted run of this restore had created it, removed): run the restore again", req.To)
 			}
 			if err = cancelledOp(cmd, err, fmt.Sprintf("the restore of backup %s into %s", args[0], req.To), after); err != nil {
 				return err

@@ -532,3 +532,14 @@ func TestProgressLines(t *testing.T) {
 		t.Fatalf("a second line within the interval: %q", buf.String())
 	}
 }
+
+// TestGroupHelpNeedsNoServer: a group command given no subcommand prints
+// its help without connecting to the server (whose address may not even
+// dial: an https one without its token).
+func TestGroupHelpNeedsNoServer(t *testing.T) {
+	t.Parallel()
+	status, stdout, stderr := runCLI(t.Context(), "volume", "--socket", "https://127.0.0.1:1")
+	if status != exitOK || !strings.Contains(stdout+stderr, "Available Commands") {
+		t.Fatalf("strata volume --socket https://...: status %d, stdout %q, stderr %q; want its help", status, stdout, stderr)
+	}
+}

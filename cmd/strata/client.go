@@ -38,10 +38,13 @@ func addClientFlags(cmd *cobra.Command) {
 	addDataDirFlag(cmd)
 	f := cmd.PersistentFlags()
 	f.String("socket", "", "the server: its control socket, unix:///path, or https://host:port (a server with api_listen) (default $STRATA_SOCKET, else DATA-DIR/strata.sock)")
-	f.String("token-file", "", "file holding the bearer token of an https server (default $STRATA_TOKEN_FILE)")
-	f.String("ca-file", "", "PEM roots to verify an https server's certificate with (default $STRATA_CA_FILE, else the system's)")
+	f.String("api-token-file", "", "file holding the bearer token of an https server (default $STRATA_TOKEN_FILE)")
+	f.String("api-ca-file", "", "PEM roots to verify an https server's certificate with (default $STRATA_CA_FILE, else the system's)")
 	f.Bool("json", false, "print the result as JSON")
 	cmd.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		if c.Annotations[groupAnnotation] != "" {
+			return nil // prints its help: no server needed
+		}
 		cl, err := dialServer(c)
 		if err != nil {
 			return err
@@ -68,7 +71,7 @@ func dialServer(cmd *cobra.Command) (*agent.Client, error) {
 	if addr == "" {
 		return agent.NewClient(agent.APISocket(dataDirFlag(cmd))), nil
 	}
-	c, err := agent.Dial(addr, agent.DialOptions{TokenFile: flagOrEnv(cmd, "token-file", "STRATA_TOKEN_FILE"), CAFile: flagOrEnv(cmd, "ca-file", "STRATA_CA_FILE")})
+	c, err := agent.Dial(addr, agent.DialOptions{TokenFile: flagOrEnv(cmd, "api-token-file", "STRATA_TOKEN_FILE"), CAFile: flagOrEnv(cmd, "api-ca-file", "STRATA_CA_FILE")})
 	if err != nil {
 		return nil, fmt.Errorf("--socket: %w", err)
 	}

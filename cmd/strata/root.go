@@ -56,6 +56,10 @@ operation ends that operation too: the server ties it to the request.`,
 	return root
 }
 
+// groupAnnotation marks the commands that only group subcommands (they
+// print their help).
+const groupAnnotation = "strata-group"
+
 // strictArgs makes every command of the tree under cmd refuse a command
 // line it cannot take, with an error naming the command (a usageError,
 // exit status 2):
@@ -71,6 +75,10 @@ func strictArgs(cmd *cobra.Command) {
 		strictArgs(c)
 	}
 	if cmd.HasSubCommands() && !cmd.Runnable() {
+		if cmd.Annotations == nil {
+			cmd.Annotations = map[string]string{}
+		}
+		cmd.Annotations[groupAnnotation] = "true"
 		cmd.Args = func(c *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return unknownCommandError(c, args[0])

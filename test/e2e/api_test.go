@@ -86,7 +86,7 @@ func TestControlAPISecurity(t *testing.T) {
 		}
 	}
 	// The CLI reaches the server over TCP too, with the token and the CA.
-	remote := []string{"--socket", "https://" + addr, "--token-file", tokenFile, "--ca-file", certFile}
+	remote := []string{"--socket", "https://" + addr, "--api-token-file", tokenFile, "--api-ca-file", certFile}
 	var vols []volumeJSON
 	s.mustJSON(&vols, append([]string{"volume", "ls"}, remote...)...)
 	if len(vols) != 0 {
@@ -97,7 +97,7 @@ func TestControlAPISecurity(t *testing.T) {
 		t.Fatalf("a volume created over TCP is not listed on the socket: %q", out)
 	}
 	s.fails(t, "bearer token", "volume", "ls", "--socket", "https://"+addr)
-	s.fails(t, "certificate", "volume", "ls", "--socket", "https://"+addr, "--token-file", tokenFile)
+	s.fails(t, "certificate", "volume", "ls", "--socket", "https://"+addr, "--api-token-file", tokenFile)
 	// Plain HTTP on the TLS port is refused.
 	resp, err := http.Get("http://" + addr + "/v1/volumes")
 	if err == nil {
