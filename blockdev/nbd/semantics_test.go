@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/strata-block/strata/blockdev"
 )
 
 // TestFlushFUAAcrossConnections checks durability through the model
@@ -355,4 +357,62 @@ func TestAcceptErrorsPass(t *testing.T) {
 	if err := <-done; !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Serve returned %v, want ErrServerClosed", err)
 	}
+}
+
+// fragmentedVolume is a device whose extents alternate data and hole
+// every 4 KiB; it records the longest range it was asked about.
+type fragmentedVolume struct {
+	nullVolume
+	longest atomic.Int64
+}
+
+func (f *fragmentedVolume) Name() string { return "frag" }
+
+func (f *fragmentedVolume) Extents(_ context.Context, off, length int64) ([]blockdev.Extent, error) {
+	for {
+		old := f.longest.Load()
+		if length <= old || f.longest.CompareAndSwap(old, length) {
+			break
+		}
+	}
+	var out []blockdev.Extent
+	for b := off &^ 4095; b < off+length; b += 4096 {
+		k := blockdev.ExtentData
+		if b/4096%2 == 1 {
+			k = blockdev.ExtentHole
+		}
+		s, e := max(b, off), min(b+4096, off+length)
+		out = append(out, blockdev.Extent{Offset: s, Length: e - s, Kind: k})
+	}
+	return out, nil
+}
+
+// TestBlockStatusBoundedExtents: a BLOCK_STATUS over 4 GiB of a volume
+// fragmented in 4 KiB pieces asks the device a window at a time, not for
+// a million extents at once, and still answers the most descriptors a
+// reply holds, in order. Before, Extents was asked for the whole range.
+func TestBlockStatusBoundedExtents(t *testing.T) {
+	t.Parallel()
+	f := &fragmentedVolume{nullVolume: nullVolume{size: 8 << 30}}
+	_, tc := serveOne(t, f, Options{}, true)
+	r := tc.do(cmdBlockStatus, 0, 4096, 0xFFFFF000, nil)
+	if r.errno != 0 || len(r.status) != maxDescriptors {
+		t.Fatalf("block status: errno %d, %d descriptors, want %d", r.errno, len(r.status), maxDescriptors)
+	}
+	for i, d := range r.status {
+		want := uint32(0)
+		if i%2 == 0 { // from 4096: a hole first
+			want = stateHole | stateZero
+		}
+		if d[0] != 4096 || d[1] != want {
+			t.Fatalf("descriptor %d: %v, want 4096 bytes of state %d", i, d, want)
+		}
+	}
+	if got := f.longest.Load(); got > blockStatusWindow {
+		t.Errorf("the device was asked about %d bytes at once, want at most %d", got, blockStatusWindow)
+	}
+	if r := tc.do(cmdBlockStatus, cmdFlagReqOne, 0, 0xFFFFF000, nil); len(r.status) != 1 || r.status[0] != [2]uint32{4096, 0} {
+		t.Errorf("block status REQ_ONE: %v", r.status)
+	}
+	tc.disconnect()
 }

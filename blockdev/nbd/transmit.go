@@ -669,38 +669,53 @@ func (c *serverConn) readSparse(ctx context.Context, r *request, data []byte, ex
 // blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation: data is
 // 0, allocated zeros NBD_STATE_ZERO, holes NBD_STATE_HOLE|NBD_STATE_ZERO.
 func (c *serverConn) blockStatus(ctx context.Context, r *request) {
-	exts, err := c.vol.Extents(ctx, int64(r.Offset), int64(r.Length))
-	if err != nil {
-		c.failed(r, errnoOf(err), err)
-		return
-	}
 	limit := maxDescriptors
 	if r.CommandFlags&cmdFlagReqOne != 0 {
 		limit = 1
 	}
-	r.buf = getBuf(blockStatusBuf(min(len(exts)+1, limit)))
+	r.buf = getBuf(blockStatusBuf(limit))
 	b := (*r.buf)[:chunkHeaderSize+4]
 	binary.BigEndian.PutUint32(b[chunkHeaderSize:], metaBaseAllocationID)
 	nd := 0
 	pos, end := int64(r.Offset), int64(r.Offset)+int64(r.Length)
 	var last uint32
-	for _, e := range exts {
-		es, ee := max(e.Offset, pos), min(e.Offset+e.Length, end)
-		if ee <= es || es != pos {
-			break // the extents must be contiguous from the offset
-		}
-		st := allocationState(e.Kind)
-		if nd > 0 && st == last && uint64(binary.BigEndian.Uint32(b[len(b)-8:]))+uint64(ee-es) <= 1<<32-4096 {
-			binary.BigEndian.PutUint32(b[len(b)-8:], binary.BigEndian.Uint32(b[len(b)-8:])+uint32(ee-es))
-		} else {
-			if nd == limit {
-				break
+	// The device is asked a window at a time: a request may span 4 GiB,
+	// and the extents of that much of a volume fragmented in 4 KiB pieces
+	// would be a million entries in memory at once, for a reply that
+	// holds at most maxDescriptors.
+window:
+	for pos < end && nd <= limit {
+		wend := min(end, pos+blockStatusWindow)
+		exts, err := c.vol.Extents(ctx, pos, wend-pos)
+		if err != nil {
+			if nd > 0 {
+				break // a shorter reply is a valid one
 			}
-			b = binary.BigEndian.AppendUint32(b, uint32(ee-es))
-			b = binary.BigEndian.AppendUint32(b, st)
-			nd++
+			c.failed(r, errnoOf(err), err)
+			return
 		}
-		last, pos = st, ee
+		start := pos
+		for _, e := range exts {
+			es, ee := max(e.Offset, pos), min(e.Offset+e.Length, wend)
+			if ee <= es || es != pos {
+				break window // the extents must be contiguous from the offset
+			}
+			st := allocationState(e.Kind)
+			if nd > 0 && st == last && uint64(binary.BigEndian.Uint32(b[len(b)-8:]))+uint64(ee-es) <= 1<<32-4096 {
+				binary.BigEndian.PutUint32(b[len(b)-8:], binary.BigEndian.Uint32(b[len(b)-8:])+uint32(ee-es))
+			} else {
+				if nd == limit {
+					break window
+				}
+				b = binary.BigEndian.AppendUint32(b, uint32(ee-es))
+				b = binary.BigEndian.AppendUint32(b, st)
+				nd++
+			}
+			last, pos = st, ee
+		}
+		if pos == start || pos < wend {
+			break // the device said nothing (more) about this window
+		}
 	}
 	if nd == 0 { // no information: report the range as allocated data
 		b = binary.BigEndian.AppendUint32(b, r.Length)
@@ -709,6 +724,10 @@ func (c *serverConn) blockStatus(ctx context.Context, r *request) {
 	putChunkHeader(b, replyFlagDone, replyTypeBlockStatus, r.Handle, uint32(len(b)-chunkHeaderSize))
 	r.reply = append(r.reply[:0], b)
 }
+
+// blockStatusWindow is how much of a BLOCK_STATUS range the device is
+// asked about at a time: at most 65,536 extents of 4 KiB, about 1.5 MB.
+const blockStatusWindow = 256 << 20
 
 // blockStatusBuf is the size of a BLOCK_STATUS reply of n descriptors.
 func blockStatusBuf(n int) int { return chunkHeaderSize + 4 + 8*n }
