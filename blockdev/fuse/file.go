@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -35,6 +36,9 @@ type fileNode struct {
 	fsys *FS
 	vol  blockdev.Volume
 	name string
+	// added is when the file appeared in the mount: the times of a
+	// read-only (snapshot) file, whose content never changes.
+	added time.Time
 
 	written atomic.Bool // some write, zero or trim went through the mount
 
@@ -56,6 +60,15 @@ func (n *fileNode) fillAttr(out *fuse.Attr) {
 		mode = 0o444
 	}
 	size := uint64(n.vol.Size())
+	// A writable volume's content changes through any frontend, NBD
+	// included, which the mount does not see: its times are always now,
+	// so a tool that skips files whose time has not moved (rsync, backup
+	// programs) never takes it as unchanged. A snapshot's never change.
+	t := n.added
+	if !n.vol.ReadOnly() {
+		t = time.Now()
+	}
+	out.SetTimes(&t, &t, &t)
 	out.Mode = syscall.S_IFREG | mode
 	out.Nlink = 1
 	out.Size = size

@@ -346,7 +346,7 @@ func (f *FS) Add(vol blockdev.Volume) error {
 		f.mu.Unlock()
 		return fmt.Errorf("fuse add %q: %w", name, ErrExists)
 	}
-	n := &fileNode{fsys: f, vol: vol, name: name}
+	n := &fileNode{fsys: f, vol: vol, name: name, added: time.Now()}
 	f.files[name] = n
 	ino := f.root.NewPersistentInode(context.Background(), n, fs.StableAttr{Mode: syscall.S_IFREG})
 	f.root.AddChild(name, ino, false)

@@ -377,7 +377,7 @@ deleted. A policy that keeps nothing is refused.`,
 				req.Volume = args[0]
 			}
 			if _, err := service.ParseKeepWithin(req.KeepWithin); err != nil {
-				return fmt.Errorf("--%w", err) // "--keep-within ...": the flag
+				return fmt.Errorf("--keep-within %q: want a duration such as 36h or a number of days such as 7d: %w", req.KeepWithin, blockdev.ErrInvalidArgument)
 			}
 			var res []service.PruneResult
 			if err := clientFor(cmd).Do(cmd.Context(), http.MethodPost, "/v1/backups/prune", req, &res); err != nil {

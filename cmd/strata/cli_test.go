@@ -244,7 +244,8 @@ func TestJSONErrors(t *testing.T) {
 		{name: "stream error event", args: []string{"backup", "create", "vol-a"}, json: true, wantStatus: exitError, wantCode: "in_use", wantMsg: "is busy"},
 		{name: "usage", args: []string{"volume", "grow", "vol-a", "1GiB"}, json: true, wantStatus: exitUsage, wantCode: "usage", wantMsg: "accepts 1 arg(s)"},
 		{name: "bad flag", args: []string{"volume", "ls", "--sise"}, json: true, wantStatus: exitUsage, wantCode: "usage", wantMsg: "unknown flag: --sise"},
-		{name: "local check", args: []string{"volume", "create", "vol-b", "1.3K"}, json: true, wantStatus: exitError, wantCode: "error", wantMsg: "not a whole number of bytes"},
+		{name: "local check", args: []string{"volume", "create", "vol-b", "1.3K"}, json: true, wantStatus: exitError, wantCode: "invalid", wantMsg: "not a whole number of bytes"},
+		{name: "keep-within", args: []string{"backup", "prune", "--keep-last", "1", "--keep-within", "soon"}, json: true, wantStatus: exitError, wantCode: "invalid", wantMsg: `--keep-within "soon"`},
 		{name: "plain", args: []string{"volume", "info", "vol-x"}, wantStatus: exitError, wantMsg: `volume "vol-x": not found`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/blockdev/agent"
 )
 
@@ -129,30 +130,30 @@ func parseSize(s string) (int64, error) {
 	}
 	whole, frac, dot := strings.Cut(num, ".")
 	if whole == "" || (dot && (frac == "" || strings.Contains(frac, "."))) {
-		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 512MiB, 1GiB, 10G, 1.5GiB)", s)
+		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 512MiB, 1GiB, 10G, 1.5GiB): %w", s, blockdev.ErrInvalidArgument)
 	}
 	unit = strings.TrimSuffix(strings.TrimSuffix(unit, "b"), "i")
 	shift := map[string]uint{"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
 	sh, ok := shift[unit]
 	if !ok {
-		return 0, fmt.Errorf("size %q: unknown unit (use K, M, G, T or P, e.g. 512MiB)", s)
+		return 0, fmt.Errorf("size %q: unknown unit (use K, M, G, T or P, e.g. 512MiB): %w", s, blockdev.ErrInvalidArgument)
 	}
 	// (whole.frac) << sh, exactly: the digits as one integer, shifted,
 	// divided by 10^len(frac).
 	n, ok := new(big.Int).SetString(whole+frac, 10)
 	if !ok {
-		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 512MiB, 1GiB, 10G, 1.5GiB)", s)
+		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 512MiB, 1GiB, 10G, 1.5GiB): %w", s, blockdev.ErrInvalidArgument)
 	}
 	n.Lsh(n, sh)
 	if frac != "" {
 		var rem big.Int
 		n.QuoRem(n, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(len(frac))), nil), &rem)
 		if rem.Sign() != 0 {
-			return 0, fmt.Errorf("size %q: not a whole number of bytes (sizes count whole bytes: write it in a smaller unit or as a whole number)", s)
+			return 0, fmt.Errorf("size %q: not a whole number of bytes (sizes count whole bytes: write it in a smaller unit or as a whole number): %w", s, blockdev.ErrInvalidArgument)
 		}
 	}
 	if n.Cmp(new(big.Int).Lsh(big.NewInt(1), 62)) > 0 {
-		return 0, fmt.Errorf("size %q: out of range", s)
+		return 0, fmt.Errorf("size %q: out of range: %w", s, blockdev.ErrInvalidArgument)
 	}
 	return n.Int64(), nil
 }
