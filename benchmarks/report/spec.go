@@ -125,7 +125,7 @@ var sections = []section{
 		Key: "backup", Title: "Volume backups vs restic", Stage: "backup",
 		Intro: "Strata's backup engine (backupd, through the real volume store and an fs target, encrypted) against restic 0.18.1 " +
 			"(local repository) on the same random image: full, incremental after a 10 MiB contiguous change, incremental after " +
-			"1% of the 4 KiB blocks changed at random, and a restore of the last backup; the tool going first alternates per round. " +
+			"1% of the 4 KiB blocks changed at random, and a restore of the last backup (Strata's with a state file, flushed each 32 MiB window, as the backup service restores to be resumable after a kill); the tool going first alternates per round. " +
 			"Restored images are compared with the source bit for bit.",
 		Figures: []figure{
 			{"full", "full"},
