@@ -274,6 +274,9 @@ func systemStream(cmd *cobra.Command, path string, in any, what string, wait boo
 		totals = map[string]int64{}
 		dones  = map[string]int64{}
 		final  *coordinator.Event
+		// Without a terminal: a line every progressLineEvery (besides
+		// the one per finished volume).
+		lines = &progressLines{w: stderr, what: what, every: progressLineEvery}
 	)
 	defer func() {
 		if bar != nil {
@@ -293,7 +296,7 @@ func systemStream(cmd *cobra.Command, path string, in any, what string, wait boo
 		}
 		switch ev.Event {
 		case "progress":
-			if !tty || ev.Progress == nil {
+			if ev.Progress == nil || asJSON {
 				return nil
 			}
 			k := ev.Agent + "/" + ev.Volume
@@ -301,6 +304,10 @@ func systemStream(cmd *cobra.Command, path string, in any, what string, wait boo
 			var total, done int64
 			for k := range totals {
 				total, done = total+totals[k], done+dones[k]
+			}
+			if !tty {
+				lines.show(&backupd.Progress{Phase: ev.Phase, BytesTotal: total, Position: done})
+				return nil
 			}
 			if bar == nil {
 				bar = newByteBar(stderr, total, what)
