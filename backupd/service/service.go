@@ -1189,17 +1189,10 @@ func (s *Service) clearPending(vol string) error {
 	if s.cfg.DataDir == "" {
 		return nil
 	}
-	dir := filepath.Join(s.cfg.DataDir, pendingDir)
-	err := os.Remove(filepath.Join(dir, vol))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err == nil {
-		err = atomicfile.SyncDir(dir)
-	}
-	if err != nil {
+	path := filepath.Join(s.cfg.DataDir, pendingDir, vol)
+	if err := atomicfile.Remove(path); err != nil {
 		s.log.Warn("restore mark", "volume", vol, "err", err)
-		return fmt.Errorf("restore mark %s: %w", filepath.Join(dir, vol), err)
+		return fmt.Errorf("restore mark %s: %w", path, err)
 	}
 	return nil
 }
@@ -1219,16 +1212,10 @@ func (s *Service) statePath(vol string) string {
 
 // removeState removes the state file of a restore into vol, durably.
 func (s *Service) removeState(vol string) {
-	p := s.statePath(vol)
-	if p == "" {
-		return
-	}
-	err := os.Remove(p)
-	if err == nil {
-		err = atomicfile.SyncDir(filepath.Dir(p))
-	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		s.log.Warn("restore state", "volume", vol, "err", err)
+	if p := s.statePath(vol); p != "" {
+		if err := atomicfile.Remove(p); err != nil {
+			s.log.Warn("restore state", "volume", vol, "err", err)
+		}
 	}
 }
 

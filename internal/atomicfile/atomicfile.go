@@ -49,6 +49,19 @@ func Write(path string, b []byte) error {
 	return nil
 }
 
+// Remove removes path and syncs its directory, so that the removal
+// survives a crash; a path that does not exist is not an error.
+func Remove(path string) error {
+	err := os.Remove(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
+	return err
+}
+
 // syncDir is SyncDir, replaceable by tests to inject failures.
 var syncDir = SyncDir
 

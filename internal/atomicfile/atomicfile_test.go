@@ -55,3 +55,26 @@ func TestWriteUncertain(t *testing.T) {
 		t.Fatalf("file holds %q after the rename, want new", got)
 	}
 }
+
+// TestRemove: a removal syncs its directory and reports that sync's
+// failure; removing a path that is not there is no error.
+func TestRemove(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := Write(p, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var synced []string
+	injected := errors.New("injected EIO")
+	syncDir = func(d string) error { synced = append(synced, d); return injected }
+	t.Cleanup(func() { syncDir = SyncDir })
+	if err := Remove(p); !errors.Is(err, injected) || len(synced) != 1 || synced[0] != dir {
+		t.Fatalf("Remove = %v, synced %v; want the sync of %s and its error", err, synced, dir)
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Fatalf("file after Remove: %v", err)
+	}
+	if err := Remove(p); err != nil {
+		t.Fatalf("Remove of a missing file: %v", err)
+	}
+}
