@@ -125,6 +125,12 @@ func (m *Manifest) pageEntries(i int) int {
 	return int(min(n, int64(m.PageChunks)))
 }
 
+// PagesEnd returns the volume offset where map page n begins (the end of
+// pages 0 to n-1), at most the volume's size.
+func (m *Manifest) PagesEnd(n int) int64 {
+	return min(int64(n)*int64(m.PageChunks)*int64(m.ChunkSize), m.Size)
+}
+
 // chunkLen returns the plaintext length of chunk c.
 func (m *Manifest) chunkLen(c int64) int {
 	return int(min(int64(m.ChunkSize), m.Size-c*int64(m.ChunkSize)))

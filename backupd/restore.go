@@ -192,8 +192,8 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		if fd, ok := dst.(FileDestination); ok {
 			// A hint: the fsync of Flush finds less to write. Its errors
 			// are the fsync's to report.
-			off := int64(wr.from) * int64(m.PageChunks) * int64(m.ChunkSize)
-			_ = writeback.Start(fd.F, off, min(int64(wr.end)*int64(m.PageChunks)*int64(m.ChunkSize), m.Size)-off)
+			off := m.PagesEnd(wr.from)
+			_ = writeback.Start(fd.F, off, m.PagesEnd(wr.end)-off)
 		}
 		dmu.Lock()
 		stateHeld = stateHeld || wr.damaged > 0
@@ -211,7 +211,7 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 				return fmt.Errorf("%s: %w", where, err)
 			}
 		}
-		pos = min(int64(wr.end)*int64(m.PageChunks)*int64(m.ChunkSize), m.Size)
+		pos = m.PagesEnd(wr.end)
 		report(PhaseRestore)
 		return nil
 	}

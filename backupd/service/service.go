@@ -1485,7 +1485,7 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 	s.log.Info("backup restored", "id", j.m.ID, "volume", j.m.Volume, "to", j.to, "target", j.p.name)
 	return &RestoreResult{ID: j.m.ID, Target: j.p.name, Volume: j.m.Volume, To: j.to, Created: j.created, Digest: j.m.Digest,
 		BytesWritten: res.BytesWritten, BytesFetched: res.BytesFetched,
-		ResumedBytes: min(int64(res.Resumed)*int64(j.m.PageChunks)*int64(j.m.ChunkSize), j.m.Size)}, nil
+		ResumedBytes: j.m.PagesEnd(res.Resumed)}, nil
 }
 
 func (s *Service) list(ctx context.Context, volume, target string) ([]Backup, error) {
