@@ -555,6 +555,23 @@ func testInFlightCap(t *testing.T, wsize int) {
 	tc.disconnect()
 }
 
+// serveHeldWrites serves a 1 MiB volume whose writes are held until open
+// is called (at the latest 10 s on, which bounds a test whose server is
+// stuck: the writes then end, and the order of the replies shows it),
+// with one worker; each held write is announced on g.inWriteC, of room
+// for inFlight of them.
+func serveHeldWrites(t *testing.T, inFlight int) (g *gateVolume, tc *testClient, open func()) {
+	t.Helper()
+	g = &gateVolume{memVolume: newMemVolume("vol", 1<<20), gateOff: -1, release: make(chan struct{}), inWriteC: make(chan int64, inFlight)}
+	_, tc = serveOne(t, g, Options{Workers: 1}, false)
+	var once sync.Once
+	open = func() { once.Do(func() { close(g.release) }) }
+	t.Cleanup(open)
+	stuck := time.AfterFunc(10*time.Second, open)
+	t.Cleanup(func() { stuck.Stop() })
+	return g, tc, open
+}
+
 // TestRepliesFlowWhileWritesStall: with every takeover of a connection in
 // a stalled device call (a hold's closed write gate), reads still get
 // their replies. Before, the next inline write ran on the reader, which
@@ -562,15 +579,7 @@ func testInFlightCap(t *testing.T, wsize int) {
 // device returned.
 func TestRepliesFlowWhileWritesStall(t *testing.T) {
 	t.Parallel()
-	g := &gateVolume{memVolume: newMemVolume("vol", 1<<20), gateOff: -1, release: make(chan struct{}), inWriteC: make(chan int64, 4)}
-	_, tc := serveOne(t, g, Options{Workers: 1}, false)
-	var once sync.Once
-	open := func() { once.Do(func() { close(g.release) }) }
-	defer open()
-	// Bounds the test when the server is stuck: the writes then end, and
-	// the order of the replies shows it.
-	stuck := time.AfterFunc(10*time.Second, open)
-	defer stuck.Stop()
+	g, tc, open := serveHeldWrites(t, 4)
 	payload := make([]byte, 4096)
 	w1 := tc.send(cmdWrite, 0, 0, 4096, payload)
 	<-g.inWriteC // w1 keeps the reader; a takeover reads on
@@ -596,13 +605,7 @@ func TestRepliesFlowWhileWritesStall(t *testing.T) {
 // was read until the writes ended (a hold lasts up to a minute).
 func TestReadsFlowPastQueuedWrites(t *testing.T) {
 	t.Parallel()
-	g := &gateVolume{memVolume: newMemVolume("vol", 1<<20), gateOff: -1, release: make(chan struct{}), inWriteC: make(chan int64, 64)}
-	_, tc := serveOne(t, g, Options{Workers: 1}, false)
-	var once sync.Once
-	open := func() { once.Do(func() { close(g.release) }) }
-	defer open()
-	stuck := time.AfterFunc(10*time.Second, open)
-	defer stuck.Stop()
+	g, tc, open := serveHeldWrites(t, 64)
 	payload := make([]byte, 4096)
 	tc.send(cmdWrite, 0, 0, 4096, payload)
 	<-g.inWriteC // the first keeps the reader; a takeover reads on
