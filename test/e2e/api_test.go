@@ -3,16 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -36,7 +29,8 @@ func runCmd(name string, args ...string) (string, error) {
 func TestControlAPISecurity(t *testing.T) {
 	needRoot(t)
 	dataDir := t.TempDir()
-	certFile, keyFile := selfSignedCert(t, t.TempDir())
+	pki := newTestPKI(t)
+	certFile, keyFile := pki.serverCert, pki.serverKey
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	token := "e2e-token-0123456789abcdef"
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
@@ -86,7 +80,7 @@ func TestControlAPISecurity(t *testing.T) {
 		}
 	}
 	// The CLI reaches the server over TCP too, with the token and the CA.
-	remote := []string{"--socket", "https://" + addr, "--api-token-file", tokenFile, "--api-ca-file", certFile}
+	remote := []string{"--socket", "https://" + addr, "--api-token-file", tokenFile, "--api-ca-file", pki.caCert}
 	var vols []volumeJSON
 	s.mustJSON(&vols, append([]string{"volume", "ls"}, remote...)...)
 	if len(vols) != 0 {
@@ -192,39 +186,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
 }
 
 // TestConfigDataDir: a --config file's data_dir is the data directory when

@@ -59,12 +59,13 @@ func TestNBDOverTLS(t *testing.T) {
 	}
 }
 
-// testPKI is a CA, a server certificate for 127.0.0.1 and a client
-// certificate, laid out as libnbd's tls-certificates directory wants
-// (clientDir: ca-cert.pem, client-cert.pem, client-key.pem; caOnlyDir:
-// ca-cert.pem alone).
+// testPKI is a CA (caCert), a server certificate for 127.0.0.1 and a
+// client certificate, laid out as libnbd's tls-certificates directory
+// wants (clientDir: ca-cert.pem, client-cert.pem, client-key.pem;
+// caOnlyDir: ca-cert.pem alone).
 type testPKI struct {
 	serverCert, serverKey string
+	caCert                string
 	clientDir, caOnlyDir  string
 }
 
@@ -112,6 +113,7 @@ func newTestPKI(t *testing.T) testPKI {
 	srvCert, srvKey := issue(2, "127.0.0.1", x509.ExtKeyUsageServerAuth, []net.IP{net.ParseIP("127.0.0.1")})
 	cliCert, cliKey := issue(3, "strata e2e client", x509.ExtKeyUsageClientAuth, nil)
 	p := testPKI{clientDir: t.TempDir(), caOnlyDir: t.TempDir()}
+	p.caCert = filepath.Join(p.caOnlyDir, "ca-cert.pem")
 	srvDir := t.TempDir()
 	p.serverCert, p.serverKey = filepath.Join(srvDir, "server-cert.pem"), filepath.Join(srvDir, "server-key.pem")
 	for path, b := range map[string][]byte{
