@@ -24,10 +24,7 @@ func addDataDirFlag(cmd *cobra.Command) {
 }
 
 func dataDirFlag(cmd *cobra.Command) string {
-	if d, _ := cmd.Flags().GetString("data-dir"); d != "" {
-		return d
-	}
-	if d := os.Getenv("STRATA_DATA_DIR"); d != "" {
+	if d := flagOrEnv(cmd, "data-dir", "STRATA_DATA_DIR"); d != "" {
 		return d
 	}
 	return defaultDataDir
