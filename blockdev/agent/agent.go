@@ -596,8 +596,10 @@ func (a *Agent) revert(ctx context.Context, name, snap string) error {
 	return a.mgr.Revert(ctx, name, snap)
 }
 
-// exHold is one Exclusive hold on a volume.
-type exHold struct{}
+// exHold is one Exclusive hold on a volume, told from another by its
+// address. (It must not be of size zero: Go may give distinct zero-size
+// values one address.)
+type exHold struct{ volume string }
 
 // Exclusive takes volume name for a restore into it: it refuses with
 // ErrInUse while the volume is attached, open through its FUSE file or
@@ -611,7 +613,7 @@ func (a *Agent) Exclusive(name string) (release func(), err error) {
 	defer a.mu.Unlock()
 	// Taken first, then checked idle: a refresh or an NBD open racing
 	// this sees the volume taken (or is seen by InUse).
-	h := &exHold{}
+	h := &exHold{volume: name}
 	a.exMu.Lock()
 	if a.exclusive[name] != nil {
 		a.exMu.Unlock()
