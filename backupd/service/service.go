@@ -740,6 +740,11 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 		}
 		return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
 	}
+	fail := func(err error) (*backupJob, error) {
+		p.close()
+		done()
+		return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
+	}
 	snap := req.Snapshot
 	if snap == "" {
 		// Taken before if-unchanged compares: through the agent, which
@@ -747,23 +752,15 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 		// cache count as changes, as they would in the backup.
 		snap = takenSnapshotName(time.Now())
 		if err := s.agentCall(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(req.Volume)+"/snapshots", map[string]string{"name": snap}); err != nil {
-			p.close()
-			done()
-			return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, err)
+			return fail(fmt.Errorf("snapshot %q: %w", snap, err))
 		}
 		s.log.Info("snapshot taken for backup", "volume", req.Volume, "snapshot", snap)
 		if info, err = s.cfg.Manager.Volume(ctx, req.Volume); err != nil {
-			if derr := s.deleteSnapshot(context.WithoutCancel(ctx), req.Volume, snap); derr != nil {
-				s.log.Warn("delete the snapshot taken for a backup not run", "volume", req.Volume, "snapshot", snap, "err", derr)
-			}
-			p.close()
-			done()
-			return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
+			s.dropTakenSnapshot(ctx, req.Volume, snap, "a backup not run")
+			return fail(err)
 		}
 	} else if _, ok := info.Snapshot(snap); !ok {
-		p.close()
-		done()
-		return nil, fmt.Errorf("backup of volume %q: snapshot %q: %w", req.Volume, snap, blockdev.ErrNotFound)
+		return fail(fmt.Errorf("snapshot %q: %w", snap, blockdev.ErrNotFound))
 	}
 	job := &backupJob{s: s, p: p, volume: req.Volume, snap: snap, took: req.Snapshot == "", full: req.Full, tags: req.Tags, done: done}
 	if req.Policy == PolicyIfUnchanged {
@@ -771,17 +768,13 @@ func (s *Service) prepareBackup(ctx context.Context, req CreateRequest) (*backup
 		if job.took && (err != nil || b != nil) {
 			// Not backed up: the snapshot taken for it goes (it holds
 			// no change since the reused backup's).
-			if derr := s.deleteSnapshot(context.WithoutCancel(ctx), req.Volume, snap); derr != nil {
-				s.log.Warn("delete the snapshot taken for a backup not run", "volume", req.Volume, "snapshot", snap, "err", derr)
-			}
+			s.dropTakenSnapshot(ctx, req.Volume, snap, "a backup not run")
 		}
 		if err == nil && b != nil {
 			job.snap, job.took, job.reused = b.Snapshot, false, b
 		}
 		if err != nil {
-			p.close()
-			done()
-			return nil, fmt.Errorf("backup of volume %q: %w", req.Volume, err)
+			return fail(err)
 		}
 	}
 	return job, nil
@@ -872,9 +865,7 @@ func (j *backupJob) run(ctx context.Context, progress backupd.ProgressFunc) (*Ba
 			// No backup names the snapshot taken for this one (a failed
 			// Backup leaves no manifest): each retry would leave another,
 			// holding its copy-on-write layer.
-			if derr := j.s.deleteSnapshot(context.WithoutCancel(ctx), j.volume, j.snap); derr != nil {
-				j.s.log.Warn("delete the snapshot taken for a failed backup", "volume", j.volume, "snapshot", j.snap, "err", derr)
-			}
+			j.s.dropTakenSnapshot(ctx, j.volume, j.snap, "a failed backup")
 		}
 		return nil, fmt.Errorf("backup of volume %q snapshot %q to target %q: %w", j.volume, j.snap, j.p.name, err)
 	}
@@ -1690,6 +1681,16 @@ func (s *Service) writeStream(w http.ResponseWriter, r *http.Request, fn func(ct
 // files and holds follow).
 func (s *Service) deleteVolume(ctx context.Context, vol string) error {
 	return s.agentCall(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol), nil)
+}
+
+// dropTakenSnapshot deletes snapshot snap of volume vol, taken for a
+// backup that did not use it (forWhat says which, in the log), even when
+// ctx has ended: each would hold a copy-on-write layer. A failure is
+// logged.
+func (s *Service) dropTakenSnapshot(ctx context.Context, vol, snap, forWhat string) {
+	if err := s.deleteSnapshot(context.WithoutCancel(ctx), vol, snap); err != nil {
+		s.log.Warn("delete the snapshot taken for "+forWhat, "volume", vol, "snapshot", snap, "err", err)
+	}
 }
 
 // deleteSnapshot deletes snapshot snap of volume vol through the agent's
