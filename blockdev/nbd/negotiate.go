@@ -60,8 +60,14 @@ type serverConn struct {
 	wg     sync.WaitGroup
 	budget budget
 	wmu    sync.Mutex
-	werr   error       // sticky: the first failed reply write
-	dirty  atomic.Bool // a write-type request succeeded since the last flush
+	werr   error // sticky: the first failed reply write
+	// A reply write in progress, and the count of those done: the
+	// watchdog (Server.watch) reads them; wdSeen and wdSince are its own.
+	writing atomic.Bool
+	written atomic.Uint64
+	wdSeen  uint64
+	wdSince time.Time
+	dirty   atomic.Bool // a write-type request succeeded since the last flush
 
 	// The reader role: see transmit.go.
 	readState  atomic.Uint64
@@ -326,6 +332,19 @@ func (c *serverConn) exportName(name string) string {
 	return name
 }
 
+// ExportFlags returns the transmission flags (NBD_FLAG_*) the server
+// sends for an export, read-only (a snapshot) or not, to a client that
+// did not ask for structured replies (with them it adds
+// NBD_FLAG_SEND_DF). A kernel NBD attach needs them: go-nbd's client does
+// not hand the flags it negotiates to the kernel (blockdev/attach).
+func ExportFlags(readOnly bool) uint16 {
+	f := flagHasFlags | flagSendFlush | flagCanMultiConn
+	if readOnly {
+		return f | flagReadOnly
+	}
+	return f | flagSendFUA | flagSendTrim | flagSendWriteZeroes | flagSendFastZero
+}
+
 // open opens an export and computes its transmission flags.
 func (c *serverConn) open(ctx context.Context, name string) (blockdev.Volume, func(), uint16, error) {
 	if name == "" || len(name) > maxNameLen {
@@ -335,12 +354,7 @@ func (c *serverConn) open(ctx context.Context, name string) (blockdev.Volume, fu
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	f := flagHasFlags | flagSendFlush | flagCanMultiConn
-	if vol.ReadOnly() {
-		f |= flagReadOnly
-	} else {
-		f |= flagSendFUA | flagSendTrim | flagSendWriteZeroes | flagSendFastZero
-	}
+	f := ExportFlags(vol.ReadOnly())
 	if c.structured {
 		f |= flagSendDF
 	}

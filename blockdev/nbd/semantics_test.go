@@ -9,9 +9,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -415,4 +417,69 @@ func TestBlockStatusBoundedExtents(t *testing.T) {
 		t.Errorf("block status REQ_ONE: %v", r.status)
 	}
 	tc.disconnect()
+}
+
+// TestStuckClientClosed: a client that stops reading its replies is cut
+// off after ReplyTimeout, which ends its hold on the export; another
+// connection to the same export goes on. Before, the connection stayed
+// until the client disconnected.
+func TestStuckClientClosed(t *testing.T) {
+	t.Parallel()
+	e := NewMapExports()
+	if err := e.Add(newMemVolume("vol", 64<<20), ""); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, e, Options{ReplyTimeout: 200 * time.Millisecond})
+	stuck := connect(t, ts.sock, "vol", false)
+	live := connect(t, ts.sock, "vol", false)
+	// 48 MiB of replies: far past what the socket buffers hold.
+	for i := range 48 {
+		stuck.send(cmdRead, 0, uint64(i)<<20, 1<<20, nil)
+	}
+	conns := func() int {
+		ts.srv.mu.Lock()
+		defer ts.srv.mu.Unlock()
+		return len(ts.srv.conns)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for conns() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections 10 s after the client stopped reading, want the stuck one closed", conns())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r := live.do(cmdRead, 0, 0, 4096, nil); r.errno != 0 {
+		t.Fatalf("read on the other connection: errno %d", r.errno)
+	}
+	live.disconnect()
+	_ = stuck.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	// The replies sent, then EOF, or a reset: the server closed with
+	// requests of ours unread.
+	if _, err := io.Copy(io.Discard, stuck.br); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("stuck client: %v, want the connection closed by the server", err)
+	}
+}
+
+// TestConnectionCap: at MaxConnections the server stops accepting, and a
+// waiting client is served once a connection ends.
+func TestConnectionCap(t *testing.T) {
+	t.Parallel()
+	e, _, _ := memExports(t)
+	ts := startServer(t, e, Options{MaxConnections: 2})
+	first := connect(t, ts.sock, "vol", false)
+	connect(t, ts.sock, "vol@snap", false)
+	waiting := dialUnix(t, ts.sock) // in the listen backlog
+	var hello [18]byte
+	_ = waiting.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := io.ReadFull(waiting, hello[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("third connection at a cap of 2: read %d bytes of greeting, err %v; want no greeting", n, err)
+	}
+	first.disconnect()
+	_ = waiting.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(waiting, hello[:]); err != nil {
+		t.Fatalf("greeting once a connection ended: %v", err)
+	}
+	if binary.BigEndian.Uint64(hello[0:8]) != magicNBD {
+		t.Fatalf("greeting % x", hello)
+	}
 }

@@ -49,6 +49,20 @@ type Options struct {
 	// socket before it parks in the runtime's poller (default 50 µs;
 	// negative: park at once). See spin.go.
 	ReadSpin time.Duration
+	// ReplyTimeout is how long one reply write may go on before the
+	// connection is closed (default 2 min; negative: no limit). A client
+	// that stops reading its replies otherwise pins the connection's
+	// workers, its in-flight budget and its export (whose volume then
+	// stays in use: delete and revert refuse) until it disconnects. The
+	// limit is checked by a watchdog every quarter of it, not by a
+	// deadline per write, which would cost on the I/O path.
+	ReplyTimeout time.Duration
+	// MaxConnections caps the connections served at once, handshakes
+	// included (default 256). At the cap the server stops accepting until
+	// a connection ends: new clients wait in the listen backlog, as with
+	// qemu-nbd --shared. Each connection may hold MaxInFlightBytes of
+	// buffers and 2×Workers+1 goroutines.
+	MaxConnections int
 }
 
 const (
@@ -56,6 +70,8 @@ const (
 	defaultMaxInFlightBytes = 64 << 20
 	defaultHandshakeTimeout = 30 * time.Second
 	defaultReadSpin         = 50 * time.Microsecond
+	defaultReplyTimeout     = 2 * time.Minute
+	defaultMaxConnections   = 256
 )
 
 // Server serves Exports over NBD. Create it with NewServer, run Serve on
@@ -71,6 +87,14 @@ type Server struct {
 	lns      map[net.Listener]struct{}
 	conns    map[*serverConn]struct{}
 	connWG   sync.WaitGroup
+	// slots holds a token per connection served (MaxConnections);
+	// closing is closed by the first Shutdown.
+	slots     chan struct{}
+	closing   chan struct{}
+	closeOnce sync.Once
+	// watchStop ends the running watch (under mu): it runs while there
+	// are connections.
+	watchStop chan struct{}
 	// base is the context of every connection; cancel it only to abandon
 	// requests on a forced shutdown.
 	base       context.Context
@@ -98,6 +122,12 @@ func NewServer(exports Exports, opts Options) (*Server, error) {
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = defaultHandshakeTimeout
 	}
+	if opts.ReplyTimeout == 0 {
+		opts.ReplyTimeout = defaultReplyTimeout
+	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = defaultMaxConnections
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -109,6 +139,8 @@ func NewServer(exports Exports, opts Options) (*Server, error) {
 		log:        log,
 		lns:        make(map[net.Listener]struct{}),
 		conns:      make(map[*serverConn]struct{}),
+		slots:      make(chan struct{}, opts.MaxConnections),
+		closing:    make(chan struct{}),
 		base:       base,
 		cancelBase: cancel,
 	}, nil
@@ -176,8 +208,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	var delay time.Duration
 	for {
+		if !s.acquireSlot(ctx) {
+			return ErrServerClosed
+		}
 		nc, err := l.Accept()
 		if err != nil {
+			s.releaseSlot()
 			if s.draining.Load() {
 				return ErrServerClosed
 			}
@@ -202,17 +238,27 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		s.mu.Lock()
 		if s.draining.Load() {
 			s.mu.Unlock()
+			s.releaseSlot()
 			_ = nc.Close()
 			return ErrServerClosed
 		}
 		s.conns[c] = struct{}{}
 		s.connWG.Add(1)
+		if s.watchStop == nil && s.opts.ReplyTimeout > 0 {
+			s.watchStop = make(chan struct{})
+			go s.watch(s.watchStop)
+		}
 		s.mu.Unlock()
 		go func() {
 			defer s.connWG.Done()
+			defer s.releaseSlot()
 			c.serve()
 			s.mu.Lock()
 			delete(s.conns, c)
+			if len(s.conns) == 0 && s.watchStop != nil {
+				close(s.watchStop)
+				s.watchStop = nil
+			}
 			s.mu.Unlock()
 		}()
 	}
@@ -228,6 +274,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining.Store(true)
+	s.closeOnce.Do(func() { close(s.closing) })
 	for l := range s.lns {
 		_ = l.Close()
 	}
@@ -253,4 +300,47 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	return fmt.Errorf("nbd: shutdown: connections closed before draining: %w", ctx.Err())
+}
+
+// acquireSlot takes a connection slot, waiting while MaxConnections are
+// served; false when the server shuts down first.
+func (s *Server) acquireSlot(ctx context.Context) bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+	}
+	s.log.Warn("nbd: connection cap reached; new connections wait until one ends", "max_connections", cap(s.slots))
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-s.closing:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+func (s *Server) releaseSlot() { <-s.slots }
+
+// watch closes connections whose reply write has gone on for
+// ReplyTimeout (see Options.ReplyTimeout). It checks every quarter of the
+// timeout, and runs while there are connections: Serve starts it with
+// the first, and the end of the last closes stop.
+func (s *Server) watch(stop <-chan struct{}) {
+	limit := s.opts.ReplyTimeout
+	tick := time.NewTicker(max(limit/4, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-stop:
+			return
+		}
+		now := time.Now()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.checkReplyStuck(now, limit)
+		}
+		s.mu.Unlock()
+	}
 }

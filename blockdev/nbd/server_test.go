@@ -120,6 +120,9 @@ func TestNegotiation(t *testing.T) {
 
 	rwFlags := flagHasFlags | flagSendFlush | flagSendFUA | flagSendTrim | flagSendWriteZeroes | flagSendFastZero | flagCanMultiConn
 	roFlags := flagHasFlags | flagSendFlush | flagCanMultiConn | flagReadOnly
+	if ExportFlags(false) != rwFlags || ExportFlags(true) != roFlags {
+		t.Fatalf("ExportFlags = %#x, %#x; want %#x, %#x (what a kernel attach is given)", ExportFlags(false), ExportFlags(true), rwFlags, roFlags)
+	}
 	tests := []struct {
 		name       string
 		structured bool

@@ -512,8 +512,32 @@ func (c *serverConn) writev(iov *net.Buffers) {
 	if c.werr != nil {
 		return
 	}
-	if _, err := iov.WriteTo(c.nc); err != nil {
+	c.writing.Store(true)
+	_, err := iov.WriteTo(c.nc)
+	c.written.Add(1)
+	c.writing.Store(false)
+	if err != nil {
 		c.writeFailed(err)
+	}
+}
+
+// checkReplyStuck closes the connection if one reply write has been in
+// progress, with no other finished, for limit (from the first check that
+// saw it): the client has stopped reading its replies. Server.watch calls
+// it under the server's lock.
+func (c *serverConn) checkReplyStuck(now time.Time, limit time.Duration) {
+	n := c.written.Load()
+	if !c.writing.Load() || n != c.wdSeen {
+		c.wdSeen, c.wdSince = n, time.Time{}
+		return
+	}
+	if c.wdSince.IsZero() {
+		c.wdSince = now
+		return
+	}
+	if now.Sub(c.wdSince) >= limit {
+		c.log.Warn("nbd: the client has not taken a reply for the reply timeout; closing the connection", "reply_timeout", limit)
+		_ = c.raw.Close()
 	}
 }
 
