@@ -16,6 +16,7 @@ import (
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/blockdev/attach"
 	"github.com/strata-block/strata/blockdev/fuse"
+	"github.com/strata-block/strata/blockdev/nbd"
 )
 
 // host owns what the agent puts on the host: the FUSE mount with a file
@@ -304,7 +305,8 @@ func (h *host) attach(ctx context.Context, name string, useNBD bool) (Attachment
 	log := h.a.log.With("volume", name)
 	d := &device{}
 	if useNBD {
-		n, err := attach.AttachNBD(ctx, "unix", NBDSocket(h.a.cfg.DataDir), name, log)
+		_, snap, _ := blockdev.SplitExport(name)
+		n, err := attach.AttachNBD(ctx, "unix", NBDSocket(h.a.cfg.DataDir), name, nbd.ExportFlags(snap != ""), log)
 		if err != nil {
 			if errors.Is(err, attach.ErrNoKernelNBD) {
 				err = fmt.Errorf("%w: %w", errUnavailable, err)

@@ -54,10 +54,22 @@ type NBD struct {
 	err      error
 }
 
+// nbdSetFlags is NBD_SET_FLAGS, _IO(0xab, 10) in linux/nbd.h (go-nbd's
+// ioctl package and x/sys do not define it).
+const nbdSetFlags = 0xab<<8 | 10
+
 // AttachNBD connects export of the NBD server at network/address ("unix",
-// "/run/strata/nbd.sock") to a free /dev/nbdN with 4096-byte blocks. It
-// fails with ErrNoKernelNBD where the kernel has no NBD driver.
-func AttachNBD(ctx context.Context, network, address, export string, log *slog.Logger) (*NBD, error) {
+// "/run/strata/nbd.sock") to a free /dev/nbdN with 4096-byte blocks.
+// flags are the export's transmission flags as the server sends them
+// (nbd.ExportFlags for Strata's server): go-nbd's client reads them in
+// the negotiation but never gives them to the kernel, which without
+// NBD_FLAG_SEND_FLUSH treats the device as write-through and sends no
+// FLUSH, so a filesystem's journal commits would be acknowledged from the
+// server's page cache and lost with the host. They are set on the device
+// before the client connects it, and the kernel applies them when it
+// starts the device. AttachNBD fails with ErrNoKernelNBD where the kernel
+// has no NBD driver.
+func AttachNBD(ctx context.Context, network, address, export string, flags uint16, log *slog.Logger) (*NBD, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -67,6 +79,10 @@ func AttachNBD(ctx context.Context, network, address, export string, log *slog.L
 	path, dev, err := claimNBD()
 	if err != nil {
 		return nil, fmt.Errorf("nbd attach %q: %w", export, err)
+	}
+	if err := unix.IoctlSetInt(int(dev.Fd()), nbdSetFlags, int(flags)); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("nbd attach %q: NBD_SET_FLAGS %#x on %s: %w", export, flags, path, err)
 	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, network, address)

@@ -3,7 +3,9 @@ package attach
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/strata-block/strata/blockdev"
@@ -40,9 +42,15 @@ func testKernelNBD(t *testing.T) {
 		}
 	})
 	attach := func() *NBD {
-		d, err := AttachNBD(ctx, "unix", sock, "vol-nbd", testLogger(t))
+		d, err := AttachNBD(ctx, "unix", sock, "vol-nbd", nbd.ExportFlags(false), testLogger(t))
 		if err != nil {
 			t.Fatal(err)
+		}
+		// The kernel took the export's flags: it has a write cache to
+		// flush (journal commits reach the server as FLUSH and FUA).
+		wc, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(d.Path), "queue/write_cache"))
+		if err != nil || strings.TrimSpace(string(wc)) != "write back" {
+			t.Errorf("%s queue/write_cache %q (%v), want \"write back\": the kernel sends no FLUSH", d.Path, wc, err)
 		}
 		t.Cleanup(func() {
 			if err := d.Detach(context.Background()); err != nil {
