@@ -13,6 +13,7 @@ var backupSteps = map[string]string{
 	"incremental-10MiB-contiguous":    "inc-10MiB",
 	"incremental-1pct-scattered-4KiB": "inc-1pct-4KiB",
 	"restore":                         "restore",
+	"restore-durable":                 "restore-durable",
 }
 
 // backupCmd prints one benchbackup round (its JSON output) as samples.tsv
@@ -50,7 +51,7 @@ func backupCmd(w io.Writer, args []string) error {
 		}
 		fmt.Fprintf(w, "backup\t%s\tstrata\t%s\ts\t%.3f\n", fig, r, st.StrataSeconds)
 		fmt.Fprintf(w, "backup\t%s\trestic\t%s\ts\t%.3f\n", fig, r, st.ResticSeconds)
-		if fig == "restore" {
+		if fig == "restore" || fig == "restore-durable" {
 			continue
 		}
 		const mib = 1 << 20
