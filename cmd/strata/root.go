@@ -33,7 +33,9 @@ one JSON event a line. "strata version --json" prints {"version": "..."};
 A verb that fails prints one line on stderr; with --json it also prints
 {"error": "...", "code": "..."} as one line on stdout (code: the server's
 API error code, such as not_found, invalid or in_use; "usage" for a wrong
-command line; "interrupted"; else "error").
+command line; "interrupted"; else "error"). It is the last line: a long
+verb echoes its events before it, the server's {"event": "error", ...} one
+included, which may carry a partial report.
 
 Exit status: 0 success; 1 the verb failed; 2 the command line is wrong (an
 unknown command, the wrong number of arguments, an unknown or malformed
