@@ -80,6 +80,12 @@ func AttachNBD(ctx context.Context, network, address, export string, flags uint1
 	if err != nil {
 		return nil, fmt.Errorf("nbd attach %q: %w", export, err)
 	}
+	// Before NBD_SET_SOCK claims the device, as go-nbd's Connect does it
+	// all: an ioctl-mode client of another program claiming the same
+	// device between claimNBD's check and our SET_SOCK would run with
+	// these flags (our SET_SOCK then fails with EBUSY). Agents attach one
+	// at a time (the host's lock), and a netlink-bound device refuses
+	// the ioctl.
 	if err := unix.IoctlSetInt(int(dev.Fd()), nbdSetFlags, int(flags)); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("nbd attach %q: NBD_SET_FLAGS %#x on %s: %w", export, flags, path, err)

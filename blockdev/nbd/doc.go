@@ -40,15 +40,16 @@
 // write payload over 4×MaxPayload, closes that connection only. The bytes
 // of payload in flight per connection are capped (MaxInFlightBytes): the
 // reader waits for replies to drain. A client that stops reading its
-// replies is cut off once one reply write has gone on for ReplyTimeout
-// (2 min; a watchdog checks, no deadline per write), so it cannot keep
+// replies is cut off once a reply write has made no progress for
+// ReplyTimeout (2 min; a watchdog checks, no deadline per write; replies
+// over 4 MiB go out in 4 MiB pieces, each progress), so it cannot keep
 // its export in use for good.
 //
 // Listeners: ListenUnix (the default) and ListenTCP (opt-in); Serve on
-// each. At MaxConnections (256) connections the server stops accepting
-// until one ends. Shutdown stops accepting, lets requests in flight
-// finish, flushes the exports written through each connection, and
-// closes.
+// each. At MaxConnections (256) connections in transmission, NBD_OPT_GO
+// is refused with NBD_REP_ERR_POLICY and a message; handshakes do not
+// count. Shutdown stops accepting, lets requests in flight finish,
+// flushes the exports written through each connection, and closes.
 //
 // The package serves blockdev.Volume and nothing else: among Strata packages
 // it imports only blockdev. It must not import snapshot, the other frontends

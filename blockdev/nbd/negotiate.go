@@ -52,6 +52,7 @@ type serverConn struct {
 	name    string
 	vol     blockdev.Volume
 	release func()
+	slot    bool // holds a place in transmission (Server.takeSlot)
 	size    int64
 	tflags  uint16
 
@@ -65,9 +66,13 @@ type serverConn struct {
 	// watchdog (Server.watch) reads them; wdSeen and wdSince are its own.
 	writing atomic.Bool
 	written atomic.Uint64
-	wdSeen  uint64
-	wdSince time.Time
-	dirty   atomic.Bool // a write-type request succeeded since the last flush
+	// A piece of a large reply being written (writeSteps, under wmu):
+	// piece is consumed by the write, pieceBuf keeps the array.
+	piece    net.Buffers
+	pieceBuf net.Buffers
+	wdSeen   uint64
+	wdSince  time.Time
+	dirty    atomic.Bool // a write-type request succeeded since the last flush
 
 	// The reader role: see transmit.go.
 	readState  atomic.Uint64
@@ -97,6 +102,9 @@ func (c *serverConn) serve() {
 	defer func() {
 		if c.release != nil {
 			c.release()
+		}
+		if c.slot {
+			c.s.releaseSlot() // before the close the client waits for
 		}
 		_ = c.nc.Close()
 	}()
@@ -363,9 +371,13 @@ func (c *serverConn) open(ctx context.Context, name string) (blockdev.Volume, fu
 
 func (c *serverConn) optExportName(ctx context.Context, name string) error {
 	name = c.exportName(name)
+	if !c.s.takeSlot() {
+		// NBD_OPT_EXPORT_NAME cannot be refused but by closing.
+		return fmt.Errorf("export %q: %s", name, c.capMessage())
+	}
+	c.slot = true
 	vol, release, flags, err := c.open(ctx, name)
 	if err != nil {
-		// NBD_OPT_EXPORT_NAME cannot be refused but by closing.
 		return fmt.Errorf("open export %q: %w", name, err)
 	}
 	c.enter(name, vol, release, flags)
@@ -424,6 +436,18 @@ func (c *serverConn) optInfo(ctx context.Context, opt uint32, data []byte) (bool
 			release()
 		}
 	}()
+	if opt == optGo {
+		if !c.s.takeSlot() {
+			return false, c.repErr(opt, repErrPolicy, c.capMessage())
+		}
+		c.slot = true
+		defer func() {
+			if !keep {
+				c.s.releaseSlot()
+				c.slot = false
+			}
+		}()
+	}
 	var b [14]byte
 	binary.BigEndian.PutUint16(b[0:2], infoExport)
 	binary.BigEndian.PutUint64(b[2:10], uint64(vol.Size()))
@@ -459,6 +483,11 @@ func (c *serverConn) optInfo(ctx context.Context, opt uint32, data []byte) (bool
 		return true, nil
 	}
 	return false, nil
+}
+
+// capMessage says why a client is refused at MaxConnections.
+func (c *serverConn) capMessage() string {
+	return fmt.Sprintf("too many connections: the server serves at most %d at once; try again when one ends", cap(c.s.slots))
 }
 
 func (c *serverConn) description(ctx context.Context, name string) string {

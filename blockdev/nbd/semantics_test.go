@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -460,26 +461,58 @@ func TestStuckClientClosed(t *testing.T) {
 	}
 }
 
-// TestConnectionCap: at MaxConnections the server stops accepting, and a
-// waiting client is served once a connection ends.
+// TestConnectionCap: at MaxConnections in transmission, NBD_OPT_GO is
+// refused with a message saying why (handshakes do not count), and the
+// same client gets in once a connection ends.
 func TestConnectionCap(t *testing.T) {
 	t.Parallel()
 	e, _, _ := memExports(t)
 	ts := startServer(t, e, Options{MaxConnections: 2})
+	waiting := newTestClient(t, dialUnix(t, ts.sock)) // in negotiation: not counted
 	first := connect(t, ts.sock, "vol", false)
 	connect(t, ts.sock, "vol@snap", false)
-	waiting := dialUnix(t, ts.sock) // in the listen backlog
-	var hello [18]byte
-	_ = waiting.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	if n, err := io.ReadFull(waiting, hello[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("third connection at a cap of 2: read %d bytes of greeting, err %v; want no greeting", n, err)
+	reps := waiting.option(optGo, infoData("vol"))
+	if last := reps[len(reps)-1]; last.typ != repErrPolicy || !strings.Contains(string(last.data), "too many connections") {
+		t.Fatalf("GO past a cap of 2: reply %#x %q, want NBD_REP_ERR_POLICY saying too many connections", last.typ, last.data)
 	}
 	first.disconnect()
-	_ = waiting.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.ReadFull(waiting, hello[:]); err != nil {
-		t.Fatalf("greeting once a connection ended: %v", err)
+	waiting.goExport("vol")
+	if r := waiting.do(cmdRead, 0, 0, 4096, nil); r.errno != 0 {
+		t.Fatalf("read once a connection ended: errno %d", r.errno)
 	}
-	if binary.BigEndian.Uint64(hello[0:8]) != magicNBD {
-		t.Fatalf("greeting % x", hello)
+}
+
+// TestSlowReaderNotCut: a client that reads a 32 MiB reply slowly, but
+// without stopping, is not taken for one that stopped reading: the reply
+// goes out in pieces, each one progress. Before, the whole reply was one
+// write, and a reply taking longer than ReplyTimeout cut the connection.
+func TestSlowReaderNotCut(t *testing.T) {
+	t.Parallel()
+	e := NewMapExports()
+	vol := newMemVolume("vol", 64<<20)
+	if err := e.Add(vol, ""); err != nil {
+		t.Fatal(err)
 	}
+	ts := startServer(t, e, Options{ReplyTimeout: 2 * time.Second})
+	tc := connect(t, ts.sock, "vol", false)
+	h := tc.send(cmdRead, 0, 0, MaxPayload, nil)
+	// About 3.2 s for the reply: 1 MiB every 100 ms.
+	var head [16]byte
+	if _, err := io.ReadFull(tc.br, head[:]); err != nil {
+		t.Fatalf("reply header: %v", err)
+	}
+	if got := binary.BigEndian.Uint64(head[8:16]); got != h {
+		t.Fatalf("reply for handle %d, want %d", got, h)
+	}
+	buf := make([]byte, 1<<20)
+	for i := range MaxPayload >> 20 {
+		time.Sleep(100 * time.Millisecond)
+		if _, err := io.ReadFull(tc.br, buf); err != nil {
+			t.Fatalf("reading the reply slowly, MiB %d: %v (the server cut the connection)", i, err)
+		}
+	}
+	if r := tc.do(cmdRead, 0, 0, 4096, nil); r.errno != 0 {
+		t.Fatalf("read after the slow reply: errno %d", r.errno)
+	}
+	tc.disconnect()
 }

@@ -49,19 +49,23 @@ type Options struct {
 	// socket before it parks in the runtime's poller (default 50 µs;
 	// negative: park at once). See spin.go.
 	ReadSpin time.Duration
-	// ReplyTimeout is how long one reply write may go on before the
-	// connection is closed (default 2 min; negative: no limit). A client
+	// ReplyTimeout is how long a reply write may go on without progress
+	// (a reply over 4 MiB progresses each 4 MiB) before the connection is
+	// closed (default 2 min; negative: no limit). A client
 	// that stops reading its replies otherwise pins the connection's
 	// workers, its in-flight budget and its export (whose volume then
 	// stays in use: delete and revert refuse) until it disconnects. The
 	// limit is checked by a watchdog every quarter of it, not by a
 	// deadline per write, which would cost on the I/O path.
 	ReplyTimeout time.Duration
-	// MaxConnections caps the connections served at once, handshakes
-	// included (default 256). At the cap the server stops accepting until
-	// a connection ends: new clients wait in the listen backlog, as with
-	// qemu-nbd --shared. Each connection may hold MaxInFlightBytes of
-	// buffers and 2×Workers+1 goroutines.
+	// MaxConnections caps the connections in the transmission phase
+	// (default 256), each of which may hold MaxInFlightBytes of buffers
+	// and 2×Workers+1 goroutines. Beyond it NBD_OPT_GO is refused with
+	// NBD_REP_ERR_POLICY and a message saying so (the client may try
+	// again on the same connection); NBD_OPT_EXPORT_NAME, which cannot be
+	// refused, closes the connection. Handshakes are not counted, so
+	// clients that never authenticate cannot take the places of those
+	// that do: each ends within HandshakeTimeout.
 	MaxConnections int
 }
 
@@ -87,11 +91,10 @@ type Server struct {
 	lns      map[net.Listener]struct{}
 	conns    map[*serverConn]struct{}
 	connWG   sync.WaitGroup
-	// slots holds a token per connection served (MaxConnections);
-	// closing is closed by the first Shutdown.
+	// slots holds a token per connection in transmission
+	// (MaxConnections); capWarned is when the refusal was last logged.
 	slots     chan struct{}
-	closing   chan struct{}
-	closeOnce sync.Once
+	capWarned atomic.Int64
 	// watchStop ends the running watch (under mu): it runs while there
 	// are connections.
 	watchStop chan struct{}
@@ -140,7 +143,6 @@ func NewServer(exports Exports, opts Options) (*Server, error) {
 		lns:        make(map[net.Listener]struct{}),
 		conns:      make(map[*serverConn]struct{}),
 		slots:      make(chan struct{}, opts.MaxConnections),
-		closing:    make(chan struct{}),
 		base:       base,
 		cancelBase: cancel,
 	}, nil
@@ -208,12 +210,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	var delay time.Duration
 	for {
-		if !s.acquireSlot(ctx) {
-			return ErrServerClosed
-		}
 		nc, err := l.Accept()
 		if err != nil {
-			s.releaseSlot()
 			if s.draining.Load() {
 				return ErrServerClosed
 			}
@@ -238,7 +236,6 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		s.mu.Lock()
 		if s.draining.Load() {
 			s.mu.Unlock()
-			s.releaseSlot()
 			_ = nc.Close()
 			return ErrServerClosed
 		}
@@ -251,7 +248,6 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		s.mu.Unlock()
 		go func() {
 			defer s.connWG.Done()
-			defer s.releaseSlot()
 			c.serve()
 			s.mu.Lock()
 			delete(s.conns, c)
@@ -274,7 +270,6 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining.Store(true)
-	s.closeOnce.Do(func() { close(s.closing) })
 	for l := range s.lns {
 		_ = l.Close()
 	}
@@ -302,20 +297,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return fmt.Errorf("nbd: shutdown: connections closed before draining: %w", ctx.Err())
 }
 
-// acquireSlot takes a connection slot, waiting while MaxConnections are
-// served; false when the server shuts down first.
-func (s *Server) acquireSlot(ctx context.Context) bool {
+// takeSlot takes a place in the transmission phase (MaxConnections);
+// false, logged at most every 10 s, when there is none.
+func (s *Server) takeSlot() bool {
 	select {
 	case s.slots <- struct{}{}:
 		return true
 	default:
 	}
-	s.log.Warn("nbd: connection cap reached; new connections wait until one ends", "max_connections", cap(s.slots))
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	case <-s.closing:
-	case <-ctx.Done():
+	now := time.Now().UnixNano()
+	if last := s.capWarned.Load(); now-last > int64(10*time.Second) && s.capWarned.CompareAndSwap(last, now) {
+		s.log.Warn("nbd: connection cap reached; refusing new connections until one ends", "max_connections", cap(s.slots))
 	}
 	return false
 }

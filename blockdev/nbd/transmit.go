@@ -513,12 +513,57 @@ func (c *serverConn) writev(iov *net.Buffers) {
 		return
 	}
 	c.writing.Store(true)
-	_, err := iov.WriteTo(c.nc)
-	c.written.Add(1)
+	err := c.writeSteps(iov)
 	c.writing.Store(false)
 	if err != nil {
 		c.writeFailed(err)
 	}
+}
+
+// progressStep is the most one write of a reply sends before it counts
+// as progress for the watchdog: a larger reply (a read of up to
+// MaxPayload) goes out in pieces of this size, so that a client reading
+// it slowly, at 35 KB/s or more with the default ReplyTimeout, is not
+// taken for one that stopped. Replies up to it (every reply of 4 MiB or
+// less, and the inline batches) go in one writev as before.
+const progressStep = 4 << 20
+
+// writeSteps writes iov, in pieces of at most progressStep bytes when it
+// is larger, counting each in written. Callers hold wmu.
+func (c *serverConn) writeSteps(iov *net.Buffers) error {
+	total := 0
+	for _, b := range *iov {
+		total += len(b)
+	}
+	if total <= progressStep {
+		_, err := iov.WriteTo(c.nc)
+		c.written.Add(1)
+		return err
+	}
+	for len(*iov) > 0 {
+		n, k := 0, 0
+		for k < len(*iov) && n+len((*iov)[k]) <= progressStep {
+			n += len((*iov)[k])
+			k++
+		}
+		pb := c.pieceBuf[:0]
+		if k == 0 { // a buffer larger than a step: its first step
+			b := (*iov)[0]
+			pb = append(pb, b[:progressStep])
+			(*iov)[0] = b[progressStep:]
+		} else {
+			pb = append(pb, (*iov)[:k]...)
+			*iov = (*iov)[k:]
+		}
+		c.pieceBuf, c.piece = pb, pb
+		_, err := c.piece.WriteTo(c.nc)
+		clear(pb)
+		c.written.Add(1)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkReplyStuck closes the connection if one reply write has been in
