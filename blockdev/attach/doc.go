@@ -13,7 +13,10 @@
 //
 // Kernel NBD (AttachNBD) needs nbd.ko: KernelNBD says whether it is
 // there (loading it with modprobe) and why not. The device talks to the
-// blockdev/nbd server over its unix socket.
+// blockdev/nbd server over its unix socket, through go-nbd's client; the
+// export's transmission flags are set on the device first (go-nbd does
+// not pass them on), so the kernel has a write cache to flush and sends
+// FLUSH and FUA.
 //
 // Start-up order after a crash: CleanStale(fuseDir) unmounts filesystems
 // on loop devices backed by files in the dead FUSE mount and detaches
