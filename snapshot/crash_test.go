@@ -151,7 +151,7 @@ const (
 	crashHdrSize = 24
 
 	crashChildLife    = time.Minute      // a child never killed exits by itself
-	crashRoundTimeout = 30 * time.Second // a child running longer fails the test
+	crashRoundTimeout = 60 * time.Second // a child running longer fails the test (a round takes 12 s under -race on an idle 2-core machine)
 	crashFallbackKill = 300 * time.Millisecond
 )
 
@@ -1219,6 +1219,10 @@ func crashKillMergeAppend(t *testing.T, dir string) bool {
 		t.Fatal(err)
 	}
 	size0 := st.Size()
+	// The merge gets a deadline of its own: on a loaded machine the
+	// child's set-up (2^17 zero and trim calls, under -race) may take
+	// much of the first.
+	deadline = time.After(crashRoundTimeout)
 	for {
 		select {
 		case <-lines: // "A": the merge ended before we saw the log grow
@@ -1231,6 +1235,10 @@ func crashKillMergeAppend(t *testing.T, dir string) bool {
 			_ = cmd.Process.Kill()
 			return true
 		}
+		// Yield the CPU to the child (2 cores, other tests running): a
+		// poll without a pause kept one core, and the merge missed its
+		// deadline. The append takes milliseconds, so a kill still lands.
+		time.Sleep(20 * time.Microsecond)
 	}
 }
 
