@@ -103,9 +103,7 @@ func (c *serverConn) serve() {
 		if c.release != nil {
 			c.release()
 		}
-		if c.slot {
-			c.s.releaseSlot() // before the close the client waits for
-		}
+		c.dropSlot() // before the close the client waits for
 		_ = c.nc.Close()
 	}()
 	c.br = bufio.NewReaderSize(newSpinReader(c.nc, c.s.opts.ReadSpin), ioBufSize)
@@ -371,11 +369,10 @@ func (c *serverConn) open(ctx context.Context, name string) (blockdev.Volume, fu
 
 func (c *serverConn) optExportName(ctx context.Context, name string) error {
 	name = c.exportName(name)
-	if !c.s.takeSlot() {
+	if !c.takeSlot() {
 		// NBD_OPT_EXPORT_NAME cannot be refused but by closing.
 		return fmt.Errorf("export %q: %s", name, c.capMessage())
 	}
-	c.slot = true
 	vol, release, flags, err := c.open(ctx, name)
 	if err != nil {
 		return fmt.Errorf("open export %q: %w", name, err)
@@ -437,14 +434,12 @@ func (c *serverConn) optInfo(ctx context.Context, opt uint32, data []byte) (bool
 		}
 	}()
 	if opt == optGo {
-		if !c.s.takeSlot() {
+		if !c.takeSlot() {
 			return false, c.repErr(opt, repErrPolicy, c.capMessage())
 		}
-		c.slot = true
 		defer func() {
 			if !keep {
-				c.s.releaseSlot()
-				c.slot = false
+				c.dropSlot()
 			}
 		}()
 	}
@@ -483,6 +478,20 @@ func (c *serverConn) optInfo(ctx context.Context, opt uint32, data []byte) (bool
 		return true, nil
 	}
 	return false, nil
+}
+
+// takeSlot takes a place in transmission for c (Server.takeSlot).
+func (c *serverConn) takeSlot() bool {
+	c.slot = c.s.takeSlot()
+	return c.slot
+}
+
+// dropSlot gives back c's place in transmission, if it holds one.
+func (c *serverConn) dropSlot() {
+	if c.slot {
+		c.s.releaseSlot()
+		c.slot = false
+	}
 }
 
 // capMessage says why a client is refused at MaxConnections.

@@ -753,7 +753,7 @@ func (c *serverConn) blockStatus(ctx context.Context, r *request) {
 	// would be a million entries in memory at once, for a reply that
 	// holds at most maxDescriptors.
 window:
-	for pos < end && nd <= limit {
+	for pos < end {
 		wend := min(end, pos+blockStatusWindow)
 		exts, err := c.vol.Extents(ctx, pos, wend-pos)
 		if err != nil {
@@ -763,7 +763,6 @@ window:
 			c.failed(r, errnoOf(err), err)
 			return
 		}
-		start := pos
 		for _, e := range exts {
 			es, ee := max(e.Offset, pos), min(e.Offset+e.Length, wend)
 			if ee <= es || es != pos {
@@ -782,7 +781,7 @@ window:
 			}
 			last, pos = st, ee
 		}
-		if pos == start || pos < wend {
+		if pos < wend {
 			break // the device said nothing (more) about this window
 		}
 	}

@@ -58,7 +58,7 @@ func main() {
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of Strata's part of -profile-step to this file")
 	flag.StringVar(&traceFile, "trace", "", "write an execution trace of Strata's part of -profile-step to this file (go tool trace; -pprof=syscall or sync shows where it waits)")
 	flag.BoolVar(&phases, "phases", false, "print the time each of Strata's phases starts, per step, to stderr")
-	flag.BoolVar(withState, "state", true, "restore with a state file, checkpointing (flushing) each window as the backup service does to be resumable after a kill; -state=false measures the engine without")
+	flag.BoolVar(&withState, "state", true, "restore with a state file, checkpointing (flushing) each window as the backup service does to be resumable after a kill; -state=false measures the engine without")
 	flag.StringVar(&profileStep, "profile-step", "full", "step to profile: full, incremental-10MiB-contiguous, incremental-1pct-scattered-4KiB, restore")
 	flag.Parse()
 	if err := run(context.Background(), *dir, *size, *restic, *round); err != nil {
@@ -69,8 +69,7 @@ func main() {
 
 var (
 	cpuProfile, profileStep, traceFile string
-	phases                             bool
-	withState                          = new(bool)
+	phases, withState                  bool
 )
 
 // phaseLog returns a progress function printing phase changes with the
@@ -294,7 +293,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		}
 		t0, c0 := time.Now(), cpuSeconds()
 		opts := backupd.RestoreOptions{DestZeroed: true, Progress: phaseLog("restore", t0)}
-		if *withState {
+		if withState {
 			opts.StatePath = filepath.Join(dir, "restore", "strata.state") // as the backup service restores
 		}
 		if _, err := repo.Restore(ctx, lastManifest, backupd.FileDestination{F: f, N: size}, opts); err != nil {
