@@ -111,6 +111,11 @@ const restoreWindowChunks = 4096
 // goroutine) do not leave a core idle.
 const restoreWindows = 4
 
+// unfinishedWindows is the number of restored windows that may wait to
+// be finished (flushed, recorded in the state file) while the next are
+// restored: 256 MiB of volume.
+const unfinishedWindows = 8
+
 // Restore writes backup manifestKey to dst, verifying every chunk (xxhash
 // and id) and the whole-volume digest. dst must be at least the backup's
 // size; bytes past it are not touched.
@@ -159,33 +164,28 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	dg := newDigest(m.Size, m.ChunkSize)
 	var damaged []DamagedRange
 	var dmu sync.Mutex
-	// restoreWindows windows run at once, so that one's last range does not
-	// leave the Gets and the CPU idle; sem bounds the Gets of all to
-	// opts.Parallel.
-	// A window is finished (flushed, recorded in the state file) only
-	// after every window before it.
+	// restoreWindows windows are restored at once (slots), so that one's
+	// last range does not leave the Gets and the CPU idle; sem bounds the
+	// Gets of all to opts.Parallel. One goroutine, the finisher, finishes
+	// them in order (flushes the destination, records them in the state
+	// file) while the next windows are restored: when the loop flushed
+	// itself, the restore stopped at every flush, and a durable restore
+	// took the disk's time after the CPU's instead of beside it. At most
+	// unfinishedWindows windows are waiting for the finisher, which bounds
+	// what one flush writes and how far the state file lags.
 	sem := make(chan struct{}, opts.Parallel)
+	slots := make(chan struct{}, restoreWindows)
 	type windowRun struct {
 		from, end int // pages
 		err       error
 		damaged   int // chunks skipped (SkipDamaged), under dmu
 		done      chan struct{}
 	}
-	var running []*windowRun
 	// stateHeld: a window had damaged chunks, so the state file stays
 	// before it: a rerun must restore it again (and report the damage)
-	// rather than skip it as done.
+	// rather than skip it as done. The finisher's.
 	stateHeld := false
-	defer func() {
-		cancel(context.Canceled)
-		for _, wr := range running {
-			<-wr.done
-		}
-	}()
-	finish := func() error {
-		wr := running[0]
-		<-wr.done
-		running = running[1:]
+	finish := func(wr *windowRun) error {
 		if wr.err != nil {
 			return context.Cause(ctx) // the first window's error
 		}
@@ -215,15 +215,51 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		report(PhaseRestore)
 		return nil
 	}
+	queue := make(chan *windowRun, unfinishedWindows)
+	finished := make(chan error, 1)
+	go func() {
+		var err error
+		for wr := range queue {
+			<-wr.done
+			if err == nil {
+				if err = finish(wr); err != nil {
+					cancel(err) // ends the loop and the windows restoring
+				}
+			}
+		}
+		finished <- err
+	}()
+	queued := true
+	// stop ends the finisher once every queued window has ended, and
+	// returns its error; err, if not nil, stops the restore first.
+	stop := func(err error) error {
+		if err != nil {
+			cancel(err)
+		}
+		if queued {
+			close(queue)
+			queued = false
+		}
+		ferr := <-finished
+		finished <- ferr // stop may be called again (the deferred call)
+		if err != nil {
+			if c := context.Cause(ctx); !errors.Is(err, c) {
+				return c // the first error: the finisher's or a window's
+			}
+			return err
+		}
+		return ferr
+	}
+	defer stop(context.Canceled)
 	for w := 0; w < len(m.Pages); w += window {
 		var win []pageResult
 		for range min(window, len(m.Pages)-w) {
 			pr, ok := <-pages
 			if !ok {
-				return nil, fmt.Errorf("%s: %w", where, context.Cause(ctx))
+				return nil, stop(fmt.Errorf("%s: %w", where, context.Cause(ctx)))
 			}
 			if pr.err != nil {
-				return nil, fmt.Errorf("restore: %w", pr.err)
+				return nil, stop(fmt.Errorf("restore: %w", pr.err))
 			}
 			win = append(win, pr)
 		}
@@ -247,23 +283,27 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 			dmu.Unlock()
 			return nil
 		}
-		running = append(running, wr)
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, stop(context.Cause(ctx))
+		}
+		select {
+		case queue <- wr:
+		case <-ctx.Done():
+			<-slots
+			return nil, stop(context.Cause(ctx))
+		}
 		go func() {
 			defer close(wr.done)
+			defer func() { <-slots }()
 			if wr.err = r.restoreWindow(ctx, m, k, idx, win, verify, dst, opts, sem, &cnt, fail); wr.err != nil {
 				cancel(wr.err)
 			}
 		}()
-		if len(running) >= restoreWindows {
-			if err := finish(); err != nil {
-				return nil, err
-			}
-		}
 	}
-	for len(running) > 0 {
-		if err := finish(); err != nil {
-			return nil, err
-		}
+	if err := stop(nil); err != nil {
+		return nil, err
 	}
 	if err := dst.Flush(ctx); err != nil {
 		return nil, fmt.Errorf("%s: flush: %w", where, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -203,3 +204,46 @@ func sectionByKey(t *testing.T, k string) *section {
 }
 
 func near(a, b float64) bool { d := a - b; return d < 1e-9 && d > -1e-9 }
+
+// benchbackup's JSON becomes samples: seconds per tool, the plain write's
+// seconds where the step carries one, and stored bytes for backup steps
+// only.
+func TestBackupCmdSamples(t *testing.T) {
+	in := filepath.Join(t.TempDir(), "round.json")
+	js := `{"round":0,"size":1073741824,"steps":[
+{"step":"full","strata_s":2,"restic_s":6,"strata_bytes":1048576,"restic_bytes":2097152,"changed_bytes":1048576,"disk_s":3.5},
+{"step":"incremental-10MiB-contiguous","strata_s":0.1,"restic_s":3,"strata_bytes":1,"restic_bytes":2,"changed_bytes":1},
+{"step":"restore","strata_s":2.5,"restic_s":3,"changed_bytes":1073741824,"disk_s":3.5}]}`
+	if err := os.WriteFile(in, []byte(js), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := backupCmd(&out, []string{in, "2"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"backup\tfull\tstrata\t2\ts\t2.000",
+		"backup\tfull\trestic\t2\ts\t6.000",
+		"backup\tfull\tdisk\t2\ts\t3.500",
+		"backup\tfull\tstrata\t2\tstored_MiB\t1.000",
+		"backup\tfull\trestic\t2\tstored_MiB\t2.000",
+		"backup\tfull\tchanged\t2\tstored_MiB\t1.000",
+		"backup\tinc-10MiB\tstrata\t2\ts\t0.100",
+		"backup\tinc-10MiB\trestic\t2\ts\t3.000",
+		"backup\tinc-10MiB\tstrata\t2\tstored_MiB\t0.000",
+		"backup\tinc-10MiB\trestic\t2\tstored_MiB\t0.000",
+		"backup\tinc-10MiB\tchanged\t2\tstored_MiB\t0.000",
+		"backup\trestore\tstrata\t2\ts\t2.500",
+		"backup\trestore\trestic\t2\ts\t3.000",
+		"backup\trestore\tdisk\t2\ts\t3.500",
+	}
+	if got := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n"); !slices.Equal(got, want) {
+		t.Errorf("samples:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if err := os.WriteFile(in, []byte(`{"steps":[{"step":"fulll","strata_s":1}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := backupCmd(&out, []string{in, "1"}); err == nil || !strings.Contains(err.Error(), `unknown step "fulll"`) {
+		t.Errorf("unknown step: err %v", err)
+	}
+}

@@ -39,6 +39,13 @@ type step struct {
 	// process's during the step, restic's its child process's.
 	StrataCPU float64 `json:"strata_cpu_s"`
 	ResticCPU float64 `json:"restic_cpu_s"`
+	// DiskSeconds, on the full and restore steps: how long a plain write
+	// of the volume's size into a new file took in the same round, with
+	// one fsync at the end (as dd conv=fsync): what making that much data
+	// durable costs on this machine's disk, the reference for a full
+	// backup (to an fs target that fsyncs its objects) and for a restore
+	// that returns once its data is durable.
+	DiskSeconds float64 `json:"disk_s,omitempty"`
 }
 
 // cpuSeconds returns this process's user + system CPU time.
@@ -280,8 +287,16 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		return err
 	}
 
+	// The disk's reference, measured where the page cache is as the
+	// restore finds it.
+	disk, err := plainWrite(ctx, filepath.Join(dir, "disk.img"), size)
+	if err != nil {
+		return err
+	}
+	steps[0].DiskSeconds = disk
+
 	// Restore the latest backup with each tool.
-	st := step{Name: "restore", ChangedBytes: size}
+	st := step{Name: "restore", ChangedBytes: size, DiskSeconds: disk}
 	strata := func() error {
 		f, err := os.Create(filepath.Join(dir, "restore", "strata.img"))
 		if err != nil {
@@ -329,7 +344,7 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 	if err := alternate(round, profiled("restore", strata), rest); err != nil {
 		return err
 	}
-	steps = append(steps, st, step{Name: "restore-durable", StrataSeconds: st.StrataSeconds, StrataCPU: st.StrataCPU, ResticSeconds: resticDurable, ChangedBytes: size})
+	steps = append(steps, st, step{Name: "restore-durable", StrataSeconds: st.StrataSeconds, StrataCPU: st.StrataCPU, ResticSeconds: resticDurable, ChangedBytes: size, DiskSeconds: disk})
 	for _, p := range []string{filepath.Join(dir, "restore", "strata.img"), filepath.Join(dir, "restore", "restic", "vol.img")} {
 		if restic == "none" && filepath.Base(filepath.Dir(p)) == "restic" {
 			continue
@@ -339,6 +354,32 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		}
 	}
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{"round": round, "size": size, "steps": steps})
+}
+
+// plainWrite writes size bytes into a new file at path in 1 MiB writes,
+// fsyncs it once, removes it, and returns the seconds that took.
+func plainWrite(ctx context.Context, path string, size int64) (float64, error) {
+	buf := make([]byte, 1<<20)
+	_, _ = rand.NewChaCha8([32]byte{1}).Read(buf) // never fails
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	t0 := time.Now()
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
+			return 0, err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	return time.Since(t0).Seconds(), nil
 }
 
 func alternate(round int, a, b func() error) error {
