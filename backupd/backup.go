@@ -143,7 +143,13 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (_ *Result,
 		return nil, fmt.Errorf("backup of volume %q: %v since loading the index, more than %v: %w", opts.Volume, el, opts.MaxDuration, ErrTooSlow)
 	}
 	key := ManifestKey(m.Volume, m.ID)
-	enc, err := EncodeManifest(m)
+	encode := func() ([]byte, error) {
+		if b.k != nil {
+			m.MAC = b.k.manifestMAC(m)
+		}
+		return EncodeManifest(m)
+	}
+	enc, err := encode()
 	if err != nil {
 		return nil, fmt.Errorf("backup of volume %q: %w", opts.Volume, err)
 	}
@@ -152,7 +158,7 @@ func (r *Repository) Backup(ctx context.Context, opts BackupOptions) (_ *Result,
 	base := m.Stats.BytesUploaded
 	for range 3 {
 		m.Stats.BytesUploaded = base + int64(len(enc))
-		if enc, err = EncodeManifest(m); err != nil {
+		if enc, err = encode(); err != nil {
 			return nil, fmt.Errorf("backup of volume %q: %w", opts.Volume, err)
 		}
 		if base+int64(len(enc)) == m.Stats.BytesUploaded {

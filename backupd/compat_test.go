@@ -1,17 +1,20 @@
 package backupd
 
 import (
+	"errors"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
 // testdata/v1repo is a repository written by the engine before records
 // could carry flagLeafID (commit 6990d83): volume "enc" backed up with
 // testKey, volume "plain" without a key, both of compatData(). Newer code
-// must keep restoring, verifying and building incrementals on it.
+// must keep restoring, verifying and building incrementals on it; "enc"'s
+// manifest predates manifest MACs, so only with AllowUnencrypted.
 
 const compatSize = 3 << 20
 
@@ -70,8 +73,19 @@ func TestReadsV1Repository(t *testing.T) {
 			if tc.key {
 				k = testKey(t)
 			}
-			r := Open(NewFSTarget(t, dir), &Options{Key: k, Logger: testLogger(t)})
 			ctx := t.Context()
+			if tc.key {
+				// Its manifest predates manifest MACs: refused unless
+				// unauthenticated backups are allowed.
+				r := Open(NewFSTarget(t, dir), &Options{Key: k, Logger: testLogger(t)})
+				if _, err := r.LoadManifest(ctx, "backups/enc/28449f3b6db6c4b6db9d4421f3394912"); !errors.Is(err, ErrKey) || !strings.Contains(err.Error(), "no MAC") {
+					t.Fatalf("manifest without a MAC: %v, want ErrKey saying so", err)
+				}
+				if l, err := r.ListManifests(ctx, tc.volume); err != nil || len(l.Backups) != 0 || len(l.Skipped) != 1 {
+					t.Fatalf("listing with a manifest without a MAC: %+v, %v; want it skipped", l, err)
+				}
+			}
+			r := Open(NewFSTarget(t, dir), &Options{Key: k, AllowUnencrypted: tc.key, Logger: testLogger(t)})
 			old, err := r.Latest(ctx, tc.volume)
 			if err != nil {
 				t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,6 +133,15 @@ func FuzzDecodeManifest(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(b2)
+	// An encrypted one with its MAC, in another time zone.
+	k := testKey(f)
+	m.Encrypted, m.KeyID, m.Created = true, k.ID(), m.Created.In(time.FixedZone("x", -5*3600))
+	m.MAC = k.manifestMAC(m)
+	b3, err := EncodeManifest(m)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b3)
 	f.Add([]byte(`{}`))
 	f.Add(append(bytes.Clone(b), []byte(` {}`)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -144,6 +154,19 @@ func FuzzDecodeManifest(f *testing.F) {
 		}
 		if err := m.Validate(); err != nil {
 			t.Fatalf("decoded manifest does not validate: %v", err)
+		}
+		// The MAC covers the fields, not their JSON: written again by
+		// this code, the manifest has the same MAC.
+		again, err := EncodeManifest(m)
+		if err != nil {
+			t.Fatalf("a decoded manifest does not encode: %v", err)
+		}
+		m2, err := DecodeManifest(again)
+		if err != nil {
+			t.Fatalf("a manifest written again does not decode: %v", err)
+		}
+		if k.manifestMAC(m2) != k.manifestMAC(m) {
+			t.Fatal("the MAC changed with the manifest's encoding")
 		}
 		if int64(len(m.Pages)) != (m.Chunks()+int64(m.PageChunks)-1)/int64(m.PageChunks) {
 			t.Fatalf("page count %d for %d chunks", len(m.Pages), m.Chunks())
@@ -180,6 +203,8 @@ func TestManifestRejects(t *testing.T) {
 		{name: "page-chunks-zero", mutate: func(m *Manifest) { m.PageChunks = 0 }},
 		{name: "encrypted-without-key-id", mutate: func(m *Manifest) { m.Encrypted = true }},
 		{name: "own-parent", mutate: func(m *Manifest) { m.Parent = m.ID }},
+		{name: "mac-unencrypted", mutate: func(m *Manifest) { m.MAC = strings.Repeat("ab", 32) }},
+		{name: "mac-not-hex", mutate: func(m *Manifest) { m.Encrypted, m.KeyID, m.MAC = true, "0011223344556677", "xyz" }},
 		{name: "no-time", mutate: func(m *Manifest) { m.Created = time.Time{} }},
 		{name: "wrong-format", mutate: func(m *Manifest) { m.Format = "restic" }},
 		{name: "unknown-field", raw: `{"format":"strata-volume-backup","version":1,"extra":1}`},

@@ -23,6 +23,7 @@ const KeySize = 32
 // "not encrypted".
 type Key struct {
 	idKey   []byte
+	macKey  []byte // manifests' MACs
 	aead    cipher.AEAD
 	mapAEAD cipher.AEAD
 	keyID   string
@@ -45,7 +46,7 @@ func NewKey(secret []byte) (*Key, error) {
 		}
 		return cipher.NewGCM(b)
 	}
-	k := &Key{idKey: derive("strata backup chunk id v1")}
+	k := &Key{idKey: derive("strata backup chunk id v1"), macKey: derive("strata backup manifest mac v1")}
 	var err error
 	if k.aead, err = newAEAD(derive("strata backup chunk encryption v1")); err != nil {
 		return nil, fmt.Errorf("repository key: %w", err)
@@ -118,4 +119,12 @@ func (k *Key) idHash() hash.Hash {
 		return sha256.New()
 	}
 	return hmac.New(sha256.New, k.idKey)
+}
+
+// manifestMAC returns the MAC of manifest m under the key: HMAC-SHA-256
+// of m.writeMACInput, in hex.
+func (k *Key) manifestMAC(m *Manifest) string {
+	h := hmac.New(sha256.New, k.macKey)
+	m.writeMACInput(h)
+	return hex.EncodeToString(h.Sum(nil))
 }

@@ -2,6 +2,7 @@ package backupd
 
 import (
 	"context"
+	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,8 +40,10 @@ type Options struct {
 	// write to the target could otherwise plant one, whose chosen data
 	// would pass every check.
 	Key *Key
-	// AllowUnencrypted lets a repository opened with a Key read
-	// unencrypted backups as well (those taken before the key was set).
+	// AllowUnencrypted lets a repository opened with a Key read backups
+	// the key does not authenticate as well: unencrypted ones (taken
+	// before the key was set) and encrypted ones whose manifest carries no
+	// MAC (written before manifests carried one).
 	AllowUnencrypted bool
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
@@ -350,7 +353,29 @@ func (r *Repository) LoadManifest(ctx context.Context, key string) (*Manifest, e
 	if m.Volume != vol || m.ID != id {
 		return nil, fmt.Errorf("manifest %s names volume %q backup %s: %w", key, m.Volume, m.ID, ErrCorrupt)
 	}
+	if err := r.authenticate(m); err != nil {
+		return nil, err
+	}
 	return m, nil
+}
+
+// authenticate checks the MAC of m when the repository's key is the one
+// m was encrypted with. (Under another key, or none, keyFor refuses m
+// before any of its data is used; an unencrypted m in a repository with a
+// key likewise, unless AllowUnencrypted.)
+func (r *Repository) authenticate(m *Manifest) error {
+	k := r.opts.Key
+	switch {
+	case k == nil || !m.Encrypted || m.KeyID != k.ID():
+		return nil
+	case m.MAC == "" && r.opts.AllowUnencrypted:
+		return nil
+	case m.MAC == "":
+		return fmt.Errorf("volume %q backup %s: its manifest carries no MAC, so anyone able to write to the target could have written or changed it; if Strata wrote it before manifests were authenticated (2026-11-28), allow unauthenticated backups (strata server --backup-allow-unencrypted): %w", m.Volume, m.ID, ErrKey)
+	case !hmac.Equal([]byte(m.MAC), []byte(k.manifestMAC(m))):
+		return fmt.Errorf("volume %q backup %s: its manifest fails its MAC: it was changed after it was written (relabelled, swapped with another's fields, or damaged): %w", m.Volume, m.ID, ErrCorrupt)
+	}
+	return nil
 }
 
 // keyFor returns the key to read backup m with, or an error if the
@@ -450,9 +475,10 @@ func (r *Repository) List(ctx context.Context, volume string) ([]BackupInfo, err
 type Listing struct {
 	// Backups are the manifests that load, oldest first per volume.
 	Backups []BackupInfo
-	// Skipped are the manifests that do not load (ErrCorrupt: damage, or
-	// a version or field this one does not know). What they hold, tags
-	// included, is unknown.
+	// Skipped are the manifests that do not load (ErrCorrupt: damage, a
+	// version or field this one does not know, a MAC that fails; ErrKey:
+	// an encrypted one without a MAC). What they hold, tags included, is
+	// unknown.
 	Skipped []SkippedManifest
 }
 
@@ -493,7 +519,9 @@ func (r *Repository) ListManifests(ctx context.Context, volume string) (*Listing
 			err = gerr
 		}
 		switch {
-		case errors.Is(err, ErrCorrupt):
+		case errors.Is(err, ErrCorrupt), errors.Is(err, ErrKey):
+			// Damaged, or not authenticated by the key (authenticate):
+			// not a backup to show nor to build on.
 			r.log.Warn("manifest does not load; leaving it out", "key", k, "err", err)
 			l.Skipped = append(l.Skipped, SkippedManifest{Key: k, Err: err.Error()})
 			continue

@@ -57,7 +57,9 @@ type Config struct {
 	// longer.
 	MaxDuration time.Duration
 	// AllowUnencrypted lets a service with a Key restore and verify
-	// unencrypted backups too (backupd.Options.AllowUnencrypted).
+	// backups the key does not authenticate too: unencrypted ones, and
+	// encrypted ones without a manifest MAC
+	// (backupd.Options.AllowUnencrypted).
 	AllowUnencrypted bool
 	// GCMargin is GCOptions.Margin (default 15 minutes): how much longer
 	// than MaxDuration a GC grace must be.

@@ -335,7 +335,7 @@ func verifyFailure(v *service.VerifyResult) string {
 	}
 	if len(rep.BadChunks) == 0 && len(rep.BadBackups) > 0 && strings.Contains(rep.BadBackups[0].Err, backupd.ErrKey.Error()) {
 		// Not damage: the server's key does not open it.
-		return fmt.Sprintf("backup %s of volume %s on target %s cannot be read with the server's key: %s; start the server with the key it was made with (--backup-key), or, for a backup taken before a key was set, with --backup-allow-unencrypted", v.ID, v.Volume, v.Target, strings.Join(parts, "; "))
+		return fmt.Sprintf("backup %s of volume %s on target %s cannot be read with the server's key: %s; start the server with the key it was made with (--backup-key), or, for a backup taken before a key was set or written before manifests carried a MAC, with --backup-allow-unencrypted", v.ID, v.Volume, v.Target, strings.Join(parts, "; "))
 	}
 	return fmt.Sprintf("backup %s of volume %s on target %s is damaged: %s; a \"backup create --full\" of the volume stores fresh copies", v.ID, v.Volume, v.Target, strings.Join(parts, "; "))
 }

@@ -161,7 +161,7 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 	f.DurationVar(&backupMaxDur, "backup-max-duration", backupd.DefaultMaxDuration,
 		"a volume backup that runs longer fails (ErrTooSlow); backup gc refuses a --grace not longer than this plus --backup-gc-margin")
 	f.BoolVar(&allowPlain, "backup-allow-unencrypted", false,
-		"with --backup-key, also restore and verify unencrypted backups (taken before the key was set); off by default, since anyone able to write to a target could plant one")
+		"with --backup-key, also restore and verify backups the key does not authenticate: unencrypted ones (taken before the key was set) and encrypted ones whose manifest carries no MAC (written before 2026-11-28); off by default, since anyone able to write to a target could plant or change one")
 	f.DurationVar(&gcMargin, "backup-gc-margin", 15*time.Minute,
 		"how much longer than --backup-max-duration a backup gc --grace must be: the longest a GC mark's write may take plus the clock difference between the hosts backing up to a target (lower it only for a single host and a fast target)")
 	return cmd
