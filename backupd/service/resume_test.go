@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,6 +71,47 @@ func (e *env) readVolume(t *testing.T, vol string) []byte {
 	return p
 }
 
+// randomSource creates volume "src" of 40 MiB of random data (from seed;
+// zero chunks at 36 MiB, past the first restore window), backs it up to
+// target "main" and returns the data and the backup.
+func (e *env) randomSource(t *testing.T, seed uint64) ([]byte, *Backup) {
+	t.Helper()
+	const size = 40 << 20
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	clear(data[36<<20 : 37<<20])
+	if _, err := e.c.CreateVolume(t.Context(), agent.CreateVolumeRequest{Name: "src", Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "src", data, 0)
+	return data, e.backup(t, CreateRequest{Volume: "src", Target: "main"})
+}
+
+// wantHeld fails the test unless volume vol is held out of use.
+func (e *env) wantHeld(t *testing.T, vol, when string) {
+	t.Helper()
+	if release, err := e.a.Exclusive(vol); !errors.Is(err, blockdev.ErrInUse) {
+		if release != nil {
+			release()
+		}
+		t.Fatalf("Exclusive(%s) %s: %v, want ErrInUse (kept out of use)", vol, when, err)
+	}
+}
+
+// wantNoRestoreFiles fails the test if data directory dir holds pending
+// marks or restore state files.
+func wantNoRestoreFiles(t *testing.T, dir, when string) {
+	t.Helper()
+	for _, d := range []string{pendingDir, stateDir} {
+		if ents, _ := os.ReadDir(filepath.Join(dir, d)); len(ents) != 0 {
+			t.Errorf("%s %s: %v", d, when, ents)
+		}
+	}
+}
+
 // TestInterruptedRestoreResumed: the volume a restore created and was
 // killed during, with progress recorded, is kept at the next start, out
 // of use; restoring the same backup into it again resumes: what the first
@@ -81,18 +123,8 @@ func TestInterruptedRestoreResumed(t *testing.T) {
 	dir := t.TempDir()
 	e, stop := startEnv(t, dir, nil)
 	ctx := t.Context()
-	const size = 40 << 20
-	data := make([]byte, size)
-	rng := rand.New(rand.NewPCG(7, 8))
-	for i := range data {
-		data[i] = byte(rng.Uint32())
-	}
-	clear(data[36<<20 : 37<<20]) // zero chunks past the first window
-	if _, err := e.c.CreateVolume(ctx, agent.CreateVolumeRequest{Name: "src", Size: size}); err != nil {
-		t.Fatal(err)
-	}
-	e.write(t, "src", data, 0)
-	b := e.backup(t, CreateRequest{Volume: "src", Target: "main"})
+	data, b := e.randomSource(t, 7)
+	size := len(data)
 	interruptedRestore(t, e, dir, "half", b, data)
 	// A state file older than its volume: left by a restore into an
 	// earlier volume of the name, it records nothing this one holds.
@@ -132,28 +164,19 @@ func TestInterruptedRestoreResumed(t *testing.T) {
 	if _, err := e.c.Volume(ctx, "stale"); !errors.Is(err, blockdev.ErrNotFound) {
 		t.Errorf("volume stale, its state file older than it: %v, want it removed at start", err)
 	}
-	if release, err := e.a.Exclusive("half"); !errors.Is(err, blockdev.ErrInUse) {
-		if release != nil {
-			release()
-		}
-		t.Fatalf("Exclusive(half) after the restart: %v, want ErrInUse (kept out of use)", err)
-	}
+	e.wantHeld(t, "half", "after the restart")
 	ev, err := StreamEvents(ctx, e.c, "/v1/backups/"+b.ID+"/restore", RestoreRequest{To: "half"}, nil)
 	if err != nil {
 		t.Fatalf("rerun of the restore: %v", err)
 	}
 	res := ev.Restore
-	if res == nil || !res.Created || res.ResumedBytes != 32<<20 || res.BytesFetched >= size-(32<<20)+(1<<20) {
+	if res == nil || !res.Created || res.ResumedBytes != 32<<20 || res.BytesFetched >= int64(size)-(32<<20)+(1<<20) {
 		t.Fatalf("rerun result %+v; want created, 32 MiB resumed and only the rest fetched", res)
 	}
 	if !bytes.Equal(e.readVolume(t, "half"), data) {
 		t.Fatal("the resumed restore is not bit-exact")
 	}
-	for _, d := range []string{pendingDir, stateDir} {
-		if ents, _ := os.ReadDir(filepath.Join(dir, d)); len(ents) != 0 {
-			t.Errorf("%s after the resumed restore: %v", d, ents)
-		}
-	}
+	wantNoRestoreFiles(t, dir, "after the resumed restore")
 	if release, err := e.a.Exclusive("half"); err != nil {
 		t.Errorf("the restored volume is still held: %v", err)
 	} else {
@@ -259,4 +282,53 @@ func TestTakenKeptNotRearmed(t *testing.T) {
 	if k.timer.Stop() {
 		t.Error("a taken volume's timer is armed again")
 	}
+}
+
+// TestFailedRestoreKept: a restore that fails for a reason other than the
+// shutdown (here its packs are gone from the target: a target that stopped
+// answering, a plugin that died look the same to it) keeps the volume it
+// created, out of use, when its state file records progress; once the
+// target is back, running it again resumes from there. Before, the failed
+// rerun of an interrupted restore removed the volume, and what the first
+// run restored had to be fetched again.
+func TestFailedRestoreKept(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e, stop := startEnv(t, dir, nil)
+	ctx := t.Context()
+	data, b := e.randomSource(t, 9)
+	interruptedRestore(t, e, dir, "half", b, data)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	e, stop = startEnv(t, dir, e.dirs)
+	t.Cleanup(func() { _ = stop() })
+
+	packs, away := filepath.Join(e.dirs["main"], "packs"), filepath.Join(t.TempDir(), "packs")
+	if err := os.Rename(packs, away); err != nil {
+		t.Fatal(err)
+	}
+	_, err := StreamEvents(ctx, e.c, "/v1/backups/"+b.ID+"/restore", RestoreRequest{To: "half"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "keeps what was restored") {
+		t.Fatalf("rerun with the packs gone: %v, want a failure saying the volume is kept", err)
+	}
+	if _, err := e.c.Volume(ctx, "half"); err != nil {
+		t.Fatalf("the volume after the failed rerun: %v, want it kept", err)
+	}
+	e.wantHeld(t, "half", "after the failed rerun")
+
+	if err := os.Rename(away, packs); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := StreamEvents(ctx, e.c, "/v1/backups/"+b.ID+"/restore", RestoreRequest{To: "half"}, nil)
+	if err != nil {
+		t.Fatalf("rerun with the packs back: %v", err)
+	}
+	if res := ev.Restore; res == nil || !res.Created || res.ResumedBytes != 32<<20 {
+		t.Fatalf("rerun result %+v; want created and 32 MiB resumed", res)
+	}
+	if !bytes.Equal(e.readVolume(t, "half"), data) {
+		t.Fatal("the resumed restore is not bit-exact")
+	}
+	wantNoRestoreFiles(t, dir, "after the resumed restore")
 }

@@ -1011,7 +1011,20 @@ type restoreJob struct {
 	createdAt time.Time
 	resumed   bool   // to is the volume an interrupted run of this restore created
 	done      func() // ends the job: release, then the claim on the name
-	release   func() // ends the Exclusive hold only (nil if none)
+	// release ends the Exclusive hold only (nil if none, or if the hold
+	// went to the kept volume of a failed restore: keepFailed).
+	release func()
+}
+
+// endWith returns the job's done: it ends the hold the job has then, if
+// any, and then the claim on the name (unclaim).
+func (j *restoreJob) endWith(unclaim func()) func() {
+	return func() {
+		if j.release != nil {
+			j.release()
+		}
+		unclaim()
+	}
 }
 
 // prepareRestore finds the backup, checks the destination and creates it
@@ -1048,10 +1061,7 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 			// volume the first run created, under the hold kept since.
 			j.created, j.resumed, j.createdAt = true, true, k.created
 			j.release = k.release
-			j.done = func() {
-				k.release()
-				done()
-			}
+			j.done = j.endWith(done)
 			return j, nil
 		case err == nil && info.Created.Equal(k.created):
 			// Another backup into the kept volume: it holds part of a
@@ -1112,10 +1122,7 @@ func (s *Service) prepareRestore(ctx context.Context, id string, req RestoreRequ
 			return fail(fmt.Errorf("restore of backup %s into volume %q (a volume in use is never overwritten): %w", id, req.To, err))
 		}
 		j.release = release
-		j.done = func() {
-			release()
-			done()
-		}
+		j.done = j.endWith(done)
 	}
 	if !j.created {
 		// Once taken: an existing volume the operator restores into is no
@@ -1212,9 +1219,9 @@ func (s *Service) removeState(vol string) {
 	}
 }
 
-// keptRestore is the volume of a restore killed with the process, kept
-// out of use (its Exclusive hold) for a rerun of the restore to resume
-// until the timer removes it.
+// keptRestore is the volume of a restore killed with the process (or
+// failed: keepFailed), kept out of use (its Exclusive hold) for a rerun of
+// the restore to resume until the timer removes it.
 type keptRestore struct {
 	created  time.Time // the volume's creation time: it and the name identify it
 	manifest string    // the backup being restored
@@ -1376,6 +1383,36 @@ func (s *Service) keep(vol string, created time.Time) bool {
 	return true
 }
 
+// keepFailed keeps the volume a failed restore created, out of use, for a
+// rerun to resume, as a start keeps one after a kill (keep): a target
+// that stopped answering, a plugin that died, a damaged chunk a later
+// backup stores again, or a cancelled wait must not cost what was
+// restored of a large volume. Only if the restore's state file records
+// progress of this very restore, and not after a wrong whole-volume
+// digest, which a rerun would meet again. It reports until when.
+func (s *Service) keepFailed(j *restoreJob, err error) (time.Time, bool) {
+	if errors.Is(err, backupd.ErrMismatch) || j.createdAt.IsZero() || s.ctx.Err() != nil {
+		return time.Time{}, false
+	}
+	key, pages, serr := backupd.RestoreStateOf(s.statePath(j.to))
+	if serr != nil || pages == 0 || key != j.key {
+		return time.Time{}, false
+	}
+	release := j.release
+	if release == nil {
+		release = func() {}
+	}
+	j.release = nil // the kept volume's hold now, not the job's to end
+	k := &keptRestore{created: j.createdAt, manifest: j.key, release: release}
+	until := time.Now().Add(s.cfg.ResumeKeep)
+	s.mu.Lock()
+	k.timer = time.AfterFunc(s.cfg.ResumeKeep, func() { s.expireKept(j.to, k) })
+	s.kept[j.to] = k
+	s.mu.Unlock()
+	s.log.Warn("kept the volume of a failed restore for its rerun to resume: restore the same backup into it again, or delete it", "volume", j.to, "backup", j.m.ID, "until", until.UTC().Format(time.RFC3339))
+	return until, true
+}
+
 // expireKept removes the kept volume vol of an interrupted restore that
 // no rerun took.
 func (s *Service) expireKept(vol string, k *keptRestore) {
@@ -1464,7 +1501,11 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 			// stay for the next start to keep for a rerun to resume.
 			s.log.Warn("restore stopped by the shutdown; run it again after the restart to resume it", "id", j.m.ID, "to", j.to)
 		case j.created:
-			j.removeAndRelease(ctx)
+			if until, ok := s.keepFailed(j, err); ok {
+				err = fmt.Errorf("%w; the volume keeps what was restored, out of use, until %s: restore the same backup into it again to resume, or delete it", err, until.UTC().Format(time.RFC3339))
+			} else {
+				j.removeAndRelease(ctx)
+			}
 		}
 		s.log.Warn("restore failed", "id", j.m.ID, "to", j.to, "target", j.p.name, "err", err)
 		return nil, fmt.Errorf("restore of backup %s (volume %q) into volume %q: %w", j.m.ID, j.m.Volume, j.to, err)

@@ -216,7 +216,9 @@ with --overwrite, an existing one, which must be detached, not in use and
 of that size, and whose data the backup's replaces. Every chunk and the
 whole-volume digest are checked. A restore killed with the server, or
 stopped by its shutdown, is resumed by running it again: what it restored
-is read back and checked rather than fetched again.`,
+is read back and checked rather than fetched again. So is one that failed
+into a volume it created once progress was recorded (the error says the
+volume is kept, out of use, and until when).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if req.To == "" {
@@ -227,7 +229,7 @@ is read back and checked rather than fetched again.`,
 			_, verr := clientFor(cmd).Volume(cmd.Context(), req.To)
 			existed := verr == nil
 			ev, err := streamCall(cmd, "/v1/backups/"+url.PathEscape(args[0])+"/restore", req, "restoring "+args[0])
-			after := "the server removes the volume " + req.To + " the restore was creating"
+			after := "the server removes the volume " + req.To + " the restore was creating, or, once the restore has recorded progress, keeps it out of use for a day: run the restore again to resume it, or delete the volume"
 			if existed {
 				after = fmt.Sprintf("volume %s, which existed, may be left partly overwritten (or, if an interrupted run of this restore had created it, removed): run the restore again", req.To)
 			}
