@@ -5,6 +5,7 @@ import (
 	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"hash"
@@ -119,6 +120,21 @@ func (k *Key) idHash() hash.Hash {
 		return sha256.New()
 	}
 	return hmac.New(sha256.New, k.idKey)
+}
+
+// LabelledMAC returns, in hex, a MAC of data under the key's manifest MAC
+// sub-key, kept apart from every other use of that sub-key by label (a
+// length-prefixed string before data, as writeMACInput begins): for the
+// manifests other packages write, such as the coordinator's system
+// manifests.
+func (k *Key) LabelledMAC(label string, data []byte) string {
+	h := hmac.New(sha256.New, k.macKey)
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(label)))
+	h.Write(n[:])
+	h.Write([]byte(label))
+	h.Write(data)
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // manifestMAC returns the MAC of manifest m under the key: HMAC-SHA-256

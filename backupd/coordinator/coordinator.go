@@ -76,6 +76,13 @@ type Options struct {
 	// may still be committed by an agent for that long after it failed,
 	// so its release is retried until then (lateWindow).
 	BackupMaxDuration time.Duration
+	// Key, the repository key (strata server --backup-key), authenticates
+	// the system manifests this coordinator writes (a MAC) and those it
+	// reads: a manifest that fails it does not load, nor one without it
+	// unless AllowUnauthenticated (--backup-allow-unencrypted). Nil: none
+	// written, none checked.
+	Key                  *backupd.Key
+	AllowUnauthenticated bool
 }
 
 // lateMargin is added to the late window of a failed run: the clock
@@ -763,7 +770,7 @@ func (c *Coordinator) heldByCommitted(ctx context.Context, tg plugins.Target, ta
 		}
 		return nil
 	}
-	m, err := loadManifestFrom(ctx, tg, target, sys)
+	m, err := c.loadManifestFrom(ctx, tg, target, sys)
 	if err != nil {
 		return fmt.Errorf("system backup %s that made it: %v", sys, err)
 	}
@@ -795,7 +802,7 @@ func (c *Coordinator) commit(ctx context.Context, run *Run, log *slog.Logger) er
 		return err
 	}
 	m.Committed = time.Now().UTC()
-	b, err := m.Encode()
+	b, err := m.Encode(c.opts.Key)
 	if err != nil {
 		return err
 	}
@@ -899,10 +906,12 @@ func (c *Coordinator) loadManifest(ctx context.Context, target, id string) (*Man
 		return nil, err
 	}
 	defer done()
-	return loadManifestFrom(ctx, tg, target, id)
+	return c.loadManifestFrom(ctx, tg, target, id)
 }
 
-func loadManifestFrom(ctx context.Context, tg plugins.Target, target, id string) (*Manifest, error) {
+// loadManifestFrom reads system manifest id from tg (target names it in
+// errors), checks it and authenticates it under the coordinator's key.
+func (c *Coordinator) loadManifestFrom(ctx context.Context, tg plugins.Target, target, id string) (*Manifest, error) {
 	b, err := readAll(ctx, tg, ManifestKey(id))
 	if err != nil {
 		return nil, fmt.Errorf("system backup %s on target %q: %w", id, target, err)
@@ -913,6 +922,9 @@ func loadManifestFrom(ctx context.Context, tg plugins.Target, target, id string)
 	}
 	if m.ID != id {
 		return nil, fmt.Errorf("system backup %s on target %q: the manifest names %s: %w", id, target, m.ID, ErrCorrupt)
+	}
+	if err := m.Authenticate(c.opts.Key, c.opts.AllowUnauthenticated); err != nil {
+		return nil, fmt.Errorf("system backup %s on target %q: %w", id, target, err)
 	}
 	return m, nil
 }
@@ -1064,7 +1076,7 @@ func (c *Coordinator) copyPending(ctx context.Context, r *Run) {
 		c.log.Warn("system manifest copies: the default target's copy does not load", "system", r.ID, "err", err)
 		return
 	}
-	b, err := m.Encode()
+	b, err := m.Encode(c.opts.Key)
 	if err != nil {
 		c.log.Error("system manifest copies: the manifest does not encode", "system", r.ID, "err", err)
 		return

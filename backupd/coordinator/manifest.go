@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -119,14 +120,28 @@ type Manifest struct {
 	Committed time.Time      `json:"committed"`
 	Config    Config         `json:"config"`
 	Volumes   []VolumeBackup `json:"volumes"`
-	// Checksum is the SHA-256 of the manifest encoded with Checksum empty.
+	// Checksum is the SHA-256 of the manifest encoded with Checksum and
+	// MAC empty.
 	Checksum string `json:"checksum"`
+	// MAC, written by a coordinator with a repository key, authenticates
+	// the checksum (so the whole manifest) under that key: without it,
+	// anyone able to write to a target could plant or change a system
+	// manifest, and a restore of it would register the targets it names,
+	// with the credentials the operator gives for their names, and restore
+	// the backups it chooses; a deletion of it would delete the volume
+	// backups it names.
+	MAC string `json:"mac,omitempty"`
 }
 
-// Encode returns the manifest's bytes with its checksum set.
-func (m *Manifest) Encode() ([]byte, error) {
+// systemMACLabel keeps system manifests' MACs apart from every other MAC
+// under the key (backupd.Key.LabelledMAC).
+const systemMACLabel = "strata system manifest mac v1"
+
+// Encode returns the manifest's bytes with its checksum set, and its MAC
+// under k unless k is nil.
+func (m *Manifest) Encode(k *backupd.Key) ([]byte, error) {
 	c := *m
-	c.Format, c.Version, c.Checksum = manifestFormat, manifestVersion, ""
+	c.Format, c.Version, c.Checksum, c.MAC = manifestFormat, manifestVersion, "", ""
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -136,7 +151,29 @@ func (m *Manifest) Encode() ([]byte, error) {
 	}
 	sum := sha256.Sum256(body)
 	c.Checksum = hex.EncodeToString(sum[:])
+	if k != nil {
+		c.MAC = k.LabelledMAC(systemMACLabel, sum[:])
+	}
 	return json.MarshalIndent(&c, "", "  ")
+}
+
+// Authenticate checks m's MAC under k (nil: no key, nothing to check). A
+// manifest without one is refused unless allowUnauthenticated (written
+// before system manifests carried a MAC, or by a coordinator without a
+// key); one whose MAC fails is ErrCorrupt.
+func (m *Manifest) Authenticate(k *backupd.Key, allowUnauthenticated bool) error {
+	sum, err := hex.DecodeString(m.Checksum)
+	switch {
+	case k == nil:
+		return nil
+	case m.MAC == "" && allowUnauthenticated:
+		return nil
+	case m.MAC == "":
+		return fmt.Errorf("system manifest %s carries no MAC, so anyone able to write to the target could have written or changed it; if a coordinator without the key, or one before system manifests were authenticated (2026-11-28), wrote it, allow unauthenticated backups (strata server --backup-allow-unencrypted): %w: %w", m.ID, backupd.ErrKey, ErrInvalid)
+	case err != nil || !hmac.Equal([]byte(m.MAC), []byte(k.LabelledMAC(systemMACLabel, sum))):
+		return fmt.Errorf("system manifest %s fails its MAC: it was changed after it was written, or written with another key: %w", m.ID, ErrCorrupt)
+	}
+	return nil
 }
 
 // DecodeManifest parses and checks a system manifest: its checksum, then
@@ -161,7 +198,7 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("system manifest %s: version %d, this build reads %d: %w", m.ID, m.Version, manifestVersion, ErrCorrupt)
 	}
 	c := m
-	c.Checksum = ""
+	c.Checksum, c.MAC = "", ""
 	body, err := json.Marshal(&c)
 	if err != nil {
 		return nil, err
@@ -185,6 +222,9 @@ func (m *Manifest) Validate() error {
 	}
 	if !validID(m.ID) {
 		return bad("id %q is not a system backup id", m.ID)
+	}
+	if mac, err := hex.DecodeString(m.MAC); m.MAC != "" && (err != nil || len(mac) != 32) {
+		return bad("mac %q is not 64 hex digits", m.MAC)
 	}
 	if m.Token == 0 {
 		return bad("no fencing token")

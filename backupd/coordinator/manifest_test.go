@@ -39,7 +39,7 @@ func testManifest() *Manifest {
 // message naming it.
 func TestManifestRoundTrip(t *testing.T) {
 	m := testManifest()
-	b, err := m.Encode()
+	b, err := m.Encode(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestManifestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b2, err := got.Encode()
+	b2, err := got.Encode(nil)
 	if err != nil || !bytes.Equal(b, b2) {
 		t.Fatalf("re-encoding differs: %v\n%s\n%s", err, b, b2)
 	}
@@ -76,7 +76,7 @@ func TestManifestRoundTrip(t *testing.T) {
 			if tc.edit != nil {
 				m := testManifest()
 				tc.edit(m)
-				if _, err := m.Encode(); err == nil || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
+				if _, err := m.Encode(nil); err == nil || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
 					t.Fatalf("Encode = %v, want ErrCorrupt saying %q", err, tc.want)
 				}
 				// Decode refuses the same manifest with a valid checksum.
@@ -93,25 +93,102 @@ func TestManifestRoundTrip(t *testing.T) {
 	}
 }
 
-// encodeUnchecked encodes m with a correct checksum, skipping Validate.
+// encodeUnchecked encodes m with a correct checksum (its MAC kept as it
+// is), skipping Validate: what someone able to write to a target but
+// without the key can write.
 func encodeUnchecked(t *testing.T, m *Manifest) []byte {
 	t.Helper()
 	c := *m
-	c.Checksum = ""
+	c.Checksum, c.MAC = "", ""
 	body := mustJSON(t, &c)
-	c.Checksum = sha256Hex(body)
+	c.Checksum, c.MAC = sha256Hex(body), m.MAC
 	return mustJSON(t, &c)
 }
+
+// TestSystemManifestMAC: a system manifest written with a key carries a
+// MAC that the key checks. Changed by someone able to write to the target
+// but without the key — a target's URL pointed elsewhere (a restore
+// would register it with the credentials given for the name), a volume
+// backup's digest changed, the MAC stripped — its checksum can be made to
+// match again, but not its MAC. Before, a matching checksum was all a
+// manifest needed.
+func TestSystemManifestMAC(t *testing.T) {
+	t.Parallel()
+	k, err := backupd.NewKey(bytes.Repeat([]byte{5}, backupd.KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := backupd.NewKey(bytes.Repeat([]byte{6}, backupd.KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := testManifest().Encode(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := DecodeManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MAC == "" {
+		t.Fatal("a manifest encoded with a key has no MAC")
+	}
+	if err := m.Authenticate(k, false); err != nil {
+		t.Fatalf("the authentic manifest: %v", err)
+	}
+	if err := m.Authenticate(nil, false); err != nil {
+		t.Fatalf("without a key nothing is checked: %v", err)
+	}
+	if err := m.Authenticate(other, true); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("under another key: %v, want ErrCorrupt", err)
+	}
+	for _, tc := range []struct {
+		name  string
+		edit  func(m *Manifest)
+		want  error
+		allow bool // AllowUnauthenticated accepts it
+	}{
+		{name: "target URL", edit: func(m *Manifest) { m.Config.Targets[1].URL = "s3://attacker/p?endpoint=http://203.0.113.9" }, want: ErrCorrupt},
+		{name: "volume backup digest", edit: func(m *Manifest) { m.Volumes[0].Digest = strings.Repeat("cd", 32) }, want: ErrCorrupt},
+		{name: "token", edit: func(m *Manifest) { m.Token++ }, want: ErrCorrupt},
+		{name: "MAC stripped", edit: func(m *Manifest) { m.MAC = "" }, want: backupd.ErrKey, allow: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := DecodeManifest(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.edit(c)
+			got, err := DecodeManifest(encodeUnchecked(t, c))
+			if err != nil {
+				t.Fatalf("the changed manifest with its checksum fixed: %v", err)
+			}
+			if err := got.Authenticate(k, false); !errors.Is(err, tc.want) || !strings.Contains(err.Error(), "MAC") {
+				t.Fatalf("changed %s: %v, want %v naming the MAC", tc.name, err, tc.want)
+			}
+			if err := got.Authenticate(k, true); (err == nil) != tc.allow {
+				t.Fatalf("changed %s, unauthenticated allowed: %v", tc.name, err)
+			}
+		})
+	}
+}
+
+var fuzzKey, _ = backupd.NewKey(bytes.Repeat([]byte{9}, backupd.KeySize))
 
 // FuzzDecodeManifest: DecodeManifest never panics, and whatever it
 // accepts encodes back to something it accepts again.
 func FuzzDecodeManifest(f *testing.F) {
-	b, err := testManifest().Encode()
+	b, err := testManifest().Encode(nil)
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Add(b, false)
 	f.Add(b, true)
+	if b, err = testManifest().Encode(fuzzKey); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b, false)
 	f.Add([]byte("{}"), false)
 	f.Add([]byte(`{"format":"strata-system-backup","version":1}`), true)
 	f.Fuzz(func(t *testing.T, b []byte, fixSum bool) {
@@ -130,12 +207,19 @@ func FuzzDecodeManifest(f *testing.F) {
 			}
 			return
 		}
-		out, err := m.Encode()
+		out, err := m.Encode(nil)
 		if err != nil {
 			t.Fatalf("accepted manifest does not encode: %v", err)
 		}
 		if _, err := DecodeManifest(out); err != nil {
 			t.Fatalf("re-encoded manifest refused: %v", err)
+		}
+		// Written again with a key, it authenticates under that key.
+		if out, err = m.Encode(fuzzKey); err != nil {
+			t.Fatalf("accepted manifest does not encode with a key: %v", err)
+		}
+		if m2, err := DecodeManifest(out); err != nil || m2.Authenticate(fuzzKey, false) != nil {
+			t.Fatalf("manifest written with a key: %v, or it does not authenticate", err)
 		}
 	})
 }

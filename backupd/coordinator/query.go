@@ -321,7 +321,7 @@ func (c *Coordinator) heldElsewhere(ctx context.Context, r *Run) (*heldSet, erro
 				if other == r.ID {
 					continue
 				}
-				om, err := loadManifestFrom(ctx, tg, name, other)
+				om, err := c.loadManifestFrom(ctx, tg, name, other)
 				if err != nil {
 					c.log.Warn("keeping the volume backups: another system manifest does not load", "system", r.ID, "other", other, "target", name, "err", err)
 					held.unsure = true

@@ -3,11 +3,13 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -185,7 +187,7 @@ func TestReleaseBackupSeesEveryTarget(t *testing.T) {
 	}
 	vb := VolumeBackup{Agent: LocalAgent, Volume: "vol-a", Target: "x", BackupID: res.ID, ManifestKey: res.ManifestKey, Digest: res.Digest, Size: 64 << 10, Snapshot: "sys-" + s4}
 	m5 := &Manifest{ID: s5, Token: 4, Started: time.Now().UTC(), Committed: time.Now().UTC(), Config: cfg, Volumes: []VolumeBackup{vb}}
-	b, err := m5.Encode()
+	b, err := m5.Encode(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +300,7 @@ func TestRecoverOpenRunCommittedOnTarget(t *testing.T) {
 	}
 	vb := VolumeBackup{Agent: LocalAgent, Volume: "vol-a", Target: "t", BackupID: res.ID, ManifestKey: res.ManifestKey, Digest: res.Digest, Size: 64 << 10, Snapshot: "sys-" + run.ID}
 	m := &Manifest{ID: run.ID, Token: 3, Started: run.Started, Committed: time.Now().UTC(), Config: cfg, Volumes: []VolumeBackup{vb}}
-	b, err := m.Encode()
+	b, err := m.Encode(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,5 +315,46 @@ func TestRecoverOpenRunCommittedOnTarget(t *testing.T) {
 	}
 	if has, err := tg.Has(ctx, []string{res.ManifestKey}); err != nil || !has[0] {
 		t.Fatalf("the committed system backup's volume backup was deleted (%v)", err)
+	}
+}
+
+// TestLoadManifestAuthenticates: a coordinator with a key reads only the
+// system manifests that key authenticates, wherever it reads them (a
+// restore, a deletion, the holds of other manifests all load through
+// loadManifestFrom): one whose target URL was changed, its checksum made
+// to match again, does not load.
+func TestLoadManifestAuthenticates(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	def, _ := fsTarget(t)
+	c, _ := testCoordinator(t, map[string]plugins.Target{"d": def})
+	k, err := backupd.NewKey(bytes.Repeat([]byte{5}, backupd.KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.opts.Key = k
+	m := testManifest()
+	put := func(b []byte) {
+		t.Helper()
+		if err := def.Put(ctx, ManifestKey(m.ID), bytes.NewReader(b), int64(len(b))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := m.Encode(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(b)
+	if _, err := c.loadManifest(ctx, "d", m.ID); err != nil {
+		t.Fatalf("the authentic manifest: %v", err)
+	}
+	forged, err := DecodeManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged.Config.Targets[1].URL = "s3://attacker/p?endpoint=http://203.0.113.9"
+	put(encodeUnchecked(t, forged))
+	if _, err := c.loadManifest(ctx, "d", m.ID); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "MAC") {
+		t.Fatalf("a manifest whose target URL was changed: %v, want ErrCorrupt naming the MAC", err)
 	}
 }

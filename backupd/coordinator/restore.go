@@ -165,7 +165,7 @@ func (c *Coordinator) locate(ctx context.Context, opts RestoreOptions) (*Manifes
 		return nil, "", fmt.Errorf("--from %s: %w", plugins.RedactURL(opts.FromURL), err)
 	}
 	defer tg.Close()
-	m, err := loadManifestFrom(ctx, tg, opts.FromURL, opts.ID)
+	m, err := c.loadManifestFrom(ctx, tg, opts.FromURL, opts.ID)
 	if err != nil {
 		return nil, "", err
 	}

@@ -110,6 +110,10 @@ attached (and restores it at the next start), flushes and closes volumes.`,
 					// The agents' backups: those of a failed system
 					// backup may be committed for that long after.
 					BackupMaxDuration: backupMaxDur,
+					// System manifests are authenticated (a MAC) under
+					// the backup key, as volume backups are.
+					Key:                  key,
+					AllowUnauthenticated: allowPlain,
 				})
 				if err != nil {
 					_ = tsvc.Close()
