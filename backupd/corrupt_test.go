@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -595,37 +596,48 @@ func TestVerifyProgressOneAtATime(t *testing.T) {
 }
 
 // slowGetTarget delays the Gets of one key by a quarter second.
+// slowed is closed once such a Get has been delayed.
 type slowGetTarget struct {
 	plugins.Target
-	key string
+	key    string
+	slowed chan struct{}
+	once   sync.Once
 }
 
 func (s *slowGetTarget) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, int64, error) {
 	if key == s.key {
 		time.Sleep(250 * time.Millisecond)
+		s.once.Do(func() { close(s.slowed) })
 	}
 	return s.Target.Get(ctx, key, off, n)
 }
 
-// flushWaitsDest is a memDest whose Flush waits for its context to end:
-// a flush still running when a later window fails.
-type flushWaitsDest struct{ *memDest }
+// flushWaitsDest is a memDest whose Flush waits until after the slow Get
+// (so a later window fails while it runs) and then, as a volume's flush
+// does, fails if its context has ended.
+type flushWaitsDest struct {
+	*memDest
+	after <-chan struct{}
+}
 
 func (d flushWaitsDest) Flush(ctx context.Context) error {
-	<-ctx.Done()
+	<-d.after
+	time.Sleep(300 * time.Millisecond)
 	return ctx.Err()
 }
 
 // TestRestoreDamageNamedDuringFlush: a damaged chunk found in a later
 // window while an earlier one's flush runs (a resumable restore flushes
 // each window before recording it) fails the restore with the chunk's
-// error. Before, the flush's "context canceled" was returned instead,
-// naming neither the chunk nor the damage.
+// error, and the earlier window, restored whole, is still recorded in the
+// state file for a rerun. Before, the flush's "context canceled" was
+// returned instead, naming neither the chunk nor the damage; and then the
+// flush, cancelled with the restore, recorded nothing.
 func TestRestoreDamageNamedDuringFlush(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dir := t.TempDir()
-	slow := &slowGetTarget{Target: NewFSTarget(t, dir)}
+	slow := &slowGetTarget{Target: NewFSTarget(t, dir), slowed: make(chan struct{})}
 	r := Open(slow, nil)
 	const size = 64 << 20 // two windows of restoreWindowChunks
 	data := RandomData(rand.New(rand.NewPCG(11, 12)), size)
@@ -653,9 +665,13 @@ func TestRestoreDamageNamedDuringFlush(t *testing.T) {
 	flipRecordBit(t, filepath.Join(dir, packKey(idx.packs[loc.pack])), loc)
 	slow.key = packKey(idx.packs[loc.pack])
 
-	_, err = r.Restore(ctx, res.ManifestKey, flushWaitsDest{&memDest{data: make([]byte, size)}}, RestoreOptions{StatePath: filepath.Join(t.TempDir(), "state")})
+	state := filepath.Join(t.TempDir(), "state")
+	_, err = r.Restore(ctx, res.ManifestKey, flushWaitsDest{&memDest{data: make([]byte, size)}, slow.slowed}, RestoreOptions{StatePath: state})
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), id.String()) {
 		t.Fatalf("restore with chunk %s damaged: %v, want ErrCorrupt naming the chunk", id, err)
+	}
+	if key, pages, err := RestoreStateOf(state); err != nil || key != res.ManifestKey || pages != restoreWindowChunks/m.PageChunks {
+		t.Fatalf("state file after the failure: %q, %d pages, %v; want the first window recorded", key, pages, err)
 	}
 }
 

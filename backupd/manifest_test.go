@@ -203,3 +203,65 @@ func TestManifestMACCoversEveryField(t *testing.T) {
 		t.Error("another key gives the same MAC")
 	}
 }
+
+// TestUnauthenticatedManifests: in a repository with a key, a manifest
+// the key does not authenticate is neither listed nor the latest: one
+// copied from an authentic backup with a later date, another key_id and
+// no MAC was taken as the volume's newest backup, and every incremental
+// on it failed. GC still counts what such manifests reference (keeping
+// more is safe) and Delete still deletes one, so a manifest written
+// before MACs blocks neither.
+func TestUnauthenticatedManifests(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dir := t.TempDir()
+	r := Open(NewFSTarget(t, dir), &Options{Key: testKey(t), Logger: testLogger(t)})
+	a, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s1", Source: &memSource{data: RandomData(rand.New(rand.NewPCG(41, 42)), 1<<20)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, a.ManifestKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plant := func(id string, edit func(m map[string]any)) {
+		t.Helper()
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["id"] = id
+		delete(m, "mac")
+		edit(m)
+		b, _ := json.Marshal(m)
+		if err := os.WriteFile(filepath.Join(dir, ManifestKey("vol-a", id)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const foreign, legacy = "11111111111111111111111111111111", "22222222222222222222222222222222"
+	plant(foreign, func(m map[string]any) {
+		m["key_id"] = "0011223344556677"
+		m["created"] = a.Manifest.Created.Add(time.Hour).Format(time.RFC3339Nano)
+	})
+	plant(legacy, func(m map[string]any) { m["created"] = a.Manifest.Created.Add(-time.Hour).Format(time.RFC3339Nano) })
+
+	l, err := r.ListManifests(ctx, "vol-a")
+	if err != nil || len(l.Backups) != 1 || l.Backups[0].ID != a.ID || len(l.Skipped) != 2 {
+		t.Fatalf("listing: %+v, %v; want only %s, two skipped", l, err, a.ID)
+	}
+	if latest, err := r.Latest(ctx, "vol-a"); err != nil || latest.ID != a.ID {
+		t.Fatalf("latest: %+v, %v; want %s", latest, err, a.ID)
+	}
+	if _, err := r.LoadManifest(ctx, ManifestKey("vol-a", foreign)); !errors.Is(err, ErrKey) {
+		t.Fatalf("the manifest with another key id: %v, want ErrKey", err)
+	}
+	if err := r.Delete(ctx, "vol-a", foreign); err != nil {
+		t.Fatalf("deleting the manifest with another key id: %v", err)
+	}
+	if rep, err := r.GC(ctx, GCOptions{DryRun: true}); err != nil {
+		t.Fatalf("GC past a manifest without a MAC: %+v, %v", rep, err)
+	}
+	if err := r.Delete(ctx, "vol-a", legacy); err != nil {
+		t.Fatalf("deleting a manifest without a MAC: %v", err)
+	}
+}

@@ -336,8 +336,24 @@ loop:
 	return nil
 }
 
-// LoadManifest reads, decodes and validates the manifest under key.
+// LoadManifest reads, decodes and validates the manifest under key, and,
+// in a repository with a key, checks that the key authenticates it
+// (authenticate).
 func (r *Repository) LoadManifest(ctx context.Context, key string) (*Manifest, error) {
+	m, err := r.readManifest(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.authenticate(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// readManifest reads, decodes and validates the manifest under key
+// without authenticating it: for GC's references and for Delete, where a
+// manifest someone changed can only keep more data or delete itself.
+func (r *Repository) readManifest(ctx context.Context, key string) (*Manifest, error) {
 	vol, id, err := ParseManifestKey(key)
 	if err != nil {
 		return nil, err
@@ -353,21 +369,26 @@ func (r *Repository) LoadManifest(ctx context.Context, key string) (*Manifest, e
 	if m.Volume != vol || m.ID != id {
 		return nil, fmt.Errorf("manifest %s names volume %q backup %s: %w", key, m.Volume, m.ID, ErrCorrupt)
 	}
-	if err := r.authenticate(m); err != nil {
-		return nil, err
-	}
 	return m, nil
 }
 
-// authenticate checks the MAC of m when the repository's key is the one
-// m was encrypted with. (Under another key, or none, keyFor refuses m
-// before any of its data is used; an unencrypted m in a repository with a
-// key likewise, unless AllowUnencrypted.)
+// authenticate checks, in a repository with a key, that the key
+// authenticates m: m is encrypted with that key and its MAC holds, or m
+// is unencrypted (or encrypted without a MAC) and AllowUnencrypted. So a
+// listing, the parent of an incremental and a backup reused as unchanged
+// are never a manifest the key does not cover: one copied with another
+// key_id, or stripped of its encryption, was listed as the newest backup
+// and every incremental on it failed. Without a key nothing is checked
+// (the coordinator's acknowledgement checks; restore then refuses an
+// encrypted backup with ErrKey).
 func (r *Repository) authenticate(m *Manifest) error {
 	k := r.opts.Key
 	switch {
-	case k == nil || !m.Encrypted || m.KeyID != k.ID():
+	case k == nil:
 		return nil
+	case !m.Encrypted || m.KeyID != k.ID():
+		_, err := r.keyFor(m)
+		return err
 	case m.MAC == "" && r.opts.AllowUnencrypted:
 		return nil
 	case m.MAC == "":

@@ -113,7 +113,7 @@ const restoreWindows = 4
 
 // unfinishedWindows is the number of restored windows that may wait to
 // be finished (flushed, recorded in the state file) while the next are
-// restored: 256 MiB of volume.
+// restored: with the one being finished, 288 MiB of volume.
 const unfinishedWindows = 8
 
 // Restore writes backup manifestKey to dst, verifying every chunk (xxhash
@@ -171,8 +171,10 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 	// file) while the next windows are restored: when the loop flushed
 	// itself, the restore stopped at every flush, and a durable restore
 	// took the disk's time after the CPU's instead of beside it. At most
-	// unfinishedWindows windows are waiting for the finisher, which bounds
-	// what one flush writes and how far the state file lags.
+	// unfinishedWindows windows wait for the finisher (and one it is
+	// finishing), which bounds what one flush writes and how far the
+	// state file lags. After a window fails, the finisher still finishes
+	// the windows before it that were restored whole.
 	sem := make(chan struct{}, opts.Parallel)
 	slots := make(chan struct{}, restoreWindows)
 	type windowRun struct {
@@ -199,7 +201,10 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		stateHeld = stateHeld || wr.damaged > 0
 		dmu.Unlock()
 		if opts.StatePath != "" && !stateHeld {
-			if err := dst.Flush(ctx); err != nil {
+			// Not cancelled with the restore: a window restored whole
+			// is recorded even when a later one failed meanwhile, so
+			// that a rerun does not fetch it again.
+			if err := dst.Flush(context.WithoutCancel(ctx)); err != nil {
 				if ctx.Err() != nil {
 					// A later window failed meanwhile (a damaged chunk):
 					// its error, which names the chunk, not the flush's.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -12,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-block/strata/backupd"
 	"github.com/strata-block/strata/blockdev"
 	"github.com/strata-block/strata/blockdev/agent"
+	"github.com/strata-block/strata/plugins"
 )
 
 // interruptedRestore leaves, on env e's data directory dir, what a
@@ -331,4 +334,60 @@ func TestFailedRestoreKept(t *testing.T) {
 		t.Fatal("the resumed restore is not bit-exact")
 	}
 	wantNoRestoreFiles(t, dir, "after the resumed restore")
+}
+
+// TestKeepFailedOnlyWhatARerunCanFinish: a failed restore keeps its
+// volume only if its state file records progress of this restore into
+// this very volume, and only after failures a rerun may get past (a
+// target that did not answer, a pack missing); not after a wrong digest,
+// a key that does not open the backup, or its manifest gone, nor for a
+// volume deleted and made again underneath.
+func TestKeepFailedOnlyWhatARerunCanFinish(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e, stop := startEnv(t, dir, nil)
+	t.Cleanup(func() { _ = stop() })
+	ctx := t.Context()
+	data, b := e.randomSource(t, 11)
+	interruptedRestore(t, e, dir, "half", b, data)
+	vi, err := e.c.Volume(ctx, "half")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &backupd.Manifest{ID: b.ID}
+	for _, tc := range []struct {
+		name      string
+		err       error
+		key       string
+		createdAt time.Time
+		want      bool
+	}{
+		{name: "target down", err: errors.New("connection refused"), want: true},
+		{name: "pack missing", err: fmt.Errorf("pack p: %w: %w", plugins.ErrNotFound, backupd.ErrMissing), want: true},
+		{name: "wrong digest", err: backupd.ErrMismatch},
+		{name: "wrong key", err: backupd.ErrKey},
+		{name: "manifest gone", err: fmt.Errorf("restore: %w", plugins.ErrNotFound)},
+		{name: "another backup's state", err: errors.New("x"), key: backupd.ManifestKey("src", "00000000000000000000000000000000")},
+		{name: "another volume of the name", err: errors.New("x"), createdAt: vi.Created.Add(-time.Second)},
+	} {
+		key, created := b.ManifestKey, vi.Created
+		if tc.key != "" {
+			key = tc.key
+		}
+		if !tc.createdAt.IsZero() {
+			created = tc.createdAt
+		}
+		released := 0
+		j := &restoreJob{s: e.svc, key: key, m: m, to: "half", created: true, createdAt: created, release: func() { released++ }}
+		_, kept := e.svc.keepFailed(j, tc.err)
+		if kept != tc.want {
+			t.Errorf("%s: kept %v, want %v", tc.name, kept, tc.want)
+		}
+		if k := e.svc.takeKept("half"); k != nil {
+			k.release()
+		}
+		if kept && (j.release != nil || released != 1) {
+			t.Errorf("%s: the hold was not handed to the kept volume (job's %v, released %d times)", tc.name, j.release != nil, released)
+		}
+	}
 }

@@ -1388,15 +1388,21 @@ func (s *Service) keep(vol string, created time.Time) bool {
 // that stopped answering, a plugin that died, a damaged chunk a later
 // backup stores again, or a cancelled wait must not cost what was
 // restored of a large volume. Only if the restore's state file records
-// progress of this very restore, and not after a wrong whole-volume
-// digest, which a rerun would meet again. It reports until when.
+// progress of this very restore into this very volume, and not after a
+// failure a rerun would meet again: a wrong whole-volume digest, a key
+// that does not open the backup, its manifest gone. It reports until
+// when (zero: the service is stopping, and the next start keeps it).
 func (s *Service) keepFailed(j *restoreJob, err error) (time.Time, bool) {
-	if errors.Is(err, backupd.ErrMismatch) || j.createdAt.IsZero() || s.ctx.Err() != nil {
+	if errors.Is(err, backupd.ErrMismatch) || errors.Is(err, backupd.ErrKey) ||
+		(errors.Is(err, plugins.ErrNotFound) && !errors.Is(err, backupd.ErrMissing)) || j.createdAt.IsZero() {
 		return time.Time{}, false
 	}
 	key, pages, serr := backupd.RestoreStateOf(s.statePath(j.to))
 	if serr != nil || pages == 0 || key != j.key {
 		return time.Time{}, false
+	}
+	if vi, verr := s.cfg.Manager.Volume(context.WithoutCancel(s.ctx), j.to); verr != nil || !vi.Created.Equal(j.createdAt) {
+		return time.Time{}, false // deleted (and maybe made again) underneath
 	}
 	release := j.release
 	if release == nil {
@@ -1406,6 +1412,15 @@ func (s *Service) keepFailed(j *restoreJob, err error) (time.Time, bool) {
 	k := &keptRestore{created: j.createdAt, manifest: j.key, release: release}
 	until := time.Now().Add(s.cfg.ResumeKeep)
 	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		// Stopping: the volume, its mark and its state stay for the
+		// next start to keep, as for a restore the shutdown stopped
+		// (Close has stopped the kept volumes' timers already, or is
+		// about to).
+		s.mu.Unlock()
+		j.release = release
+		return time.Time{}, true
+	}
 	k.timer = time.AfterFunc(s.cfg.ResumeKeep, func() { s.expireKept(j.to, k) })
 	s.kept[j.to] = k
 	s.mu.Unlock()
@@ -1495,15 +1510,20 @@ func (j *restoreJob) run(ctx context.Context, progress backupd.ProgressFunc) (*R
 		return nil
 	}()
 	if err != nil {
-		switch {
-		case j.created && s.ctx.Err() != nil && s.statePath(j.to) != "":
-			// The agent is stopping: the volume, its mark and its state
-			// stay for the next start to keep for a rerun to resume.
-			s.log.Warn("restore stopped by the shutdown; run it again after the restart to resume it", "id", j.m.ID, "to", j.to)
-		case j.created:
-			if until, ok := s.keepFailed(j, err); ok {
+		if j.created {
+			until, kept := time.Time{}, s.ctx.Err() != nil && s.statePath(j.to) != ""
+			if !kept {
+				until, kept = s.keepFailed(j, err)
+			}
+			switch {
+			case kept && until.IsZero():
+				// The agent is stopping: the volume, its mark and its
+				// state stay for the next start to keep for a rerun to
+				// resume.
+				s.log.Warn("restore stopped by the shutdown; run it again after the restart to resume it", "id", j.m.ID, "to", j.to)
+			case kept:
 				err = fmt.Errorf("%w; the volume keeps what was restored, out of use, until %s: restore the same backup into it again to resume, or delete it", err, until.UTC().Format(time.RFC3339))
-			} else {
+			default:
 				j.removeAndRelease(ctx)
 			}
 		}
