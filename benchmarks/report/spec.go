@@ -125,7 +125,7 @@ var sections = []section{
 		Key: "backup", Title: "Volume backups vs restic", Stage: "backup",
 		Intro: "Strata's backup engine (backupd, through the real volume store and an fs target, encrypted) against restic 0.18.1 " +
 			"(local repository) on the same random image: full, incremental after a 10 MiB contiguous change, incremental after " +
-			"1% of the 4 KiB blocks changed at random, and a restore of the last backup (Strata's with a state file, flushed each 32 MiB window, as the backup service restores to be resumable after a kill); the tool going first alternates per round. " +
+			"1% of the 4 KiB blocks changed at random, and a restore of the last backup (Strata's into a new volume of the store, with a state file, flushed each 32 MiB window, as the backup service restores to be resumable after a kill; restic's into a file); the tool going first alternates per round. " +
 			"Strata's restore returns once the restored data is durable; restic's does not fsync what it wrote, so \"restore, durable\" adds an fsync of restic's restored image to its time (Strata's figure is the same restore). " +
 			"Restored images are compared with the source bit for bit. " +
 			"\"plain write + fsync\" is how long writing the image's size into a new file in the work directory took in the same round " +

@@ -3,11 +3,13 @@
 // (through the real volume store and an fs target, encrypted like restic)
 // against restic on the same image, step by step — full backup of a 1 GiB
 // random volume, incremental after a 10 MiB contiguous change, incremental
-// after 1% scattered 4 KiB writes, and a restore — with the order of the
+// after 1% scattered 4 KiB writes, and a restore (Strata's into a new
+// volume of the store, as the backup service restores) — with the order of the
 // two tools alternating per round. benchmarks/backup.sh runs the rounds.
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -66,6 +68,7 @@ func main() {
 	flag.StringVar(&traceFile, "trace", "", "write an execution trace of Strata's part of -profile-step to this file (go tool trace; -pprof=syscall or sync shows where it waits)")
 	flag.BoolVar(&phases, "phases", false, "print the time each of Strata's phases starts, per step, to stderr")
 	flag.BoolVar(&withState, "state", true, "restore with a state file, checkpointing (flushing) each window as the backup service does to be resumable after a kill; -state=false measures the engine without")
+	flag.StringVar(&restoreTo, "restore-to", "volume", `Strata restores into a new volume of the store ("volume", as the backup service does) or into a file ("file")`)
 	flag.StringVar(&profileStep, "profile-step", "full", "step to profile: full, incremental-10MiB-contiguous, incremental-1pct-scattered-4KiB, restore")
 	flag.Parse()
 	if err := run(context.Background(), *dir, *size, *restic, *round); err != nil {
@@ -76,6 +79,7 @@ func main() {
 
 var (
 	cpuProfile, profileStep, traceFile string
+	restoreTo                          string
 	phases, withState                  bool
 )
 
@@ -297,21 +301,52 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 
 	// Restore the latest backup with each tool.
 	st := step{Name: "restore", ChangedBytes: size, DiskSeconds: disk}
+	var restored func() error // compares what Strata restored with the image
 	strata := func() error {
-		f, err := os.Create(filepath.Join(dir, "restore", "strata.img"))
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := f.Truncate(size); err != nil {
-			return err
+		var dst backupd.Destination
+		switch restoreTo {
+		case "volume":
+			// A new volume of the store, as the backup service restores
+			// (into the volume's head layer, flushed through the store).
+			if _, err := m.Create(ctx, "restored", size); err != nil {
+				return err
+			}
+			rdev, rrelease, err := m.Open(ctx, "restored")
+			if err != nil {
+				return err
+			}
+			defer rrelease()
+			dst = backupd.VolumeDestination{V: rdev}
+			restored = func() error {
+				v, release, err := m.Open(ctx, "restored")
+				if err != nil {
+					return err
+				}
+				defer release()
+				return sameVolume(ctx, v, filepath.Join(dir, "vol.img"))
+			}
+		case "file":
+			f, err := os.Create(filepath.Join(dir, "restore", "strata.img"))
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := f.Truncate(size); err != nil {
+				return err
+			}
+			dst = backupd.FileDestination{F: f, N: size}
+			restored = func() error {
+				return sameFile(filepath.Join(dir, "restore", "strata.img"), filepath.Join(dir, "vol.img"))
+			}
+		default:
+			return fmt.Errorf("-restore-to %q: want volume or file", restoreTo)
 		}
 		t0, c0 := time.Now(), cpuSeconds()
 		opts := backupd.RestoreOptions{DestZeroed: true, Progress: phaseLog("restore", t0)}
 		if withState {
 			opts.StatePath = filepath.Join(dir, "restore", "strata.state") // as the backup service restores
 		}
-		if _, err := repo.Restore(ctx, lastManifest, backupd.FileDestination{F: f, N: size}, opts); err != nil {
+		if _, err := repo.Restore(ctx, lastManifest, dst, opts); err != nil {
 			return err
 		}
 		st.StrataSeconds, st.StrataCPU = time.Since(t0).Seconds(), cpuSeconds()-c0
@@ -345,11 +380,11 @@ func run(ctx context.Context, dir string, size int64, restic string, round int) 
 		return err
 	}
 	steps = append(steps, st, step{Name: "restore-durable", StrataSeconds: st.StrataSeconds, StrataCPU: st.StrataCPU, ResticSeconds: resticDurable, ChangedBytes: size, DiskSeconds: disk})
-	for _, p := range []string{filepath.Join(dir, "restore", "strata.img"), filepath.Join(dir, "restore", "restic", "vol.img")} {
-		if restic == "none" && filepath.Base(filepath.Dir(p)) == "restic" {
-			continue
-		}
-		if err := sameFile(p, filepath.Join(dir, "vol.img")); err != nil {
+	if err := restored(); err != nil {
+		return err
+	}
+	if restic != "none" {
+		if err := sameFile(filepath.Join(dir, "restore", "restic", "vol.img"), filepath.Join(dir, "vol.img")); err != nil {
 			return err
 		}
 	}
@@ -414,6 +449,26 @@ func du(dir string) int64 {
 }
 
 // sameFile checks that the restored image equals the source image.
+// sameVolume compares volume v with the file at path, bit for bit.
+func sameVolume(ctx context.Context, v blockdev.Volume, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bv, bf := make([]byte, 1<<20), make([]byte, 1<<20)
+	for off := int64(0); off < v.Size(); off += int64(len(bv)) {
+		p := bv[:min(int64(len(bv)), v.Size()-off)]
+		if _, err := v.ReadAt(ctx, p, off); err != nil {
+			return fmt.Errorf("restored volume: read at %d: %w", off, err)
+		}
+		if n, err := f.ReadAt(bf[:len(p)], off); n != len(p) || !bytes.Equal(p, bf[:n]) {
+			return fmt.Errorf("restored volume differs from the source at offset %d (%v)", off, err)
+		}
+	}
+	return nil
+}
+
 func sameFile(a, b string) error {
 	fa, err := os.Open(a)
 	if err != nil {
