@@ -186,6 +186,8 @@ func TestMissingPack(t *testing.T) {
 	}
 	if _, _, err := restoreAll(t, r, res.ManifestKey, int64(len(data)), RestoreOptions{}); !errors.Is(err, ErrMissing) || !strings.Contains(err.Error(), `"vol-a"`) {
 		t.Errorf("Restore = %v, want ErrMissing naming vol-a", err)
+	} else if pack := strings.TrimSuffix(filepath.Base(file), filepath.Ext(file)); strings.Count(err.Error(), "pack "+pack) != 1 {
+		t.Errorf("Restore = %v, want it to name pack %s once", err, pack)
 	}
 	if _, err := r.Backup(ctx, BackupOptions{Volume: "vol-a", Snapshot: "s2", Full: true, Source: &memSource{data: data}}); err != nil {
 		t.Fatal(err)

@@ -436,7 +436,7 @@ func (r *Repository) getRangeInto(ctx context.Context, fr fetchRange, buf []byte
 			// The range starts past the pack's end.
 			err = fmt.Errorf("%w: the pack is shorter than its index says: %w", err, ErrCorrupt)
 		}
-		return nil, fmt.Errorf("pack %s: %w", fr.pack, err)
+		return nil, &packError{pack: fr.pack, err: err}
 	}
 	defer rc.Close()
 	if int64(cap(buf)) >= n {
@@ -445,9 +445,27 @@ func (r *Repository) getRangeInto(ctx context.Context, fr fetchRange, buf []byte
 		buf = make([]byte, n)
 	}
 	if _, err := io.ReadFull(rc, buf); err != nil {
-		return nil, fmt.Errorf("pack %s: read %d+%d: %w", fr.pack, fr.off, fr.end-fr.off, err)
+		return nil, &packError{pack: fr.pack, err: fmt.Errorf("read %d+%d: %w", fr.off, fr.end-fr.off, err)}
 	}
 	return buf, nil
+}
+
+// packError is an error reading a pack; it names the pack, so that the
+// callers that name the pack of a bad record do not name it again.
+type packError struct {
+	pack ChunkID
+	err  error
+}
+
+func (e *packError) Error() string { return fmt.Sprintf("pack %s: %v", e.pack, e.err) }
+func (e *packError) Unwrap() error { return e.err }
+
+// inPack returns err naming pack, unless it names a pack already.
+func inPack(pack ChunkID, err error) error {
+	if _, ok := errors.AsType[*packError](err); ok {
+		return err
+	}
+	return &packError{pack: pack, err: err}
 }
 
 // restoreScratch is a range worker's reusable buffers: decoding, and
@@ -609,7 +627,7 @@ func (r *Repository) restoreWindow(ctx context.Context, m *Manifest, k *Key, idx
 				// The target failed, not the chunk: no damage to skip.
 				return fmt.Errorf("restore of volume %q backup %s: chunk %s at offset %d: %w", m.Volume, m.ID, it.id, it.c*int64(m.ChunkSize), err)
 			case err != nil:
-				return fail(it.c, it.id, fmt.Errorf("pack %s: %w", ranges[i].pack, err))
+				return fail(it.c, it.id, inPack(ranges[i].pack, err))
 			}
 			return w.add(ctx, it.c*int64(m.ChunkSize), p)
 		})
