@@ -597,33 +597,39 @@ func TestVerifyProgressOneAtATime(t *testing.T) {
 	}
 }
 
-// slowGetTarget delays the Gets of one key by a quarter second.
-// slowed is closed once such a Get has been delayed.
+// slowGetTarget holds the Gets of one key until gate is closed (at most
+// 20 s); slowed is closed once such a Get has been let through.
 type slowGetTarget struct {
 	plugins.Target
 	key    string
+	gate   chan struct{}
 	slowed chan struct{}
 	once   sync.Once
 }
 
 func (s *slowGetTarget) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, int64, error) {
 	if key == s.key {
-		time.Sleep(250 * time.Millisecond)
+		select {
+		case <-s.gate:
+		case <-time.After(20 * time.Second):
+		}
 		s.once.Do(func() { close(s.slowed) })
 	}
 	return s.Target.Get(ctx, key, off, n)
 }
 
-// flushWaitsDest is a memDest whose Flush waits until after the slow Get
-// (so a later window fails while it runs) and then, as a volume's flush
-// does, fails if its context has ended.
+// flushWaitsDest is a memDest whose first Flush opens the slow Get (so a
+// later window fails while the flush runs), waits a while after it and
+// then, as a volume's flush does, fails if its context has ended.
 type flushWaitsDest struct {
 	*memDest
-	after <-chan struct{}
+	slow *slowGetTarget
+	once *sync.Once
 }
 
 func (d flushWaitsDest) Flush(ctx context.Context) error {
-	<-d.after
+	d.once.Do(func() { close(d.slow.gate) })
+	<-d.slow.slowed
 	time.Sleep(300 * time.Millisecond)
 	return ctx.Err()
 }
@@ -639,7 +645,7 @@ func TestRestoreDamageNamedDuringFlush(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dir := t.TempDir()
-	slow := &slowGetTarget{Target: NewFSTarget(t, dir), slowed: make(chan struct{})}
+	slow := &slowGetTarget{Target: NewFSTarget(t, dir), gate: make(chan struct{}), slowed: make(chan struct{})}
 	r := Open(slow, nil)
 	const size = 64 << 20 // two windows of restoreWindowChunks
 	data := RandomData(rand.New(rand.NewPCG(11, 12)), size)
@@ -647,8 +653,9 @@ func TestRestoreDamageNamedDuringFlush(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Damage the last chunk of the second window, whose pack is read
-	// slowly: it is found once the first window is done and flushing.
+	// Damage the last chunk of the second window, whose pack is read only
+	// once the first window is done and flushing: the damage is found
+	// then.
 	m, err := r.LoadManifest(ctx, res.ManifestKey)
 	if err != nil {
 		t.Fatal(err)
@@ -668,7 +675,7 @@ func TestRestoreDamageNamedDuringFlush(t *testing.T) {
 	slow.key = packKey(idx.packs[loc.pack])
 
 	state := filepath.Join(t.TempDir(), "state")
-	_, err = r.Restore(ctx, res.ManifestKey, flushWaitsDest{&memDest{data: make([]byte, size)}, slow.slowed}, RestoreOptions{StatePath: state})
+	_, err = r.Restore(ctx, res.ManifestKey, flushWaitsDest{&memDest{data: make([]byte, size)}, slow, new(sync.Once)}, RestoreOptions{StatePath: state})
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), id.String()) {
 		t.Fatalf("restore with chunk %s damaged: %v, want ErrCorrupt naming the chunk", id, err)
 	}
