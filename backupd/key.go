@@ -124,23 +124,30 @@ func (k *Key) idHash() hash.Hash {
 
 // LabelledMAC returns, in hex, a MAC of data under the key's manifest MAC
 // sub-key, kept apart from every other use of that sub-key by label (a
-// length-prefixed string before data, as writeMACInput begins): for the
+// length-prefixed string before data, as manifestMAC's label): for the
 // manifests other packages write, such as the coordinator's system
 // manifests.
 func (k *Key) LabelledMAC(label string, data []byte) string {
+	h := k.labelledMAC(label)
+	h.Write(data)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// labelledMAC returns an HMAC-SHA-256 under the manifest MAC sub-key that
+// has been given label (its u64 big-endian length, then its bytes).
+func (k *Key) labelledMAC(label string) hash.Hash {
 	h := hmac.New(sha256.New, k.macKey)
 	var n [8]byte
 	binary.BigEndian.PutUint64(n[:], uint64(len(label)))
 	h.Write(n[:])
 	h.Write([]byte(label))
-	h.Write(data)
-	return hex.EncodeToString(h.Sum(nil))
+	return h
 }
 
-// manifestMAC returns the MAC of manifest m under the key: HMAC-SHA-256
-// of m.writeMACInput, in hex.
+// manifestMAC returns the MAC of manifest m under the key, in hex: of
+// the label "strata manifest mac v1" and m.writeMACInput.
 func (k *Key) manifestMAC(m *Manifest) string {
-	h := hmac.New(sha256.New, k.macKey)
+	h := k.labelledMAC("strata manifest mac v1")
 	m.writeMACInput(h)
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -79,9 +79,10 @@ type Manifest struct {
 	MAC string `json:"mac,omitempty"`
 }
 
-// writeMACInput writes what a manifest's MAC covers to w: every field but
-// the MAC, in a fixed binary encoding (FORMAT.md, "Manifest MAC"), so the
-// MAC does not depend on how the JSON was written.
+// writeMACInput writes what a manifest's MAC covers to w, after the label
+// manifestMAC gives it: every field but the MAC, in a fixed binary
+// encoding (FORMAT.md, "Manifest MAC"), so the MAC does not depend on how
+// the JSON was written.
 func (m *Manifest) writeMACInput(w io.Writer) {
 	var b []byte
 	flush := func() {
@@ -103,7 +104,6 @@ func (m *Manifest) writeMACInput(w io.Writer) {
 		}
 		str(t.UTC().Format(time.RFC3339Nano))
 	}
-	str("strata manifest mac v1")
 	str(m.Format)
 	num(uint64(m.Version))
 	str(m.Volume)

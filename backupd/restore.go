@@ -234,19 +234,19 @@ func (r *Repository) Restore(ctx context.Context, manifestKey string, dst Destin
 		}
 		finished <- err
 	}()
-	queued := true
+	stopped := false
+	var ferr error // the finisher's, once stopped
 	// stop ends the finisher once every queued window has ended, and
 	// returns its error; err, if not nil, stops the restore first.
 	stop := func(err error) error {
 		if err != nil {
 			cancel(err)
 		}
-		if queued {
+		if !stopped { // the deferred call may come after another
 			close(queue)
-			queued = false
+			ferr = <-finished
+			stopped = true
 		}
-		ferr := <-finished
-		finished <- ferr // stop may be called again (the deferred call)
 		if err != nil {
 			if c := context.Cause(ctx); !errors.Is(err, c) {
 				return c // the first error: the finisher's or a window's

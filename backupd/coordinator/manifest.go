@@ -162,12 +162,11 @@ func (m *Manifest) Encode(k *backupd.Key) ([]byte, error) {
 // before system manifests carried a MAC, or by a coordinator without a
 // key); one whose MAC fails is ErrCorrupt.
 func (m *Manifest) Authenticate(k *backupd.Key, allowUnauthenticated bool) error {
+	if k == nil || (m.MAC == "" && allowUnauthenticated) {
+		return nil
+	}
 	sum, err := hex.DecodeString(m.Checksum)
 	switch {
-	case k == nil:
-		return nil
-	case m.MAC == "" && allowUnauthenticated:
-		return nil
 	case m.MAC == "":
 		return fmt.Errorf("system manifest %s carries no MAC, so anyone able to write to the target could have written or changed it; if a coordinator without the key, or one before system manifests were authenticated (2026-11-28), wrote it, allow unauthenticated backups (strata server --backup-allow-unencrypted): %w: %w", m.ID, backupd.ErrKey, ErrInvalid)
 	case err != nil || !hmac.Equal([]byte(m.MAC), []byte(k.LabelledMAC(systemMACLabel, sum))):
